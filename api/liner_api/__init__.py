@@ -1,0 +1,1 @@
+"""Generated Python bindings for the containerd-compatible liner API."""

@@ -1,0 +1,135 @@
+"""linerd's configuration: TOML at /etc/liner/config.toml, defaults embedded here."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/liner/config.toml")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class GrpcConfig:
+    address: str = "/run/liner/liner.sock"
+    # Owner group of the socket (mode 0660); 0 = root only.
+    gid: int = 0
+    max_recv_message_size: int = 16 << 20
+    max_send_message_size: int = 16 << 20
+
+
+@dataclass(slots=True)
+class MetadataConfig:
+    # SQLAlchemy URL; empty = SQLite file <root>/meta.db.
+    url: str = ""
+
+
+@dataclass(slots=True)
+class GcConfig:
+    # Seconds between periodic collections; deletes also schedule one.
+    interval: float = 3600.0
+    # Seconds to wait after a delete before collecting, so bursts share one collection.
+    schedule_delay: float = 0.05
+
+
+@dataclass(slots=True)
+class LogConfig:
+    level: str = "info"
+    # "json" (journald-friendly) or "console".
+    format: str = "json"
+
+
+@dataclass(slots=True)
+class Config:
+    version: int = 1
+    root: str = "/var/lib/liner"
+    state: str = "/run/liner"
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    gc: GcConfig = field(default_factory=GcConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _fill(target: Any, values: dict[str, Any], where: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in fields:
+            raise ConfigError(f"unknown configuration key {name!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name!r} must be a table")
+            _fill(current, value, name)
+            continue
+        expected = type(current)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(f"{name!r} must be {expected.__name__}, not {type(value).__name__}")
+        setattr(target, key, value)
+
+
+def validate(config: Config) -> Config:
+    if config.version != 1:
+        raise ConfigError(f"unsupported config version {config.version}; this linerd reads 1")
+    if config.log.level not in _LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(_LEVELS)}")
+    if config.log.format not in ("json", "console"):
+        raise ConfigError("log.format must be 'json' or 'console'")
+    for name in ("root", "state"):
+        if not Path(getattr(config, name)).is_absolute():
+            raise ConfigError(f"{name} must be an absolute path")
+    if config.gc.interval <= 0:
+        raise ConfigError("gc.interval must be positive")
+    return config
+
+
+def load(path: Path | None) -> Config:
+    """Defaults, overlaid with the file if given (or the default path if it exists)."""
+    config = Config()
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config {path}: {e}") from e
+        _fill(config, values, "")
+    return validate(config)
+
+
+def to_toml(config: Config) -> str:
+    """Render a config as TOML (the shapes used here only: scalars and one table level)."""
+    top: list[str] = []
+    tables: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append(f"\n[{f.name}]")
+            tables.extend(
+                f"{g.name} = {_scalar(getattr(value, g.name))}" for g in dataclasses.fields(value)
+            )
+        else:
+            top.append(f"{f.name} = {_scalar(value)}")
+    return "\n".join(top + tables) + "\n"
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

@@ -1,0 +1,1 @@
+"""The content store: blobs addressed by digest, written through resumable ingests."""

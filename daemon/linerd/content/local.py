@@ -1,0 +1,271 @@
+"""Blobs and ingests on the local filesystem. Synchronous: callers run these in threads.
+
+Layout under the content root:
+  blobs/sha256/<hex>           committed blobs, shared by every namespace
+  ingest/<sha256(ns, ref)>/    one in-progress write: `data` and `meta.json`
+Refs are arbitrary client strings, so they are hashed, never used as file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from linerd.core.types import IngestStatus
+from linerd.errdefs import AlreadyExists, FailedPrecondition, NotFound, OutOfRange
+
+_HASH_CHUNK = 1 << 20
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+class Ingest:
+    """An open, resumable write. Not thread-safe: one writer holds it at a time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        namespace: str,
+        ref: str,
+        total: int,
+        expected: str,
+        started_at: datetime,
+    ) -> None:
+        self.directory = directory
+        self.namespace = namespace
+        self.ref = ref
+        self.total = total
+        self.expected = expected
+        self.started_at = started_at
+        self._file = open(directory / "data", "r+b")  # noqa: SIM115 - lives as long as the ingest
+        self._hash = hashlib.sha256()
+        # Resuming: the running digest covers what is already on disk.
+        while chunk := self._file.read(_HASH_CHUNK):
+            self._hash.update(chunk)
+        self.offset = self._file.tell()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def status(self) -> IngestStatus:
+        return IngestStatus(
+            ref=self.ref,
+            offset=self.offset,
+            total=self.total,
+            expected=self.expected,
+            started_at=self.started_at,
+            updated_at=_mtime(self.directory / "data"),
+        )
+
+    def set_total(self, total: int) -> None:
+        if total > 0 and total != self.total:
+            self.total = total
+            self._save_meta()
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Offset 0 on a non-empty ingest truncates (a client restarting); any other offset
+        must be the current one."""
+        if offset == 0 and self.offset > 0:
+            self._file.seek(0)
+            self._file.truncate()
+            self._hash = hashlib.sha256()
+            self.offset = 0
+        elif offset != self.offset:
+            raise OutOfRange(
+                f"ref {self.ref!r}: write at offset {offset}, ingest is at {self.offset}"
+            )
+        if not data:
+            return
+        if self.total > 0 and self.offset + len(data) > self.total:
+            raise OutOfRange(
+                f"ref {self.ref!r}: {len(data)} bytes at offset {self.offset} "
+                f"pass the total of {self.total}"
+            )
+        self._file.write(data)
+        self._hash.update(data)
+        self.offset += len(data)
+
+    def commit(self, blob_path: Path, size: int, expected: str) -> str:
+        """Verify and move the data into place; the ingest is gone afterwards on success."""
+        if size > 0 and size != self.offset:
+            raise FailedPrecondition(f"unexpected commit size {self.offset}, expected {size}")
+        digest = self.digest
+        if expected and expected != digest:
+            raise FailedPrecondition(f"unexpected commit digest {digest}, expected {expected}")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if blob_path.exists():
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise AlreadyExists(f"content {digest} already exists")
+        os.chmod(self.directory / "data", 0o444)
+        os.rename(self.directory / "data", blob_path)
+        _fsync_dir(blob_path.parent)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        return digest
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def _save_meta(self) -> None:
+        _write_meta(
+            self.directory, self.namespace, self.ref, self.total, self.expected, self.started_at
+        )
+
+
+class LocalStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.ingests = root / "ingest"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.ingests.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, digest: str, offset: int, size: int) -> bytes:
+        with open(self.path(digest), "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> Iterator[str]:
+        for entry in os.scandir(self.blobs):
+            if len(entry.name) == 64:
+                yield "sha256:" + entry.name
+
+    # -- ingests ---------------------------------------------------------------------------
+
+    def _ingest_dir(self, namespace: str, ref: str) -> Path:
+        key = hashlib.sha256(f"{namespace}\0{ref}".encode()).hexdigest()
+        return self.ingests / key
+
+    def open_ingest(self, namespace: str, ref: str, total: int, expected: str) -> Ingest:
+        """Resume the ingest for (namespace, ref), or start it."""
+        directory = self._ingest_dir(namespace, ref)
+        meta = _read_meta(directory)
+        if meta is None:
+            tmp = directory.with_name(directory.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            (tmp / "data").touch()
+            _write_meta(tmp, namespace, ref, total, expected, _now())
+            shutil.rmtree(directory, ignore_errors=True)
+            os.rename(tmp, directory)
+            meta = _read_meta(directory)
+            assert meta is not None
+        ingest = Ingest(
+            directory,
+            namespace,
+            ref,
+            int(meta["total"]),
+            meta.get("expected", ""),
+            datetime.fromisoformat(meta["started_at"]),
+        )
+        if expected and expected != ingest.expected:
+            ingest.expected = expected
+            ingest._save_meta()
+        ingest.set_total(total)
+        return ingest
+
+    def ingest_status(self, namespace: str, ref: str) -> IngestStatus:
+        directory = self._ingest_dir(namespace, ref)
+        meta = _read_meta(directory)
+        if meta is None:
+            raise NotFound(f"ref {ref!r} not found")
+        return _status(directory, meta)
+
+    def list_ingests(self, namespace: str | None = None) -> list[tuple[str, IngestStatus]]:
+        """(namespace, status) of every ingest, or of one namespace's."""
+        found = []
+        for entry in os.scandir(self.ingests):
+            directory = Path(entry.path)
+            meta = _read_meta(directory)
+            if meta is None or (namespace is not None and meta["namespace"] != namespace):
+                continue
+            try:
+                found.append((meta["namespace"], _status(directory, meta)))
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+        found.sort(key=lambda item: (item[0], item[1].ref))
+        return found
+
+    def abort(self, namespace: str, ref: str) -> None:
+        directory = self._ingest_dir(namespace, ref)
+        if _read_meta(directory) is None:
+            raise NotFound(f"ref {ref!r} not found")
+        shutil.rmtree(directory, ignore_errors=True)
+
+    def remove_broken(self) -> list[Path]:
+        """Start-up cleanup: half-created ingest dirs (a crash inside open_ingest)."""
+        removed = []
+        for entry in os.scandir(self.ingests):
+            directory = Path(entry.path)
+            if entry.name.endswith(".tmp") or _read_meta(directory) is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory)
+        return removed
+
+
+def _status(directory: Path, meta: dict[str, str | int]) -> IngestStatus:
+    data = directory / "data"
+    return IngestStatus(
+        ref=str(meta["ref"]),
+        offset=data.stat().st_size,
+        total=int(meta["total"]),
+        expected=str(meta.get("expected", "")),
+        started_at=datetime.fromisoformat(str(meta["started_at"])),
+        updated_at=_mtime(data),
+    )
+
+
+def _read_meta(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / "meta.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def _write_meta(
+    directory: Path, namespace: str, ref: str, total: int, expected: str, started_at: datetime
+) -> None:
+    meta = {
+        "namespace": namespace,
+        "ref": ref,
+        "total": total,
+        "expected": expected,
+        "started_at": started_at.isoformat(),
+    }
+    tmp = directory / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.rename(tmp, directory / "meta.json")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,176 @@
+"""The namespaced content store: blob files from `LocalStore`, records from `ContentRecords`.
+
+Blobs are shared by namespaces (containerd's "shared" policy): a namespace sees a blob only
+once it has a record for it, made by a committed write. Deleting a record leaves the file to
+the garbage collector, which removes files no namespace records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from linerd.content.local import Ingest, LocalStore
+from linerd.core import validate
+from linerd.core.types import ContentInfo, IngestStatus
+from linerd.errdefs import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, Unavailable
+from linerd.metadata.content import ContentRecords
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class Writer:
+    """One client's hold on an ingest, from the first STAT until the stream ends."""
+
+    store: ContentStore
+    namespace: str
+    lease: str | None
+    ingest: Ingest
+    committed: bool = field(default=False)
+
+    def status(self) -> IngestStatus:
+        return self.ingest.status()
+
+    @property
+    def digest(self) -> str:
+        return self.ingest.digest
+
+    async def write(self, offset: int, data: bytes, total: int = 0) -> None:
+        if total:
+            self.ingest.set_total(total)
+        await asyncio.to_thread(self.ingest.write, offset, data)
+
+    async def commit(self, size: int, expected: str, labels: dict[str, str]) -> ContentInfo:
+        if expected:
+            validate.digest(expected)
+        labels = validate.labels(labels)
+        store = self.store
+        async with store.gc_lock:
+            try:
+                digest = await asyncio.to_thread(
+                    self.ingest.commit,
+                    store.local.path(expected or self.digest),
+                    size or self.ingest.total,
+                    expected,
+                )
+            except AlreadyExists:
+                # Bytes already in the store: make sure this namespace records them too.
+                self.committed = True
+                await store.adopt_locked(
+                    self.namespace, expected or self.digest, labels, self.lease
+                )
+                raise
+            self.committed = True
+            info = await store.records.add(
+                self.namespace, digest, self.ingest.offset, labels, self.lease
+            )
+        if info is None:
+            raise AlreadyExists(f"content {digest} already exists")
+        return info
+
+    def close(self) -> None:
+        self.ingest.close()
+        self.store._locked.discard((self.namespace, self.ingest.ref))
+
+
+class ContentStore:
+    def __init__(self, local: LocalStore, records: ContentRecords) -> None:
+        self.local = local
+        self.records = records
+        # Held by the garbage collector's sweep and by the rename+record step of a commit,
+        # so a blob never lies on disk unrecorded while the sweep looks.
+        self.gc_lock = asyncio.Lock()
+        self._locked: set[tuple[str, str]] = set()
+
+    async def info(self, namespace: str, digest: str) -> ContentInfo:
+        return await self.records.get(namespace, validate.digest(digest))
+
+    async def update(
+        self, namespace: str, digest: str, labels: dict[str, str], paths: list[str]
+    ) -> ContentInfo:
+        return await self.records.update(namespace, validate.digest(digest), labels, paths)
+
+    async def list(self, namespace: str) -> list[ContentInfo]:
+        return await self.records.list(namespace)
+
+    async def delete(self, namespace: str, digest: str) -> None:
+        await self.records.delete(namespace, validate.digest(digest))
+
+    async def read(
+        self, namespace: str, digest: str, offset: int = 0, size: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Chunks of the blob from `offset`; `size` <= 0 or past the end reads to the end."""
+        info = await self.info(namespace, digest)
+        if offset < 0 or offset > info.size:
+            raise OutOfRange(f"offset {offset} is outside blob {digest} of {info.size} bytes")
+        end = info.size if size <= 0 else min(info.size, offset + size)
+        return self._chunks(digest, offset, end)
+
+    async def _chunks(self, digest: str, offset: int, end: int) -> AsyncIterator[bytes]:
+        while offset < end:
+            try:
+                data = await asyncio.to_thread(
+                    self.local.read, digest, offset, min(READ_CHUNK, end - offset)
+                )
+            except FileNotFoundError as e:
+                raise NotFound(f"content digest {digest} not found") from e
+            if not data:
+                raise FailedPrecondition(f"blob {digest} is shorter than its record")
+            yield data
+            offset += len(data)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def writer(
+        self, namespace: str, ref: str, total: int, expected: str, lease: str | None
+    ) -> Writer:
+        """Open (or resume) the ingest `ref`. AlreadyExists when `expected` is stored already;
+        Unavailable while another client writes the same ref."""
+        if expected:
+            validate.digest(expected)
+            if self.local.size(expected) is not None:
+                await self.adopt(namespace, expected, {}, lease)
+                raise AlreadyExists(f"content {expected} already exists")
+        key = (namespace, ref)
+        if key in self._locked:
+            raise Unavailable(f"ref {ref!r} is locked by another writer")
+        self._locked.add(key)
+        try:
+            ingest = await asyncio.to_thread(
+                self.local.open_ingest, namespace, ref, total, expected
+            )
+        except BaseException:
+            self._locked.discard(key)
+            raise
+        return Writer(self, namespace, lease, ingest)
+
+    async def adopt(
+        self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
+    ) -> None:
+        """Record a blob that is on disk already (written by another namespace)."""
+        async with self.gc_lock:
+            await self.adopt_locked(namespace, digest, labels, lease)
+
+    async def adopt_locked(
+        self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
+    ) -> None:
+        size = self.local.size(digest)
+        if size is not None:
+            await self.records.add(namespace, digest, size, labels, lease)
+
+    async def status(self, namespace: str, ref: str) -> IngestStatus:
+        return await asyncio.to_thread(self.local.ingest_status, namespace, ref)
+
+    async def list_statuses(self, namespace: str) -> list[IngestStatus]:
+        found = await asyncio.to_thread(self.local.list_ingests, namespace)
+        return [status for _, status in found]
+
+    async def abort(self, namespace: str, ref: str) -> None:
+        if (namespace, ref) in self._locked:
+            raise Unavailable(f"ref {ref!r} is locked by another writer")
+        await asyncio.to_thread(self.local.abort, namespace, ref)
+
+    def has_ingests(self, namespace: str) -> bool:
+        return bool(self.local.list_ingests(namespace))

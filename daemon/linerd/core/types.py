@@ -1,0 +1,63 @@
+"""Domain types shared by the core, the metadata layer and the services (no gRPC, no SQL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(slots=True)
+class Namespace:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Lease:
+    id: str
+    created_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResource:
+    """A resource held by a lease: type is "content", "ingests" or "snapshots/<snapshotter>"."""
+
+    id: str
+    type: str
+
+
+@dataclass(slots=True)
+class ContentInfo:
+    digest: str
+    size: int
+    created_at: datetime
+    updated_at: datetime
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class IngestStatus:
+    ref: str
+    offset: int
+    total: int
+    expected: str
+    started_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Image:
+    name: str
+    target: Descriptor
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -1,0 +1,74 @@
+"""`linerd`: flags as containerd's (--config, --root, --state, --address, --log-level)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+
+from linerd import __version__, log
+from linerd.config import ConfigError, load, to_toml
+from linerd.server import Daemon, StartupError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linerd", description="liner container manager daemon")
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="TOML config file (default /etc/liner/config.toml if present)",
+    )
+    p.add_argument("--root", help="persistent state directory (default /var/lib/liner)")
+    p.add_argument("--state", help="runtime state directory (default /run/liner)")
+    p.add_argument("-a", "--address", help="gRPC unix socket (default /run/liner/liner.sock)")
+    p.add_argument("-l", "--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["json", "console"])
+    p.add_argument("-v", "--version", action="version", version=f"linerd {__version__}")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("config-default", help="print the default configuration")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config-default":
+        from linerd.config import Config
+
+        sys.stdout.write(to_toml(Config()))
+        return 0
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(f"linerd: {e}", file=sys.stderr)
+        return 2
+    for flag, target, name in [
+        (args.root, config, "root"),
+        (args.state, config, "state"),
+        (args.address, config.grpc, "address"),
+        (args.log_level, config.log, "level"),
+        (args.log_format, config.log, "format"),
+    ]:
+        if flag:
+            setattr(
+                target,
+                name,
+                str(Path(flag).absolute()) if name in ("root", "state", "address") else flag,
+            )
+    log.setup(config.log.level, config.log.format)
+    try:
+        asyncio.run(Daemon(config).run())
+    except StartupError as e:
+        structlog.get_logger("linerd").error("cannot start", error=str(e))
+        print(f"linerd: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The daemon: owns the root, serves the API on a unix socket, stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+
+from liner_api.containerd.services.content.v1 import content_pb2_grpc
+from liner_api.containerd.services.events.v1 import events_pb2_grpc
+from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
+from liner_api.containerd.services.leases.v1 import leases_pb2_grpc
+from liner_api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
+from liner_api.containerd.services.version.v1 import version_pb2_grpc
+from linerd import systemd
+from linerd.config import Config
+from linerd.content.local import LocalStore
+from linerd.content.store import ContentStore
+from linerd.events import Exchange
+from linerd.gc.collector import Collector
+from linerd.metadata.content import ContentRecords
+from linerd.metadata.db import Database, sqlite_url
+from linerd.metadata.leases import LeaseStore
+from linerd.metadata.namespaces import NamespaceStore
+from linerd.services.content import ContentService
+from linerd.services.events import EventsService
+from linerd.services.interceptor import RequestInterceptor
+from linerd.services.introspection import IntrospectionService, PluginEntry
+from linerd.services.leases import LeasesService
+from linerd.services.namespaces import NamespacesService
+from linerd.services.version import VersionService
+
+log = structlog.get_logger("linerd")
+
+# Seconds in-flight calls get to finish on shutdown before they are cancelled.
+SHUTDOWN_GRACE = 10.0
+
+
+class StartupError(Exception):
+    """linerd cannot start; the message says why in one line."""
+
+
+@dataclass(slots=True)
+class Core:
+    """Everything the services are built on."""
+
+    db: Database
+    namespaces: NamespaceStore
+    leases: LeaseStore
+    content: ContentStore
+    gc: Collector
+    events: Exchange
+
+
+class RootLock:
+    """An flock on <root>/linerd.lock: one linerd per root."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "linerd.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise StartupError(
+                    f"another linerd (pid {holder}) is already using root {self.path.parent}"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket; refuse one another process is serving on."""
+    if not path.exists() and not path.is_symlink():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise StartupError(f"address {path} is in use by another server")
+
+
+def build_core(config: Config) -> Core:
+    root = Path(config.root)
+    db = Database(config.metadata.url or sqlite_url(root))
+    db.migrate()
+    local = LocalStore(root / "content")
+    for broken in local.remove_broken():
+        log.warning("removed a half-created ingest", path=str(broken))
+    content = ContentStore(local, ContentRecords(db))
+    namespaces = NamespaceStore(db)
+    namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
+    return Core(
+        db=db,
+        namespaces=namespaces,
+        leases=LeaseStore(db),
+        content=content,
+        gc=Collector(db, content),
+        events=Exchange(),
+    )
+
+
+def _plugins() -> list[PluginEntry]:
+    grpc_plugins = [
+        PluginEntry("io.containerd.grpc.v1", name, requires)
+        for name, requires in [
+            ("version", ()),
+            ("introspection", ()),
+            ("namespaces", ("io.containerd.metadata.v1",)),
+            ("leases", ("io.containerd.metadata.v1",)),
+            ("content", ("io.containerd.metadata.v1",)),
+            ("events", ("io.containerd.event.v1",)),
+        ]
+    ]
+    return [
+        PluginEntry("io.containerd.content.v1", "content"),
+        PluginEntry("io.containerd.metadata.v1", "sqlite", ("io.containerd.content.v1",)),
+        PluginEntry("io.containerd.event.v1", "exchange"),
+        PluginEntry("io.containerd.gc.v1", "scheduler", ("io.containerd.metadata.v1",)),
+        *grpc_plugins,
+    ]
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        config = self.config
+        root, state, address = Path(config.root), Path(config.state), Path(config.grpc.address)
+        root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        state.mkdir(parents=True, exist_ok=True, mode=0o711)
+        address.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        lock = RootLock(root)
+        lock.acquire()
+        try:
+            _claim_socket(address)
+            core = await asyncio.to_thread(build_core, config)
+            try:
+                await self._serve(core, address)
+            finally:
+                core.db.close()
+        finally:
+            lock.release()
+
+    async def _serve(self, core: Core, address: Path) -> None:
+        config = self.config
+        server = grpc.aio.server(
+            interceptors=[RequestInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", config.grpc.max_recv_message_size),
+                ("grpc.max_send_message_length", config.grpc.max_send_message_size),
+            ],
+        )
+        uuid = await asyncio.to_thread(core.db.server_uuid)
+        version_pb2_grpc.add_VersionServicer_to_server(VersionService(), server)
+        introspection_pb2_grpc.add_IntrospectionServicer_to_server(
+            IntrospectionService(uuid, _plugins()), server
+        )
+        namespaces_pb2_grpc.add_NamespacesServicer_to_server(
+            NamespacesService(core.namespaces, core.events), server
+        )
+        leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(core.leases, core.gc), server)
+        content_pb2_grpc.add_ContentServicer_to_server(
+            ContentService(core.content, core.gc, core.events), server
+        )
+        events_pb2_grpc.add_EventsServicer_to_server(EventsService(core.events), server)
+
+        old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
+        try:
+            server.add_insecure_port(f"unix://{address}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        if config.grpc.gid:
+            os.chown(address, -1, config.grpc.gid)
+        os.chmod(address, 0o660)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        gc_task = asyncio.create_task(core.gc.run(config.gc.interval, config.gc.schedule_delay))
+        log.info("serving", address=str(address), root=config.root, state=config.state, uuid=uuid)
+        systemd.notify("READY=1")
+        try:
+            await self._stop.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            log.info("stopping")
+            await server.stop(SHUTDOWN_GRACE)
+            gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gc_task
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            with contextlib.suppress(FileNotFoundError):
+                address.unlink()
+            log.info("stopped")

@@ -1,0 +1,1 @@
+"""gRPC servicers: translate messages to core calls and back, nothing more."""
