@@ -48,7 +48,8 @@ class Ingest:
         self.total = total
         self.expected = expected
         self.started_at = started_at
-        self._file = open(directory / "data", "r+b")  # noqa: SIM115 - lives as long as the ingest
+        # Unbuffered: what a write returned for is in the file, for a status or a crash.
+        self._file = open(directory / "data", "r+b", buffering=0)  # noqa: SIM115
         self._hash = hashlib.sha256()
         # Resuming: the running digest covers what is already on disk.
         while chunk := self._file.read(_HASH_CHUNK):
@@ -93,7 +94,9 @@ class Ingest:
                 f"ref {self.ref!r}: {len(data)} bytes at offset {self.offset} "
                 f"pass the total of {self.total}"
             )
-        self._file.write(data)
+        view = memoryview(data)
+        while view:  # a raw write may be short
+            view = view[self._file.write(view) :]
         self._hash.update(data)
         self.offset += len(data)
 

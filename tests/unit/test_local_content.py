@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from linerd.content.local import LocalStore
+from linerd.errdefs import AlreadyExists, FailedPrecondition, NotFound, OutOfRange
+
+pytestmark = pytest.mark.unit
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_write_commit_and_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    ingest = store.open_ingest("ns", "ref/with:odd chars", 10, "")
+    ingest.write(0, b"hello")
+    ingest.write(5, b"world")
+    digest = ingest.commit(store.path(sha(b"helloworld")), 10, sha(b"helloworld"))
+    assert digest == sha(b"helloworld")
+    assert store.read(digest, 5, 100) == b"world"
+    assert list(store.digests()) == [digest]
+    assert store.list_ingests() == []
+
+
+def test_resume_keeps_offset_and_digest(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    first = store.open_ingest("ns", "r", 0, "")
+    first.write(0, b"abc")
+    first.close()
+    resumed = store.open_ingest("ns", "r", 0, "")
+    assert resumed.offset == 3
+    assert resumed.digest == sha(b"abc")
+    resumed.write(3, b"def")
+    assert resumed.digest == sha(b"abcdef")
+
+
+def test_offset_rules(tmp_path: Path) -> None:
+    ingest = LocalStore(tmp_path).open_ingest("ns", "r", 0, "")
+    ingest.write(0, b"abcdef")
+    with pytest.raises(OutOfRange):
+        ingest.write(2, b"x")
+    ingest.write(0, b"xy")  # offset 0 on a non-empty ingest restarts it
+    assert ingest.offset == 2
+    assert ingest.digest == sha(b"xy")
+
+
+def test_write_past_total_is_refused(tmp_path: Path) -> None:
+    ingest = LocalStore(tmp_path).open_ingest("ns", "r", 4, "")
+    with pytest.raises(OutOfRange):
+        ingest.write(0, b"12345")
+    assert ingest.offset == 0
+
+
+def test_commit_checks_size_and_digest(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    ingest = store.open_ingest("ns", "r", 0, "")
+    ingest.write(0, b"data")
+    with pytest.raises(FailedPrecondition, match="size"):
+        ingest.commit(store.path(sha(b"data")), 5, "")
+    with pytest.raises(FailedPrecondition, match="digest"):
+        ingest.commit(store.path(sha(b"data")), 4, sha(b"other"))
+    assert store.ingest_status("ns", "r").offset == 4  # nothing lost
+
+
+def test_commit_of_existing_blob(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for ref in ("a", "b"):
+        ingest = store.open_ingest("ns", ref, 0, "")
+        ingest.write(0, b"same")
+        if ref == "a":
+            ingest.commit(store.path(sha(b"same")), 0, "")
+        else:
+            with pytest.raises(AlreadyExists):
+                ingest.commit(store.path(sha(b"same")), 0, "")
+    assert store.list_ingests() == []
+
+
+def test_ingests_are_per_namespace(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.open_ingest("one", "r", 0, "").close()
+    assert [ns for ns, _ in store.list_ingests()] == ["one"]
+    assert store.list_ingests("two") == []
+    with pytest.raises(NotFound):
+        store.ingest_status("two", "r")
+    with pytest.raises(NotFound):
+        store.abort("two", "r")
+    store.abort("one", "r")
+    assert store.list_ingests() == []
+
+
+def test_broken_ingest_dirs_are_removed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    (store.ingests / "deadbeef.tmp").mkdir()
+    (store.ingests / "nometa").mkdir()
+    store.open_ingest("ns", "kept", 0, "").close()
+    assert len(store.remove_broken()) == 2
+    assert [s.ref for _, s in store.list_ingests()] == ["kept"]
