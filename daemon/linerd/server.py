@@ -17,6 +17,7 @@ import structlog
 
 from liner_api.containerd.services.content.v1 import content_pb2_grpc
 from liner_api.containerd.services.events.v1 import events_pb2_grpc
+from liner_api.containerd.services.images.v1 import images_pb2_grpc
 from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
 from liner_api.containerd.services.leases.v1 import leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
@@ -29,10 +30,12 @@ from linerd.events import Exchange
 from linerd.gc.collector import Collector
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
+from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.services.content import ContentService
 from linerd.services.events import EventsService
+from linerd.services.images import ImagesService
 from linerd.services.interceptor import RequestInterceptor
 from linerd.services.introspection import IntrospectionService, PluginEntry
 from linerd.services.leases import LeasesService
@@ -57,6 +60,7 @@ class Core:
     namespaces: NamespaceStore
     leases: LeaseStore
     content: ContentStore
+    images: ImageStore
     gc: Collector
     events: Exchange
 
@@ -118,6 +122,7 @@ def build_core(config: Config) -> Core:
         namespaces=namespaces,
         leases=LeaseStore(db),
         content=content,
+        images=ImageStore(db),
         gc=Collector(db, content),
         events=Exchange(),
     )
@@ -132,6 +137,7 @@ def _plugins() -> list[PluginEntry]:
             ("namespaces", ("io.containerd.metadata.v1",)),
             ("leases", ("io.containerd.metadata.v1",)),
             ("content", ("io.containerd.metadata.v1",)),
+            ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
             ("events", ("io.containerd.event.v1",)),
         ]
     ]
@@ -192,6 +198,9 @@ class Daemon:
             ContentService(core.content, core.gc, core.events), server
         )
         events_pb2_grpc.add_EventsServicer_to_server(EventsService(core.events), server)
+        images_pb2_grpc.add_ImagesServicer_to_server(
+            ImagesService(core.images, core.gc, core.events), server
+        )
 
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
         try:

@@ -138,6 +138,7 @@ class ContentStore:
             raise Unavailable(f"ref {ref!r} is locked by another writer")
         self._locked.add(key)
         try:
+            await self.records.ensure_namespace(namespace)
             ingest = await asyncio.to_thread(
                 self.local.open_ingest, namespace, ref, total, expected
             )

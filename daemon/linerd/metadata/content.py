@@ -43,6 +43,10 @@ class ContentRecords:
     async def exists(self, namespace: str, digest: str) -> bool:
         return await self._db.run(lambda s: s.get(ContentRow, (namespace, digest)) is not None)
 
+    async def ensure_namespace(self, namespace: str) -> None:
+        """A write is a mutating call: its namespace exists from the first STAT on."""
+        await self._db.run(lambda s: ensure(s, namespace))
+
     async def add(
         self, namespace: str, digest: str, size: int, labels: dict[str, str], lease: str | None
     ) -> ContentInfo | None:

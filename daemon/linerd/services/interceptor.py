@@ -12,6 +12,7 @@ import grpc
 import structlog
 
 from linerd import context
+from linerd.core.filters import FilterSyntaxError
 from linerd.errdefs import LinerError
 from linerd.services.errors import status_code
 
@@ -84,7 +85,7 @@ class _Call:
     async def _fail(
         self, started: float, error: BaseException, ctx: grpc.aio.ServicerContext
     ) -> None:
-        if isinstance(error, LinerError):
+        if isinstance(error, LinerError | FilterSyntaxError):
             code = status_code(error)
             message = str(error)
         else:

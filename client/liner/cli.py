@@ -1,0 +1,426 @@
+"""`liner`: ctr-style nouns and verbs over linerd's API.
+
+Every failure ends as one `liner: <message>` line on stderr and exit code 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from liner import __version__
+from liner.client import DEFAULT_ADDRESS, Client, LinerClientError
+from liner.format import (
+    age,
+    human_size,
+    labels_text,
+    parse_duration,
+    parse_labels,
+    rfc3339,
+    table,
+)
+
+CLIENT_REVISION = "liner"
+EXPIRE_LABEL = "containerd.io/gc.expire"
+
+
+class Failure(click.ClickException):
+    """A runtime failure: shown as `liner: <message>`, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"liner: {self.message}", err=True)
+
+
+def _fail_item(message: str) -> None:
+    """Report one failed item of a multi-item command; the command exits 1 at the end."""
+    click.echo(f"liner: {message}", err=True)
+
+
+class AliasGroup(click.Group):
+    """A group that also answers to ctr's aliases (ns, list, remove, ...)."""
+
+    ALIASES = {
+        "ns": "namespaces",
+        "namespace": "namespaces",
+        "lease": "leases",
+        "list": "ls",
+        "remove": "rm",
+        "delete": "rm",
+        "del": "rm",
+    }
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.ALIASES:
+            command = super().get_command(ctx, self.ALIASES[cmd_name])
+        return command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        # Report the canonical name, so usage lines read `liner namespaces ...`.
+        _, command, rest = super().resolve_command(ctx, args)
+        return (command.name if command else None), command, rest
+
+
+class LinerGroup(AliasGroup):
+    """The top-level group: the one place client errors become `liner: ...` lines."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LinerClientError as e:
+            raise Failure(str(e)) from None
+
+
+@dataclass(slots=True)
+class Settings:
+    address: str
+    namespace: str
+    timeout: float
+    _client: Client | None = None
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.address, self.namespace, timeout=self.timeout or None)
+            click.get_current_context().call_on_close(self._client.close)
+        return self._client
+
+
+def _client() -> Client:
+    return click.get_current_context().find_object(Settings).client()  # type: ignore[union-attr]
+
+
+def _labels(pairs: Sequence[str], param: str) -> dict[str, str]:
+    try:
+        return parse_labels(pairs)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=param) from None
+
+
+def _exit_if(failed: bool) -> None:
+    if failed:
+        click.get_current_context().exit(1)
+
+
+@click.group(cls=LinerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--address",
+    "-a",
+    envvar="LINER_ADDRESS",
+    default=DEFAULT_ADDRESS,
+    show_default=True,
+    help="linerd's socket [env LINER_ADDRESS]",
+)
+@click.option(
+    "--namespace",
+    "-n",
+    envvar="LINER_NAMESPACE",
+    default="default",
+    show_default=True,
+    help="namespace to work in [env LINER_NAMESPACE]",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="seconds each call may take; 0 = no limit",
+)
+@click.version_option(__version__, "--version", "-v", prog_name="liner")
+@click.pass_context
+def cli(ctx: click.Context, address: str, namespace: str, timeout: float) -> None:
+    """Command line client for linerd."""
+    ctx.obj = Settings(address=address, namespace=namespace, timeout=timeout)
+
+
+# -- version --------------------------------------------------------------------------------
+
+
+@cli.command()
+def version() -> None:
+    """Show client and server versions."""
+    click.echo("Client:")
+    click.echo(f"  Version:  {__version__}")
+    click.echo(f"  Revision: {CLIENT_REVISION}")
+    click.echo(f"  Python:   {platform.python_version()}")
+    click.echo()
+    client = _client()
+    server = client.version()
+    uuid = client.server().uuid
+    click.echo("Server:")
+    click.echo(f"  Version:  {server.version}")
+    click.echo(f"  Revision: {server.revision}")
+    click.echo(f"  UUID:     {uuid}")
+
+
+# -- namespaces -----------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def namespaces() -> None:
+    """Manage namespaces (alias: ns)."""
+
+
+@namespaces.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the names")
+def namespaces_ls(quiet: bool) -> None:
+    """List namespaces."""
+    found = _client().namespaces()
+    if quiet:
+        for ns in found:
+            click.echo(ns.name)
+        return
+    click.echo(
+        table(["NAME", "LABELS"], [[ns.name, labels_text(ns.labels)] for ns in found]), nl=False
+    )
+
+
+@namespaces.command("create")
+@click.argument("name")
+@click.argument("labels", nargs=-1, metavar="[KEY=VALUE]...")
+def namespaces_create(name: str, labels: tuple[str, ...]) -> None:
+    """Create a namespace, optionally with labels."""
+    _client().create_namespace(name, _labels(labels, "KEY=VALUE"))
+
+
+@namespaces.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+def namespaces_rm(names: tuple[str, ...]) -> None:
+    """Remove empty namespaces."""
+    client = _client()
+    failed = False
+    for name in names:
+        try:
+            client.delete_namespace(name)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(name)
+    _exit_if(failed)
+
+
+@namespaces.command("label")
+@click.argument("name")
+@click.argument("labels", nargs=-1, metavar="[KEY=VALUE]...")
+def namespaces_label(name: str, labels: tuple[str, ...]) -> None:
+    """Set labels on a namespace (KEY= removes KEY); with none, print its labels."""
+    client = _client()
+    if not labels:
+        for key, value in sorted(client.get_namespace(name).labels.items()):
+            click.echo(f"{key}={value}")
+        return
+    client.set_namespace_labels(name, _labels(labels, "KEY=VALUE"))
+
+
+# -- content --------------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def content() -> None:
+    """Manage content (blobs)."""
+
+
+@content.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the digests")
+def content_ls(quiet: bool) -> None:
+    """List content."""
+    found = _client().content()
+    if quiet:
+        for info in found:
+            click.echo(info.digest)
+        return
+    now = datetime.now(UTC)
+    rows = [
+        [info.digest, human_size(info.size), age(info.created_at, now), labels_text(info.labels)]
+        for info in found
+    ]
+    click.echo(table(["DIGEST", "SIZE", "AGE", "LABELS"], rows), nl=False)
+
+
+@content.command("get")
+@click.argument("digest")
+def content_get(digest: str) -> None:
+    """Write a blob to stdout."""
+    out = click.get_binary_stream("stdout")
+    for chunk in _client().read(digest):
+        out.write(chunk)
+    out.flush()
+
+
+@content.command("rm")
+@click.argument("digests", nargs=-1, required=True, metavar="DIGEST...")
+def content_rm(digests: tuple[str, ...]) -> None:
+    """Remove content from the namespace."""
+    client = _client()
+    failed = False
+    for digest in digests:
+        try:
+            client.delete_content(digest)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(digest)
+    _exit_if(failed)
+
+
+@content.command("ingest")
+@click.argument("ref")
+@click.option("--expected-size", type=click.IntRange(min=0), default=0, help="size in bytes")
+@click.option("--expected-digest", default="", help="sha256:<hex> the data must have")
+def content_ingest(ref: str, expected_size: int, expected_digest: str) -> None:
+    """Store stdin as a blob under an ingest REF; prints its digest."""
+    digest = _client().write(
+        ref, click.get_binary_stream("stdin"), total=expected_size, expected=expected_digest
+    )
+    click.echo(digest)
+
+
+@content.command("active")
+@click.option("--quiet", "-q", is_flag=True, help="print only the refs")
+def content_active(quiet: bool) -> None:
+    """List ingests in progress."""
+    found = _client().ingests()
+    if quiet:
+        for status in found:
+            click.echo(status.ref)
+        return
+    now = datetime.now(UTC)
+    rows = [[s.ref, human_size(s.offset), age(s.started_at, now)] for s in found]
+    click.echo(table(["REF", "SIZE", "AGE"], rows), nl=False)
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def leases() -> None:
+    """Manage leases."""
+
+
+@leases.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the ids")
+def leases_ls(quiet: bool) -> None:
+    """List leases."""
+    found = _client().leases()
+    if quiet:
+        for lease in found:
+            click.echo(lease.id)
+        return
+    rows = [
+        [
+            lease.id,
+            rfc3339(lease.created_at) if lease.created_at else "-",
+            labels_text(lease.labels),
+        ]
+        for lease in found
+    ]
+    click.echo(table(["ID", "CREATED AT", "LABELS"], rows), nl=False)
+
+
+@leases.command("create")
+@click.option("--id", "lease_id", default="", help="lease id (default: generated)")
+@click.option(
+    "--expire",
+    "-x",
+    default="24h",
+    show_default=True,
+    help="lifetime, e.g. 24h or 30m; 0 never expires",
+)
+@click.option("--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="repeatable")
+def leases_create(lease_id: str, expire: str, labels: tuple[str, ...]) -> None:
+    """Create a lease; prints its id."""
+    try:
+        lifetime = parse_duration(expire)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--expire") from None
+    if lifetime.total_seconds() < 0:
+        raise click.BadParameter("must not be negative", param_hint="--expire")
+    values = _labels(labels, "--label")
+    if lifetime:
+        values[EXPIRE_LABEL] = rfc3339(datetime.now(UTC) + lifetime)
+    click.echo(_client().create_lease(lease_id, values).id)
+
+
+@leases.command("rm")
+@click.option("--sync", is_flag=True, help="wait for the garbage collection to finish")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+def leases_rm(sync: bool, ids: tuple[str, ...]) -> None:
+    """Remove leases."""
+    client = _client()
+    failed = False
+    for lease_id in ids:
+        try:
+            client.delete_lease(lease_id, sync=sync)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(lease_id)
+    _exit_if(failed)
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def config() -> None:
+    """linerd configuration."""
+
+
+@config.command("default")
+def config_default() -> None:
+    """Print linerd's default configuration (TOML)."""
+    from linerd.config import Config, to_toml
+
+    click.echo(to_toml(Config()), nl=False)
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the exit-time flush is silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console entry point: run the CLI, never letting a traceback out."""
+    try:
+        code = cli.main(
+            args=list(argv) if argv is not None else None, prog_name="liner", standalone_mode=False
+        )
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("liner: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(1)
+    except Exception as e:
+        click.echo(f"liner: internal error: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
