@@ -55,3 +55,15 @@ class DeadlineExceeded(LinerError):
 
 class Internal(LinerError):
     pass
+
+
+class Unauthenticated(LinerError):
+    """A registry wants credentials that were not given or were refused."""
+
+
+class PermissionDenied(LinerError):
+    pass
+
+
+class DataLoss(LinerError):
+    """Bytes did not match what they claimed to be (a digest or size mismatch from a remote)."""

@@ -20,6 +20,9 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errdefs.Cancelled, grpc.StatusCode.CANCELLED),
     (errdefs.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errdefs.Internal, grpc.StatusCode.INTERNAL),
+    (errdefs.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errdefs.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errdefs.DataLoss, grpc.StatusCode.DATA_LOSS),
 ]
 
 
