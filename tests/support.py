@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -43,6 +46,7 @@ class Linerd:
         ]
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             self.command(), stdout=log, stderr=log, env={**os.environ, **(env or {})}
@@ -102,3 +106,28 @@ def ns(name: str = "default", lease: str | None = None) -> list[tuple[str, str]]
     if lease:
         md.append(("containerd-lease", lease))
     return md
+
+
+@contextlib.contextmanager
+def mounted(mounts: Iterable[Any], target: Path) -> Iterator[Path]:
+    """Mount API mounts (containerd.types.Mount messages) on `target`, as a root client does."""
+    target.mkdir(parents=True, exist_ok=True)
+    done = 0
+    try:
+        for m in mounts:
+            options = [o for o in m.options if o not in ("rbind", "bind")]
+            if m.type == "bind":
+                subprocess.run(["mount", "--rbind", m.source, str(target)], check=True)
+                done += 1
+                if "ro" in options:
+                    subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+            else:
+                subprocess.run(
+                    ["mount", "-t", m.type, m.source, str(target), "-o", ",".join(options)],
+                    check=True,
+                )
+                done += 1
+        yield target
+    finally:
+        for _ in range(done):
+            subprocess.run(["umount", "-l", str(target)], check=False)

@@ -39,6 +39,13 @@ class GcConfig:
 
 
 @dataclass(slots=True)
+class SnapshotsConfig:
+    # Used when a request names no snapshotter. "overlayfs" falls back to "native" where the
+    # kernel cannot mount overlay.
+    default: str = "overlayfs"
+
+
+@dataclass(slots=True)
 class LogConfig:
     level: str = "info"
     # "json" (journald-friendly) or "console".
@@ -53,6 +60,7 @@ class Config:
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -89,6 +97,8 @@ def validate(config: Config) -> Config:
     for name in ("root", "state"):
         if not Path(getattr(config, name)).is_absolute():
             raise ConfigError(f"{name} must be an absolute path")
+    if config.snapshots.default not in ("overlayfs", "native"):
+        raise ConfigError("snapshots.default must be 'overlayfs' or 'native'")
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
     return config

@@ -21,6 +21,7 @@ from liner_api.containerd.services.images.v1 import images_pb2_grpc
 from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
 from liner_api.containerd.services.leases.v1 import leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
+from liner_api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2_grpc
 from linerd import systemd
 from linerd.config import Config
@@ -40,7 +41,10 @@ from linerd.services.interceptor import RequestInterceptor
 from linerd.services.introspection import IntrospectionService, PluginEntry
 from linerd.services.leases import LeasesService
 from linerd.services.namespaces import NamespacesService
+from linerd.services.snapshots import SnapshotsService
 from linerd.services.version import VersionService
+from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
+from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
 
 log = structlog.get_logger("linerd")
 
@@ -61,6 +65,8 @@ class Core:
     leases: LeaseStore
     content: ContentStore
     images: ImageStore
+    snapshots: dict[str, SnapshotStore]
+    default_snapshotter: str
     gc: Collector
     events: Exchange
 
@@ -117,18 +123,37 @@ def build_core(config: Config) -> Core:
     content = ContentStore(local, ContentRecords(db))
     namespaces = NamespaceStore(db)
     namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
+    snapshots = _snapshotters(db, root)
+    gc = Collector(db, content)
+    gc.register_kind("snapshots", SnapshotsCollectable(snapshots))
+    for name, store in snapshots.items():
+        namespaces.register_holder(f"{name} snapshots", store.holds())
+    default = config.snapshots.default if config.snapshots.default in snapshots else "native"
     return Core(
         db=db,
         namespaces=namespaces,
         leases=LeaseStore(db),
         content=content,
         images=ImageStore(db),
-        gc=Collector(db, content),
+        snapshots=snapshots,
+        default_snapshotter=default,
+        gc=gc,
         events=Exchange(),
     )
 
 
-def _plugins() -> list[PluginEntry]:
+def _snapshotters(db: Database, root: Path) -> dict[str, SnapshotStore]:
+    base = root / "snapshots"
+    stores = {}
+    if overlay_supported(base / "check"):
+        stores["overlayfs"] = SnapshotStore(db, OverlayBackend(), base / "overlayfs")
+    else:
+        log.warning("overlay mounts fail here: the overlayfs snapshotter is not available")
+    stores["native"] = SnapshotStore(db, NativeBackend(), base / "native")
+    return stores
+
+
+def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
     grpc_plugins = [
         PluginEntry("io.containerd.grpc.v1", name, requires)
         for name, requires in [
@@ -139,12 +164,14 @@ def _plugins() -> list[PluginEntry]:
             ("content", ("io.containerd.metadata.v1",)),
             ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
             ("events", ("io.containerd.event.v1",)),
+            ("snapshots", ("io.containerd.snapshotter.v1",)),
         ]
     ]
     return [
         PluginEntry("io.containerd.content.v1", "content"),
         PluginEntry("io.containerd.metadata.v1", "sqlite", ("io.containerd.content.v1",)),
         PluginEntry("io.containerd.event.v1", "exchange"),
+        *(PluginEntry("io.containerd.snapshotter.v1", name) for name in snapshotters),
         PluginEntry("io.containerd.gc.v1", "scheduler", ("io.containerd.metadata.v1",)),
         *grpc_plugins,
     ]
@@ -169,6 +196,13 @@ class Daemon:
         try:
             _claim_socket(address)
             core = await asyncio.to_thread(build_core, config)
+            for store in core.snapshots.values():
+                if removed := await store.cleanup():
+                    log.warning(
+                        "removed snapshot directories a crash left",
+                        snapshotter=store.name,
+                        directories=removed,
+                    )
             try:
                 await self._serve(core, address)
             finally:
@@ -188,7 +222,7 @@ class Daemon:
         uuid = await asyncio.to_thread(core.db.server_uuid)
         version_pb2_grpc.add_VersionServicer_to_server(VersionService(), server)
         introspection_pb2_grpc.add_IntrospectionServicer_to_server(
-            IntrospectionService(uuid, _plugins()), server
+            IntrospectionService(uuid, _plugins(list(core.snapshots))), server
         )
         namespaces_pb2_grpc.add_NamespacesServicer_to_server(
             NamespacesService(core.namespaces, core.events), server
@@ -198,6 +232,10 @@ class Daemon:
             ContentService(core.content, core.gc, core.events), server
         )
         events_pb2_grpc.add_EventsServicer_to_server(EventsService(core.events), server)
+        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
+            SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
+            server,
+        )
         images_pb2_grpc.add_ImagesServicer_to_server(
             ImagesService(core.images, core.gc, core.events), server
         )

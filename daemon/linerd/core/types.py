@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -61,3 +62,34 @@ class Image:
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+class SnapshotKind(enum.Enum):
+    VIEW = "view"
+    ACTIVE = "active"
+    COMMITTED = "committed"
+
+
+@dataclass(slots=True)
+class SnapshotInfo:
+    name: str
+    kind: SnapshotKind
+    parent: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    size: int = 0
+    inodes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A mount as the API carries it: mount(2) type, source and options (target is unused)."""
+
+    type: str
+    source: str
+    options: tuple[str, ...] = ()

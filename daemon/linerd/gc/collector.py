@@ -46,10 +46,12 @@ class Kind(Protocol):
 
     def objects(self, session: Session) -> dict[Node, GcObject]: ...
 
-    def remove(self, session: Session, nodes: list[Node]) -> None: ...
+    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
+        """Delete the records; return what to do on disk once the transaction committed."""
 
 
 RootSource = Callable[[Session], Iterable[Node]]
+Cleanup = Callable[[], None]
 
 
 def label_refs(namespace: str, labels: dict[str, str]) -> Iterable[Node]:
@@ -69,13 +71,14 @@ class ContentKind:
             for row in session.scalars(select(ContentRow))
         }
 
-    def remove(self, session: Session, nodes: list[Node]) -> None:
+    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
         for namespace, _, digest in nodes:
             session.execute(
                 delete(ContentRow).where(
                     ContentRow.namespace == namespace, ContentRow.digest == digest
                 )
             )
+        return None  # blob files go in the file sweep: another namespace may record them
 
 
 def image_roots(session: Session) -> Iterable[Node]:
@@ -133,8 +136,10 @@ class Collector:
         """One full collection. Holds the content store's gc lock, so no commit interleaves."""
         started = time.monotonic()
         async with self._content.gc_lock:
-            stats, recorded = await self._db.run(self._sweep_records)
+            stats, recorded, cleanups = await self._db.run(self._sweep_records)
             stats.files = await asyncio.to_thread(self._sweep_files, recorded)
+            for cleanup in cleanups:
+                await asyncio.to_thread(cleanup)
         stats.seconds = time.monotonic() - started
         if stats.leases or stats.files or any(stats.removed.values()):
             log.info(
@@ -146,7 +151,7 @@ class Collector:
             )
         return stats
 
-    def _sweep_records(self, session: Session) -> tuple[Stats, set[str]]:
+    def _sweep_records(self, session: Session) -> tuple[Stats, set[str], list[Cleanup]]:
         stats = Stats()
         stats.leases = _expire_leases(session)
         objects: dict[Node, GcObject] = {}
@@ -164,14 +169,16 @@ class Collector:
             if obj is not None:
                 pending.extend(label_refs(node[0], obj.labels))
                 pending.extend(obj.refs)
+        cleanups = []
         for name, kind in self._kinds.items():
             dead = [n for n in objects if n not in marked and _kind_name(n[1]) == name]
             if dead:
-                kind.remove(session, dead)
+                if cleanup := kind.remove(session, dead):
+                    cleanups.append(cleanup)
                 stats.removed[name] = len(dead)
         session.flush()
         recorded = set(session.scalars(select(ContentRow.digest).distinct()))
-        return stats, recorded
+        return stats, recorded, cleanups
 
     def _sweep_files(self, recorded: set[str]) -> int:
         """Remove blob files that no namespace records."""

@@ -57,6 +57,26 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 PRIMARY KEY (namespace, name))""",
         ],
     ),
+    (
+        2,
+        "snapshots",
+        [
+            """CREATE TABLE snapshots (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                snapshotter TEXT NOT NULL,
+                namespace TEXT NOT NULL REFERENCES namespaces(name),
+                key TEXT NOT NULL,
+                parent TEXT,
+                kind TEXT NOT NULL,
+                labels TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                inodes BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                UNIQUE (snapshotter, namespace, key))""",
+            """CREATE INDEX snapshots_by_parent ON snapshots (snapshotter, namespace, parent)""",
+        ],
+    ),
 ]
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKeyConstraint, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKeyConstraint,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -83,6 +90,27 @@ class ContentRow(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+
+
+class SnapshotRow(Base):
+    """A snapshot of one snapshotter in one namespace; `id` names its directory."""
+
+    __tablename__ = "snapshots"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    snapshotter: Mapped[str]
+    namespace: Mapped[str]
+    key: Mapped[str]
+    parent: Mapped[str | None]
+    kind: Mapped[str]
+    labels: Mapped[dict[str, str]]
+    size: Mapped[int] = mapped_column(BigInteger)
+    inodes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    __table_args__ = (
+        UniqueConstraint("snapshotter", "namespace", "key"),
+        ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+    )
 
 
 class ImageRow(Base):

@@ -1,0 +1,1 @@
+"""Snapshotters: overlayfs (kernel overlay, layers side by side) and native (copies)."""

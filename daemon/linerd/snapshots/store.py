@@ -1,0 +1,346 @@
+"""One snapshotter's snapshots: records in SQL (per namespace), directories on disk.
+
+Crash safety: a new snapshot's directory is built under a temporary name and renamed to its
+id inside the transaction that records it; removal deletes the record first and the
+directory after. `cleanup` removes what a crash left: directories no record names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from linerd.core import validate
+from linerd.core.types import LeaseResource, Mount, SnapshotInfo, SnapshotKind, Usage
+from linerd.errdefs import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from linerd.gc.collector import Cleanup, GcObject, Node
+from linerd.metadata.db import Database
+from linerd.metadata.leases import add_resource_in
+from linerd.metadata.models import SnapshotRow
+from linerd.metadata.namespaces import ensure
+from linerd.snapshots.backends import Backend
+from linerd.snapshots.usage import disk_usage
+
+
+def _info(row: SnapshotRow) -> SnapshotInfo:
+    return SnapshotInfo(
+        name=row.key,
+        kind=SnapshotKind(row.kind),
+        parent=row.parent or "",
+        labels=dict(row.labels),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+class SnapshotStore:
+    def __init__(self, db: Database, backend: Backend, root: Path) -> None:
+        self.name = backend.name
+        self.backend = backend
+        self.root = root
+        self._db = db
+        self._building: set[str] = set()
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- helpers that run inside a transaction ----------------------------------------------
+
+    def _row(self, session: Session, namespace: str, key: str) -> SnapshotRow | None:
+        return session.scalar(
+            select(SnapshotRow).where(
+                SnapshotRow.snapshotter == self.name,
+                SnapshotRow.namespace == namespace,
+                SnapshotRow.key == key,
+            )
+        )
+
+    def _get(self, session: Session, namespace: str, key: str) -> SnapshotRow:
+        row = self._row(session, namespace, key)
+        if row is None:
+            raise NotFound(f"snapshot {key!r} does not exist")
+        return row
+
+    def _chain(self, session: Session, namespace: str, parent: str | None) -> list[Path]:
+        """Directories of `parent` and its ancestors, top first."""
+        chain = []
+        while parent:
+            row = self._get(session, namespace, parent)
+            chain.append(self.root / str(row.id))
+            parent = row.parent
+        return chain
+
+    def _mounts(self, session: Session, row: SnapshotRow) -> list[Mount]:
+        kind = SnapshotKind(row.kind)
+        if kind is SnapshotKind.COMMITTED:
+            raise FailedPrecondition(f"snapshot {row.key!r} is committed: it has no mounts")
+        parents = self._chain(session, row.namespace, row.parent)
+        return self.backend.mounts(self.root / str(row.id), kind, parents)
+
+    # -- API ----------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        namespace: str,
+        key: str,
+        parent: str,
+        labels: dict[str, str],
+        kind: SnapshotKind,
+        lease: str | None,
+    ) -> list[Mount]:
+        """Prepare (ACTIVE) or View (VIEW) `key` on top of committed `parent` ("" = none)."""
+        if not key:
+            raise InvalidArgument("snapshot key must not be empty")
+        labels = validate.labels(labels)
+
+        def check(session: Session) -> list[Path]:
+            if self._row(session, namespace, key) is not None:
+                raise AlreadyExists(f"snapshot {key!r} already exists")
+            if parent:
+                row = self._get(session, namespace, parent)
+                if row.kind != SnapshotKind.COMMITTED.value:
+                    raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
+            return self._chain(session, namespace, parent)
+
+        parents = await self._db.run(check)
+        tmp = self.root / f"tmp-{secrets.token_hex(8)}"
+        self._building.add(tmp.name)
+        try:
+            await asyncio.to_thread(self._populate, tmp, kind, parents)
+
+            def record(session: Session) -> list[Mount]:
+                check(session)  # again: the world may have changed while we copied
+                ensure(session, namespace)
+                if lease:
+                    add_resource_in(
+                        session,
+                        namespace,
+                        lease,
+                        LeaseResource(id=key, type=f"snapshots/{self.name}"),
+                    )
+                now = datetime.now(UTC)
+                row = SnapshotRow(
+                    snapshotter=self.name,
+                    namespace=namespace,
+                    key=key,
+                    parent=parent or None,
+                    kind=kind.value,
+                    labels=labels,
+                    size=0,
+                    inodes=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                session.flush()
+                tmp.rename(self.root / str(row.id))
+                return self._mounts(session, row)
+
+            return await self._db.run(record)
+        finally:
+            self._building.discard(tmp.name)
+            if tmp.exists():
+                await asyncio.to_thread(shutil.rmtree, tmp, True)
+
+    def _populate(self, tmp: Path, kind: SnapshotKind, parents: list[Path]) -> None:
+        tmp.mkdir(mode=0o700)
+        self.backend.populate(tmp, kind, parents)
+
+    async def mounts(self, namespace: str, key: str) -> list[Mount]:
+        return await self._db.run(lambda s: self._mounts(s, self._get(s, namespace, key)))
+
+    async def commit(
+        self, namespace: str, name: str, key: str, labels: dict[str, str], lease: str | None
+    ) -> None:
+        if not name:
+            raise InvalidArgument("commit name must not be empty")
+        labels = validate.labels(labels)
+
+        def find(session: Session) -> int:
+            row = self._get(session, namespace, key)
+            if row.kind != SnapshotKind.ACTIVE.value:
+                raise FailedPrecondition(f"snapshot {key!r} is not active: cannot commit it")
+            if self._row(session, namespace, name) is not None:
+                raise AlreadyExists(f"snapshot {name!r} already exists")
+            return row.id
+
+        snapshot_id = await self._db.run(find)
+        usage = await asyncio.to_thread(disk_usage, self.root / str(snapshot_id) / "fs")
+
+        def commit(session: Session) -> None:
+            row = self._get(session, namespace, key)
+            if row.id != snapshot_id or row.kind != SnapshotKind.ACTIVE.value:
+                raise FailedPrecondition(f"snapshot {key!r} changed during commit")
+            if self._row(session, namespace, name) is not None:
+                raise AlreadyExists(f"snapshot {name!r} already exists")
+            if lease:
+                add_resource_in(
+                    session, namespace, lease, LeaseResource(id=name, type=f"snapshots/{self.name}")
+                )
+            row.key = name
+            row.kind = SnapshotKind.COMMITTED.value
+            row.labels = {**row.labels, **labels}
+            row.size, row.inodes = usage.size, usage.inodes
+            row.updated_at = datetime.now(UTC)
+
+        await self._db.run(commit)
+        # The work dir of an overlay upper is scratch space; a committed layer needs none.
+        await asyncio.to_thread(shutil.rmtree, self.root / str(snapshot_id) / "work", True)
+
+    async def remove(self, namespace: str, key: str) -> None:
+        def remove(session: Session) -> int:
+            row = self._get(session, namespace, key)
+            if self._has_children(session, namespace, key):
+                raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
+            session.delete(row)
+            return row.id
+
+        snapshot_id = await self._db.run(remove)
+        await asyncio.to_thread(self.remove_dirs, [snapshot_id])
+
+    def _has_children(self, session: Session, namespace: str, key: str) -> bool:
+        return bool(
+            session.scalar(
+                select(
+                    exists().where(
+                        SnapshotRow.snapshotter == self.name,
+                        SnapshotRow.namespace == namespace,
+                        SnapshotRow.parent == key,
+                    )
+                )
+            )
+        )
+
+    def remove_dirs(self, ids: list[int]) -> None:
+        for snapshot_id in ids:
+            directory = self.root / str(snapshot_id)
+            if directory.exists():
+                doomed = self.root / f"rm-{snapshot_id}"
+                directory.rename(doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+
+    async def stat(self, namespace: str, key: str) -> SnapshotInfo:
+        return await self._db.run(lambda s: _info(self._get(s, namespace, key)))
+
+    async def update(
+        self, namespace: str, key: str, labels: dict[str, str], paths: list[str]
+    ) -> SnapshotInfo:
+        for path in paths:
+            if path != "labels" and not path.startswith("labels."):
+                raise InvalidArgument(f"cannot update {path!r} field on snapshot {key!r}")
+
+        def update(session: Session) -> SnapshotInfo:
+            row = self._get(session, namespace, key)
+            masked = validate.apply_label_mask(row.labels, labels, paths)
+            row.labels = masked if masked is not None else validate.labels(labels)
+            row.updated_at = datetime.now(UTC)
+            return _info(row)
+
+        return await self._db.run(update)
+
+    async def list(self, namespace: str) -> list[SnapshotInfo]:
+        def list_(session: Session) -> list[SnapshotInfo]:
+            rows = session.scalars(
+                select(SnapshotRow)
+                .where(SnapshotRow.snapshotter == self.name, SnapshotRow.namespace == namespace)
+                .order_by(SnapshotRow.id)
+            )
+            return [_info(r) for r in rows]
+
+        return await self._db.run(list_)
+
+    async def usage(self, namespace: str, key: str) -> Usage:
+        def get(session: Session) -> tuple[str, int, Usage]:
+            row = self._get(session, namespace, key)
+            return row.kind, row.id, Usage(row.size, row.inodes)
+
+        kind, snapshot_id, usage = await self._db.run(get)
+        if kind == SnapshotKind.COMMITTED.value:
+            return usage
+        return await asyncio.to_thread(disk_usage, self.root / str(snapshot_id) / "fs")
+
+    async def cleanup(self) -> list[str]:
+        """Remove directories that no record names (left by a crash); returns their names."""
+        ids: set[str] = set(
+            await self._db.run(
+                lambda s: [
+                    str(i)
+                    for i in s.scalars(
+                        select(SnapshotRow.id).where(SnapshotRow.snapshotter == self.name)
+                    )
+                ]
+            )
+        )
+        return await asyncio.to_thread(self._remove_orphans, ids)
+
+    def _remove_orphans(self, ids: set[str]) -> list[str]:
+        removed = []
+        for entry in self.root.iterdir():
+            if entry.name in ids or entry.name in self._building:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+        return removed
+
+    def holds(self) -> Callable[[Session, str], bool]:
+        """For the namespace store: does a namespace have snapshots here?"""
+
+        def check(session: Session, namespace: str) -> bool:
+            return bool(
+                session.scalar(
+                    select(
+                        exists().where(
+                            SnapshotRow.snapshotter == self.name, SnapshotRow.namespace == namespace
+                        )
+                    )
+                )
+            )
+
+        return check
+
+
+class SnapshotsCollectable:
+    """The garbage collector's view of every snapshotter's records."""
+
+    def __init__(self, stores: dict[str, SnapshotStore]) -> None:
+        self._stores = stores
+
+    def objects(self, session: Session) -> dict[Node, GcObject]:
+        found: dict[Node, GcObject] = {}
+        for row in session.scalars(select(SnapshotRow)):
+            node_type = f"snapshots/{row.snapshotter}"
+            refs = [(row.namespace, node_type, row.parent)] if row.parent else []
+            found[(row.namespace, node_type, row.key)] = GcObject(labels=row.labels, refs=refs)
+        return found
+
+    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
+        doomed: dict[str, list[int]] = {}
+        for namespace, node_type, key in nodes:
+            snapshotter = node_type.split("/", 1)[1]
+            row = session.scalar(
+                select(SnapshotRow).where(
+                    SnapshotRow.snapshotter == snapshotter,
+                    SnapshotRow.namespace == namespace,
+                    SnapshotRow.key == key,
+                )
+            )
+            if row is not None:
+                session.delete(row)
+                doomed.setdefault(snapshotter, []).append(row.id)
+
+        def cleanup() -> None:
+            for snapshotter, ids in doomed.items():
+                if store := self._stores.get(snapshotter):
+                    store.remove_dirs(ids)
+
+        return cleanup
