@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from liner.client import (
     Client,
     ContentInfo,
@@ -15,11 +13,7 @@ from liner.client import (
     ServerInfo,
     VersionInfo,
 )
-
-try:
-    __version__ = version("liner")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from liner.version import __version__
 
 __all__ = [
     "Client",

@@ -9,13 +9,12 @@ import os
 import platform
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
 
-from liner import __version__
 from liner.client import DEFAULT_ADDRESS, Client, LinerClientError
 from liner.format import (
     age,
@@ -26,6 +25,7 @@ from liner.format import (
     rfc3339,
     table,
 )
+from liner.version import __version__
 
 CLIENT_REVISION = "liner"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -84,10 +84,12 @@ class LinerGroup(AliasGroup):
 
 @dataclass(slots=True)
 class Settings:
+    """The global options; the client is made on first use, so usage errors need no daemon."""
+
     address: str
     namespace: str
     timeout: float
-    _client: Client | None = None
+    _client: Client | None = field(default=None, init=False, repr=False)
 
     def client(self) -> Client:
         if self._client is None:
@@ -112,14 +114,15 @@ def _exit_if(failed: bool) -> None:
         click.get_current_context().exit(1)
 
 
-@click.group(cls=LinerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("liner", cls=LinerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--address",
     "-a",
     envvar="LINER_ADDRESS",
     default=DEFAULT_ADDRESS,
     show_default=True,
-    help="linerd's socket [env LINER_ADDRESS]",
+    show_envvar=True,
+    help="linerd's socket",
 )
 @click.option(
     "--namespace",
@@ -127,7 +130,8 @@ def _exit_if(failed: bool) -> None:
     envvar="LINER_NAMESPACE",
     default="default",
     show_default=True,
-    help="namespace to work in [env LINER_NAMESPACE]",
+    show_envvar=True,
+    help="namespace to work in",
 )
 @click.option(
     "--timeout",
@@ -253,7 +257,7 @@ def content_ls(quiet: bool) -> None:
 @click.argument("digest")
 def content_get(digest: str) -> None:
     """Write a blob to stdout."""
-    out = click.get_binary_stream("stdout")
+    out = click.open_file("-", "wb")
     for chunk in _client().read(digest):
         out.write(chunk)
     out.flush()
@@ -282,10 +286,21 @@ def content_rm(digests: tuple[str, ...]) -> None:
 @click.argument("ref")
 @click.option("--expected-size", type=click.IntRange(min=0), default=0, help="size in bytes")
 @click.option("--expected-digest", default="", help="sha256:<hex> the data must have")
-def content_ingest(ref: str, expected_size: int, expected_digest: str) -> None:
-    """Store stdin as a blob under an ingest REF; prints its digest."""
+@click.option("--label", "-l", "labels", multiple=True, metavar="KEY=VALUE", help="repeatable")
+def content_ingest(
+    ref: str, expected_size: int, expected_digest: str, labels: tuple[str, ...]
+) -> None:
+    """Store stdin as a blob under an ingest REF; prints its digest.
+
+    Content nothing references is garbage collected; label it containerd.io/gc.root=<time> to
+    keep it.
+    """
     digest = _client().write(
-        ref, click.get_binary_stream("stdin"), total=expected_size, expected=expected_digest
+        ref,
+        click.open_file("-", "rb"),
+        total=expected_size,
+        expected=expected_digest,
+        labels=_labels(labels, "--label"),
     )
     click.echo(digest)
 

@@ -402,6 +402,18 @@ class Client:
                 content_pb2.AbortRequest(ref=ref), metadata=self._metadata, timeout=self.timeout
             )
 
+    def _abort_leftover(self, ref: str) -> None:
+        for call, request in [
+            (self._content.Status, content_pb2.StatusRequest(ref=ref)),
+            (self._content.Abort, content_pb2.AbortRequest(ref=ref)),
+        ]:
+            try:
+                call(request, metadata=self._metadata, timeout=self.timeout)
+            except grpc.RpcError as e:
+                if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
+                    return
+                raise
+
     def write(
         self,
         ref: str,
@@ -414,12 +426,13 @@ class Client:
         """Ingest `data` under `ref` and commit it; returns the digest.
 
         Content the daemon has already (ALREADY_EXISTS) counts as written. A leftover ingest
-        under the same ref is restarted from offset 0, never resumed: the bytes it holds may not
-        be the ones being sent now.
+        under the same ref is aborted and started afresh, never resumed: the bytes it holds may
+        not be the ones being sent now, and its total may not fit them.
         """
         hasher = hashlib.sha256()
         requests = _Requests()
         with self._errors():
+            self._abort_leftover(ref)
             responses = self._content.Write(
                 iter(requests), metadata=self._metadata, timeout=self.timeout
             )

@@ -100,3 +100,13 @@ def test_broken_ingest_dirs_are_removed(tmp_path: Path) -> None:
     store.open_ingest("ns", "kept", 0, "").close()
     assert len(store.remove_broken()) == 2
     assert [s.ref for _, s in store.list_ingests()] == ["kept"]
+
+
+def test_restart_at_zero_takes_the_new_total(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    first = store.open_ingest("ns", "r", 4, "")
+    first.write(0, b"1234")
+    first.close()
+    again = store.open_ingest("ns", "r", 0, "")  # a client that does not know the size
+    again.write(0, b"longer than four", total=0)
+    assert again.offset == 16

@@ -75,14 +75,17 @@ class Ingest:
             self.total = total
             self._save_meta()
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Offset 0 on a non-empty ingest truncates (a client restarting); any other offset
-        must be the current one."""
+    def write(self, offset: int, data: bytes, total: int = 0) -> None:
+        """Offset 0 on a non-empty ingest truncates (a client restarting, whose `total` then
+        replaces the old one); any other offset must be the current one."""
         if offset == 0 and self.offset > 0:
             self._file.seek(0)
             self._file.truncate()
             self._hash = hashlib.sha256()
             self.offset = 0
+            if total != self.total:
+                self.total = total
+                self._save_meta()
         elif offset != self.offset:
             raise OutOfRange(
                 f"ref {self.ref!r}: write at offset {offset}, ingest is at {self.offset}"

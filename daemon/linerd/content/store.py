@@ -40,7 +40,7 @@ class Writer:
     async def write(self, offset: int, data: bytes, total: int = 0) -> None:
         if total:
             self.ingest.set_total(total)
-        await asyncio.to_thread(self.ingest.write, offset, data)
+        await asyncio.to_thread(self.ingest.write, offset, data, total)
 
     async def commit(self, size: int, expected: str, labels: dict[str, str]) -> ContentInfo:
         if expected:
