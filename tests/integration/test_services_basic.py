@@ -33,6 +33,7 @@ STAT = content_pb2.WriteAction.Value("STAT")
 WRITE = content_pb2.WriteAction.Value("WRITE")
 COMMIT = content_pb2.WriteAction.Value("COMMIT")
 C = grpc.StatusCode
+ROOT = "containerd.io/gc.root"
 MARKER = "/test/marker"
 
 
@@ -75,6 +76,8 @@ def listed(ch: grpc.Channel) -> set[str]:
 
 
 def write_blob(ch: grpc.Channel, md, data: bytes, labels: dict[str, str] | None = None) -> str:
+    """Commit `data`, labelled a GC root so no collection run by another test takes it."""
+    labels = {ROOT: "test", **(labels or {})}
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     reqs = [
         content_pb2.WriteContentRequest(
@@ -275,7 +278,7 @@ def test_namespace_delete_refused_while_holding_blob(chan: grpc.Channel, name: s
     assert name in listed(chan)
     content = content_pb2_grpc.ContentStub(chan)
     kept = content.Info(content_pb2.InfoRequest(digest=digest), metadata=ns(name)).info
-    assert dict(kept.labels) == {"keep": "me"}
+    assert dict(kept.labels) == {ROOT: "test", "keep": "me"}
     # Emptied, it goes.
     content.Delete(content_pb2.DeleteContentRequest(digest=digest), metadata=ns(name))
     stub.Delete(namespaces_pb2.DeleteNamespaceRequest(name=name))
