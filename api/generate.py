@@ -6,8 +6,9 @@ Usage (from the repository root)::
     python api/generate.py            # regenerate api/liner_api
     python api/generate.py --check    # exit 1 if api/liner_api is out of date
 
-Python code is generated for everything under ``api/proto/containerd``; gRPC
-stubs only for the service definitions under ``containerd/services``.  Files
+Python code is generated for everything under ``api/proto/containerd`` and
+``api/proto/liner`` (liner's own services); gRPC stubs only for the service
+definitions under ``<root>/services``.  Files
 under ``api/proto/google`` are include-only: at runtime their modules come
 from the ``protobuf`` / ``googleapis-common-protos`` distributions.
 """
@@ -28,14 +29,17 @@ API_DIR = Path(__file__).resolve().parent
 PROTO_DIR = API_DIR / "proto"
 OUT_DIR = API_DIR / "liner_api"
 PACKAGE = "liner_api"
-GENERATED_ROOT = "containerd"
-SERVICES_ROOT = "containerd/services"
+# containerd's API, and liner's own additions (daemon-side pull and push).
+GENERATED_ROOTS = ("containerd", "liner")
+SERVICES_ROOTS = ("containerd/services", "liner/services")
 TOP_INIT = '"""Generated Python bindings for the containerd-compatible liner API."""\n'
 IGNORED_NAMES = frozenset({"__pycache__"})
 
 # Top-level imports of generated modules must point into the liner_api package;
 # google.protobuf / google.rpc imports are left untouched.
-_IMPORT_RE = re.compile(rf"^(\s*)(from|import) {GENERATED_ROOT}(?=[. ])", re.MULTILINE)
+_IMPORT_RE = re.compile(
+    rf"^(\s*)(from|import) ({'|'.join(GENERATED_ROOTS)})(?=[. ])", re.MULTILINE
+)
 
 
 def proto_sources(root: str) -> list[str]:
@@ -64,7 +68,7 @@ def run_protoc(args: list[str]) -> None:
 def rewrite_imports(path: Path) -> None:
     """Make generated imports absolute within the liner_api package."""
     text = path.read_text(encoding="utf-8")
-    new = _IMPORT_RE.sub(rf"\1\2 {PACKAGE}.{GENERATED_ROOT}", text)
+    new = _IMPORT_RE.sub(rf"\1\2 {PACKAGE}.\3", text)
     if new != text:
         path.write_text(new, encoding="utf-8")
 
@@ -81,8 +85,10 @@ def add_init_files(pkg_root: Path) -> None:
 
 def generate(dest: Path) -> None:
     """Generate the full liner_api package into ``dest`` (which must exist)."""
-    run_protoc([f"--python_out={dest}", f"--pyi_out={dest}", *proto_sources(GENERATED_ROOT)])
-    run_protoc([f"--grpc_python_out={dest}", *proto_sources(SERVICES_ROOT)])
+    sources = [p for root in GENERATED_ROOTS for p in proto_sources(root)]
+    services = [p for root in SERVICES_ROOTS for p in proto_sources(root)]
+    run_protoc([f"--python_out={dest}", f"--pyi_out={dest}", *sources])
+    run_protoc([f"--grpc_python_out={dest}", *services])
     for path in sorted(dest.rglob("*")):
         if path.suffix in {".py", ".pyi"}:
             rewrite_imports(path)
@@ -121,10 +127,11 @@ def diff_trees(expected: Path, actual: Path) -> list[str]:
 def install(generated: Path) -> None:
     """Replace the committed liner_api tree with the generated one."""
     OUT_DIR.mkdir(exist_ok=True)
-    target = OUT_DIR / GENERATED_ROOT
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(generated / GENERATED_ROOT, target)
+    for root in GENERATED_ROOTS:
+        target = OUT_DIR / root
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(generated / root, target)
     for name in ("__init__.py", "py.typed"):
         shutil.copyfile(generated / name, OUT_DIR / name)
 

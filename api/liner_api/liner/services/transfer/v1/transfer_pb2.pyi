@@ -1,0 +1,57 @@
+from liner_api.containerd.types import descriptor_pb2 as _descriptor_pb2
+from liner_api.containerd.types import platform_pb2 as _platform_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Credentials(_message.Message):
+    __slots__ = ("username", "secret")
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    username: str
+    secret: str
+    def __init__(self, username: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("reference", "platforms", "all_platforms", "snapshotter", "skip_unpack", "plain_http", "credentials")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    ALL_PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    SKIP_UNPACK_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_HTTP_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    platforms: _containers.RepeatedCompositeFieldContainer[_platform_pb2.Platform]
+    all_platforms: bool
+    snapshotter: str
+    skip_unpack: bool
+    plain_http: bool
+    credentials: Credentials
+    def __init__(self, reference: _Optional[str] = ..., platforms: _Optional[_Iterable[_Union[_platform_pb2.Platform, _Mapping]]] = ..., all_platforms: _Optional[bool] = ..., snapshotter: _Optional[str] = ..., skip_unpack: _Optional[bool] = ..., plain_http: _Optional[bool] = ..., credentials: _Optional[_Union[Credentials, _Mapping]] = ...) -> None: ...
+
+class BlobProgress(_message.Message):
+    __slots__ = ("descriptor", "offset", "state")
+    DESCRIPTOR_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    descriptor: _descriptor_pb2.Descriptor
+    offset: int
+    state: str
+    def __init__(self, descriptor: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., offset: _Optional[int] = ..., state: _Optional[str] = ...) -> None: ...
+
+class PullProgress(_message.Message):
+    __slots__ = ("blobs", "name", "target", "done")
+    BLOBS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    blobs: _containers.RepeatedCompositeFieldContainer[BlobProgress]
+    name: str
+    target: _descriptor_pb2.Descriptor
+    done: bool
+    def __init__(self, blobs: _Optional[_Iterable[_Union[BlobProgress, _Mapping]]] = ..., name: _Optional[str] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., done: _Optional[bool] = ...) -> None: ...
