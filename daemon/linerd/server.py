@@ -16,6 +16,7 @@ import grpc
 import structlog
 
 from liner_api.containerd.services.content.v1 import content_pb2_grpc
+from liner_api.containerd.services.diff.v1 import diff_pb2_grpc
 from liner_api.containerd.services.events.v1 import events_pb2_grpc
 from liner_api.containerd.services.images.v1 import images_pb2_grpc
 from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
@@ -35,6 +36,7 @@ from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.services.content import ContentService
+from linerd.services.diff import DiffService
 from linerd.services.events import EventsService
 from linerd.services.images import ImagesService
 from linerd.services.interceptor import RequestInterceptor
@@ -165,6 +167,7 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
             ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
             ("events", ("io.containerd.event.v1",)),
             ("snapshots", ("io.containerd.snapshotter.v1",)),
+            ("diff", ("io.containerd.content.v1",)),
         ]
     ]
     return [
@@ -232,6 +235,10 @@ class Daemon:
             ContentService(core.content, core.gc, core.events), server
         )
         events_pb2_grpc.add_EventsServicer_to_server(EventsService(core.events), server)
+        diff_pb2_grpc.add_DiffServicer_to_server(
+            DiffService(core.content, Path(config.root) / "snapshots", Path(config.state) / "mnt"),
+            server,
+        )
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
             SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
             server,

@@ -1,0 +1,672 @@
+"""Extract a layer tar onto a directory, applying OCI whiteouts. Synchronous and pure.
+
+Safety model: every path is resolved component by component from a directory fd of the
+target, opening each directory with O_NOFOLLOW|O_DIRECTORY, and the final component is only
+ever touched through its parent's fd with no-follow calls (or through an fd of a file we just
+created with O_EXCL). So no entry can reach outside `target`: `..` that leaves the root, a
+symlink in a parent component (of an entry or of a hard link's target) and whiteouts of `.`/`..`
+are refused with InvalidArgument; a symlink as the *final* component is replaced, never followed.
+On error the caller discards the whole target; nothing is rolled back.
+
+Decisions:
+- Names are cleaned lexically (leading `/` and `./` dropped, `a/../b` is `b`); a `..` that would
+  leave the root is refused, not clamped (containerd clamps).
+- Missing parent directories are created 0755 root:root (as containerd does); in overlay mode
+  a parent that exists in a lower layer is copied up with its owner, mode, xattrs and mtime
+  (as overlayfs copy-up would), and one that is a symlink in the merged view is refused, so
+  both modes accept and refuse the same layers.
+- Whiteouts only hide lower layers (OCI spec): a whiteout of a name this layer itself created
+  is ignored. In overlay mode a directory entry that replaces a whiteout made by this layer
+  becomes opaque, so the merged view matches the native one (containerd leaves it merging).
+- Xattrs from PAX `SCHILY.xattr.*` are applied after chown (chown clears security.capability).
+  `trusted.overlay.*` from a layer is dropped: it is overlayfs' own metadata, and would make
+  the overlay result differ from the native one. ENOTSUP is ignored for every namespace (the
+  filesystem cannot store it; containerd does the same); EPERM is ignored for `trusted.*`
+  and `security.*` (unprivileged daemon) and for `user.*` on symlinks and special files (the
+  kernel forbids those). Other failures raise InvalidArgument.
+- Hard link headers' own metadata is ignored (GNU tar does the same); a hard link to a
+  directory is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import stat
+import tarfile
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import BinaryIO
+
+from linerd.errdefs import InvalidArgument
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+
+_XATTR_PAX_PREFIX = "SCHILY.xattr."
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_BUF_SIZE = 1 << 20
+_IGNORED_XATTR_ERRNOS = {errno.ENOTSUP, errno.EOPNOTSUPP}
+
+Parts = tuple[str, ...]
+
+
+def apply_tar(
+    stream: BinaryIO, target: Path, *, overlay: bool, parents: Sequence[Path] = ()
+) -> None:
+    """Extract the tar read from `stream` onto the directory `target`.
+
+    overlay=False: `target` is a full copy of the parent tree; whiteouts delete.
+    overlay=True: `target` is an empty overlay upperdir over `parents` (lower dirs, top first);
+    whiteouts become 0/0 character devices and opaque markers `trusted.overlay.opaque=y`.
+
+    Reads `stream` only up to the tar's end-of-archive marker; the caller drains the rest.
+    Raises InvalidArgument for malformed or hostile entries.
+    """
+    applier = _Applier(Path(target), overlay=overlay, parents=[Path(p) for p in parents])
+    try:
+        applier.run(stream)
+    finally:
+        applier.close()
+
+
+def clean_name(name: str) -> Parts | None:
+    """The components of a tar name relative to the root; None if `..` leaves the root."""
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(comp)
+    return tuple(parts)
+
+
+def _bad(name: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f'layer entry "{name}": {why}')
+
+
+def _pax_ns(pax: dict[str, str], key: str, fallback: float) -> int:
+    # PAX times are decimal strings; going through float would lose the nanoseconds.
+    value = pax.get(key)
+    if value is not None:
+        try:
+            return int(Decimal(value) * 1_000_000_000)
+        except ArithmeticError:
+            pass
+    return round(fallback * 1_000_000_000)
+
+
+def _is_whiteout_device(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+class _Applier:
+    def __init__(self, target: Path, *, overlay: bool, parents: list[Path]) -> None:
+        self.target = target
+        self.overlay = overlay
+        self.parents = parents
+        self.root_fd = os.open(target, _DIR_FLAGS)
+        # The directory chain of the last entry's parent: components and open fds
+        # (fds[0] is the root). Tars are mostly sorted, so most entries reuse it.
+        self._chain: list[str] = []
+        self._fds: list[int] = [self.root_fd]
+        # Every path this layer created or touched, including implicit parents: whiteouts
+        # never hide these, and native opaque directories keep only these.
+        self.created: set[Parts] = set()
+        self.opaque: list[Parts] = []
+        self.dir_times: list[tuple[Parts, int, int]] = []
+        self.whiteouts_made: set[Parts] = set()
+        self._buf = bytearray(_BUF_SIZE)
+
+    def close(self) -> None:
+        self._truncate(0)
+        os.close(self.root_fd)
+
+    # --- directory resolution -------------------------------------------------------------
+
+    def _truncate(self, depth: int) -> None:
+        """Keep only the first `depth` components of the cached chain."""
+        while len(self._chain) > depth:
+            self._chain.pop()
+            os.close(self._fds.pop())
+
+    def _forget(self, parts: Parts) -> None:
+        """`parts` was removed or replaced: drop cached fds of it and below it."""
+        n = len(parts)
+        if n and tuple(self._chain[:n]) == parts:
+            self._truncate(n - 1)
+
+    def _dir(self, parts: Parts, entry: str, *, create: bool = True) -> int:
+        """A (cached) fd of the directory `parts`, never through a symlink."""
+        chain = self._chain
+        common = 0
+        limit = min(len(chain), len(parts))
+        while common < limit and chain[common] == parts[common]:
+            common += 1
+        self._truncate(common)
+        for i in range(common, len(parts)):
+            fd = self._open_child(self._fds[-1], parts[: i + 1], entry, create=create)
+            self._chain.append(parts[i])
+            self._fds.append(fd)
+        return self._fds[-1]
+
+    def _open_child(self, parent_fd: int, parts: Parts, entry: str, *, create: bool) -> int:
+        name = parts[-1]
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except FileNotFoundError:
+            if not create:
+                raise
+            self._make_implicit_dir(parent_fd, parts, entry)
+            return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                raise _bad(entry, f"path goes through a symlink ({'/'.join(parts)})") from None
+            if create and self.overlay and parts in self.whiteouts_made:
+                # A whiteout made by this layer, then something below it: the directory is
+                # new, so it must not merge with the lower one.
+                os.unlink(name, dir_fd=parent_fd)
+                self._mkdir_new(parent_fd, parts)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+                os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+                return fd
+            raise _bad(entry, f"parent {'/'.join(parts)} is not a directory") from None
+
+    def _mkdir_new(self, parent_fd: int, parts: Parts) -> None:
+        os.mkdir(parts[-1], 0o755, dir_fd=parent_fd)
+        os.chmod(parts[-1], 0o755, dir_fd=parent_fd)  # umask
+        self.created.add(parts)
+        self.whiteouts_made.discard(parts)
+
+    def _make_implicit_dir(self, parent_fd: int, parts: Parts, entry: str) -> None:
+        lower = self._lower_lookup(parts) if self.overlay else None
+        if lower is None:
+            self._mkdir_new(parent_fd, parts)
+            return
+        path, st = lower
+        if stat.S_ISLNK(st.st_mode):
+            raise _bad(entry, f"path goes through a symlink ({'/'.join(parts)})")
+        if not stat.S_ISDIR(st.st_mode):
+            raise _bad(entry, f"parent {'/'.join(parts)} is not a directory")
+        # Copy up, as overlayfs would: the merged directory keeps its lower metadata.
+        os.mkdir(parts[-1], 0o700, dir_fd=parent_fd)
+        fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            self._copy_meta(path, st, fd)
+        finally:
+            os.close(fd)
+        self.created.add(parts)
+        self.dir_times.append((parts, st.st_atime_ns, st.st_mtime_ns))
+
+    def _copy_meta(self, src: Path, st: os.stat_result, fd: int) -> None:
+        os.fchown(fd, st.st_uid, st.st_gid)
+        for key in os.listxattr(src, follow_symlinks=False):
+            if not key.startswith("trusted.overlay."):
+                value = os.getxattr(src, key, follow_symlinks=False)
+                self._setxattr_fd(fd, key, value, regular=True, entry=str(src))
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def _lower_lookup(self, parts: Parts) -> tuple[Path, os.stat_result] | None:
+        """The entry at `parts` in the merged view of target + parents, overlayfs' rules.
+
+        Returns the topmost layer's path and lstat, or None if absent (or whited out).
+        Walks component by component with lstat, so never through a symlink.
+        """
+        layers = [self.target, *self.parents]
+        found: tuple[Path, os.stat_result] | None = None
+        for i in range(len(parts)):
+            merged: list[Path] = []
+            found = None
+            for layer in layers:
+                path = layer.joinpath(*parts[: i + 1])
+                try:
+                    st = os.lstat(path)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if _is_whiteout_device(st):
+                    break
+                if not stat.S_ISDIR(st.st_mode):
+                    if not merged:
+                        found = (path, st)
+                    break  # a non-directory ends the stack of merged directories
+                if not merged:
+                    found = (path, st)
+                merged.append(layer)
+                if _has_opaque(path):
+                    break
+            if found is None:
+                return None
+            if not merged:  # a non-directory
+                return found if i == len(parts) - 1 else None
+            layers = merged
+        return found
+
+    # --- the main loop --------------------------------------------------------------------
+
+    def run(self, stream: BinaryIO) -> None:
+        # tarfile's stream mode re-slices its whole buffer on every read, so it gets small
+        # reads (its default bufsize) served from a large BufferedReader instead.
+        buffered = io.BufferedReader(_Readable(stream), _BUF_SIZE)
+        try:
+            tar = tarfile.open(fileobj=buffered, mode="r|")  # noqa: SIM115 (closed below)
+        except tarfile.ReadError as e:
+            if str(e) == "empty file":
+                return  # a zero-length stream is an empty layer, as in Go's tar reader
+            raise InvalidArgument(f"not a tar archive: {e}") from None
+        with tar:
+            while True:
+                try:
+                    member = tar.next()
+                except tarfile.TarError as e:
+                    raise InvalidArgument(f"malformed tar: {e}") from None
+                if member is None:
+                    break
+                try:
+                    self._entry(tar, member)
+                except tarfile.TarError as e:  # the member's data ended early
+                    raise InvalidArgument(f'layer entry "{member.name}": {e}') from None
+        self._truncate(0)
+        if not self.overlay:
+            for parts in self.opaque:
+                self._prune_opaque(parts)
+        for parts, atime, mtime in self.dir_times:
+            self._set_dir_time(parts, atime, mtime)
+
+    def _entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        name = m.name
+        parts = clean_name(name)
+        if parts is None:
+            raise _bad(name, "path escapes the root")
+        if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+            self._whiteout(name, parts)
+            return
+        if not parts:
+            if not m.isdir():
+                raise _bad(name, "cannot replace the root with a non-directory")
+            self._dir_meta(self.root_fd, m)
+            self.dir_times.append(((), *self._times(m)))
+            return
+        pfd = self._dir(parts[:-1], name)
+        leaf = parts[-1]
+        if m.isreg():
+            self._file(tar, m, pfd, parts)
+        elif m.isdir():
+            self._directory(m, pfd, parts)
+        elif m.issym():
+            self._replace(pfd, parts, lambda: os.symlink(m.linkname, leaf, dir_fd=pfd))
+            self._node_meta(pfd, leaf, m, symlink=True)
+        elif m.islnk():
+            self._hardlink(m, pfd, parts)
+        elif m.ischr() or m.isblk() or m.isfifo():
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
+            dev = os.makedev(m.devmajor, m.devminor) if not m.isfifo() else 0
+            self._replace(pfd, parts, lambda: os.mknod(leaf, kind | 0o600, dev, dir_fd=pfd))
+            self._node_meta(pfd, leaf, m, symlink=False)
+        else:
+            raise _bad(name, f"unsupported tar entry type {m.type!r}")
+        self.created.add(parts)
+
+    def _replace(self, pfd: int, parts: Parts, make: Callable[[], object]) -> None:
+        """Create a non-directory with `make()`, removing whatever is in the way first."""
+        try:
+            make()
+        except FileExistsError:
+            self._remove(pfd, parts)
+            make()
+
+    def _remove(self, pfd: int, parts: Parts) -> None:
+        leaf = parts[-1]
+        try:
+            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        self.whiteouts_made.discard(parts)
+        if stat.S_ISDIR(st.st_mode):
+            self._forget(parts)
+            shutil.rmtree(leaf, dir_fd=pfd)
+        else:
+            os.unlink(leaf, dir_fd=pfd)
+
+    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+        leaf = parts[-1]
+        try:
+            fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self._remove(pfd, parts)
+            fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
+        try:
+            if m.size:
+                self._copy_data(tar, m, fd)
+            os.fchown(fd, m.uid, m.gid)
+            self._xattrs_fd(fd, m, regular=True)
+            os.fchmod(fd, m.mode & 0o7777)
+            os.utime(fd, ns=self._times(m))
+        finally:
+            os.close(fd)
+
+    def _copy_data(self, tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
+        src = tar.extractfile(m)
+        assert src is not None
+        buf = self._buf
+        view = memoryview(buf)
+        remaining = m.size
+        while remaining:
+            n = src.readinto(view[: min(remaining, len(buf))])  # type: ignore[attr-defined]
+            if not n:
+                raise _bad(m.name, "unexpected end of data")
+            done = 0
+            while done < n:
+                done += os.write(fd, view[done:n])
+            remaining -= n
+
+    def _directory(self, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+        leaf = parts[-1]
+        replaced_whiteout = False
+        try:
+            os.mkdir(leaf, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):  # a directory over a directory merges
+                replaced_whiteout = self.overlay and parts in self.whiteouts_made
+                self._remove(pfd, parts)
+                os.mkdir(leaf, 0o700, dir_fd=pfd)
+        fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+        try:
+            if replaced_whiteout:
+                os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+            self._dir_meta(fd, m)
+        finally:
+            os.close(fd)
+        self.dir_times.append((parts, *self._times(m)))
+
+    def _dir_meta(self, fd: int, m: tarfile.TarInfo) -> None:
+        os.fchown(fd, m.uid, m.gid)
+        self._xattrs_fd(fd, m, regular=True)
+        os.fchmod(fd, m.mode & 0o7777)
+
+    def _node_meta(self, pfd: int, leaf: str, m: tarfile.TarInfo, *, symlink: bool) -> None:
+        """Owner, xattrs, mode and times of a symlink or special file, never following."""
+        os.chown(leaf, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
+        xattrs = self._xattrs(m)
+        if xattrs:
+            # No fd-based call can reach a symlink's xattrs; the /proc magic link is the
+            # parent directory itself, and the leaf is not followed.
+            path = f"/proc/self/fd/{pfd}/{leaf}"
+            for key, value in xattrs:
+                self._setxattr(path, key, value, m.name)
+        if not symlink:
+            # We just created this node in pfd (mknod never follows), so it is no symlink.
+            os.chmod(leaf, m.mode & 0o7777, dir_fd=pfd)
+        os.utime(leaf, ns=self._times(m), dir_fd=pfd, follow_symlinks=False)
+
+    def _hardlink(self, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+        name = m.name
+        src = clean_name(m.linkname)
+        if src is None:
+            raise _bad(name, f'hard link target "{m.linkname}" escapes the root')
+        if not src:
+            raise _bad(name, "hard link to the root")
+        if src == parts:
+            return
+        st = self._link_source(src, name)
+        if st is None:
+            raise _bad(name, f'hard link target "{m.linkname}" not found')
+        if stat.S_ISDIR(st.st_mode):
+            raise _bad(name, f'hard link target "{m.linkname}" is a directory')
+        # The source's directory, resolved apart from the cached chain (both are needed).
+        sfd = self._open_path(src[:-1], name)
+        try:
+            pfd = self._dir(parts[:-1], name)  # a copy-up may have reset the chain
+            self._replace(
+                pfd,
+                parts,
+                lambda: os.link(
+                    src[-1], parts[-1], src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False
+                ),
+            )
+        finally:
+            os.close(sfd)
+
+    def _link_source(self, src: Parts, entry: str) -> os.stat_result | None:
+        """lstat of a hard link's source in the target; in overlay mode, copied up if below."""
+        try:
+            sfd = self._open_path(src[:-1], entry)
+        except FileNotFoundError:
+            st = None
+        else:
+            try:
+                st = os.stat(src[-1], dir_fd=sfd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            finally:
+                os.close(sfd)
+        if st is None and self.overlay:
+            st = self._copy_up(src, entry)
+        return st
+
+    def _open_path(self, parts: Parts, entry: str) -> int:
+        """A new fd (caller closes) of existing directory `parts`, never via a symlink."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i in range(len(parts)):
+                child = self._open_child(fd, parts[: i + 1], entry, create=False)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _copy_up(self, parts: Parts, entry: str) -> os.stat_result | None:
+        """Copy a lower-layer non-directory into the upper dir, for a hard link to it."""
+        lower = self._lower_lookup(parts)
+        if lower is None:
+            return None
+        path, st = lower
+        if stat.S_ISDIR(st.st_mode):
+            return st
+        pfd = self._dir(parts[:-1], entry)
+        leaf = parts[-1]
+        if stat.S_ISREG(st.st_mode):
+            src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
+                try:
+                    while os.sendfile(fd, src, None, _BUF_SIZE):
+                        pass
+                    self._copy_meta(path, st, fd)
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(src)
+        else:
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), leaf, dir_fd=pfd)
+            else:
+                os.mknod(leaf, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev, dir_fd=pfd)
+            os.chown(leaf, st.st_uid, st.st_gid, dir_fd=pfd, follow_symlinks=False)
+            if not stat.S_ISLNK(st.st_mode):
+                os.chmod(leaf, stat.S_IMODE(st.st_mode), dir_fd=pfd)
+            os.utime(leaf, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=pfd, follow_symlinks=False)
+        return os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+
+    # --- whiteouts --------------------------------------------------------------------------
+
+    def _whiteout(self, name: str, parts: Parts) -> None:
+        base = parts[-1]
+        dir_parts = parts[:-1]
+        if base == WHITEOUT_OPAQUE:
+            self.created.add(dir_parts)
+            if not self.overlay:
+                try:
+                    self._dir(dir_parts, name, create=False)  # refuses a symlinked path now
+                except FileNotFoundError:
+                    return
+                self.opaque.append(dir_parts)
+                return
+            pfd = self._dir(dir_parts, name)
+            os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content
+        victim = base[len(WHITEOUT_PREFIX) :]
+        if victim in ("", ".", ".."):
+            raise _bad(name, "whiteout of the root or a parent directory")
+        vparts = (*dir_parts, victim)
+        if vparts in self.created:
+            return  # a whiteout hides lower layers only, never this layer's own entries
+        try:
+            # Native: nothing to delete in a directory that does not exist. Overlay: the
+            # whiteout's directory may exist only below, so it is copied up.
+            pfd = self._dir(dir_parts, name, create=self.overlay)
+        except FileNotFoundError:
+            return
+        if self.overlay:
+            if self._lower_lookup(vparts) is None:
+                # Nothing below to hide. overlayfs lists a whiteout in a directory that has
+                # no lower counterpart as a name that cannot be stat'ed, so none is made.
+                return
+            self._replace(pfd, vparts, lambda: os.mknod(victim, stat.S_IFCHR, 0, dir_fd=pfd))
+            self.whiteouts_made.add(vparts)
+        else:
+            self._remove(pfd, vparts)
+
+    def _prune_opaque(self, parts: Parts) -> None:
+        """Native mode: an opaque directory keeps only what this layer put in it."""
+        try:
+            fd = self._open_path_nocreate(parts)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return  # replaced by a later entry of this layer: nothing left to prune
+            raise
+        try:
+            self._prune(fd, parts)
+        finally:
+            os.close(fd)
+
+    def _prune(self, fd: int, parts: Parts) -> None:
+        with os.scandir(fd) as it:
+            children = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for child, is_dir in children:
+            cparts = (*parts, child)
+            if cparts not in self.created:
+                if is_dir:
+                    shutil.rmtree(child, dir_fd=fd)
+                else:
+                    os.unlink(child, dir_fd=fd)
+            elif is_dir:
+                cfd = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                try:
+                    self._prune(cfd, cparts)
+                finally:
+                    os.close(cfd)
+
+    def _open_path_nocreate(self, parts: Parts) -> int:
+        fd = os.dup(self.root_fd)
+        try:
+            for comp in parts:
+                child = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _set_dir_time(self, parts: Parts, atime: int, mtime: int) -> None:
+        try:
+            fd = self._open_path_nocreate(parts)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return  # removed or replaced by a later entry
+            raise
+        try:
+            os.utime(fd, ns=(atime, mtime))
+        finally:
+            os.close(fd)
+
+    # --- metadata helpers --------------------------------------------------------------------
+
+    @staticmethod
+    def _times(m: tarfile.TarInfo) -> tuple[int, int]:
+        pax = m.pax_headers
+        mtime = _pax_ns(pax, "mtime", m.mtime) if pax else int(m.mtime) * 1_000_000_000
+        atime = _pax_ns(pax, "atime", m.mtime) if pax and "atime" in pax else mtime
+        return atime, mtime
+
+    @staticmethod
+    def _xattrs(m: tarfile.TarInfo) -> list[tuple[str, bytes]]:
+        pax = m.pax_headers
+        if not pax:
+            return []
+        out = []
+        for key, value in pax.items():
+            if key.startswith(_XATTR_PAX_PREFIX):
+                xname = key[len(_XATTR_PAX_PREFIX) :]
+                if xname.startswith("trusted.overlay."):
+                    continue
+                out.append((xname, value.encode("utf-8", "surrogateescape")))
+        return out
+
+    def _xattrs_fd(self, fd: int, m: tarfile.TarInfo, *, regular: bool) -> None:
+        for key, value in self._xattrs(m):
+            self._setxattr_fd(fd, key, value, regular=regular, entry=m.name)
+
+    def _setxattr_fd(self, fd: int, key: str, value: bytes, *, regular: bool, entry: str) -> None:
+        try:
+            os.setxattr(fd, key, value)
+        except OSError as e:
+            self._xattr_error(e, key, entry, regular=regular)
+
+    def _setxattr(self, path: str, key: str, value: bytes, entry: str) -> None:
+        try:
+            os.setxattr(path, key, value, follow_symlinks=False)
+        except OSError as e:
+            self._xattr_error(e, key, entry, regular=False)
+
+    @staticmethod
+    def _xattr_error(e: OSError, key: str, entry: str, *, regular: bool) -> None:
+        if e.errno in _IGNORED_XATTR_ERRNOS:
+            return
+        if e.errno == errno.EPERM and (
+            key.startswith(("trusted.", "security.")) or (key.startswith("user.") and not regular)
+        ):
+            return
+        raise _bad(entry, f"cannot set xattr {key}: {e.strerror}") from None
+
+
+def _has_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class _Readable(io.RawIOBase):
+    """Adapts any object with `read(n)` to the raw interface BufferedReader wants."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._stream.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
