@@ -37,9 +37,7 @@ IGNORED_NAMES = frozenset({"__pycache__"})
 
 # Top-level imports of generated modules must point into the liner_api package;
 # google.protobuf / google.rpc imports are left untouched.
-_IMPORT_RE = re.compile(
-    rf"^(\s*)(from|import) ({'|'.join(GENERATED_ROOTS)})(?=[. ])", re.MULTILINE
-)
+_IMPORT_RE = re.compile(rf"^(\s*)(from|import) ({'|'.join(GENERATED_ROOTS)})(?=[. ])", re.MULTILINE)
 
 
 def proto_sources(root: str) -> list[str]:

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from linerd.errdefs import InvalidArgument
+from linerd.remotes.hosts import HostsConfig
+
 DEFAULT_CONFIG_PATH = Path("/etc/liner/config.toml")
 
 
@@ -62,6 +65,8 @@ class Config:
     gc: GcConfig = field(default_factory=GcConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Registry hosts, mirrors, TLS and credentials: see linerd.remotes.hosts for the keys.
+    registry: dict[str, Any] = field(default_factory=dict)
 
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -99,6 +104,10 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{name} must be an absolute path")
     if config.snapshots.default not in ("overlayfs", "native"):
         raise ConfigError("snapshots.default must be 'overlayfs' or 'native'")
+    try:
+        HostsConfig.from_dict(config.registry)
+    except InvalidArgument as e:
+        raise ConfigError(f"registry: {e}") from None
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
     return config
@@ -126,6 +135,11 @@ def to_toml(config: Config) -> str:
     tables: list[str] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, dict):
+            if value:  # only the defaults are rendered, and their tables are empty
+                raise ValueError(f"cannot render the non-empty table [{f.name}]")
+            tables.append(f"\n[{f.name}]")
+            continue
         if dataclasses.is_dataclass(value):
             tables.append(f"\n[{f.name}]")
             tables.extend(

@@ -24,6 +24,7 @@ from liner_api.containerd.services.leases.v1 import leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
 from liner_api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2_grpc
+from liner_api.liner.services.transfer.v1 import transfer_pb2_grpc
 from linerd import systemd
 from linerd.config import Config
 from linerd.content.local import LocalStore
@@ -35,6 +36,8 @@ from linerd.metadata.db import Database, sqlite_url
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
+from linerd.pull import Puller
+from linerd.remotes.hosts import HostsConfig
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
 from linerd.services.events import EventsService
@@ -44,6 +47,7 @@ from linerd.services.introspection import IntrospectionService, PluginEntry
 from linerd.services.leases import LeasesService
 from linerd.services.namespaces import NamespacesService
 from linerd.services.snapshots import SnapshotsService
+from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
 from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
@@ -242,6 +246,20 @@ class Daemon:
         snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
             SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
             server,
+        )
+        hosts = HostsConfig.from_dict(config.registry)
+        puller = Puller(
+            core.content,
+            core.images,
+            core.leases,
+            core.snapshots,
+            core.default_snapshotter,
+            core.gc,
+            lambda: hosts,
+            Path(config.state) / "mnt",
+        )
+        transfer_pb2_grpc.add_TransferServicer_to_server(
+            TransferService(puller, core.events), server
         )
         images_pb2_grpc.add_ImagesServicer_to_server(
             ImagesService(core.images, core.gc, core.events), server

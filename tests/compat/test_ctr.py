@@ -17,11 +17,18 @@ pytestmark = [
 ]
 
 
-def ctr(daemon: Linerd, *args: str, namespace: str = "default", stdin: bytes | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[bytes]:
+def ctr(
+    daemon: Linerd,
+    *args: str,
+    namespace: str = "default",
+    stdin: bytes | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(
         ["ctr", "--address", daemon.address, "--namespace", namespace, *args],
-        input=stdin, capture_output=True, timeout=60,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
         env={k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")},
     )
     if check and result.returncode != 0:
@@ -78,8 +85,17 @@ def test_leases(linerd: Linerd) -> None:
 def test_content_ingest_get_round_trip(linerd: Linerd, tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)  # several Write chunks
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    ctr(linerd, "content", "ingest", "--expected-digest", digest,
-        "--expected-size", str(len(data)), "my-ref", stdin=data)
+    ctr(
+        linerd,
+        "content",
+        "ingest",
+        "--expected-digest",
+        digest,
+        "--expected-size",
+        str(len(data)),
+        "my-ref",
+        stdin=data,
+    )
     listed = rows(ctr(linerd, "content", "ls").stdout)
     assert [digest] == [r[0] for r in listed]
     assert ctr(linerd, "content", "get", digest).stdout == data

@@ -60,6 +60,10 @@ class Ingest:
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
 
+    def hasher(self) -> hashlib._Hash:
+        """A copy of the running hash: a resumed download continues it."""
+        return self._hash.copy()
+
     def status(self) -> IngestStatus:
         return IngestStatus(
             ref=self.ref,

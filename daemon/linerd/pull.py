@@ -1,0 +1,472 @@
+"""Pulling an image into the store: resolve, fetch, record, unpack, all under one lease.
+
+Layers download concurrently into resumable ingests while earlier layers unpack, each into
+its own snapshot named by chain ID. Labels follow containerd's, so its GC and ctr read the
+result alike. A second pull of a blob or chain already being fetched or unpacked waits for
+the first instead of doing the work again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from linerd import imagespec
+from linerd.content.store import ContentStore
+from linerd.core.types import Descriptor, Image, SnapshotKind
+from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
+from linerd.gc.collector import Collector
+from linerd.imagespec import Platform
+from linerd.layers import apply_to_mounts
+from linerd.metadata.images import ImageStore
+from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.remotes import reference
+from linerd.remotes.client import RegistryClient
+from linerd.remotes.hosts import Credentials, HostsConfig
+from linerd.snapshots.store import SnapshotStore
+
+log = structlog.get_logger("linerd.pull")
+
+T = TypeVar("T")
+MAX_CONFIG_SIZE = 8 << 20
+_CONCURRENT_DOWNLOADS = 4
+
+
+@dataclass(slots=True)
+class PullRequest:
+    reference: str
+    platforms: list[Platform] = field(default_factory=list)
+    all_platforms: bool = False
+    snapshotter: str = ""
+    unpack: bool = True
+    plain_http: bool = False
+    username: str = ""
+    secret: str = field(default="", repr=False)
+
+
+@dataclass(slots=True)
+class BlobState:
+    descriptor: Descriptor
+    offset: int = 0
+    state: str = "waiting"
+
+
+class Progress:
+    """What a pull has done so far, for whoever watches (the Transfer service)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, BlobState] = {}
+        self.changed = asyncio.Event()
+
+    def add(self, desc: Descriptor, state: str = "waiting") -> None:
+        if desc.digest not in self.blobs:
+            self.blobs[desc.digest] = BlobState(desc, state=state)
+            self.changed.set()
+
+    def update(self, digest: str, *, offset: int | None = None, state: str | None = None) -> None:
+        blob = self.blobs.get(digest)
+        if blob is None:
+            return
+        if offset is not None:
+            blob.offset = offset
+        if state is not None:
+            blob.state = state
+        self.changed.set()
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first real error of a task group (cancellations are only its echo)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]
+
+
+class _SingleFlight:
+    """One run per key at a time; concurrent callers share its result."""
+
+    def __init__(self) -> None:
+        self._running: dict[tuple[str, ...], asyncio.Future[object]] = {}
+
+    async def run(self, key: tuple[str, ...], work: Callable[[], Awaitable[T]]) -> T:
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)  # type: ignore[return-value]
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._running[key] = future
+        try:
+            result = await work()
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._running[key]
+
+
+@dataclass(slots=True)
+class _Job:
+    """One pull in progress."""
+
+    namespace: str
+    lease: str
+    ref: reference.Reference
+    client: RegistryClient
+    progress: Progress
+    source_label: tuple[str, str]
+
+
+class Puller:
+    def __init__(
+        self,
+        content: ContentStore,
+        images: ImageStore,
+        leases: LeaseStore,
+        snapshots: dict[str, SnapshotStore],
+        default_snapshotter: str,
+        gc: Collector,
+        hosts: Callable[[], HostsConfig],
+        scratch: Path,
+    ) -> None:
+        self._content = content
+        self._images = images
+        self._leases = leases
+        self._snapshots = snapshots
+        self._default_snapshotter = default_snapshotter
+        self._gc = gc
+        self._hosts = hosts
+        self._scratch = scratch
+        self._downloads = _SingleFlight()
+        self._unpacks = _SingleFlight()
+        self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
+
+    async def pull(
+        self, namespace: str, request: PullRequest, progress: Progress
+    ) -> tuple[Image, bool]:
+        """Pull (and unpack) `request.reference`; returns the image and whether it is new."""
+        ref = reference.parse(request.reference)
+        snapshotter = request.snapshotter or self._default_snapshotter
+        if request.unpack and snapshotter not in self._snapshots:
+            raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
+        lease = f"pull-{time.time_ns()}-{secrets.token_hex(3)}"
+        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        started = time.monotonic()
+        try:
+            async with RegistryClient(self._hosts_for(ref, request)) as client:
+                host = ref.host
+                job = _Job(
+                    namespace,
+                    lease,
+                    ref,
+                    client,
+                    progress,
+                    (f"containerd.io/distribution.source.{host.split(':')[0]}", ref.repository),
+                )
+                result = await self._pull(job, request, snapshotter)
+        finally:
+            with contextlib.suppress(NotFound):
+                await self._leases.delete(namespace, lease)
+            self._gc.schedule()
+        log.info(
+            "pulled",
+            reference=str(ref),
+            digest=result[0].target.digest,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return result
+
+    def _hosts_for(self, ref: reference.Reference, request: PullRequest) -> HostsConfig:
+        base = self._hosts()
+        if not (request.plain_http or request.username or request.secret):
+            return base
+        auths = dict(base.auths)
+        if request.username or request.secret:
+            auths[ref.host] = Credentials(request.username, request.secret)
+        return HostsConfig(
+            base.registries,
+            auths,
+            config_path=base.config_path,
+            plain_http=request.plain_http or base.plain_http,
+        )
+
+    async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> tuple[Image, bool]:
+        _, root = await job.client.resolve(job.ref)
+        job.progress.add(root)
+        data = await self._fetch_small(
+            job, root, "index" if root.media_type in imagespec.INDEXES else "manifest"
+        )
+        if root.media_type in imagespec.INDEXES:
+            manifests = await self._children(job, root, data, request)
+        else:
+            manifests = [(root, data, True)]  # a lone manifest is unpacked whatever its platform
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for desc, body, unpack in manifests:
+                    await self._manifest(
+                        job, tasks, desc, body, snapshotter, request.unpack and unpack
+                    )
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+
+        image = Image(name=str(job.ref), target=root)
+        try:
+            return await self._images.create(job.namespace, image), True
+        except AlreadyExists:
+            return await self._images.update(job.namespace, image, ["target"]), False
+
+    async def _manifest(
+        self,
+        job: _Job,
+        tasks: asyncio.TaskGroup,
+        desc: Descriptor,
+        body: bytes,
+        snapshotter: str,
+        unpack: bool,
+    ) -> None:
+        """Record one manifest's labels and config; start its downloads (and unpack)."""
+        manifest = imagespec.parse_manifest(body, desc.digest)
+        labels = {"containerd.io/gc.ref.content.config": manifest.config.digest}
+        labels.update(
+            {
+                f"containerd.io/gc.ref.content.l.{i}": layer.digest
+                for i, layer in enumerate(manifest.layers)
+            }
+        )
+        await self._label(job, desc.digest, labels)
+        job.progress.add(manifest.config)
+        for layer in manifest.layers:
+            job.progress.add(layer)
+        config_bytes = await self._fetch_small(job, manifest.config, "config")
+        config = imagespec.parse_config(config_bytes, manifest.config.digest)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(
+                f"manifest {desc.digest} has {len(manifest.layers)} layers but its config "
+                f"lists {len(config.diff_ids)} diff ids"
+            )
+        for layer in manifest.layers:
+            if layer.media_type not in imagespec.LAYERS:
+                raise InvalidArgument(
+                    f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
+                )
+        downloads = {
+            layer.digest: tasks.create_task(self._fetch_layer(job, layer))
+            for layer in manifest.layers
+        }
+        if unpack:
+            tasks.create_task(self._unpack(job, snapshotter, manifest, config, downloads))
+
+    async def _children(
+        self, job: _Job, root: Descriptor, data: bytes, request: PullRequest
+    ) -> list[tuple[Descriptor, bytes, bool]]:
+        """The index's manifests to fetch, each with whether to unpack it: the first match of
+        the wanted platforms (all manifests are fetched with `all_platforms`)."""
+        entries = [
+            e
+            for e in imagespec.parse_index(data, root.digest)
+            if e.descriptor.media_type in imagespec.MANIFESTS
+        ]
+        wanted = request.platforms or [imagespec.host_platform()]
+        match = next(
+            (
+                e
+                for e in entries
+                if e.platform is not None and any(e.platform.matches(p) for p in wanted)
+            ),
+            None,
+        )
+        if match is None and not request.all_platforms:
+            raise NotFound(
+                f"{job.ref}: no manifest for platform {', '.join(map(str, wanted))} in the index"
+            )
+        chosen = entries if request.all_platforms else [match]
+        await self._label(
+            job,
+            root.digest,
+            {
+                f"containerd.io/gc.ref.content.m.{i}": e.descriptor.digest
+                for i, e in enumerate(chosen)
+                if e is not None
+            },
+        )
+        result = []
+        for entry in chosen:
+            assert entry is not None
+            job.progress.add(entry.descriptor)
+            body = await self._fetch_small(job, entry.descriptor, "manifest")
+            result.append((entry.descriptor, body, entry is match))
+        return result
+
+    async def _label(self, job: _Job, digest: str, labels: dict[str, str]) -> None:
+        labels = {**labels, job.source_label[0]: job.source_label[1]}
+        await self._content.update(
+            job.namespace, digest, labels, [f"labels.{key}" for key in labels]
+        )
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def _fetch_small(self, job: _Job, desc: Descriptor, kind: str) -> bytes:
+        """A manifest, index or config: from the store if there, else fetched and stored."""
+        if kind == "config" and desc.size > MAX_CONFIG_SIZE:
+            raise InvalidArgument(f"config {desc.digest} is {desc.size} bytes: over the limit")
+        try:
+            await self._content.info(job.namespace, desc.digest)
+        except NotFound:
+            pass
+        else:
+            job.progress.update(desc.digest, offset=desc.size, state="exists")
+            return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
+        job.progress.update(desc.digest, state="downloading")
+        if kind == "config":
+            chunks = [c async for c in job.client.fetch_blob(job.ref, desc)]
+            data = b"".join(chunks)
+        else:
+            data = await job.client.fetch_manifest(job.ref, desc)
+        await self._store(job, f"{kind}-{desc.digest}", desc, data)
+        job.progress.update(desc.digest, offset=desc.size, state="downloaded")
+        return data
+
+    async def _store(self, job: _Job, ref: str, desc: Descriptor, data: bytes) -> None:
+        labels = {job.source_label[0]: job.source_label[1]}
+        try:
+            writer = await self._content.writer(
+                job.namespace, ref, desc.size, desc.digest, job.lease
+            )
+        except AlreadyExists:
+            return
+        try:
+            await writer.write(0, data, desc.size)
+            await writer.commit(desc.size, desc.digest, labels)
+        except AlreadyExists:
+            pass
+        finally:
+            writer.close()
+
+    async def _fetch_layer(self, job: _Job, desc: Descriptor) -> None:
+        await self._downloads.run((job.namespace, desc.digest), lambda: self._download(job, desc))
+
+    async def _download(self, job: _Job, desc: Descriptor) -> None:
+        progress = job.progress
+        labels = {job.source_label[0]: job.source_label[1]}
+        try:
+            writer = await self._content.writer(
+                job.namespace, f"layer-{desc.digest}", desc.size, desc.digest, job.lease
+            )
+        except AlreadyExists:
+            progress.update(desc.digest, offset=desc.size, state="exists")
+            return
+        try:
+            async with self._download_slots:
+                offset = writer.status().offset
+                progress.update(desc.digest, offset=offset, state="downloading")
+                hasher = writer.ingest.hasher() if offset else None
+                async with contextlib.aclosing(
+                    job.client.fetch_blob(job.ref, desc, offset=offset, hasher=hasher)
+                ) as chunks:
+                    async for chunk in chunks:
+                        await writer.write(offset, chunk)
+                        offset += len(chunk)
+                        progress.update(desc.digest, offset=offset)
+            with contextlib.suppress(AlreadyExists):
+                await writer.commit(desc.size, desc.digest, labels)
+            progress.update(desc.digest, state="downloaded")
+        finally:
+            writer.close()
+
+    # -- unpacking --------------------------------------------------------------------------
+
+    async def _unpack(
+        self,
+        job: _Job,
+        snapshotter: str,
+        manifest: imagespec.Manifest,
+        config: imagespec.ImageConfig,
+        downloads: dict[str, asyncio.Future[None]],
+    ) -> None:
+        store = self._snapshots[snapshotter]
+        chain = imagespec.chain_ids(config.diff_ids)
+        parent = ""
+        for layer, diff_id, chain_id in zip(manifest.layers, config.diff_ids, chain, strict=True):
+            await downloads[layer.digest]
+            await self._unpacks.run(
+                (job.namespace, snapshotter, chain_id),
+                lambda layer=layer, diff_id=diff_id, chain_id=chain_id, parent=parent: (
+                    self._unpack_layer(job, store, layer, diff_id, chain_id, parent)
+                ),
+            )
+            parent = chain_id
+        await asyncio.gather(*downloads.values())
+        if chain:
+            await self._label(
+                job,
+                manifest.config.digest,
+                {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain[-1]},
+            )
+
+    async def _unpack_layer(
+        self,
+        job: _Job,
+        store: SnapshotStore,
+        layer: Descriptor,
+        diff_id: str,
+        chain_id: str,
+        parent: str,
+    ) -> None:
+        try:
+            await store.stat(job.namespace, chain_id)
+        except NotFound:
+            pass
+        else:
+            job.progress.update(layer.digest, state="unpacked")
+            return
+        job.progress.update(layer.digest, state="unpacking")
+        key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {chain_id}"
+        mounts = await store.create(job.namespace, key, parent, {}, SnapshotKind.ACTIVE, job.lease)
+        try:
+            path = self._content.local.path(layer.digest)
+
+            def apply() -> Descriptor:
+                with open(path, "rb") as raw:
+                    return apply_to_mounts(
+                        raw,
+                        layer.media_type,
+                        mounts,
+                        store.root.parent,
+                        self._scratch,
+                        name=f"layer {layer.digest}",
+                    )
+
+            applied = await asyncio.to_thread(apply)
+            if applied.digest != diff_id:
+                raise InvalidArgument(
+                    f"layer {layer.digest}: unpacked to {applied.digest}, "
+                    f"but the image config says {diff_id}"
+                )
+            await store.commit(job.namespace, chain_id, key, {}, job.lease)
+        except AlreadyExists:
+            await store.remove(job.namespace, key)  # unpacked meanwhile by someone else
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await store.remove(job.namespace, key)
+            raise
+        await self._content.update(
+            job.namespace,
+            layer.digest,
+            {"containerd.io/uncompressed": diff_id},
+            ["labels.containerd.io/uncompressed"],
+        )
+        job.progress.update(layer.digest, state="unpacked")

@@ -1,0 +1,58 @@
+"""The OCI distribution client: references, per-registry hosts configuration, auth, fetching.
+
+from linerd.remotes import HostsConfig, RegistryClient, parse_reference
+
+async with RegistryClient(HostsConfig.from_dict(config.registry)) as client:
+    name, desc = await client.resolve("busybox")
+    manifest = await client.fetch_manifest(name, desc)
+    async with contextlib.aclosing(client.fetch_blob(name, layer)) as chunks:
+        async for chunk in chunks: ...
+"""
+
+from linerd.remotes.auth import Authorizer, Challenge, parse_www_authenticate
+from linerd.remotes.client import (
+    ACCEPT_MANIFESTS,
+    MANIFEST_MEDIA_TYPES,
+    MAX_MANIFEST_SIZE,
+    MEDIA_TYPE_DOCKER_LIST,
+    MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX,
+    MEDIA_TYPE_OCI_MANIFEST,
+    RegistryClient,
+    hasher_for,
+)
+from linerd.remotes.hosts import (
+    Credentials,
+    Endpoint,
+    HostEntry,
+    HostsConfig,
+    RegistryHosts,
+    TLSConfig,
+)
+from linerd.remotes.reference import Reference, normalize, validate_digest
+from linerd.remotes.reference import parse as parse_reference
+
+__all__ = [
+    "ACCEPT_MANIFESTS",
+    "MANIFEST_MEDIA_TYPES",
+    "MAX_MANIFEST_SIZE",
+    "MEDIA_TYPE_DOCKER_LIST",
+    "MEDIA_TYPE_DOCKER_MANIFEST",
+    "MEDIA_TYPE_OCI_INDEX",
+    "MEDIA_TYPE_OCI_MANIFEST",
+    "Authorizer",
+    "Challenge",
+    "Credentials",
+    "Endpoint",
+    "HostEntry",
+    "HostsConfig",
+    "Reference",
+    "RegistryClient",
+    "RegistryHosts",
+    "TLSConfig",
+    "hasher_for",
+    "normalize",
+    "parse_reference",
+    "parse_www_authenticate",
+    "validate_digest",
+]
