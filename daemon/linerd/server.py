@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from liner_api.containerd.services.containers.v1 import containers_pb2_grpc
 from liner_api.containerd.services.content.v1 import content_pb2_grpc
 from liner_api.containerd.services.diff.v1 import diff_pb2_grpc
 from liner_api.containerd.services.events.v1 import events_pb2_grpc
@@ -31,6 +32,7 @@ from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
 from linerd.events import Exchange
 from linerd.gc.collector import Collector
+from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
 from linerd.metadata.images import ImageStore
@@ -38,6 +40,7 @@ from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.pull import Puller
 from linerd.remotes.hosts import HostsConfig
+from linerd.services.containers import ContainersService
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
 from linerd.services.events import EventsService
@@ -71,6 +74,7 @@ class Core:
     leases: LeaseStore
     content: ContentStore
     images: ImageStore
+    containers: ContainerStore
     snapshots: dict[str, SnapshotStore]
     default_snapshotter: str
     gc: Collector
@@ -129,6 +133,7 @@ def build_core(config: Config) -> Core:
     content = ContentStore(local, ContentRecords(db))
     namespaces = NamespaceStore(db)
     namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
+    namespaces.register_holder("containers", ContainerStore.holds)
     snapshots = _snapshotters(db, root)
     gc = Collector(db, content)
     gc.register_kind("snapshots", SnapshotsCollectable(snapshots))
@@ -141,6 +146,7 @@ def build_core(config: Config) -> Core:
         leases=LeaseStore(db),
         content=content,
         images=ImageStore(db),
+        containers=ContainerStore(db),
         snapshots=snapshots,
         default_snapshotter=default,
         gc=gc,
@@ -169,6 +175,7 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
             ("leases", ("io.containerd.metadata.v1",)),
             ("content", ("io.containerd.metadata.v1",)),
             ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
+            ("containers", ("io.containerd.metadata.v1",)),
             ("events", ("io.containerd.event.v1",)),
             ("snapshots", ("io.containerd.snapshotter.v1",)),
             ("diff", ("io.containerd.content.v1",)),
@@ -260,6 +267,9 @@ class Daemon:
         )
         transfer_pb2_grpc.add_TransferServicer_to_server(
             TransferService(puller, core.events), server
+        )
+        containers_pb2_grpc.add_ContainersServicer_to_server(
+            ContainersService(core.containers, core.gc, core.events), server
         )
         images_pb2_grpc.add_ImagesServicer_to_server(
             ImagesService(core.images, core.gc, core.events), server

@@ -93,3 +93,28 @@ class Mount:
     type: str
     source: str
     options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A typed value kept verbatim (a protobuf Any's type URL and bytes): specs and runtime
+    options are stored as clients sent them, since ctr decodes them again."""
+
+    type_url: str
+    value: bytes
+
+
+@dataclass(slots=True)
+class Container:
+    id: str
+    runtime: str
+    spec: Encoded | None
+    runtime_options: Encoded | None = None
+    image: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    sandbox: str = ""
+    extensions: dict[str, Encoded] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

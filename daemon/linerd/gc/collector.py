@@ -2,7 +2,7 @@
 
 Nodes are (namespace, type, id) with the lease-resource types: "content" (id = digest) and
 "snapshots/<snapshotter>" (id = key). Roots: image targets, everything a live lease holds,
-objects labelled `containerd.io/gc.root`, and what other parts register (containers).
+objects labelled `containerd.io/gc.root`, and containers (their snapshot and label refs).
 Edges: `containerd.io/gc.ref.content[.<anything>]` and
 `containerd.io/gc.ref.snapshot.<snapshotter>[/<anything>]` labels, plus each kind's own
 references (a snapshot's parent).
@@ -25,7 +25,13 @@ from linerd.content.store import ContentStore
 from linerd.errdefs import InvalidArgument
 from linerd.metadata.db import Database
 from linerd.metadata.leases import EXPIRE_LABEL, parse_expire
-from linerd.metadata.models import ContentRow, ImageRow, LeaseResourceRow, LeaseRow
+from linerd.metadata.models import (
+    ContainerRow,
+    ContentRow,
+    ImageRow,
+    LeaseResourceRow,
+    LeaseRow,
+)
 
 log = structlog.get_logger("linerd.gc")
 
@@ -86,6 +92,14 @@ def image_roots(session: Session) -> Iterable[Node]:
         yield (namespace, "content", digest)
 
 
+def container_roots(session: Session) -> Iterable[Node]:
+    """A container holds its snapshot and whatever its labels reference."""
+    for row in session.scalars(select(ContainerRow)):
+        if row.snapshotter and row.snapshot_key:
+            yield (row.namespace, f"snapshots/{row.snapshotter}", row.snapshot_key)
+        yield from label_refs(row.namespace, row.labels)
+
+
 def lease_roots(session: Session) -> Iterable[Node]:
     for row in session.scalars(select(LeaseResourceRow)):
         yield (row.namespace, row.type, row.resource_id)
@@ -104,7 +118,7 @@ class Collector:
         self._db = db
         self._content = content
         self._kinds: dict[str, Kind] = {"content": ContentKind()}  # by _kind_name
-        self._roots: list[RootSource] = [image_roots, lease_roots]
+        self._roots: list[RootSource] = [image_roots, container_roots, lease_roots]
         self._wake = asyncio.Event()
 
     def register_kind(self, name: str, kind: Kind) -> None:

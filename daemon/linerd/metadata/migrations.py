@@ -77,6 +77,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """CREATE INDEX snapshots_by_parent ON snapshots (snapshotter, namespace, parent)""",
         ],
     ),
+    (
+        3,
+        "containers",
+        [
+            """CREATE TABLE containers (
+                namespace TEXT NOT NULL REFERENCES namespaces(name),
+                id TEXT NOT NULL,
+                labels TEXT NOT NULL,
+                image TEXT NOT NULL,
+                runtime TEXT NOT NULL,
+                runtime_options_type TEXT,
+                runtime_options BLOB,
+                spec_type TEXT NOT NULL,
+                spec BLOB NOT NULL,
+                snapshotter TEXT NOT NULL,
+                snapshot_key TEXT NOT NULL,
+                sandbox TEXT NOT NULL,
+                extensions TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                PRIMARY KEY (namespace, id))""",
+        ],
+    ),
 ]
 
 

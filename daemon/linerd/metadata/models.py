@@ -113,6 +113,27 @@ class SnapshotRow(Base):
     )
 
 
+class ContainerRow(Base):
+    __tablename__ = "containers"
+    namespace: Mapped[str] = mapped_column(primary_key=True)
+    id: Mapped[str] = mapped_column(primary_key=True)
+    labels: Mapped[dict[str, str]]
+    image: Mapped[str]
+    runtime: Mapped[str]
+    runtime_options_type: Mapped[str | None]
+    runtime_options: Mapped[bytes | None]
+    spec_type: Mapped[str]
+    spec: Mapped[bytes]
+    snapshotter: Mapped[str]
+    snapshot_key: Mapped[str]
+    sandbox: Mapped[str]
+    # name -> [type URL, base64 value]
+    extensions: Mapped[dict[str, list[str]]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+
+
 class ImageRow(Base):
     __tablename__ = "images"
     namespace: Mapped[str] = mapped_column(primary_key=True)

@@ -1,0 +1,181 @@
+"""Container records: specs and runtime options stored verbatim, scoped by namespace."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from linerd.core import validate
+from linerd.core.types import Container, Encoded
+from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
+from linerd.metadata.db import Database
+from linerd.metadata.models import ContainerRow
+from linerd.metadata.namespaces import ensure
+
+# Update mask paths that may change; without a mask all of these are replaced.
+_UPDATABLE = ("labels", "spec", "extensions", "image", "snapshotkey")
+
+
+def check(container: Container) -> Container:
+    validate.identifier(container.id, "container id")
+    if not container.runtime:
+        raise InvalidArgument(f"container {container.id!r}: a runtime name is required")
+    if container.spec is None:
+        raise InvalidArgument(f"container {container.id!r}: a spec is required")
+    if container.snapshot_key and not container.snapshotter:
+        raise InvalidArgument(f"container {container.id!r}: a snapshot key needs a snapshotter")
+    validate.labels(container.labels)
+    return container
+
+
+def _encode_extensions(extensions: dict[str, Encoded]) -> dict[str, list[str]]:
+    return {k: [v.type_url, base64.b64encode(v.value).decode()] for k, v in extensions.items()}
+
+
+def _container(row: ContainerRow) -> Container:
+    options = (
+        Encoded(row.runtime_options_type, row.runtime_options or b"")
+        if row.runtime_options_type is not None
+        else None
+    )
+    return Container(
+        id=row.id,
+        runtime=row.runtime,
+        spec=Encoded(row.spec_type, row.spec),
+        runtime_options=options,
+        image=row.image,
+        labels=dict(row.labels),
+        snapshotter=row.snapshotter,
+        snapshot_key=row.snapshot_key,
+        sandbox=row.sandbox,
+        extensions={k: Encoded(t, base64.b64decode(v)) for k, (t, v) in row.extensions.items()},
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _get(session: Session, namespace: str, container_id: str) -> ContainerRow:
+    row = session.get(ContainerRow, (namespace, container_id))
+    if row is None:
+        raise NotFound(f"container {container_id!r} not found")
+    return row
+
+
+def _set_spec(row: ContainerRow, spec: Encoded | None) -> None:
+    if spec is None:
+        raise InvalidArgument(f"container {row.id!r}: a spec is required")
+    row.spec_type, row.spec = spec.type_url, spec.value
+
+
+class ContainerStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def get(self, namespace: str, container_id: str) -> Container:
+        return await self._db.run(lambda s: _container(_get(s, namespace, container_id)))
+
+    async def list(self, namespace: str) -> list[Container]:
+        def list_(session: Session) -> list[Container]:
+            rows = session.scalars(
+                select(ContainerRow)
+                .where(ContainerRow.namespace == namespace)
+                .order_by(ContainerRow.id)
+            )
+            return [_container(r) for r in rows]
+
+        return await self._db.run(list_)
+
+    async def create(self, namespace: str, container: Container) -> Container:
+        check(container)
+
+        def create(session: Session) -> Container:
+            ensure(session, namespace)
+            if session.get(ContainerRow, (namespace, container.id)) is not None:
+                raise AlreadyExists(f"container {container.id!r} already exists")
+            now = datetime.now(UTC)
+            options = container.runtime_options
+            row = ContainerRow(
+                namespace=namespace,
+                id=container.id,
+                labels=dict(container.labels),
+                image=container.image,
+                runtime=container.runtime,
+                runtime_options_type=options.type_url if options else None,
+                runtime_options=options.value if options else None,
+                snapshotter=container.snapshotter,
+                snapshot_key=container.snapshot_key,
+                sandbox=container.sandbox,
+                extensions=_encode_extensions(container.extensions),
+                created_at=now,
+                updated_at=now,
+            )
+            _set_spec(row, container.spec)
+            session.add(row)
+            return _container(row)
+
+        return await self._db.run(create)
+
+    async def update(self, namespace: str, container: Container, paths: list[str]) -> Container:
+        """Masks as containerd's: `labels[.<k>]`, `extensions[.<k>]`, `spec`, `image`,
+        `snapshotkey`; no mask replaces all of them. Runtime and snapshotter never change."""
+        for path in paths:
+            head = path.split(".", 1)[0]
+            if path not in _UPDATABLE and not (head in ("labels", "extensions") and "." in path):
+                raise InvalidArgument(f"cannot update {path!r} field on container {container.id!r}")
+
+        def update(session: Session) -> Container:
+            row = _get(session, namespace, container.id)
+            if not paths:
+                if container.runtime and container.runtime != row.runtime:
+                    raise InvalidArgument(f"container {row.id!r}: the runtime cannot change")
+                if container.snapshotter and container.snapshotter != row.snapshotter:
+                    raise InvalidArgument(f"container {row.id!r}: the snapshotter cannot change")
+                row.labels = validate.labels(container.labels)
+                _set_spec(row, container.spec)
+                row.extensions = _encode_extensions(container.extensions)
+                row.image, row.snapshot_key = container.image, container.snapshot_key
+            for path in paths:
+                if path == "spec":
+                    _set_spec(row, container.spec)
+                elif path == "image":
+                    row.image = container.image
+                elif path == "snapshotkey":
+                    row.snapshot_key = container.snapshot_key
+            labels = validate.apply_label_mask(row.labels, container.labels, paths)
+            if labels is not None:
+                row.labels = labels
+            extensions = _apply_extension_mask(row.extensions, container.extensions, paths)
+            if extensions is not None:
+                row.extensions = extensions
+            row.updated_at = datetime.now(UTC)
+            return _container(row)
+
+        return await self._db.run(update)
+
+    async def delete(self, namespace: str, container_id: str) -> None:
+        await self._db.run(lambda s: s.delete(_get(s, namespace, container_id)))
+
+    @staticmethod
+    def holds(session: Session, namespace: str) -> bool:
+        return bool(session.scalar(select(exists().where(ContainerRow.namespace == namespace))))
+
+
+def _apply_extension_mask(
+    current: dict[str, list[str]], new: dict[str, Encoded], paths: list[str]
+) -> dict[str, list[str]] | None:
+    encoded = _encode_extensions(new)
+    result, touched = dict(current), False
+    for path in paths:
+        if path == "extensions":
+            result, touched = dict(encoded), True
+        elif path.startswith("extensions."):
+            key = path[len("extensions.") :]
+            if key in encoded:
+                result[key] = encoded[key]
+            else:
+                result.pop(key, None)
+            touched = True
+    return result if touched else None

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.any_pb2 import Any as AnyPb
+from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message
+
+from liner_api.containerd.events import container_pb2 as events_pb2
+from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from linerd import context
+from linerd.core import filters
+from linerd.core.types import Container, Encoded
+from linerd.events import Exchange
+from linerd.gc.collector import Collector
+from linerd.metadata.containers import ContainerStore
+from linerd.services.convert import pack, timestamp
+
+
+def _any(value: Encoded | None) -> AnyPb | None:
+    return AnyPb(type_url=value.type_url, value=value.value) if value is not None else None
+
+
+def _encoded(value: AnyPb, present: bool) -> Encoded | None:
+    return Encoded(value.type_url, value.value) if present else None
+
+
+def to_pb(c: Container) -> containers_pb2.Container:
+    return containers_pb2.Container(
+        id=c.id,
+        labels=c.labels,
+        image=c.image,
+        runtime=containers_pb2.Container.Runtime(name=c.runtime, options=_any(c.runtime_options)),
+        spec=_any(c.spec),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        created_at=timestamp(c.created_at),
+        updated_at=timestamp(c.updated_at),
+        extensions={k: AnyPb(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()},
+        sandbox=c.sandbox,
+    )
+
+
+def from_pb(c: containers_pb2.Container) -> Container:
+    return Container(
+        id=c.id,
+        runtime=c.runtime.name,
+        spec=_encoded(c.spec, c.HasField("spec")),
+        runtime_options=_encoded(c.runtime.options, c.runtime.HasField("options")),
+        image=c.image,
+        labels=dict(c.labels),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        sandbox=c.sandbox,
+        extensions={k: Encoded(v.type_url, v.value) for k, v in c.extensions.items()},
+    )
+
+
+def _adaptor(c: Container) -> filters.Adaptor:
+    fields = {
+        "id": c.id,
+        "image": c.image,
+        "runtime.name": c.runtime,
+        "snapshotter": c.snapshotter,
+        "snapshotkey": c.snapshot_key,
+    }
+    return filters.dict_adaptor(fields, c.labels)
+
+
+class ContainersService(containers_pb2_grpc.ContainersServicer):
+    def __init__(self, store: ContainerStore, gc: Collector, events: Exchange) -> None:
+        self._store = store
+        self._gc = gc
+        self._events = events
+
+    def _publish(self, topic: str, event: Message) -> None:
+        any_ = pack(event)
+        self._events.publish(context.namespace(), topic, any_.type_url, any_.value)
+
+    async def _matching(self, request: containers_pb2.ListContainersRequest) -> list[Container]:
+        match = filters.parse_all(list(request.filters))
+        return [c for c in await self._store.list(context.namespace()) if match.match(_adaptor(c))]
+
+    async def Get(
+        self, request: containers_pb2.GetContainerRequest, ctx: grpc.aio.ServicerContext
+    ) -> containers_pb2.GetContainerResponse:
+        container = await self._store.get(context.namespace(), request.id)
+        return containers_pb2.GetContainerResponse(container=to_pb(container))
+
+    async def List(
+        self, request: containers_pb2.ListContainersRequest, ctx: grpc.aio.ServicerContext
+    ) -> containers_pb2.ListContainersResponse:
+        return containers_pb2.ListContainersResponse(
+            containers=[to_pb(c) for c in await self._matching(request)]
+        )
+
+    async def ListStream(
+        self,
+        request: containers_pb2.ListContainersRequest,
+        ctx: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[containers_pb2.ListContainerMessage]:
+        for container in await self._matching(request):
+            yield containers_pb2.ListContainerMessage(container=to_pb(container))
+
+    async def Create(
+        self, request: containers_pb2.CreateContainerRequest, ctx: grpc.aio.ServicerContext
+    ) -> containers_pb2.CreateContainerResponse:
+        container = await self._store.create(context.namespace(), from_pb(request.container))
+        self._publish(
+            "/containers/create",
+            events_pb2.ContainerCreate(
+                id=container.id,
+                image=container.image,
+                runtime=events_pb2.ContainerCreate.Runtime(
+                    name=container.runtime, options=_any(container.runtime_options)
+                ),
+            ),
+        )
+        return containers_pb2.CreateContainerResponse(container=to_pb(container))
+
+    async def Update(
+        self, request: containers_pb2.UpdateContainerRequest, ctx: grpc.aio.ServicerContext
+    ) -> containers_pb2.UpdateContainerResponse:
+        container = await self._store.update(
+            context.namespace(), from_pb(request.container), list(request.update_mask.paths)
+        )
+        self._publish(
+            "/containers/update",
+            events_pb2.ContainerUpdate(
+                id=container.id,
+                image=container.image,
+                labels=container.labels,
+                snapshot_key=container.snapshot_key,
+            ),
+        )
+        self._gc.schedule()
+        return containers_pb2.UpdateContainerResponse(container=to_pb(container))
+
+    async def Delete(
+        self, request: containers_pb2.DeleteContainerRequest, ctx: grpc.aio.ServicerContext
+    ) -> Empty:
+        await self._store.delete(context.namespace(), request.id)
+        self._publish("/containers/delete", events_pb2.ContainerDelete(id=request.id))
+        self._gc.schedule()
+        return Empty()
