@@ -1,4 +1,5 @@
-"""Applying a layer blob onto a snapshot's mounts: decompress, hash, extract, verify.
+"""Layers and mounts: apply a layer blob onto a snapshot's mounts (decompress, hash, extract,
+verify), and write the difference between two mounts as a layer.
 
 The common mounts are written without mounting anything: a bind mount of one of our own
 snapshot directories is extracted into directly, and a single overlay mount into its upper
@@ -8,13 +9,19 @@ mount is mounted on a scratch directory and extracted through.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import zstandard
 
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_tar
+from linerd.diff.compare import write_diff
 from linerd.diff.compression import HashingReader, open_layer
 from linerd.errdefs import InvalidArgument
 from linerd.mounts import temp_mount
@@ -69,3 +76,68 @@ def apply_to_mounts(
         return apply_stream(raw, media_type, target, name)
     with temp_mount(mounts, scratch) as path:
         return apply_stream(raw, media_type, Target(path, overlay=False), name)
+
+
+class _HashingWriter:
+    """A write-only file wrapper counting and hashing what passes through."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+COMPRESSIONS = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+}
+
+
+def write_layer(
+    left: Sequence[Mount], right: Sequence[Mount], media_type: str, scratch: Path, out: BinaryIO
+) -> tuple[Descriptor, str]:
+    """Write the changes from `left` (may be empty) to `right` as a layer into `out`;
+    returns its descriptor and diff ID. Both sides are mounted read-only. Blocking."""
+    compression = COMPRESSIONS.get(media_type)
+    if compression is None:
+        raise InvalidArgument(f"cannot write layers of media type {media_type!r}")
+    if not right:
+        raise InvalidArgument("no mounts for the upper side of the diff")
+    with contextlib.ExitStack() as stack:
+        lower = stack.enter_context(temp_mount(_readonly(left), scratch)) if left else None
+        upper = stack.enter_context(temp_mount(_readonly(right), scratch))
+        compressed = _HashingWriter(out)
+        sink: Any = compressed
+        if compression == "gzip":
+            sink = stack.enter_context(gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0))
+        elif compression == "zstd":
+            sink = stack.enter_context(
+                zstandard.ZstdCompressor().stream_writer(compressed, closefd=False)
+            )
+        uncompressed = _HashingWriter(sink)
+        write_diff(lower, upper, uncompressed)  # type: ignore[arg-type]
+        stack.close()  # flush the compressor before reading the digest
+    return Descriptor(media_type, compressed.digest, compressed.size), uncompressed.digest
+
+
+def _readonly(mounts: Sequence[Mount]) -> list[Mount]:
+    return [
+        Mount(m.type, m.source, (*[o for o in m.options if o != "rw"], "ro"))
+        if "ro" not in m.options
+        else m
+        for m in mounts
+    ]

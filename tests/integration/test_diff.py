@@ -160,3 +160,51 @@ def test_bad_requests(env: tuple[Env, str]) -> None:
     with pytest.raises(grpc.RpcError) as info:
         e.diff.Apply(diff_pb2.ApplyRequest(diff=absent, mounts=mounts), metadata=e.md)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_diff_of_a_changed_snapshot_round_trips(env: tuple[Env, str], tmp_path: Path) -> None:
+    e, snapshotter = env
+    base = layer([special("etc", tarfile.DIRTYPE), file("etc/a", b"a"), file("etc/b", b"b")])
+    e.apply(snapshotter, "b1", "", base)
+    e.snapshots.Commit(
+        spb.CommitSnapshotRequest(snapshotter=snapshotter, name="base", key="b1"), metadata=e.md
+    )
+    work = e.snapshots.Prepare(
+        spb.PrepareSnapshotRequest(snapshotter=snapshotter, key="work", parent="base"),
+        metadata=e.md,
+    ).mounts
+    with mounted(work, tmp_path / "w") as root:
+        (root / "etc/a").write_bytes(b"changed")
+        (root / "etc/b").unlink()
+        (root / "new").write_bytes(b"new")
+    lower = e.snapshots.View(
+        spb.ViewSnapshotRequest(snapshotter=snapshotter, key="lower", parent="base"),
+        metadata=e.md,
+    ).mounts
+    made = e.diff.Diff(diff_pb2.DiffRequest(left=lower, right=work), metadata=e.md).diff
+    assert made.media_type == GZIP_LAYER
+    info = e.content.Info(content_pb2.InfoRequest(digest=made.digest), metadata=e.md).info
+    assert info.size == made.size
+    with tarfile.open(
+        fileobj=io.BytesIO(
+            b"".join(
+                r.data
+                for r in e.content.Read(
+                    content_pb2.ReadContentRequest(digest=made.digest), metadata=e.md
+                )
+            )
+        )
+    ) as tar:
+        names = set(tar.getnames())
+    assert {"etc/a", "etc/.wh.b", "new"} <= names and "etc/b" not in names
+    assert info.labels["containerd.io/uncompressed"].startswith("sha256:")
+    # applying the diff onto the base reproduces the changed tree
+    mounts = e.snapshots.Prepare(
+        spb.PrepareSnapshotRequest(snapshotter=snapshotter, key="replay", parent="base"),
+        metadata=e.md,
+    ).mounts
+    applied = e.diff.Apply(diff_pb2.ApplyRequest(diff=made, mounts=mounts), metadata=e.md).applied
+    assert applied.digest == info.labels["containerd.io/uncompressed"]
+    with mounted(mounts, tmp_path / "r") as root:
+        assert (root / "etc/a").read_bytes() == b"changed"
+        assert not (root / "etc/b").exists() and (root / "new").read_bytes() == b"new"

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -10,9 +13,12 @@ from linerd import context
 from linerd.content.store import ContentStore
 from linerd.core import validate
 from linerd.core.types import Mount
-from linerd.errdefs import InvalidArgument, NotImplementedYet
-from linerd.layers import apply_to_mounts
+from linerd.errdefs import AlreadyExists, InvalidArgument
+from linerd.layers import apply_to_mounts, write_layer
 from linerd.services.convert import descriptor
+
+DEFAULT_DIFF_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 
 
 def mounts_from(pb: list) -> list[Mount]:  # type: ignore[type-arg]
@@ -53,4 +59,31 @@ class DiffService(diff_pb2_grpc.DiffServicer):
     async def Diff(
         self, request: diff_pb2.DiffRequest, ctx: grpc.aio.ServicerContext
     ) -> diff_pb2.DiffResponse:
-        raise NotImplementedYet("Diff (compare two mounts) is not implemented yet")
+        """Write the changes from `left` to `right` as a layer into the content store."""
+        namespace = context.namespace()
+        media_type = request.media_type or DEFAULT_DIFF_MEDIA_TYPE
+        left, right = mounts_from(list(request.left)), mounts_from(list(request.right))
+        self._scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=self._scratch) as out:
+            desc, diff_id = await asyncio.to_thread(
+                write_layer, left, right, media_type, self._scratch, out
+            )
+            labels = {**request.labels, UNCOMPRESSED_LABEL: diff_id}
+            ref = request.ref or f"diff-{secrets.token_hex(8)}"
+            try:
+                writer = await self._content.writer(
+                    namespace, ref, desc.size, desc.digest, context.lease()
+                )
+            except AlreadyExists:
+                return diff_pb2.DiffResponse(diff=descriptor(desc))
+            try:
+                out.seek(0)
+                offset = 0
+                while chunk := await asyncio.to_thread(out.read, 1 << 20):
+                    await writer.write(offset, chunk, desc.size)
+                    offset += len(chunk)
+                with contextlib.suppress(AlreadyExists):
+                    await writer.commit(desc.size, desc.digest, labels)
+            finally:
+                writer.close()
+        return diff_pb2.DiffResponse(diff=descriptor(desc))
