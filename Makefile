@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the daemon and the test suite use (ctr comes from containerd; its daemon is never started).
-DEB_PACKAGES := python3-venv runc conmon containerd busybox-static docker-registry skopeo umoci
+DEB_PACKAGES := python3-venv runc conmon containerd busybox-static docker-registry skopeo umoci \
+	prometheus systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: setup deps proto run test test-unit lint clean
+.PHONY: setup deps proto run test test-unit lint install clean
 
 setup: deps $(STAMP)
 
@@ -27,8 +28,11 @@ $(STAMP): pyproject.toml
 proto: setup
 	$(BIN)/python api/generate.py
 
+# Metrics on 127.0.0.1:1338 (containerd's debug port) at /v1/metrics.
+METRICS_ADDRESS ?= 127.0.0.1:1338
+
 run: setup
-	$(BIN)/linerd $(ARGS)
+	$(BIN)/linerd --metrics-address $(METRICS_ADDRESS) $(ARGS)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -40,6 +44,21 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python api/generate.py --check
+
+# A system install: the package in its own virtualenv under $(PREFIX_VENV), the commands in
+# /usr/local/bin, the systemd unit, and the default config (kept if one is there).
+PREFIX_VENV ?= /opt/liner
+install: deps
+	$(PYTHON) -m venv $(PREFIX_VENV)
+	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
+	$(PREFIX_VENV)/bin/pip install -q .
+	ln -sf $(PREFIX_VENV)/bin/linerd /usr/local/bin/linerd
+	ln -sf $(PREFIX_VENV)/bin/liner /usr/local/bin/liner
+	install -D -m 0644 deploy/systemd/linerd.service /etc/systemd/system/linerd.service
+	install -D -m 0644 README.md /usr/local/share/doc/liner/README.md
+	mkdir -p /etc/liner
+	[ -e /etc/liner/config.toml ] || $(PREFIX_VENV)/bin/linerd config-default > /etc/liner/config.toml
+	-systemctl daemon-reload 2>/dev/null
 
 clean:
 	rm -rf $(VENV) build *.egg-info

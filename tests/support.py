@@ -20,16 +20,20 @@ REPO = Path(__file__).resolve().parent.parent
 class Linerd:
     """A linerd subprocess; `restart`, `kill` (SIGKILL) and `stop` (SIGTERM) it at will."""
 
-    def __init__(self, base: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self, base: Path, extra_args: list[str] | None = None, log_level: str | None = "debug"
+    ) -> None:
         self.base = base
         self.root = base / "root"
         self.state = base / "state"
         self.address = str(base / "linerd.sock")
         self.log_path = base / "linerd.log"
         self.extra_args = extra_args or []
+        self.log_level = log_level  # None: as the config says
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
+        level = ["--log-level", self.log_level] if self.log_level else []
         return [
             sys.executable,
             "-m",
@@ -40,8 +44,7 @@ class Linerd:
             str(self.state),
             "--address",
             self.address,
-            "--log-level",
-            "debug",
+            *level,
             *self.extra_args,
         ]
 

@@ -49,6 +49,12 @@ class SnapshotsConfig:
 
 
 @dataclass(slots=True)
+class MetricsConfig:
+    # host:port serving Prometheus metrics at /v1/metrics; empty = off.
+    address: str = ""
+
+
+@dataclass(slots=True)
 class LogConfig:
     level: str = "info"
     # "json" (journald-friendly) or "console".
@@ -65,6 +71,7 @@ class Config:
     gc: GcConfig = field(default_factory=GcConfig)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Registry hosts, mirrors, TLS and credentials: see linerd.remotes.hosts for the keys.
     registry: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +115,10 @@ def validate(config: Config) -> Config:
         HostsConfig.from_dict(config.registry)
     except InvalidArgument as e:
         raise ConfigError(f"registry: {e}") from None
+    if config.metrics.address:
+        host, _, port = config.metrics.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("metrics.address must be host:port")
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
     return config
@@ -157,3 +168,7 @@ def _scalar(value: object) -> str:
         return repr(value)
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
+
+
+# What a SIGHUP can change in a running linerd; everything else needs a restart.
+RELOADABLE = ("log", "registry", "metrics", "gc")

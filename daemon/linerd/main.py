@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from linerd import __version__, log
-from linerd.config import ConfigError, load, to_toml
+from linerd.config import Config, ConfigError, load, to_toml, validate
 from linerd.server import Daemon, StartupError
 
 
@@ -27,40 +28,52 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--address", help="gRPC unix socket (default /run/liner/liner.sock)")
     p.add_argument("-l", "--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", choices=["json", "console"])
+    p.add_argument("--metrics-address", help="host:port for Prometheus metrics at /v1/metrics")
     p.add_argument("-v", "--version", action="version", version=f"linerd {__version__}")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("config-default", help="print the default configuration")
     return p
 
 
+def _loader(args: argparse.Namespace) -> Callable[[], Config]:
+    """The configuration: the file, then the flags over it. Called again on SIGHUP."""
+
+    def load_config() -> Config:
+        config = load(args.config)
+        paths = [
+            (args.root, config, "root"),
+            (args.state, config, "state"),
+            (args.address, config.grpc, "address"),
+        ]
+        for flag, target, name in paths:
+            if flag:
+                setattr(target, name, str(Path(flag).absolute()))
+        values = [
+            (args.log_level, config.log, "level"),
+            (args.log_format, config.log, "format"),
+            (args.metrics_address, config.metrics, "address"),
+        ]
+        for flag, target, name in values:
+            if flag:
+                setattr(target, name, flag)
+        return validate(config)
+
+    return load_config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config-default":
-        from linerd.config import Config
-
         sys.stdout.write(to_toml(Config()))
         return 0
     try:
-        config = load(args.config)
+        daemon = Daemon(_loader(args))
     except ConfigError as e:
         print(f"linerd: {e}", file=sys.stderr)
         return 2
-    for flag, target, name in [
-        (args.root, config, "root"),
-        (args.state, config, "state"),
-        (args.address, config.grpc, "address"),
-        (args.log_level, config.log, "level"),
-        (args.log_format, config.log, "format"),
-    ]:
-        if flag:
-            setattr(
-                target,
-                name,
-                str(Path(flag).absolute()) if name in ("root", "state", "address") else flag,
-            )
-    log.setup(config.log.level, config.log.format)
+    log.setup(daemon.config.log.level, daemon.config.log.format)
     try:
-        asyncio.run(Daemon(config).run())
+        asyncio.run(daemon.run())
     except StartupError as e:
         structlog.get_logger("linerd").error("cannot start", error=str(e))
         print(f"linerd: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ import structlog
 from linerd import imagespec
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, SnapshotKind
-from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
+from linerd.errdefs import AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.layers import apply_to_mounts
@@ -66,6 +66,7 @@ class Progress:
     def __init__(self) -> None:
         self.blobs: dict[str, BlobState] = {}
         self.changed = asyncio.Event()
+        self.fetched = 0  # bytes that came over the network
 
     def add(self, desc: Descriptor, state: str = "waiting") -> None:
         if desc.digest not in self.blobs:
@@ -336,6 +337,7 @@ class Puller:
             data = b"".join(chunks)
         else:
             data = await job.client.fetch_manifest(job.ref, desc)
+        job.progress.fetched += len(data)
         await self._store(job, f"{kind}-{desc.digest}", desc, data)
         job.progress.update(desc.digest, offset=desc.size, state="downloaded")
         return data
@@ -362,13 +364,15 @@ class Puller:
     async def _download(self, job: _Job, desc: Descriptor) -> None:
         progress = job.progress
         labels = {job.source_label[0]: job.source_label[1]}
+        ref = f"layer-{desc.digest}"
         try:
             writer = await self._content.writer(
-                job.namespace, f"layer-{desc.digest}", desc.size, desc.digest, job.lease
+                job.namespace, ref, desc.size, desc.digest, job.lease
             )
         except AlreadyExists:
             progress.update(desc.digest, offset=desc.size, state="exists")
             return
+        keep = True
         try:
             async with self._download_slots:
                 offset = writer.status().offset
@@ -380,12 +384,20 @@ class Puller:
                     async for chunk in chunks:
                         await writer.write(offset, chunk)
                         offset += len(chunk)
+                        progress.fetched += len(chunk)
                         progress.update(desc.digest, offset=offset)
             with contextlib.suppress(AlreadyExists):
                 await writer.commit(desc.size, desc.digest, labels)
             progress.update(desc.digest, state="downloaded")
+        except BaseException as e:
+            # Keep a partial ingest to resume from, unless it holds nothing or bytes that lied.
+            keep = not isinstance(e, DataLoss) and writer.status().offset > 0
+            raise
         finally:
             writer.close()
+            if not keep:
+                with contextlib.suppress(NotFound, Unavailable):
+                    await self._content.abort(job.namespace, ref)
 
     # -- unpacking --------------------------------------------------------------------------
 

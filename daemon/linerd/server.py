@@ -4,40 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
-from liner_api.containerd.services.containers.v1 import containers_pb2_grpc
-from liner_api.containerd.services.content.v1 import content_pb2_grpc
-from liner_api.containerd.services.diff.v1 import diff_pb2_grpc
-from liner_api.containerd.services.events.v1 import events_pb2_grpc
-from liner_api.containerd.services.images.v1 import images_pb2_grpc
-from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
-from liner_api.containerd.services.leases.v1 import leases_pb2_grpc
-from liner_api.containerd.services.namespaces.v1 import namespaces_pb2_grpc
-from liner_api.containerd.services.snapshots.v1 import snapshots_pb2_grpc
-from liner_api.containerd.services.version.v1 import version_pb2_grpc
-from liner_api.liner.services.transfer.v1 import transfer_pb2_grpc
+from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+from liner_api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
+from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from liner_api.containerd.services.introspection.v1 import introspection_pb2, introspection_pb2_grpc
+from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
+from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
+from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
-from linerd.config import Config
+from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
+from linerd.errdefs import LinerError
 from linerd.events import Exchange
 from linerd.gc.collector import Collector
+from linerd.log import setup as setup_logging
 from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
+from linerd.metrics import Metrics, MetricsServer
 from linerd.pull import Puller
 from linerd.remotes.hosts import HostsConfig
 from linerd.services.containers import ContainersService
@@ -191,10 +199,25 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
     ]
 
 
+async def _watchdog() -> None:
+    """Ping systemd's watchdog while the event loop runs (a hung loop stops the pings)."""
+    interval = systemd.watchdog_interval()
+    while interval:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 class Daemon:
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    """linerd's lifetime: `load` gives the configuration (again on SIGHUP)."""
+
+    def __init__(self, load: Callable[[], Config]) -> None:
+        self._load = load
+        self.config = load()
         self._stop = asyncio.Event()
+        self.hosts = HostsConfig.from_dict(self.config.registry)
+        self.metrics = Metrics()
+        self._metrics_server: MetricsServer | None = None
+        self._gc: Collector | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -224,37 +247,10 @@ class Daemon:
         finally:
             lock.release()
 
-    async def _serve(self, core: Core, address: Path) -> None:
+    async def _register(self, server: grpc.aio.Server, core: Core, uuid: str) -> list[str]:
+        """Add every service; returns their full names (for the health service)."""
         config = self.config
-        server = grpc.aio.server(
-            interceptors=[RequestInterceptor()],
-            options=[
-                ("grpc.max_receive_message_length", config.grpc.max_recv_message_size),
-                ("grpc.max_send_message_length", config.grpc.max_send_message_size),
-            ],
-        )
-        uuid = await asyncio.to_thread(core.db.server_uuid)
-        version_pb2_grpc.add_VersionServicer_to_server(VersionService(), server)
-        introspection_pb2_grpc.add_IntrospectionServicer_to_server(
-            IntrospectionService(uuid, _plugins(list(core.snapshots))), server
-        )
-        namespaces_pb2_grpc.add_NamespacesServicer_to_server(
-            NamespacesService(core.namespaces, core.events), server
-        )
-        leases_pb2_grpc.add_LeasesServicer_to_server(LeasesService(core.leases, core.gc), server)
-        content_pb2_grpc.add_ContentServicer_to_server(
-            ContentService(core.content, core.gc, core.events), server
-        )
-        events_pb2_grpc.add_EventsServicer_to_server(EventsService(core.events), server)
-        diff_pb2_grpc.add_DiffServicer_to_server(
-            DiffService(core.content, Path(config.root) / "snapshots", Path(config.state) / "mnt"),
-            server,
-        )
-        snapshots_pb2_grpc.add_SnapshotsServicer_to_server(
-            SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
-            server,
-        )
-        hosts = HostsConfig.from_dict(config.registry)
+        scratch = Path(config.state) / "mnt"
         puller = Puller(
             core.content,
             core.images,
@@ -262,17 +258,85 @@ class Daemon:
             core.snapshots,
             core.default_snapshotter,
             core.gc,
-            lambda: hosts,
-            Path(config.state) / "mnt",
+            lambda: self.hosts,
+            scratch,
         )
-        transfer_pb2_grpc.add_TransferServicer_to_server(
-            TransferService(puller, core.events), server
+        services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
+            (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
+            (
+                introspection_pb2_grpc.add_IntrospectionServicer_to_server,
+                IntrospectionService(uuid, _plugins(list(core.snapshots))),
+            ),
+            (
+                namespaces_pb2_grpc.add_NamespacesServicer_to_server,
+                NamespacesService(core.namespaces, core.events),
+            ),
+            (leases_pb2_grpc.add_LeasesServicer_to_server, LeasesService(core.leases, core.gc)),
+            (
+                content_pb2_grpc.add_ContentServicer_to_server,
+                ContentService(core.content, core.gc, core.events),
+            ),
+            (events_pb2_grpc.add_EventsServicer_to_server, EventsService(core.events)),
+            (
+                diff_pb2_grpc.add_DiffServicer_to_server,
+                DiffService(core.content, Path(config.root) / "snapshots", scratch),
+            ),
+            (
+                snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
+                SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
+            ),
+            (
+                images_pb2_grpc.add_ImagesServicer_to_server,
+                ImagesService(core.images, core.gc, core.events),
+            ),
+            (
+                containers_pb2_grpc.add_ContainersServicer_to_server,
+                ContainersService(core.containers, core.gc, core.events),
+            ),
+            (
+                transfer_pb2_grpc.add_TransferServicer_to_server,
+                TransferService(puller, core.events, self.metrics),
+            ),
+        ]
+        for add, servicer in services:
+            add(servicer, server)
+        names = [
+            s.full_name
+            for module in (
+                version_pb2,
+                introspection_pb2,
+                namespaces_pb2,
+                leases_pb2,
+                content_pb2,
+                events_pb2,
+                diff_pb2,
+                snapshots_pb2,
+                images_pb2,
+                containers_pb2,
+                transfer_pb2,
+            )
+            for s in module.DESCRIPTOR.services_by_name.values()
+        ]
+        health = health_aio.HealthServicer()
+        for name in ["", *names]:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        return names
+
+    async def _serve(self, core: Core, address: Path) -> None:
+        config = self.config
+        server = grpc.aio.server(
+            interceptors=[RequestInterceptor([self.metrics.observe_call])],
+            options=[
+                ("grpc.max_receive_message_length", config.grpc.max_recv_message_size),
+                ("grpc.max_send_message_length", config.grpc.max_send_message_size),
+            ],
         )
-        containers_pb2_grpc.add_ContainersServicer_to_server(
-            ContainersService(core.containers, core.gc, core.events), server
-        )
-        images_pb2_grpc.add_ImagesServicer_to_server(
-            ImagesService(core.images, core.gc, core.events), server
+        uuid = await asyncio.to_thread(core.db.server_uuid)
+        await self._register(server, core, uuid)
+        self.metrics.add_stores(
+            Path(config.root) / "content" / "blobs" / "sha256",
+            lambda: {name: store.totals_sync() for name, store in core.snapshots.items()},
         )
 
         old_umask = os.umask(0o117)  # the socket is born 0660, never briefly wider
@@ -284,11 +348,16 @@ class Daemon:
         if config.grpc.gid:
             os.chown(address, -1, config.grpc.gid)
         os.chmod(address, 0o660)
+        await self._start_metrics(config.metrics.address)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        gc_task = asyncio.create_task(core.gc.run(config.gc.interval, config.gc.schedule_delay))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._gc = core.gc
+        core.gc.interval, core.gc.delay = config.gc.interval, config.gc.schedule_delay
+        gc_task = asyncio.create_task(core.gc.run())
+        watchdog = asyncio.create_task(_watchdog())
         log.info("serving", address=str(address), root=config.root, state=config.state, uuid=uuid)
         systemd.notify("READY=1")
         try:
@@ -297,11 +366,55 @@ class Daemon:
             systemd.notify("STOPPING=1")
             log.info("stopping")
             await server.stop(SHUTDOWN_GRACE)
-            gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gc_task
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for task in (gc_task, watchdog):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self._metrics_server is not None:
+                await self._metrics_server.stop()
             with contextlib.suppress(FileNotFoundError):
                 address.unlink()
             log.info("stopped")
+
+    async def _start_metrics(self, address: str) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
+        if address:
+            server = MetricsServer(self.metrics)
+            await server.start(address)
+            self._metrics_server = server
+
+    async def reload(self) -> None:
+        """SIGHUP: apply what can change safely; name what cannot; keep the old on errors."""
+        try:
+            new = await asyncio.to_thread(self._load)
+            hosts = HostsConfig.from_dict(new.registry)
+        except (ConfigError, LinerError) as e:
+            log.error(
+                "reload refused: the configuration is invalid; keeping the old one", error=str(e)
+            )
+            return
+        old = self.config
+        fixed = [
+            f.name
+            for f in dataclasses.fields(Config)
+            if f.name not in RELOADABLE and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        if fixed:
+            log.warning("reload: these settings need a restart to change", settings=fixed)
+        if new.log != old.log:
+            setup_logging(new.log.level, new.log.format)
+        self.hosts = hosts
+        if self._gc is not None:
+            self._gc.interval, self._gc.delay = new.gc.interval, new.gc.schedule_delay
+        if new.metrics.address != old.metrics.address:
+            try:
+                await self._start_metrics(new.metrics.address)
+            except (OSError, ValueError) as e:
+                log.error("reload: cannot serve metrics", address=new.metrics.address, error=str(e))
+        for name in RELOADABLE:
+            setattr(old, name, getattr(new, name))
+        log.info("reloaded", log_level=new.log.level)

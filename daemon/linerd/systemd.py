@@ -17,3 +17,12 @@ def notify(state: str) -> bool:
         sock.connect(address)
         sock.sendall(state.encode())
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 pings when systemd asks for them (half its timeout)."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000

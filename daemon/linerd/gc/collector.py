@@ -120,6 +120,8 @@ class Collector:
         self._kinds: dict[str, Kind] = {"content": ContentKind()}  # by _kind_name
         self._roots: list[RootSource] = [image_roots, container_roots, lease_roots]
         self._wake = asyncio.Event()
+        self.interval = 3600.0
+        self.delay = 0.05
 
     def register_kind(self, name: str, kind: Kind) -> None:
         self._kinds[name] = kind
@@ -131,13 +133,13 @@ class Collector:
         """Ask for a collection soon (after a delete); cheap to call often."""
         self._wake.set()
 
-    async def run(self, interval: float, delay: float = 0.05) -> None:
-        """Background loop: collect when scheduled (after `delay`, to batch deletes) or every
-        `interval` seconds."""
+    async def run(self) -> None:
+        """Background loop: collect when scheduled (after `delay` seconds, to batch deletes)
+        or every `interval` seconds. Both are read each round, so a reload applies."""
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval)
-                await asyncio.sleep(delay)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
+                await asyncio.sleep(self.delay)
             except TimeoutError:
                 pass
             self._wake.clear()

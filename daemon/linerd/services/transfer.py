@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +12,7 @@ from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import context
 from linerd.events import Exchange
 from linerd.imagespec import Platform
+from linerd.metrics import Metrics
 from linerd.pull import Progress, Puller, PullRequest
 from linerd.services.convert import descriptor, pack
 
@@ -30,9 +32,10 @@ def _snapshot(progress: Progress) -> transfer_pb2.PullProgress:
 
 
 class TransferService(transfer_pb2_grpc.TransferServicer):
-    def __init__(self, puller: Puller, events: Exchange) -> None:
+    def __init__(self, puller: Puller, events: Exchange, metrics: Metrics) -> None:
         self._puller = puller
         self._events = events
+        self._metrics = metrics
 
     async def Pull(
         self, request: transfer_pb2.PullRequest, ctx: grpc.aio.ServicerContext
@@ -51,6 +54,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             secret=request.credentials.secret,
         )
         progress = Progress()
+        started = time.monotonic()
         task = asyncio.create_task(self._puller.pull(namespace, pull, progress))
         try:
             while not task.done():
@@ -60,8 +64,12 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
                     progress.changed.clear()
                     yield _snapshot(progress)
             image, created = task.result()
+        except BaseException:
+            self._metrics.observe_pull(False, 0, time.monotonic() - started)
+            raise
         finally:
             task.cancel()  # the client went away: stop pulling
+        self._metrics.observe_pull(True, progress.fetched, time.monotonic() - started)
         event = (
             image_events.ImageCreate(name=image.name, labels=image.labels)
             if created

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from linerd.core import validate
@@ -291,6 +291,19 @@ class SnapshotStore:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
         return removed
+
+    def totals_sync(self) -> tuple[int, int]:
+        """(bytes used by committed snapshots, number of snapshots), for metrics. Blocks."""
+
+        def totals(session: Session) -> tuple[int, int]:
+            used, count = session.execute(
+                select(func.coalesce(func.sum(SnapshotRow.size), 0), func.count()).where(
+                    SnapshotRow.snapshotter == self.name
+                )
+            ).one()
+            return int(used), int(count)
+
+        return self._db.run_sync(totals)
 
     def holds(self) -> Callable[[Session, str], bool]:
         """For the namespace store: does a namespace have snapshots here?"""
