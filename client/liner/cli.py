@@ -5,6 +5,7 @@ Every failure ends as one `liner: <message>` line on stderr and exit code 1; usa
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -15,7 +16,16 @@ from typing import Any, NoReturn
 
 import click
 
-from liner.client import DEFAULT_ADDRESS, Client, LinerClientError
+from liner import images as imagedocs
+from liner.client import (
+    DEFAULT_ADDRESS,
+    Client,
+    Image,
+    LinerClientError,
+    Platform,
+    SnapshotInfo,
+    host_platform,
+)
 from liner.format import (
     age,
     human_size,
@@ -23,8 +33,10 @@ from liner.format import (
     parse_duration,
     parse_labels,
     rfc3339,
+    snapshot_tree,
     table,
 )
+from liner.progress import Display, LiveDisplay, NoDisplay, PlainDisplay
 from liner.version import __version__
 
 CLIENT_REVISION = "liner"
@@ -52,6 +64,9 @@ class AliasGroup(click.Group):
         "ns": "namespaces",
         "namespace": "namespaces",
         "lease": "leases",
+        "image": "images",
+        "i": "images",
+        "snapshot": "snapshots",
         "list": "ls",
         "remove": "rm",
         "delete": "rm",
@@ -389,6 +404,301 @@ def leases_rm(sync: bool, ids: tuple[str, ...]) -> None:
         else:
             click.echo(lease_id)
     _exit_if(failed)
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def images() -> None:
+    """Manage images (aliases: image, i)."""
+
+
+def _credentials(user: str | None) -> tuple[str, str]:
+    """`--user user:pass`, or `--user user` with the password prompted for (stdin a terminal)
+    or read from stdin's first line (stdin not a terminal, e.g. `echo $PW | liner ...`)."""
+    if not user:
+        return "", ""
+    username, sep, secret = user.partition(":")
+    if not username:
+        raise click.BadParameter("want user[:password]", param_hint="--user")
+    if sep:
+        return username, secret
+    if sys.stdin.isatty():
+        secret = click.prompt("Password", hide_input=True, err=True, default="", show_default=False)
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise Failure(f"--user {username}: no password given (on the terminal or stdin)")
+    return username, secret
+
+
+def _display(mode: str) -> Display:
+    if mode == "auto":
+        mode = "tty" if sys.stdout.isatty() else "plain"
+    if mode == "tty":
+        return LiveDisplay(sys.stdout, force_terminal=True)
+    if mode == "plain":
+        return PlainDisplay(click.echo)
+    return NoDisplay()
+
+
+@images.command("pull")
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="platform to pull (repeatable); default: this machine's",
+)
+@click.option("--all-platforms", is_flag=True, help="fetch the content of every platform")
+@click.option("--snapshotter", default="", help="snapshotter to unpack into [default: linerd's]")
+@click.option("--skip-unpack", is_flag=True, help="fetch the content only, do not unpack")
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry")
+@click.option(
+    "--user",
+    "-u",
+    metavar="USER[:PASSWORD]",
+    help="registry credentials; without :PASSWORD it is prompted for, or read from stdin",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="live display (tty), one line per state change (plain), or none; auto picks by stdout",
+)
+@click.argument("ref")
+def images_pull(
+    platforms: tuple[str, ...],
+    all_platforms: bool,
+    snapshotter: str,
+    skip_unpack: bool,
+    plain_http: bool,
+    user: str | None,
+    progress: str,
+    ref: str,
+) -> None:
+    """Pull an image (in linerd) and unpack it; prints `NAME DIGEST` when done."""
+    try:
+        wanted = [Platform.parse(p) for p in platforms]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--platform") from None
+    username, secret = _credentials(user)
+    client = _client()
+    display = _display(progress)
+    final = None
+    try:
+        for update in client.pull(
+            ref,
+            wanted,
+            all_platforms=all_platforms,
+            snapshotter=snapshotter,
+            skip_unpack=skip_unpack,
+            plain_http=plain_http,
+            username=username,
+            secret=secret,
+        ):
+            display.update(update)
+            if update.done:
+                final = update
+    finally:
+        display.close()
+    if final is None or final.target is None:
+        raise Failure(f"{ref}: the pull ended without a result")
+    click.echo(f"{final.name} {final.target.digest}")
+
+
+@images.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the names")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+def images_ls(quiet: bool, filters: tuple[str, ...]) -> None:
+    """List images, optionally matching filters (e.g. name==NAME, labels.KEY==VALUE).
+
+    SIZE is the config and layers of this machine's platform's manifest (or, when that
+    platform was not pulled, of the first one that was); `-` when none is in the store.
+    """
+    client = _client()
+    found = client.images(filters)
+    if quiet:
+        for image in found:
+            click.echo(image.name)
+        return
+    docs = imagedocs.Documents(client)
+    here = host_platform()
+    rows = []
+    for image in found:
+        summary = imagedocs.summarize(docs, image, here)
+        rows.append(
+            [
+                image.name,
+                image.target.media_type,
+                image.target.digest,
+                human_size(summary.size) if summary.size is not None else "-",
+                ",".join(map(str, summary.platforms)) or "-",
+                labels_text(image.labels),
+            ]
+        )
+    click.echo(table(["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"], rows), nl=False)
+
+
+@images.command("rm")
+@click.option("--sync", is_flag=True, help="wait for the garbage collection to finish")
+@click.argument("names", nargs=-1, required=True, metavar="REF...")
+def images_rm(sync: bool, names: tuple[str, ...]) -> None:
+    """Remove images (their content goes when nothing else uses it)."""
+    client = _client()
+    failed = False
+    for name in names:
+        try:
+            client.delete_image(name, sync=sync)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(name)
+    _exit_if(failed)
+
+
+@images.command("tag")
+@click.option("--force", "-f", is_flag=True, help="replace a DST that exists")
+@click.argument("source", metavar="SRC")
+@click.argument("targets", nargs=-1, required=True, metavar="DST...")
+def images_tag(force: bool, source: str, targets: tuple[str, ...]) -> None:
+    """Give image SRC more names: each DST gets SRC's target and labels."""
+    client = _client()
+    image = client.get_image(source)
+    for target in targets:
+        try:
+            client.create_image(target, image.target, image.labels)
+        except LinerClientError as e:
+            if not (force and e.code_name == "ALREADY_EXISTS"):
+                raise
+            # An update in place, never delete + create: the old DST's content stays referenced.
+            client.update_image(target, target=image.target, labels=image.labels)
+        click.echo(target)
+
+
+@images.command("inspect")
+@click.argument("name", metavar="REF")
+def images_inspect(name: str) -> None:
+    """Print an image as JSON: its record (Image), and from the content store its Index (if
+    any), this machine's platform's Manifest and Config."""
+    client = _client()
+    image: Image = client.get_image(name)
+    doc = imagedocs.inspect(imagedocs.Documents(client), image, host_platform())
+    click.echo(json.dumps(doc, indent=2))
+
+
+# -- snapshots ------------------------------------------------------------------------------
+
+_SNAPSHOTTER = "liner.snapshotter"
+
+
+@cli.group(cls=AliasGroup)
+@click.option(
+    "--snapshotter",
+    "-s",
+    envvar="LINER_SNAPSHOTTER",
+    default="overlayfs",
+    show_default=True,
+    show_envvar=True,
+    help="snapshotter to work with",
+)
+@click.pass_context
+def snapshots(ctx: click.Context, snapshotter: str) -> None:
+    """Manage snapshots (alias: snapshot)."""
+    ctx.meta[_SNAPSHOTTER] = snapshotter
+
+
+def _snapshotter() -> str:
+    return str(click.get_current_context().meta[_SNAPSHOTTER])
+
+
+_KIND_NAMES = {"committed": "Committed", "active": "Active", "view": "View"}
+
+
+def _kind(info: SnapshotInfo) -> str:
+    return _KIND_NAMES.get(info.kind, "Unknown")
+
+
+@snapshots.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the keys")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+def snapshots_ls(quiet: bool, filters: tuple[str, ...]) -> None:
+    """List snapshots."""
+    found = sorted(_client().snapshots(_snapshotter(), filters), key=lambda i: i.name)
+    if quiet:
+        for info in found:
+            click.echo(info.name)
+        return
+    rows = [[info.name, info.parent or "-", _kind(info)] for info in found]
+    click.echo(table(["KEY", "PARENT", "KIND"], rows), nl=False)
+
+
+@snapshots.command("rm")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+def snapshots_rm(keys: tuple[str, ...]) -> None:
+    """Remove snapshots (children first: a snapshot with children is refused)."""
+    client = _client()
+    snapshotter = _snapshotter()
+    failed = False
+    for key in keys:
+        try:
+            client.remove_snapshot(snapshotter, key)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(key)
+    _exit_if(failed)
+
+
+@snapshots.command("usage")
+@click.option("--bytes", "-b", "in_bytes", is_flag=True, help="sizes in bytes")
+@click.argument("key", required=False)
+def snapshots_usage(in_bytes: bool, key: str | None) -> None:
+    """Disk usage of one snapshot, or of each."""
+    client = _client()
+    snapshotter = _snapshotter()
+    keys = [key] if key else sorted(i.name for i in client.snapshots(snapshotter))
+    rows = []
+    for k in keys:
+        try:
+            usage = client.snapshot_usage(snapshotter, k)
+        except LinerClientError as e:
+            if key or e.code_name != "NOT_FOUND":
+                raise
+            continue  # removed since it was listed
+        size = str(usage.size) if in_bytes else human_size(usage.size)
+        rows.append([k, size, str(usage.inodes)])
+    click.echo(table(["KEY", "SIZE", "INODES"], rows), nl=False)
+
+
+@snapshots.command("tree")
+def snapshots_tree() -> None:
+    """Show snapshots as a tree of parents and children."""
+    found = _client().snapshots(_snapshotter())
+    click.echo(snapshot_tree([(i.name, i.parent) for i in found]), nl=False)
+
+
+@snapshots.command("info")
+@click.argument("key")
+def snapshots_info(key: str) -> None:
+    """Print a snapshot's information as JSON (as ctr does)."""
+    info = _client().stat_snapshot(_snapshotter(), key)
+    doc: dict[str, Any] = {"Kind": _kind(info), "Name": info.name}
+    if info.parent:
+        doc["Parent"] = info.parent
+    if info.labels:
+        doc["Labels"] = dict(sorted(info.labels.items()))
+    doc["Created"] = imagedocs.json_time(info.created_at)
+    doc["Updated"] = imagedocs.json_time(info.updated_at)
+    click.echo(json.dumps(doc, indent=2))
 
 
 # -- config ---------------------------------------------------------------------------------

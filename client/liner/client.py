@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import platform as host
 import queue
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,10 +22,14 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
 from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
+from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2_grpc
+from liner_api.containerd.types import descriptor_pb2, platform_pb2
+from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -102,6 +107,113 @@ class IngestStatus:
     updated_at: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    name: str
+    target: Descriptor
+    labels: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+_ARCH_ALIASES = {
+    "x86_64": ("amd64", ""),
+    "x86-64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armhf": ("arm", "v7"),
+    "armel": ("arm", "v6"),
+    "i386": ("386", ""),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """An OCI platform, `os/arch[/variant]`, normalized as containerd does."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """`linux/amd64`, `linux/arm64/v8`, or a bare `arm64` (os linux). ValueError if bad."""
+        parts = text.strip().split("/")
+        if not text.strip() or len(parts) > 3 or any(not p for p in parts):
+            raise ValueError(f"invalid platform {text!r}: want os/arch[/variant]")
+        if len(parts) == 1:
+            parts = ["linux", parts[0]]
+        return cls(*parts).normalized()
+
+    def normalized(self) -> Platform:
+        arch, variant = _ARCH_ALIASES.get(self.architecture, (self.architecture, self.variant))
+        variant = variant or self.variant
+        if arch == "arm64" and variant == "v8":
+            variant = ""  # containerd treats arm64 and arm64/v8 alike
+        return Platform(self.os.lower(), arch, variant)
+
+    def matches(self, other: Platform) -> bool:
+        a, b = self.normalized(), other.normalized()
+        return (
+            a.os == b.os
+            and a.architecture == b.architecture
+            and (not a.variant or not b.variant or a.variant == b.variant)
+        )
+
+
+def host_platform() -> Platform:
+    """This machine's platform (the daemon's default when a pull names none)."""
+    machine = host.machine()
+    if machine.startswith("armv7"):
+        return Platform("linux", "arm", "v7")
+    arch, variant = _ARCH_ALIASES.get(machine, (machine, ""))
+    return Platform("linux", arch, variant)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    name: str
+    parent: str
+    kind: str  # "committed", "active", "view" or "unknown"
+    created_at: datetime | None
+    updated_at: datetime | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    size: int
+    inodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobProgress:
+    descriptor: Descriptor
+    offset: int
+    # "waiting", "downloading", "downloaded", "exists", "unpacking", "unpacked", "failed"
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress:
+    """One update of a pull: every blob so far; the last one has `done`, `name` and `target`."""
+
+    blobs: list[BlobProgress]
+    name: str = ""
+    target: Descriptor | None = None
+    done: bool = False
+
+
 def _time(ts: Timestamp) -> datetime | None:
     if ts.seconds in (0, _GO_ZERO_SECONDS) and ts.nanos == 0:
         return None
@@ -126,6 +238,50 @@ def _ingest_status(status: content_pb2.Status) -> IngestStatus:
         expected=status.expected,
         started_at=_time(status.started_at),
         updated_at=_time(status.updated_at),
+    )
+
+
+def _descriptor(desc: descriptor_pb2.Descriptor) -> Descriptor:
+    return Descriptor(desc.media_type, desc.digest, desc.size, dict(desc.annotations))
+
+
+def _to_descriptor(desc: Descriptor) -> descriptor_pb2.Descriptor:
+    return descriptor_pb2.Descriptor(
+        media_type=desc.media_type,
+        digest=desc.digest,
+        size=desc.size,
+        annotations=dict(desc.annotations),
+    )
+
+
+def _image(image: images_pb2.Image) -> Image:
+    return Image(
+        name=image.name,
+        target=_descriptor(image.target),
+        labels=dict(image.labels),
+        created_at=_time(image.created_at),
+        updated_at=_time(image.updated_at),
+    )
+
+
+def _snapshot_info(info: snapshots_pb2.Info) -> SnapshotInfo:
+    kind = snapshots_pb2.Kind.Name(info.kind).lower() if info.kind else "unknown"
+    return SnapshotInfo(
+        name=info.name,
+        parent=info.parent,
+        kind=kind,
+        created_at=_time(info.created_at),
+        updated_at=_time(info.updated_at),
+        labels=dict(info.labels),
+    )
+
+
+def _pull_progress(r: transfer_pb2.PullProgress) -> PullProgress:
+    return PullProgress(
+        blobs=[BlobProgress(_descriptor(b.descriptor), b.offset, b.state) for b in r.blobs],
+        name=r.name,
+        target=_descriptor(r.target) if r.HasField("target") else None,
+        done=r.done,
     )
 
 
@@ -186,6 +342,9 @@ class Client:
         self._namespaces = namespaces_pb2_grpc.NamespacesStub(self._channel)
         self._leases = leases_pb2_grpc.LeasesStub(self._channel)
         self._content = content_pb2_grpc.ContentStub(self._channel)
+        self._images = images_pb2_grpc.ImagesStub(self._channel)
+        self._snapshots = snapshots_pb2_grpc.SnapshotsStub(self._channel)
+        self._transfer = transfer_pb2_grpc.TransferStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -476,3 +635,152 @@ class Client:
             finally:
                 requests.close()
                 responses.cancel()
+
+    def read_blob(self, digest: str, limit: int = MAX_MESSAGE_SIZE) -> bytes:
+        """A whole (small) blob: a manifest, index or config. Over `limit` bytes is an error."""
+        data = bytearray()
+        for chunk in self.read(digest):
+            data += chunk
+            if len(data) > limit:
+                raise LinerClientError(
+                    "OUT_OF_RANGE", f"{digest}: larger than {limit} bytes, not a document"
+                )
+        return bytes(data)
+
+    # -- images ------------------------------------------------------------------------------
+
+    def images(self, filters: Sequence[str] = ()) -> list[Image]:
+        with self._errors():
+            r = self._images.List(
+                images_pb2.ListImagesRequest(filters=list(filters)),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return [_image(image) for image in r.images]
+
+    def get_image(self, name: str) -> Image:
+        with self._errors():
+            r = self._images.Get(
+                images_pb2.GetImageRequest(name=name),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return _image(r.image)
+
+    def create_image(
+        self, name: str, target: Descriptor, labels: Mapping[str, str] | None = None
+    ) -> Image:
+        request = images_pb2.CreateImageRequest(
+            image=images_pb2.Image(
+                name=name, target=_to_descriptor(target), labels=dict(labels or {})
+            )
+        )
+        with self._errors():
+            r = self._images.Create(request, metadata=self._metadata, timeout=self.timeout)
+        return _image(r.image)
+
+    def update_image(
+        self,
+        name: str,
+        *,
+        target: Descriptor | None = None,
+        labels: Mapping[str, str] | None = None,
+        paths: Sequence[str] = (),
+    ) -> Image:
+        """Update `paths` (`target`, `labels`, `labels.<key>`); with none, what is given."""
+        if not paths:
+            paths = [p for p, v in (("target", target), ("labels", labels)) if v is not None]
+        image = images_pb2.Image(name=name, labels=dict(labels or {}))
+        if target is not None:
+            image.target.CopyFrom(_to_descriptor(target))
+        request = images_pb2.UpdateImageRequest(image=image, update_mask=FieldMask(paths=paths))
+        with self._errors():
+            r = self._images.Update(request, metadata=self._metadata, timeout=self.timeout)
+        return _image(r.image)
+
+    def delete_image(self, name: str, *, sync: bool = False) -> None:
+        """`sync` waits for the garbage collection the delete triggers."""
+        with self._errors():
+            self._images.Delete(
+                images_pb2.DeleteImageRequest(name=name, sync=sync),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshots(self, snapshotter: str, filters: Sequence[str] = ()) -> list[SnapshotInfo]:
+        found: list[SnapshotInfo] = []
+        with self._errors():
+            for r in self._snapshots.List(
+                snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter, filters=list(filters)),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            ):
+                found.extend(_snapshot_info(info) for info in r.info)
+        return found
+
+    def stat_snapshot(self, snapshotter: str, key: str) -> SnapshotInfo:
+        with self._errors():
+            r = self._snapshots.Stat(
+                snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=key),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return _snapshot_info(r.info)
+
+    def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        with self._errors():
+            self._snapshots.Remove(
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def snapshot_usage(self, snapshotter: str, key: str) -> Usage:
+        with self._errors():
+            r = self._snapshots.Usage(
+                snapshots_pb2.UsageRequest(snapshotter=snapshotter, key=key),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return Usage(size=r.size, inodes=r.inodes)
+
+    # -- pull --------------------------------------------------------------------------------
+
+    def pull(
+        self,
+        ref: str,
+        platforms: Sequence[Platform | str] = (),
+        all_platforms: bool = False,
+        snapshotter: str = "",
+        skip_unpack: bool = False,
+        plain_http: bool = False,
+        username: str = "",
+        secret: str = "",
+    ) -> Iterator[PullProgress]:
+        """Pull `ref` in the daemon; yields its progress, the last update with `done` set.
+
+        `platforms` empty means the daemon's; `snapshotter` empty the daemon's default. Closing
+        the iterator early cancels the pull.
+        """
+        wanted = [p if isinstance(p, Platform) else Platform.parse(p) for p in platforms]
+        request = transfer_pb2.PullRequest(
+            reference=ref,
+            platforms=[
+                platform_pb2.Platform(os=p.os, architecture=p.architecture, variant=p.variant)
+                for p in wanted
+            ],
+            all_platforms=all_platforms,
+            snapshotter=snapshotter,
+            skip_unpack=skip_unpack,
+            plain_http=plain_http,
+            credentials=transfer_pb2.Credentials(username=username, secret=secret),
+        )
+        with self._errors():
+            stream = self._transfer.Pull(request, metadata=self._metadata, timeout=self.timeout)
+            try:
+                for r in stream:
+                    yield _pull_progress(r)
+            finally:
+                stream.cancel()

@@ -114,3 +114,30 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(r[:-1])]
         lines.append("   ".join([*cells, r[-1]]).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def snapshot_tree(snapshots: Iterable[tuple[str, str]]) -> str:
+    """(name, parent) pairs drawn as ctr's `snapshots tree` does, children sorted by name::
+
+        sha256:aaa
+          \\_ sha256:bbb
+            \\_ sha256:ccc
+
+    A snapshot whose parent is not in the list is drawn as a root.
+    """
+    pairs = sorted(snapshots)
+    names = {name for name, _ in pairs}
+    children: dict[str, list[str]] = {}
+    roots = []
+    for name, parent in pairs:
+        if parent and parent in names:
+            children.setdefault(parent, []).append(name)
+        else:
+            roots.append(name)
+    lines: list[str] = []
+    stack = [(name, 0) for name in reversed(roots)]
+    while stack:
+        name, level = stack.pop()
+        lines.append(f"{'  ' * level}\\_ {name}" if level else name)
+        stack.extend((child, level + 1) for child in reversed(children.get(name, [])))
+    return "".join(line + "\n" for line in lines)

@@ -438,7 +438,9 @@ class RegistryClient:
             detail = await _error_detail(resp)
             await resp.aclose()
             if status == 404:
-                raise errdefs.NotFound(f"{r.name}: {path.rsplit('/', 1)[-1]} not found{detail}")
+                obj = path.rsplit("/", 1)[-1]
+                joined = f"{r.name}{'@' if ':' in obj else ':'}{obj}"
+                raise errdefs.NotFound(f"{joined}: not found{detail}")
             if status == 401:
                 raise errdefs.Unauthenticated(f"{what}: HTTP 401 from redirect target{detail}")
             if status == 403:
