@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -715,6 +716,29 @@ def config_default() -> None:
     from linerd.config import Config, to_toml
 
     click.echo(to_toml(Config()), nl=False)
+
+
+# -- check ----------------------------------------------------------------------------------
+
+
+@cli.command("check")
+@click.option(
+    "--root",
+    default="/var/lib/liner",
+    show_default=True,
+    type=click.Path(),
+    help="linerd's root directory",
+)
+@click.pass_obj
+def check(settings: Settings, root: str) -> None:
+    """Check the daemon, its store and database, runtimes, conmon, overlay and cgroups."""
+    from liner.check import run_checks
+
+    results = run_checks(settings.address, settings.namespace, Path(root))
+    rows = [(c.name, "ok" if c.ok else "FAIL", c.detail) for c in results]
+    click.echo(table(["CHECK", "STATUS", "DETAIL"], rows), nl=False)
+    # crun is optional: only the others make the check fail.
+    _exit_if(any(not c.ok for c in results if c.name != "crun"))
 
 
 # -- entry point ----------------------------------------------------------------------------

@@ -243,3 +243,32 @@ def test_sighup_reloads_log_level_and_registry(tmp_path: Path, registry: Registr
         channel.close()
     finally:
         daemon.stop()
+
+
+def test_liner_check(linerd: Linerd) -> None:
+    liner = [str(REPO / ".venv/bin/liner")]
+    ok = subprocess.run(
+        [*liner, "-a", linerd.address, "check", "--root", str(linerd.root)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    rows = {line.split()[0]: line.split()[1] for line in ok.stdout.splitlines()[1:]}
+    assert {
+        k: rows[k] for k in ("socket", "store", "database", "runc", "conmon", "overlay", "cgroups")
+    } == dict.fromkeys(
+        ("socket", "store", "database", "runc", "conmon", "overlay", "cgroups"), "ok"
+    )
+    bad = subprocess.run(
+        [
+            *liner,
+            "-a",
+            str(linerd.base / "absent.sock"),
+            "check",
+            "--root",
+            str(linerd.base / "absent"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "cannot connect" in bad.stdout
