@@ -1,0 +1,665 @@
+"""The execution layer against real runc + conmon (root): lifecycle, stdio, exec, failures,
+restart recovery. Every test checks that it leaves no mount, monitor or runtime state behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from linerd.core.types import Mount
+from linerd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from linerd.runtime import RUNC, RuntimeConfig, TaskRuntime, TaskStatus
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("conmon") or not os.path.exists(RUNC.path),
+        reason="needs root, conmon and runc",
+    ),
+]
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(bounded())
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox rootfs: /bin/busybox plus an applet symlink per command."""
+    root = tmp_path_factory.mktemp("rootfs") / "rootfs"
+    for d in ("bin", "proc", "dev", "sys", "tmp", "etc", "root"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+    applets = subprocess.run(
+        ["/bin/busybox", "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for a in applets:
+        if a != "busybox":
+            (root / "bin" / a).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def spec_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp("spec")
+    subprocess.run([RUNC.path, "spec", "--bundle", str(d)], check=True)
+    spec = json.loads((d / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["env"] = ["PATH=/bin", "HOME=/root"]
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    return spec
+
+
+class Env:
+    """One test's runtime manager, namespace and helpers."""
+
+    def __init__(self, tmp: Path, rootfs: Path, template: dict[str, Any]) -> None:
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.rootfs = rootfs
+        self.template = template
+        self.ns = "t" + uuid.uuid4().hex[:8]
+        self.rt = TaskRuntime(self.state)
+
+    def spec(self, id: str, *args: str, terminal: bool = False) -> dict[str, Any]:
+        spec = json.loads(json.dumps(self.template))
+        spec["process"]["args"] = list(args)
+        spec["process"]["terminal"] = terminal
+        spec["hostname"] = id
+        spec["linux"]["cgroupsPath"] = f"/{self.ns}/{id}"
+        return spec
+
+    @property
+    def mounts(self) -> list[Mount]:
+        return [Mount("bind", str(self.rootfs), ("rbind", "rw"))]
+
+    async def create(self, id: str, *args: str, **kw: Any) -> int:
+        return await self.rt.create(self.ns, id, self.spec(id, *args), self.mounts, **kw)
+
+    async def run(self, id: str, *args: str, **kw: Any) -> int:
+        """create + start + wait + delete; returns the exit status."""
+        await self.create(id, *args, **kw)
+        await self.rt.start(self.ns, id)
+        ex = await self.rt.wait(self.ns, id)
+        await self.rt.delete(self.ns, id)
+        return ex.exit_status
+
+
+def _leftovers(state: Path) -> list[str]:
+    found: list[str] = []
+    prefix = str(state)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if line.split()[4].startswith(prefix):
+            found.append(f"mount {line.split()[4]}")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"conmon" in cmd.split(b"\0")[0] and prefix.encode() in cmd:
+            found.append(f"conmon {pid}")
+    for root in state.glob("runtime/*/*"):
+        out = subprocess.run(
+            [RUNC.path, "--root", str(root), "list", "-q"], capture_output=True, text=True
+        ).stdout.split()
+        found += [f"runtime container {c} in {root}" for c in out]
+    found += [f"bundle {b}" for b in state.glob("tasks/*/*")]
+    found += [f"socket link {s}" for s in state.glob("s/*")]
+    return found
+
+
+def _force_clean(state: Path) -> None:
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"conmon" in cmd.split(b"\0")[0] and str(state).encode() in cmd:
+                os.kill(int(pid), signal.SIGKILL)
+    for root in state.glob("runtime/*/*"):
+        for c in subprocess.run(
+            [RUNC.path, "--root", str(root), "list", "-q"], capture_output=True, text=True
+        ).stdout.split():
+            subprocess.run([RUNC.path, "--root", str(root), "delete", "--force", c])
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        if line.split()[4].startswith(str(state)):
+            subprocess.run(["umount", "-l", line.split()[4]])
+
+
+@pytest.fixture
+def env(tmp_path: Path, rootfs: Path, spec_template: dict[str, Any]) -> Iterator[Env]:
+    e = Env(tmp_path, rootfs, spec_template)
+    yield e
+    left = _leftovers(e.state)
+    if left:
+        _force_clean(e.state)
+    assert not left, f"left behind: {left}"
+
+
+class Fifos:
+    """Client-side FIFOs the way ctr makes them: read ends opened (in threads) before Create."""
+
+    def __init__(self, d: Path, name: str, stdin: bool = False) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        self.stdout = str(d / f"{name}-stdout")
+        self.stderr = str(d / f"{name}-stderr")
+        self.stdin = str(d / f"{name}-stdin") if stdin else ""
+        self.out: dict[str, bytes] = {}
+        self._threads = []
+        for p in (self.stdout, self.stderr):
+            os.mkfifo(p, 0o700)
+            t = threading.Thread(target=self._read, args=(p,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        self._writer: int | None = None
+        if stdin:
+            os.mkfifo(self.stdin, 0o700)
+            self._wt = threading.Thread(target=self._open_writer, daemon=True)
+            self._wt.start()
+
+    def _read(self, p: str) -> None:
+        with open(p, "rb") as f:
+            self.out[p] = f.read()
+
+    def _open_writer(self) -> None:
+        self._writer = os.open(self.stdin, os.O_WRONLY)
+
+    def write(self, data: bytes) -> None:
+        self._wt.join(5)
+        assert self._writer is not None
+        os.write(self._writer, data)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+    @property
+    def kw(self) -> dict[str, str]:
+        return {"stdin": self.stdin, "stdout": self.stdout, "stderr": self.stderr}
+
+    def output(self, timeout: float = 10) -> tuple[bytes, bytes]:
+        for t in self._threads:
+            t.join(timeout)
+            assert not t.is_alive(), "stdio FIFO never reached EOF"
+        return self.out[self.stdout], self.out[self.stderr]
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+
+def test_exit_code_and_output_through_fifos(env: Env) -> None:
+    f = Fifos(env.tmp / "io", "c1")
+
+    async def body() -> None:
+        pid = await env.create("c1", "sh", "-c", "echo out; echo err >&2; exit 3", **f.kw)
+        assert pid > 0
+        st = env.rt.state(env.ns, "c1")
+        assert (st.status, st.pid) == (TaskStatus.CREATED, pid)
+        assert await env.rt.start(env.ns, "c1") == pid
+        ex = await env.rt.wait(env.ns, "c1")
+        assert ex.exit_status == 3 and ex.exited_at is not None
+        # Output is complete when wait returns (passthrough: the container wrote it itself).
+        assert f.output() == (b"out\n", b"err\n")
+        st = env.rt.state(env.ns, "c1")
+        assert (st.status, st.exit_status) == (TaskStatus.STOPPED, 3)
+        with pytest.raises(NotFound, match="process already finished"):
+            await env.rt.kill(env.ns, "c1", signal.SIGTERM)
+        d = await env.rt.delete(env.ns, "c1")
+        assert (d.pid, d.exit_status, d.exited_at) == (pid, 3, ex.exited_at)
+        with pytest.raises(NotFound, match="task c1 not found"):
+            env.rt.state(env.ns, "c1")
+        with pytest.raises(NotFound):
+            await env.rt.wait(env.ns, "c1")
+        assert await env.run("c2", "true") == 0
+
+    run(body())
+
+
+def test_sigkill_gives_137_and_wait_before_start(env: Env) -> None:
+    exits: list[tuple[Any, ...]] = []
+    env.rt.on_exit(lambda *a: exits.append(a))
+
+    async def body() -> None:
+        pid = await env.create("k", "sleep", "30")
+        waiter = asyncio.ensure_future(env.rt.wait(env.ns, "k"))  # before start
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        await env.rt.start(env.ns, "k")
+        assert env.rt.state(env.ns, "k").status == TaskStatus.RUNNING
+        await env.rt.kill(env.ns, "k", signal.SIGKILL)
+        ex = await waiter
+        assert ex.exit_status == 137
+        t0 = time.monotonic()
+        assert (await env.rt.wait(env.ns, "k")).exit_status == 137
+        assert time.monotonic() - t0 < 0.05
+        assert exits == [(env.ns, "k", "", pid, 137, ex.exited_at)]
+        with pytest.raises(NotFound, match="process already finished"):
+            await env.rt.kill(env.ns, "k", signal.SIGKILL)
+        await env.rt.delete(env.ns, "k")
+
+    run(body())
+
+
+def test_kill_with_signal_the_process_handles(env: Env) -> None:
+    async def body() -> None:
+        script = "trap 'exit 42' TERM; echo ready; while :; do sleep 0.05; done"
+        f = Fifos(env.tmp / "io", "s")
+        await env.create("s", "sh", "-c", script, **f.kw)
+        await env.rt.start(env.ns, "s")
+        await asyncio.sleep(0.3)  # let the trap be installed
+        await env.rt.kill(env.ns, "s", signal.SIGTERM)
+        assert (await env.rt.wait(env.ns, "s")).exit_status == 42
+        assert f.output()[0] == b"ready\n"
+        await env.rt.delete(env.ns, "s")
+
+    run(body())
+
+
+def test_stdin_through_a_fifo(env: Env) -> None:
+    f = Fifos(env.tmp / "io", "cat", stdin=True)
+
+    async def body() -> None:
+        await env.create("cat", "cat", **f.kw)
+        await env.rt.start(env.ns, "cat")
+        f.write(b"hello\nworld\n")
+        f.close_writer()
+        # The daemon holds a stdin writer (containerd's model): no EOF before CloseIO.
+        await asyncio.sleep(0.2)
+        assert env.rt.state(env.ns, "cat").status == TaskStatus.RUNNING
+        await env.rt.close_stdin(env.ns, "cat")
+        assert (await env.rt.wait(env.ns, "cat")).exit_status == 0
+        assert f.output() == (b"hello\nworld\n", b"")
+        await env.rt.delete(env.ns, "cat")
+
+    run(body())
+
+
+def test_detached_output_survives_client_going_away(env: Env) -> None:
+    """The client's read end closes (ctr run -d exits): the container keeps running and is not
+    killed by SIGPIPE, because the daemon holds a read end of the FIFO."""
+    d = env.tmp / "io"
+    d.mkdir()
+    out = d / "d-stdout"
+    os.mkfifo(out)
+    rfd = os.open(out, os.O_RDONLY | os.O_NONBLOCK)
+
+    async def body() -> None:
+        # The writer is a child of PID 1 (PID 1 itself ignores SIGPIPE): 141 if it got one.
+        inner = "i=0; while [ $i -lt 20 ]; do echo line $i; i=$((i+1)); sleep 0.02; done; exit 9"
+        await env.create("d", "sh", "-c", 'sh -c "$1"; exit $?', "sh", inner, stdout=str(out))
+        os.close(rfd)  # the client is gone before the task even starts writing
+        await env.rt.start(env.ns, "d")
+        assert (await env.rt.wait(env.ns, "d")).exit_status == 9
+        await env.rt.delete(env.ns, "d")
+
+    run(body())
+
+
+def test_pause_resume_pids_metrics_update(env: Env) -> None:
+    async def body() -> None:
+        pid = await env.create("p", "sh", "-c", "i=0; while :; do i=$((i+1)); done")
+        await env.rt.start(env.ns, "p")
+        assert [p.pid for p in await env.rt.pids(env.ns, "p")] == [pid]
+        await env.rt.pause(env.ns, "p")
+        assert env.rt.state(env.ns, "p").status == TaskStatus.PAUSED
+        with pytest.raises(FailedPrecondition, match="cannot delete a running process"):
+            await env.rt.delete(env.ns, "p")
+        await env.rt.resume(env.ns, "p")
+        assert env.rt.state(env.ns, "p").status == TaskStatus.RUNNING
+        await asyncio.sleep(0.1)
+        m = await env.rt.metrics(env.ns, "p")
+        assert m.cpu_usage_ns > 0 and m.memory_usage > 0 and m.pids_current >= 1
+        await env.rt.update(env.ns, "p", {"memory": {"limit": 64 << 20}, "pids": {"limit": 50}})
+        m = await env.rt.metrics(env.ns, "p")
+        assert (m.memory_limit, m.pids_limit) == (64 << 20, 50)
+        with pytest.raises(FailedPrecondition, match="cannot delete a running process"):
+            await env.rt.delete(env.ns, "p")
+        await env.rt.kill(env.ns, "p", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "p")).exit_status == 137
+        with pytest.raises(NotFound):
+            await env.rt.metrics(env.ns, "p")
+        await env.rt.delete(env.ns, "p")
+
+    run(body())
+
+
+def test_delete_created_task_and_duplicate_create(env: Env) -> None:
+    async def body() -> None:
+        await env.create("c", "sleep", "30")
+        with pytest.raises(AlreadyExists):
+            await env.create("c", "sleep", "30")
+        d = await env.rt.delete(env.ns, "c")  # never started: killed by the runtime
+        assert d.exit_status == 137
+
+    run(body())
+
+
+def test_exec_exit_code_output_and_kill(env: Env) -> None:
+    exits: list[tuple[Any, ...]] = []
+    env.rt.on_exit(lambda *a: exits.append(a[:3] + a[4:5]))
+
+    async def body() -> None:
+        await env.create("x", "sleep", "30")
+        await env.rt.start(env.ns, "x")
+        f = Fifos(env.tmp / "io", "e1", stdin=True)
+        spec = env.spec("x", "sh", "-c", "read l; echo got:$l; echo e-err >&2; exit 5")["process"]
+        await env.rt.exec(env.ns, "x", "e1", spec, **f.kw)
+        with pytest.raises(AlreadyExists):
+            await env.rt.exec(env.ns, "x", "e1", spec)
+        assert env.rt.state(env.ns, "x", "e1").status == TaskStatus.CREATED
+        epid = await env.rt.start_exec(env.ns, "x", "e1")
+        assert epid > 0
+        f.write(b"ping\n")
+        assert (await env.rt.wait(env.ns, "x", "e1")).exit_status == 5
+        assert f.output() == (b"got:ping\n", b"e-err\n")
+        assert env.rt.state(env.ns, "x").status == TaskStatus.RUNNING
+        d = await env.rt.delete_exec(env.ns, "x", "e1")
+        assert (d.pid, d.exit_status) == (epid, 5)
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "x", "e1")
+
+        spec2 = env.spec("x", "sleep", "30")["process"]
+        await env.rt.exec(env.ns, "x", "e2", spec2)
+        epid2 = await env.rt.start_exec(env.ns, "x", "e2")
+        pids = {p.pid: p.exec_id for p in await env.rt.pids(env.ns, "x")}
+        assert pids[epid2] == "e2" and len(pids) == 2
+        with pytest.raises(FailedPrecondition):
+            await env.rt.delete_exec(env.ns, "x", "e2")
+        await env.rt.kill_exec(env.ns, "x", "e2", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "x", "e2")).exit_status == 137
+        await env.rt.delete_exec(env.ns, "x", "e2")
+
+        bad = env.spec("x", "nosuch")["process"]
+        await env.rt.exec(env.ns, "x", "e3", bad)
+        with pytest.raises(FailedPrecondition, match="nosuch"):
+            await env.rt.start_exec(env.ns, "x", "e3")
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "x", "e3")
+
+        await env.rt.kill(env.ns, "x", signal.SIGKILL)
+        await env.rt.wait(env.ns, "x")
+        await env.rt.delete(env.ns, "x")
+        assert (env.ns, "x", "e1", 5) in exits and (env.ns, "x", "e2", 137) in exits
+
+    run(body())
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def _failure_cases(env: Env) -> dict[str, Callable[[], Awaitable[Any]]]:
+    ns, rt = env.ns, env.rt
+    good = env.spec("f", "true")
+    return {
+        "missing runtime binary": lambda: rt.create(
+            ns, "f", good, env.mounts, runtime=RuntimeConfig("/nonexistent/runc")
+        ),
+        "command not found": lambda: rt.create(ns, "f", env.spec("f", "nosuch"), env.mounts),
+        "spec without args": lambda: rt.create(ns, "f", {"process": {}}, env.mounts),
+        "spec the runtime rejects": lambda: rt.create(
+            ns,
+            "f",
+            {**good, "linux": {**good["linux"], "namespaces": [{"type": "bogus"}]}},
+            env.mounts,
+        ),
+        "rootfs mount fails": lambda: rt.create(
+            ns, "f", good, [Mount("bind", "/nonexistent/rootfs", ("rbind", "rw"))]
+        ),
+        "stdout FIFO nobody reads": lambda: rt.create(
+            ns, "f", good, env.mounts, stdout=str(_fifo(env.tmp / "lonely"))
+        ),
+    }
+
+
+def _fifo(p: Path) -> Path:
+    os.mkfifo(p)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("case", "exc", "message"),
+    [
+        ("missing runtime binary", FailedPrecondition, "/nonexistent/runc"),
+        ("command not found", FailedPrecondition, 'exec: "nosuch": executable file not found'),
+        ("spec without args", InvalidArgument, "process.args"),
+        ("spec the runtime rejects", FailedPrecondition, "bogus"),
+        ("rootfs mount fails", FailedPrecondition, "/nonexistent/rootfs"),
+        ("stdout FIFO nobody reads", Exception, "timed out waiting for a reader"),
+    ],
+)
+def test_create_failures_leave_nothing_behind(
+    env: Env, case: str, exc: type[Exception], message: str
+) -> None:
+    env.rt.stdio_timeout = 0.3
+
+    async def body() -> None:
+        with pytest.raises(exc, match=message.replace("$", r"\$")) as info:
+            await _failure_cases(env)[case]()
+        assert not _leftovers(env.state), str(info.value)
+        # The id is free again.
+        assert await env.run("f", "true") == 0
+
+    run(body())
+
+
+# ---------------------------------------------------------------------------- restart
+
+
+def test_restart_recovery(env: Env) -> None:
+    ids = ("r1", "r2", "short")
+
+    async def first() -> None:
+        await env.create("r1", "sleep", "30")
+        await env.create("r2", "sleep", "30")
+        await env.create("short", "sh", "-c", "sleep 1; exit 7")
+        for i in ids:
+            await env.rt.start(env.ns, i)
+        await env.rt.close()  # the daemon goes away; containers and monitors stay
+
+    async def second() -> None:
+        rt = env.rt = TaskRuntime(env.state)
+        exits: list[tuple[Any, ...]] = []
+        rt.on_exit(lambda *a: exits.append(a))
+        states = {s.container_id: s for s in await rt.recover_all()}
+        assert set(states) == set(ids)
+        assert states["r1"].status == states["r2"].status == TaskStatus.RUNNING
+        assert (states["short"].status, states["short"].exit_status) == (TaskStatus.STOPPED, 7)
+        assert not states["short"].monitor_lost
+        assert (await rt.wait(env.ns, "short")).exit_status == 7
+        for i in ("r1", "r2"):
+            await rt.kill(env.ns, i, signal.SIGKILL)
+            assert (await rt.wait(env.ns, i)).exit_status == 137
+        assert sorted(e[1] for e in exits) == ["r1", "r2"]
+        for i in ids:
+            await rt.delete(env.ns, i)
+
+    run(first())
+    time.sleep(1.5)  # "short" exits while no daemon runs
+    run(second())
+
+
+def test_restart_with_lost_monitor_and_other_state_dir(env: Env, tmp_path: Path) -> None:
+    async def first() -> None:
+        await env.create("m", "sleep", "30")
+        await env.rt.start(env.ns, "m")
+        await env.rt.close()
+
+    run(first())
+    conmon_pid = int((env.state / "tasks" / env.ns / "m" / "conmon.pid").read_text())
+    os.kill(conmon_pid, signal.SIGKILL)
+    time.sleep(0.1)
+
+    async def second() -> None:
+        other = TaskRuntime(tmp_path / "other-state")
+        assert await other.recover_all() == []
+        await other.close()
+        rt = env.rt = TaskRuntime(env.state)
+        [st] = await rt.recover_all()
+        assert (st.status, st.exit_status, st.monitor_lost) == (TaskStatus.STOPPED, 255, True)
+        await rt.delete(env.ns, "m")  # forces the orphaned container down
+
+    run(second())
+
+
+def test_monitor_killed_while_running(env: Env) -> None:
+    async def body() -> None:
+        await env.create("ml", "sleep", "30")
+        await env.rt.start(env.ns, "ml")
+        os.kill(int((env.state / "tasks" / env.ns / "ml" / "conmon.pid").read_text()), 9)
+        ex = await env.rt.wait(env.ns, "ml")
+        st = env.rt.state(env.ns, "ml")
+        assert (ex.exit_status, st.status, st.monitor_lost) == (255, TaskStatus.STOPPED, True)
+        assert [s.container_id for s in env.rt.list_tasks(env.ns)] == ["ml"]
+        await env.rt.delete(env.ns, "ml")
+
+    run(body())
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+def test_latency_create_start_wait_delete(env: Env) -> None:
+    async def body() -> list[float]:
+        times = []
+        for i in range(10):
+            t0 = time.perf_counter()
+            assert await env.run(f"l{i}", "true") == 0
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    times = run(body())
+    med = statistics.median(times)
+    print(f"\ncreate→start→wait→delete median {med:.1f} ms over 10 (min {min(times):.1f})")
+    assert med < 2000
+
+
+# ---------------------------------------------------------------------------- tty
+
+
+def test_tty_task_relays_pty_through_fifos(env: Env) -> None:
+    f = Fifos(env.tmp / "io", "t", stdin=True)
+
+    async def body() -> None:
+        spec = env.spec("t", "sh", "-c", "stty size; read l; echo got:$l; exit 4", terminal=True)
+        await env.rt.create(
+            env.ns, "t", spec, env.mounts, stdin=f.stdin, stdout=f.stdout, terminal=True
+        )
+        await env.rt.resize_pty(env.ns, "t", width=132, height=40)
+        await env.rt.start(env.ns, "t")
+        f.write(b"ping\n")
+        assert (await env.rt.wait(env.ns, "t")).exit_status == 4
+        os.close(os.open(f.stderr, os.O_WRONLY))  # stderr is unused with a TTY
+        out, _ = f.output()
+        assert b"40 132\r\n" in out and b"got:ping\r\n" in out, out
+        await env.rt.delete(env.ns, "t")
+
+    run(body())
+
+
+def test_tty_exec(env: Env) -> None:
+    async def body() -> None:
+        await env.create("tx", "sleep", "30")
+        await env.rt.start(env.ns, "tx")
+        f = Fifos(env.tmp / "io", "te", stdin=True)
+        spec = env.spec("tx", "sh", "-c", "read l; echo tty:$l; exit 6")["process"]
+        await env.rt.exec(env.ns, "tx", "te", spec, stdin=f.stdin, stdout=f.stdout, terminal=True)
+        await env.rt.start_exec(env.ns, "tx", "te")
+        await env.rt.resize_pty(env.ns, "tx", 80, 24, exec_id="te")
+        f.write(b"hi\n")
+        assert (await env.rt.wait(env.ns, "tx", "te")).exit_status == 6
+        os.close(os.open(f.stderr, os.O_WRONLY))
+        assert b"tty:hi\r\n" in f.output()[0]
+        await env.rt.delete_exec(env.ns, "tx", "te")
+        await env.rt.kill(env.ns, "tx", signal.SIGKILL)
+        await env.rt.wait(env.ns, "tx")
+        await env.rt.delete(env.ns, "tx")
+
+    run(body())
+
+
+# ---------------------------------------------------------------------------- oom, crun
+
+
+def test_oom_is_reported(env: Env) -> None:
+    ooms: list[tuple[str, str]] = []
+    env.rt.on_oom(lambda ns, id: ooms.append((ns, id)))
+
+    async def body() -> None:
+        spec = env.spec("o", "sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo $x")
+        spec["linux"]["resources"]["memory"] = {"limit": 16 << 20, "swap": 16 << 20}
+        await env.rt.create(env.ns, "o", spec, env.mounts)
+        await env.rt.start(env.ns, "o")
+        assert (await env.rt.wait(env.ns, "o")).exit_status == 137
+        for _ in range(40):
+            if ooms:
+                break
+            await asyncio.sleep(0.05)
+        assert ooms == [(env.ns, "o")]
+        # conmon writes its oom marker relative to its cwd: that must be the bundle.
+        assert (env.state / "tasks" / env.ns / "o" / "oom").exists()
+        await env.rt.delete(env.ns, "o")
+
+    run(body())
+
+
+CRUN_WRAPPER = """#!/bin/sh
+exec unshare --mount --propagation private -- /bin/sh -c \\
+  'umount /sys/fs/cgroup/unified 2>/dev/null; exec /usr/bin/crun "$@"' crun "$@"
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/crun"), reason="crun not installed")
+def test_crun_through_the_wrapper(env: Env) -> None:
+    wrapper = env.tmp / "crun-wrapper"
+    wrapper.write_text(CRUN_WRAPPER)
+    wrapper.chmod(0o755)
+    crun = RuntimeConfig(str(wrapper), name="crun")
+    f = Fifos(env.tmp / "io", "cr")
+
+    async def body() -> None:
+        await env.rt.create(env.ns, "cr", env.spec("cr", "sh", "-c", "echo hi; exit 13"),
+                            env.mounts, runtime=crun, **f.kw)  # fmt: skip
+        await env.rt.start(env.ns, "cr")
+        assert (await env.rt.wait(env.ns, "cr")).exit_status == 13
+        assert f.output() == (b"hi\n", b"")
+        await env.rt.delete(env.ns, "cr")
+        await env.rt.create(env.ns, "cr2", env.spec("cr2", "sleep", "30"), env.mounts,
+                            runtime=crun)  # fmt: skip
+        await env.rt.start(env.ns, "cr2")
+        await env.rt.exec(env.ns, "cr2", "e", env.spec("cr2", "sh", "-c", "exit 21")["process"])
+        await env.rt.start_exec(env.ns, "cr2", "e")
+        assert (await env.rt.wait(env.ns, "cr2", "e")).exit_status == 21
+        await env.rt.delete_exec(env.ns, "cr2", "e")
+        await env.rt.kill(env.ns, "cr2", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "cr2")).exit_status == 137
+        await env.rt.delete(env.ns, "cr2")
+        with pytest.raises(FailedPrecondition, match="nosuch"):
+            await env.rt.create(env.ns, "cr3", env.spec("cr3", "nosuch"), env.mounts, runtime=crun)
+
+    run(body())

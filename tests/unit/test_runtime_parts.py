@@ -1,0 +1,105 @@
+"""Runtime helpers that need no runtime: error parsing, inotify, stdio opening, ids, cgroups."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from linerd.errdefs import DeadlineExceeded, InvalidArgument, NotImplementedYet
+from linerd.runtime.cgroups import _unescape
+from linerd.runtime.conmon import clean_env, runtime_message
+from linerd.runtime.inotify import IN_CREATE, IN_MOVED_TO, Inotify
+from linerd.runtime.manager import _validate_id, _validate_spec
+from linerd.runtime.stdio import open_stdio
+from linerd.runtime.types import RuntimeConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_runtime_message_formats() -> None:
+    logfmt = 'time="2026-11-28T00:05:10Z" level=error msg="container \\"x\\" does not exist"\n'
+    assert runtime_message(logfmt) == 'container "x" does not exist'
+    js = (
+        '{"level":"warning","msg":"meh"}\n'
+        '{"level":"error","msg":"runc create failed: exec: \\"nosuch\\": not found"}\n'
+    )
+    assert runtime_message(js) == 'runc create failed: exec: "nosuch": not found'
+    assert runtime_message("plain failure\n") == "plain failure"
+    assert runtime_message("") == ""
+
+
+def test_clean_env_drops_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
+    monkeypatch.setenv("_OCI_SYNCPIPE", "9")
+    env = clean_env()
+    assert "NOTIFY_SOCKET" not in env and "_OCI_SYNCPIPE" not in env and "PATH" in env
+
+
+def test_inotify_sees_rename_and_create(tmp_path: Path) -> None:
+    ino = Inotify()
+    try:
+        wd = ino.add_watch(str(tmp_path), IN_MOVED_TO | IN_CREATE)
+        assert list(ino.read()) == []
+        (tmp_path / "c.tmp").write_text("7")
+        os.rename(tmp_path / "c.tmp", tmp_path / "c")
+        events = [(w, name) for w, mask, name in ino.read() if mask & IN_MOVED_TO]
+        assert events == [(wd, "c")]
+    finally:
+        ino.close()
+
+
+def test_ids_and_specs() -> None:
+    for good in ("a", "web-1", "x.y_z", "A1"):
+        _validate_id("id", good)
+    for bad in ("", "../x", "a/b", "a:b", "-a", "a" * 77):
+        with pytest.raises(InvalidArgument):
+            _validate_id("id", bad)
+    _validate_spec({"process": {"args": ["sh"]}, "root": {"path": "rootfs"}})
+    for bad_spec in ([], {"process": {"args": []}}, {"process": {"args": ["a"]}, "root": 1}):
+        with pytest.raises(InvalidArgument):
+            _validate_spec(bad_spec)
+    assert RuntimeConfig("/usr/sbin/runc").key == "runc"
+    assert RuntimeConfig("/opt/w", name="crun").key == "crun"
+
+
+def test_mountinfo_unescape() -> None:
+    assert _unescape(r"/a\040b\134c") == "/a b\\c"
+    assert _unescape("/plain") == "/plain"
+
+
+def test_open_stdio_fifos_hold_extra_ends(tmp_path: Path) -> None:
+    out, inp = tmp_path / "out", tmp_path / "in"
+    os.mkfifo(out)
+    os.mkfifo(inp)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(out.read_bytes()))
+    reader.start()
+    io = open_stdio(str(inp), str(out), str(out), timeout=5)
+    try:
+        assert io.stdout is not None and io.stderr == io.stdout and len(io.held) == 1
+        assert io.stdin is not None and io.stdin_writer is not None
+        os.write(io.stdin_writer, b"x")
+        assert os.read(io.stdin, 1) == b"x"
+        os.write(io.stdout, b"hello")
+    finally:
+        io.close_all()
+    reader.join(5)
+    assert got == [b"hello"]
+
+
+def test_open_stdio_errors(tmp_path: Path) -> None:
+    lonely = tmp_path / "lonely"
+    os.mkfifo(lonely)
+    with pytest.raises(DeadlineExceeded):
+        open_stdio("", str(lonely), "", timeout=0.05)
+    with pytest.raises(NotImplementedYet):
+        open_stdio("", "binary:///usr/bin/logger", "", timeout=0.05)
+    log = tmp_path / "log"
+    io = open_stdio("", f"file://{log}", "", timeout=0.05)
+    assert io.stdout is not None
+    os.write(io.stdout, b"line\n")
+    io.close_all()
+    assert log.read_bytes() == b"line\n"
