@@ -10,6 +10,7 @@ from typing import Any
 
 from linerd.errdefs import InvalidArgument
 from linerd.remotes.hosts import HostsConfig
+from linerd.runtime import resolve as runtime_resolve
 
 DEFAULT_CONFIG_PATH = Path("/etc/liner/config.toml")
 
@@ -74,6 +75,10 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     # Registry hosts, mirrors, TLS and credentials: see linerd.remotes.hosts for the keys.
     registry: dict[str, Any] = field(default_factory=dict)
+    # The runtime that containerd's runc shim names (io.containerd.runc.v2) select.
+    default_runtime: str = "runc"
+    # More runtimes: [runtimes.<name>] path = "...", args = [...]; runc and crun are built in.
+    runtimes: dict[str, Any] = field(default_factory=dict)
 
 
 _LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -115,6 +120,10 @@ def validate(config: Config) -> Config:
         HostsConfig.from_dict(config.registry)
     except InvalidArgument as e:
         raise ConfigError(f"registry: {e}") from None
+    try:
+        runtime_resolve.parse(config.runtimes)
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
     if config.metrics.address:
         host, _, port = config.metrics.address.rpartition(":")
         if not host or not port.isdigit():

@@ -29,6 +29,7 @@ from liner_api.containerd.services.introspection.v1 import introspection_pb2, in
 from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
 from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
@@ -48,6 +49,8 @@ from linerd.metadata.namespaces import NamespaceStore
 from linerd.metrics import Metrics, MetricsServer
 from linerd.pull import Puller
 from linerd.remotes.hosts import HostsConfig
+from linerd.runtime import TaskRuntime
+from linerd.runtime import resolve as runtime_resolve
 from linerd.services.containers import ContainersService
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
@@ -58,6 +61,7 @@ from linerd.services.introspection import IntrospectionService, PluginEntry
 from linerd.services.leases import LeasesService
 from linerd.services.namespaces import NamespacesService
 from linerd.services.snapshots import SnapshotsService
+from linerd.services.tasks import TasksService, encode_cgroup_metrics
 from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
 from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
@@ -87,6 +91,8 @@ class Core:
     default_snapshotter: str
     gc: Collector
     events: Exchange
+    runtime: TaskRuntime
+    runtimes: runtime_resolve.Runtimes
 
 
 class RootLock:
@@ -159,6 +165,14 @@ def build_core(config: Config) -> Core:
         default_snapshotter=default,
         gc=gc,
         events=Exchange(),
+        runtime=TaskRuntime(Path(config.state)),
+        runtimes=runtime_resolve.Runtimes(
+            {
+                **runtime_resolve.builtin(Path(config.state)),
+                **runtime_resolve.parse(config.runtimes),
+            },
+            config.default_runtime,
+        ),
     )
 
 
@@ -184,6 +198,7 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
             ("content", ("io.containerd.metadata.v1",)),
             ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
             ("containers", ("io.containerd.metadata.v1",)),
+            ("tasks", ("io.containerd.runtime.v2",)),
             ("events", ("io.containerd.event.v1",)),
             ("snapshots", ("io.containerd.snapshotter.v1",)),
             ("diff", ("io.containerd.content.v1",)),
@@ -195,6 +210,8 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
         PluginEntry("io.containerd.event.v1", "exchange"),
         *(PluginEntry("io.containerd.snapshotter.v1", name) for name in snapshotters),
         PluginEntry("io.containerd.gc.v1", "scheduler", ("io.containerd.metadata.v1",)),
+        PluginEntry("io.containerd.runtime.v2", "task"),
+        PluginEntry("io.containerd.runtime.v2", "task"),
         *grpc_plugins,
     ]
 
@@ -240,9 +257,17 @@ class Daemon:
                         snapshotter=store.name,
                         directories=removed,
                     )
+            recovered = await core.runtime.recover_all()
+            if recovered:
+                log.info(
+                    "recovered tasks",
+                    tasks=len(recovered),
+                    running=sum(t.status.name == "RUNNING" for t in recovered),
+                )
             try:
                 await self._serve(core, address)
             finally:
+                await core.runtime.close()
                 core.db.close()
         finally:
             lock.release()
@@ -294,6 +319,17 @@ class Daemon:
                 ContainersService(core.containers, core.gc, core.events),
             ),
             (
+                tasks_pb2_grpc.add_TasksServicer_to_server,
+                TasksService(
+                    core.runtime,
+                    core.runtimes,
+                    core.containers,
+                    core.snapshots,
+                    core.events,
+                    encode_cgroup_metrics,
+                ),
+            ),
+            (
                 transfer_pb2_grpc.add_TransferServicer_to_server,
                 TransferService(puller, core.events, self.metrics),
             ),
@@ -313,6 +349,7 @@ class Daemon:
                 snapshots_pb2,
                 images_pb2,
                 containers_pb2,
+                tasks_pb2,
                 transfer_pb2,
             )
             for s in module.DESCRIPTOR.services_by_name.values()

@@ -335,7 +335,7 @@ def test_lease_create_list_delete(chan: grpc.Channel, name: str) -> None:
 
     assert code_of(stub.Create, leases_pb2.CreateRequest(id="l1"), metadata=md) == C.ALREADY_EXISTS
     assert (
-        code_of(stub.Create, leases_pb2.CreateRequest(id="bad id"), metadata=md)
+        code_of(stub.Create, leases_pb2.CreateRequest(id="bad/id"), metadata=md)
         == C.INVALID_ARGUMENT
     )
 

@@ -4,7 +4,9 @@
 * every generated module imports;
 * a handful of wire facts hold;
 * when Debian's containerd sources are installed, every message, enum and
-  service matches the upstream 1.6 definitions field by field.
+  service matches the upstream 1.6 definitions field by field (and, when
+  golang-github-containerd-cgroups-dev is installed too, so does the cgroup v1
+  metrics payload).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ UPSTREAM_PROTOS = (
     "api/types/task/task.proto",
     "runtime/v2/runc/options/oci.proto",
 )
+# The cgroup v1 metrics payload carried in containerd.types.Metric.data lives in
+# containerd's cgroups library (Debian: golang-github-containerd-cgroups-dev).
+CGROUPS_METRICS = "github.com/containerd/cgroups/stats/v1/metrics.proto"
+CGROUPS_PACKAGE = ".io.containerd.cgroups.v1."
 
 _F = descriptor_pb2.FieldDescriptorProto
 _OPT, _REP = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
@@ -266,6 +272,8 @@ def _upstream_files() -> list[descriptor_pb2.FileDescriptorProto]:
         bundled,
     ]
     sources = [f"github.com/containerd/containerd/{p}" for p in UPSTREAM_PROTOS]
+    if GOCODE.joinpath(CGROUPS_METRICS).is_file():
+        sources.append(CGROUPS_METRICS)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "upstream.pb"
         result = subprocess.run(
@@ -305,6 +313,11 @@ def test_wire_compatible_with_upstream_containerd() -> None:
     upstream = _symbols(_upstream_files())
     # liner's own services (package liner.*) have no upstream counterpart.
     ours = {k: v for k, v in _symbols(_our_files()).items() if not k.startswith(".liner.")}
+    if not GOCODE.joinpath(CGROUPS_METRICS).is_file():
+        # Without the cgroups sources there is nothing to compare these with.
+        ours = {k: v for k, v in ours.items() if not k.startswith(CGROUPS_PACKAGE)}
+    else:
+        assert f"{CGROUPS_PACKAGE}Metrics" in upstream
     # Known 1.7 additions must be present exactly; then strip them so the rest
     # can be compared with the 1.6 reference.
     for name, expected in CONTAINERD_1_7_MESSAGES.items():

@@ -26,6 +26,16 @@ def identifier(value: str, what: str = "identifier") -> str:
     return value
 
 
+def lease_id(value: str) -> str:
+    """Lease ids are freer than identifiers: ctr makes `<nanos>-<base64url>` ones, whose tail
+    may hold `_` and `-` anywhere. Only empty, over-long, `/` and NUL are refused."""
+    if not value:
+        raise InvalidArgument("lease id must not be empty")
+    if len(value) > 256 or "/" in value or "\0" in value:
+        raise InvalidArgument(f"invalid lease id {value[:40]!r}")
+    return value
+
+
 def digest(value: str) -> str:
     """A content digest `sha256:<64 lowercase hex>`; other algorithms are not stored."""
     if not value:

@@ -67,7 +67,7 @@ class LeaseStore:
 
     async def create(self, namespace: str, lease_id: str, labels: dict[str, str]) -> Lease:
         """An empty id gets a random one, as containerd's leases service does."""
-        lease_id = validate.identifier(lease_id or _random_id(), "lease id")
+        lease_id = validate.lease_id(lease_id or _random_id())
         labels = validate.labels(labels)
         if EXPIRE_LABEL in labels:
             parse_expire(labels[EXPIRE_LABEL])
