@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import (
@@ -21,10 +22,13 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from linerd.runtime import ProcessState, TaskRuntime, TaskStatus
+
 log = structlog.get_logger("linerd.metrics")
+T = TypeVar("T")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BYTES_BUCKETS = [1 << n for n in range(10, 36, 2)]  # 1 KiB .. 32 GiB
@@ -58,6 +62,57 @@ class _StoreCollector(Collector):
             snap_count.add_metric([name], number)
         yield snap_bytes
         yield snap_count
+
+
+class _TaskCollector(Collector):
+    """Containers, tasks by state, and each live task's CPU, memory and pids from its cgroup.
+
+    Per-task series exist only while the task does (labels: namespace and container id).
+    Runs in the scrape's worker thread; the runtime is asked on the event loop.
+    """
+
+    def __init__(
+        self, runtime: TaskRuntime, loop: asyncio.AbstractEventLoop, containers: Callable[[], int]
+    ) -> None:
+        self._runtime = runtime
+        self._loop = loop
+        self._containers = containers
+
+    def _on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("liner_containers", "Container records", value=self._containers())
+
+        async def snapshot() -> list[ProcessState]:
+            return self._runtime.list_tasks()
+
+        tasks = self._on_loop(snapshot())
+        by_state = GaugeMetricFamily("liner_tasks", "Tasks by state", labels=["state"])
+        for state in TaskStatus:
+            count = sum(t.status is state for t in tasks)
+            by_state.add_metric([state.name.lower()], count)
+        yield by_state
+        labels = ["namespace", "container_id"]
+        cpu = CounterMetricFamily("liner_task_cpu_seconds", "CPU time of a task", labels=labels)
+        memory = GaugeMetricFamily(
+            "liner_task_memory_bytes", "Memory in use by a task", labels=labels
+        )
+        pids = GaugeMetricFamily("liner_task_pids", "Processes in a task", labels=labels)
+        for task in tasks:
+            if task.status not in (TaskStatus.RUNNING, TaskStatus.PAUSED):
+                continue
+            try:
+                m = self._on_loop(self._runtime.metrics(task.namespace, task.container_id))
+            except Exception:
+                continue
+            key = [task.namespace, task.container_id]
+            cpu.add_metric(key, m.cpu_usage_ns / 1e9)
+            memory.add_metric(key, m.memory_usage)
+            pids.add_metric(key, m.pids_current)
+        yield cpu
+        yield memory
+        yield pids
 
 
 class Metrics:
@@ -104,6 +159,11 @@ class Metrics:
         self, blobs: Path, snapshot_sizes: Callable[[], dict[str, tuple[int, int]]]
     ) -> None:
         self.registry.register(_StoreCollector(blobs, snapshot_sizes))
+
+    def add_tasks(
+        self, runtime: TaskRuntime, loop: asyncio.AbstractEventLoop, containers: Callable[[], int]
+    ) -> None:
+        self.registry.register(_TaskCollector(runtime, loop, containers))
 
     def observe_call(self, full_method: str, code: str, seconds: float) -> None:
         service, _, method = full_method.lstrip("/").partition("/")

@@ -371,6 +371,7 @@ class Daemon:
         )
         uuid = await asyncio.to_thread(core.db.server_uuid)
         await self._register(server, core, uuid)
+        self.metrics.add_tasks(core.runtime, asyncio.get_running_loop(), core.containers.count_sync)
         self.metrics.add_stores(
             Path(config.root) / "content" / "blobs" / "sha256",
             lambda: {name: store.totals_sync() for name, store in core.snapshots.items()},

@@ -272,3 +272,36 @@ def test_liner_check(linerd: Linerd) -> None:
         text=True,
     )
     assert bad.returncode == 1 and "cannot connect" in bad.stdout
+
+
+def test_task_metrics_follow_the_task(
+    metrics_daemon: tuple[Linerd, str], registry: Registry
+) -> None:
+    daemon, address = metrics_daemon
+    ref = registry.ref("library/busybox:latest")
+
+    def ctr(*args: str) -> None:
+        subprocess.run(
+            ["ctr", "-a", daemon.address, *args], check=True, capture_output=True, timeout=60
+        )
+
+    def scrape() -> str:
+        return get(f"http://{address}/v1/metrics")[1].decode()
+
+    ctr("images", "pull", "--plain-http", ref)
+    ctr("run", "-d", ref, "metered", "sleep", "60")
+    try:
+        text = scrape()
+        assert 'liner_tasks{state="running"} 1.0' in text
+        assert "liner_containers 1.0" in text
+        series = 'liner_task_memory_bytes{container_id="metered",namespace="default"}'
+        assert series in text
+        assert 'liner_task_pids{container_id="metered",namespace="default"} 1.0' in text
+    finally:
+        ctr("tasks", "kill", "-s", "SIGKILL", "metered")
+        wait_for(lambda: 'liner_tasks{state="stopped"} 1.0' in scrape(), 10, "the exit")
+        ctr("tasks", "rm", "metered")
+        ctr("containers", "rm", "metered")
+    text = scrape()
+    assert "metered" not in text  # per-task series end with the task
+    assert "liner_containers 0.0" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from linerd.core import validate
@@ -157,6 +157,10 @@ class ContainerStore:
 
     async def delete(self, namespace: str, container_id: str) -> None:
         await self._db.run(lambda s: s.delete(_get(s, namespace, container_id)))
+
+    def count_sync(self) -> int:
+        """How many container records there are, in all namespaces. Blocks."""
+        return self._db.run_sync(lambda s: s.scalar(select(func.count()).select_from(ContainerRow)))
 
     @staticmethod
     def holds(session: Session, namespace: str) -> bool:
