@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import io
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
 from linerd import imagespec
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, SnapshotKind
-from linerd.errdefs import AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
+from linerd.errdefs import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.layers import apply_to_mounts
@@ -60,6 +63,16 @@ class BlobState:
     state: str = "waiting"
 
 
+_RANK = {
+    "waiting": 0,
+    "downloading": 1,
+    "downloaded": 2,
+    "exists": 2,
+    "unpacking": 3,
+    "unpacked": 4,
+}
+
+
 class Progress:
     """What a pull has done so far, for whoever watches (the Transfer service)."""
 
@@ -79,7 +92,8 @@ class Progress:
             return
         if offset is not None:
             blob.offset = offset
-        if state is not None:
+        # States only move forward: a download finishing must not hide that unpacking began.
+        if state is not None and _RANK[state] >= _RANK[blob.state]:
             blob.state = state
         self.changed.set()
 
@@ -92,6 +106,64 @@ def _first(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(error, asyncio.CancelledError):
             return error
     return group.exceptions[0]
+
+
+class _LiveBlob:
+    """A blob being downloaded into an ingest file, readable while its bytes arrive.
+
+    The downloader (on the event loop) reports growth; a reader (in an unpack thread) blocks
+    until bytes it needs are there. Unpacking so overlaps downloading; the digest is still
+    checked by the download before the unpacked snapshot is committed.
+    """
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._size = size
+        self._done = False
+        self._error: BaseException | None = None
+
+    def grew(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    def open(self) -> _LiveReader:
+        """Raises FileNotFoundError once the download has committed the file away."""
+        return _LiveReader(self, open(self.path, "rb"))
+
+
+class _LiveReader(io.RawIOBase):
+    def __init__(self, blob: _LiveBlob, file: BinaryIO) -> None:
+        self._blob = blob
+        self._file = file
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        blob = self._blob
+        with blob._cond:
+            while self._pos >= blob._size and not blob._done:
+                blob._cond.wait()
+            if blob._error is not None:
+                raise Aborted(f"download of the layer failed: {blob._error}")
+            available = blob._size - self._pos
+        if available <= 0:
+            return 0
+        n = self._file.readinto(memoryview(buffer)[:available])
+        self._pos += n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class _SingleFlight:
@@ -154,6 +226,9 @@ class Puller:
         self._downloads = _SingleFlight()
         self._unpacks = _SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
+        self._live: dict[tuple[str, str], _LiveBlob] = {}
+        # Called with the seconds each layer took to unpack (metrics).
+        self.on_unpack: Callable[[float], None] | None = None
 
     async def pull(
         self, namespace: str, request: PullRequest, progress: Progress
@@ -373,6 +448,9 @@ class Puller:
             progress.update(desc.digest, offset=desc.size, state="exists")
             return
         keep = True
+        key = (job.namespace, desc.digest)
+        live = self._live[key] = _LiveBlob(writer.ingest.directory / "data", writer.status().offset)
+        error: BaseException | None = None
         try:
             async with self._download_slots:
                 offset = writer.status().offset
@@ -386,14 +464,18 @@ class Puller:
                         offset += len(chunk)
                         progress.fetched += len(chunk)
                         progress.update(desc.digest, offset=offset)
+                        live.grew(offset)
             with contextlib.suppress(AlreadyExists):
                 await writer.commit(desc.size, desc.digest, labels)
             progress.update(desc.digest, state="downloaded")
         except BaseException as e:
             # Keep a partial ingest to resume from, unless it holds nothing or bytes that lied.
             keep = not isinstance(e, DataLoss) and writer.status().offset > 0
+            error = e
             raise
         finally:
+            live.finish(error)
+            del self._live[key]
             writer.close()
             if not keep:
                 with contextlib.suppress(NotFound, Unavailable):
@@ -413,11 +495,11 @@ class Puller:
         chain = imagespec.chain_ids(config.diff_ids)
         parent = ""
         for layer, diff_id, chain_id in zip(manifest.layers, config.diff_ids, chain, strict=True):
-            await downloads[layer.digest]
+            download = downloads[layer.digest]
             await self._unpacks.run(
                 (job.namespace, snapshotter, chain_id),
-                lambda layer=layer, diff_id=diff_id, chain_id=chain_id, parent=parent: (
-                    self._unpack_layer(job, store, layer, diff_id, chain_id, parent)
+                functools.partial(
+                    self._unpack_layer, job, store, layer, diff_id, chain_id, parent, download
                 ),
             )
             parent = chain_id
@@ -429,6 +511,17 @@ class Puller:
                 {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain[-1]},
             )
 
+    async def _layer_reader(
+        self, job: _Job, layer: Descriptor, download: asyncio.Future[None]
+    ) -> BinaryIO:
+        """The layer's bytes: as they download if they are still coming, else the blob."""
+        live = self._live.get((job.namespace, layer.digest))
+        if live is not None:
+            with contextlib.suppress(FileNotFoundError):  # committed just now
+                return await asyncio.to_thread(live.open)  # type: ignore[return-value]
+        await download
+        return await asyncio.to_thread(open, self._content.local.path(layer.digest), "rb")
+
     async def _unpack_layer(
         self,
         job: _Job,
@@ -437,6 +530,7 @@ class Puller:
         diff_id: str,
         chain_id: str,
         parent: str,
+        download: asyncio.Future[None],
     ) -> None:
         try:
             await store.stat(job.namespace, chain_id)
@@ -445,14 +539,15 @@ class Puller:
         else:
             job.progress.update(layer.digest, state="unpacked")
             return
-        job.progress.update(layer.digest, state="unpacking")
         key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {chain_id}"
         mounts = await store.create(job.namespace, key, parent, {}, SnapshotKind.ACTIVE, job.lease)
         try:
-            path = self._content.local.path(layer.digest)
+            started = time.monotonic()
+            raw = await self._layer_reader(job, layer, download)
+            job.progress.update(layer.digest, state="unpacking")
 
             def apply() -> Descriptor:
-                with open(path, "rb") as raw:
+                with raw:
                     return apply_to_mounts(
                         raw,
                         layer.media_type,
@@ -463,6 +558,9 @@ class Puller:
                     )
 
             applied = await asyncio.to_thread(apply)
+            await download  # the compressed bytes' digest checks out before we commit
+            if self.on_unpack is not None:
+                self.on_unpack(time.monotonic() - started)
             if applied.digest != diff_id:
                 raise InvalidArgument(
                     f"layer {layer.digest}: unpacked to {applied.digest}, "

@@ -286,6 +286,7 @@ class Daemon:
             lambda: self.hosts,
             scratch,
         )
+        puller.on_unpack = self.metrics.unpack_seconds.observe
         services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
             (

@@ -11,19 +11,14 @@ ingest.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
 import pytest
 from imagebuild import OCI_MANIFEST, build_config, build_layer, build_manifest, dir_, file
-from registry import Registry
+from registry import Registry, ThrottlingProxy
 from support import Linerd, ns
 
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
@@ -36,85 +31,6 @@ from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 pytestmark = pytest.mark.integration
 
 BIG = 40 << 20
-CHUNK = 64 << 10
-
-
-@dataclass
-class Served:
-    path: str
-    range: str | None
-    status: int
-    sent: int = 0
-
-
-@dataclass
-class ThrottlingProxy:
-    """Forwards GET/HEAD to `upstream`, sending bodies in CHUNK pieces `delay` apart."""
-
-    upstream: str  # host:port
-    delay: float = 0.0
-    served: list[Served] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self.do_GET()
-
-            def do_GET(self) -> None:
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if k.lower() in ("accept", "range", "authorization", "user-agent")
-                }
-                conn.request(self.command, self.path, headers=headers)
-                resp = conn.getresponse()
-                record = Served(self.path, self.headers.get("Range"), resp.status)
-                proxy.served.append(record)
-                body = b"" if self.command == "HEAD" else None
-                length = resp.getheader("Content-Length")
-                if length is None and body is None:
-                    body = resp.read()
-                    length = str(len(body))
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", length or "0")
-                self.end_headers()
-                try:
-                    if body is not None:
-                        self.wfile.write(body)
-                        return
-                    while chunk := resp.read(CHUNK):
-                        self.wfile.write(chunk)
-                        record.sent += len(chunk)
-                        if proxy.delay:
-                            time.sleep(proxy.delay)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
-                finally:
-                    conn.close()
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 @pytest.fixture

@@ -1,0 +1,56 @@
+"""Unpacking overlaps downloading: a layer starts unpacking while its bytes still arrive."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from imagebuild import OCI_MANIFEST, build_config, build_layer, build_manifest, dir_, file
+from registry import Registry, ThrottlingProxy
+from support import Linerd, ns
+
+from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def proxy(registry: Registry) -> Iterator[ThrottlingProxy]:
+    p = ThrottlingProxy(registry.host, delay=0.005)
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("snapshotter", ["overlayfs", "native"])
+def test_layer_unpacks_while_it_downloads(
+    linerd: Linerd, registry: Registry, proxy: ThrottlingProxy, snapshotter: str
+) -> None:
+    # Many files in one plain-tar layer, served slowly: the applier reads them as they come.
+    entries = [dir_("data")] + [file(f"data/f{i:04}", os.urandom(16 << 10)) for i in range(400)]
+    layer = build_layer(entries, "none")
+    config = build_config([layer.diff_id])
+    manifest = build_manifest(config, [layer])
+    repo = f"overlap/{snapshotter}"
+    registry.push_raw(repo, "v1", manifest.data, OCI_MANIFEST, [config.data, layer.blob.data])
+    request = transfer_pb2.PullRequest(
+        reference=f"{proxy.host}/{repo}:v1", plain_http=True, snapshotter=snapshotter
+    )
+    with linerd.channel() as channel:
+        updates = list(
+            transfer_pb2_grpc.TransferStub(channel).Pull(
+                request, metadata=ns(f"overlap-{snapshotter}"), timeout=120
+            )
+        )
+    assert updates[-1].done
+    during = [
+        b.offset
+        for u in updates
+        for b in u.blobs
+        if b.descriptor.digest == layer.digest and b.state == "unpacking"
+    ]
+    assert any(offset < layer.blob.size for offset in during), (
+        "the layer was never seen unpacking before its download ended"
+    )
+    final = next(b for b in updates[-1].blobs if b.descriptor.digest == layer.digest)
+    assert final.state == "unpacked" and final.offset == layer.blob.size
