@@ -167,9 +167,12 @@ class Collector:
             )
         return stats
 
-    def _sweep_records(self, session: Session) -> tuple[Stats, set[str], list[Cleanup]]:
-        stats = Stats()
-        stats.leases = _expire_leases(session)
+    def unreachable(self, session: Session) -> list[Node]:
+        """What a collection would remove now (without expiring leases): a dry run."""
+        objects, marked = self._mark(session)
+        return sorted(n for n in objects if n not in marked)
+
+    def _mark(self, session: Session) -> tuple[dict[Node, GcObject], set[Node]]:
         objects: dict[Node, GcObject] = {}
         for kind in self._kinds.values():
             objects.update(kind.objects(session))
@@ -185,6 +188,12 @@ class Collector:
             if obj is not None:
                 pending.extend(label_refs(node[0], obj.labels))
                 pending.extend(obj.refs)
+        return objects, marked
+
+    def _sweep_records(self, session: Session) -> tuple[Stats, set[str], list[Cleanup]]:
+        stats = Stats()
+        stats.leases = _expire_leases(session)
+        objects, marked = self._mark(session)
         cleanups = []
         for name, kind in self._kinds.items():
             dead = [n for n in objects if n not in marked and _kind_name(n[1]) == name]
