@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
+from linerd import faults
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_tar
 from linerd.diff.compare import write_diff
@@ -62,6 +63,7 @@ def apply_stream(raw: BinaryIO, media_type: str, target: Target, name: str) -> D
     whose digest is the layer's diff ID. Blocking: run it in a thread."""
     hashed = HashingReader(open_layer(raw, media_type, name=name))
     apply_tar(hashed, target.path, overlay=target.overlay, parents=target.parents)
+    faults.point("layer-apply")
     hashed.drain()  # padding after the tar end counts toward the diff ID
     return Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
 

@@ -48,6 +48,7 @@ from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.metrics import Metrics, MetricsServer
 from linerd.pull import Puller
+from linerd.push import Pusher
 from linerd.remotes.hosts import HostsConfig
 from linerd.runtime import TaskRuntime
 from linerd.runtime import resolve as runtime_resolve
@@ -287,6 +288,7 @@ class Daemon:
             scratch,
         )
         puller.on_unpack = self.metrics.unpack_seconds.observe
+        pusher = Pusher(core.content, core.images, core.leases, lambda: self.hosts)
         services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
             (
@@ -332,7 +334,7 @@ class Daemon:
             ),
             (
                 transfer_pb2_grpc.add_TransferServicer_to_server,
-                TransferService(puller, core.events, self.metrics),
+                TransferService(puller, core.events, self.metrics, pusher),
             ),
         ]
         for add, servicer in services:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from linerd import faults
 from linerd.content.local import Ingest, LocalStore
 from linerd.core import validate
 from linerd.core.types import ContentInfo, IngestStatus
@@ -41,6 +42,7 @@ class Writer:
         if total:
             self.ingest.set_total(total)
         await asyncio.to_thread(self.ingest.write, offset, data, total)
+        faults.point("content-write")
 
     async def commit(self, size: int, expected: str, labels: dict[str, str]) -> ContentInfo:
         if expected:
@@ -63,6 +65,7 @@ class Writer:
                 )
                 raise
             self.committed = True
+            faults.point("content-commit")
             info = await store.records.add(
                 self.namespace, digest, self.ingest.offset, labels, self.lease
             )

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from linerd import faults
 from linerd.content.store import ContentStore
 from linerd.errdefs import InvalidArgument
 from linerd.metadata.db import Database
@@ -202,6 +203,7 @@ class Collector:
                     cleanups.append(cleanup)
                 stats.removed[name] = len(dead)
         session.flush()
+        faults.point("gc-sweep")
         recorded = set(session.scalars(select(ContentRow.digest).distinct()))
         return stats, recorded, cleanups
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from linerd import faults
 from linerd.core import validate
 from linerd.core.types import Container, Encoded
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
@@ -114,6 +115,7 @@ class ContainerStore:
             )
             _set_spec(row, container.spec)
             session.add(row)
+            faults.point("container-create")
             return _container(row)
 
         return await self._db.run(create)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from linerd import faults
 from linerd.core import validate
 from linerd.core.types import Descriptor, Image
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
@@ -85,6 +86,7 @@ class ImageStore:
             )
             _set_target(row, image.target)
             session.add(row)
+            faults.point("image-create")
             return _image(row)
 
         return await self._db.run(create)

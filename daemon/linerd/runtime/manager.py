@@ -38,6 +38,7 @@ from typing import Any
 
 import structlog
 
+from linerd import faults
 from linerd import mounts as mountlib
 from linerd.core.types import Mount
 from linerd.errdefs import (
@@ -511,6 +512,7 @@ class TaskRuntime:
                 mountlib.mount(m, bundle / "rootfs")
                 task.mounts += 1
                 self._write_meta(task, "creating")
+                faults.point("task-create-mounted")
             if terminal:
                 p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", stdin, stdout)
             else:
@@ -520,6 +522,7 @@ class TaskRuntime:
                 bundle / "conmon.pid", self.create_timeout, cwd=bundle,
             )  # fmt: skip
             p.pid, p.conmon_pid = spawned.pid, spawned.conmon_pid
+            faults.point("task-create-spawned")
             if p.stdio is not None:
                 p.stdio.close_child_fds()  # conmon and the container have their own copies
             if p.relay is not None:
@@ -575,6 +578,7 @@ class TaskRuntime:
             if p.started:
                 raise FailedPrecondition(f"task {id}: already started")
             await self._runtime(task, "start", id)
+            faults.point("task-start")
             p.started = True
         return p.pid
 
@@ -660,6 +664,7 @@ class TaskRuntime:
                     await asyncio.wait_for(q.monitor_done.wait(), 5)
                 self._release(q)
             self._tasks.pop((namespace, id), None)
+            faults.point("task-delete")
             await asyncio.to_thread(self._teardown_sync, task)
         if p.exit is None:
             p.exit = ExitInfo(p.pid, MONITOR_LOST_STATUS, _now())

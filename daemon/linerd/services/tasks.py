@@ -74,6 +74,10 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         self._snapshots = snapshots
         self._events = events
         self._metrics_encoder = metrics_encoder
+        # Exits seen while a Start of that process is in flight: published after its start
+        # event, so /tasks/start (/tasks/exec-started) always precedes /tasks/exit, as
+        # containerd's shim guarantees (a fast process can exit before `runtime start` returns).
+        self._starting: dict[tuple[str, str, str], list[events_pb2.TaskExit]] = {}
         runtime.on_exit(self._exited)
         runtime.on_oom(self._oom)
 
@@ -90,17 +94,18 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         status: int,
         exited_at: datetime,
     ) -> None:
-        self._publish(
-            namespace,
-            "/tasks/exit",
-            events_pb2.TaskExit(
-                container_id=container_id,
-                id=exec_id or container_id,
-                pid=pid,
-                exit_status=status,
-                exited_at=timestamp(exited_at),
-            ),
+        event = events_pb2.TaskExit(
+            container_id=container_id,
+            id=exec_id or container_id,
+            pid=pid,
+            exit_status=status,
+            exited_at=timestamp(exited_at),
         )
+        held = self._starting.get((namespace, container_id, exec_id))
+        if held is not None:
+            held.append(event)
+        else:
+            self._publish(namespace, "/tasks/exit", event)
 
     def _oom(self, namespace: str, container_id: str) -> None:
         self._publish(namespace, "/tasks/oom", events_pb2.TaskOOM(container_id=container_id))
@@ -173,18 +178,27 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
         self, request: tasks_pb2.StartRequest, ctx: grpc.aio.ServicerContext
     ) -> tasks_pb2.StartResponse:
         namespace, cid, exec_id = context.namespace(), request.container_id, request.exec_id
-        if exec_id:
-            pid = await self._runtime.start_exec(namespace, cid, exec_id)
-            self._publish(
-                namespace,
-                "/tasks/exec-started",
-                events_pb2.TaskExecStarted(container_id=cid, exec_id=exec_id, pid=pid),
-            )
-        else:
-            pid = await self._runtime.start(namespace, cid)
-            self._publish(
-                namespace, "/tasks/start", events_pb2.TaskStart(container_id=cid, pid=pid)
-            )
+        key = (namespace, cid, exec_id)
+        owner = key not in self._starting
+        if owner:
+            self._starting[key] = []
+        try:
+            if exec_id:
+                pid = await self._runtime.start_exec(namespace, cid, exec_id)
+                self._publish(
+                    namespace,
+                    "/tasks/exec-started",
+                    events_pb2.TaskExecStarted(container_id=cid, exec_id=exec_id, pid=pid),
+                )
+            else:
+                pid = await self._runtime.start(namespace, cid)
+                self._publish(
+                    namespace, "/tasks/start", events_pb2.TaskStart(container_id=cid, pid=pid)
+                )
+        finally:
+            if owner:
+                for event in self._starting.pop(key):
+                    self._publish(namespace, "/tasks/exit", event)
         return tasks_pb2.StartResponse(pid=pid)
 
     async def Delete(
@@ -391,11 +405,7 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
 def encode_cgroup_metrics(m: TaskMetrics) -> AnyPb:
     """A task's numbers as cgroup v1 `io.containerd.cgroups.v1.Metrics`, what ctr decodes."""
-    memory_fields = {
-        k: v
-        for k, v in m.memory_stat.items()
-        if k in cgroups_pb2.MemoryStat.DESCRIPTOR.fields_by_name
-    }
+    memory_fields = _memory_stat_fields(m.memory_stat)
     data = cgroups_pb2.Metrics(
         pids=cgroups_pb2.PidsStat(current=m.pids_current, limit=m.pids_limit),
         cpu=cgroups_pb2.CPUStat(
@@ -417,3 +427,26 @@ def encode_cgroup_metrics(m: TaskMetrics) -> AnyPb:
         ),
     )
     return pack(data)
+
+
+# memory.stat keys whose MemoryStat field is spelled differently (as containerd's cgroups lib).
+_MEMORY_STAT_NAMES = {
+    "pgpgin": "pg_pg_in",
+    "pgpgout": "pg_pg_out",
+    "pgfault": "pg_fault",
+    "pgmajfault": "pg_maj_fault",
+}
+
+
+def _memory_stat_fields(stat: dict[str, int]) -> dict[str, int]:
+    """memory.stat counters as MemoryStat's scalar fields. Keys naming a MemoryEntry field
+    (`swap` when swap accounting is on) are not counters of that field: they are skipped."""
+    fields = cgroups_pb2.MemoryStat.DESCRIPTOR.fields_by_name
+    res = {}
+    for key, value in stat.items():
+        base = key.removeprefix("total_")
+        name = key[: len(key) - len(base)] + _MEMORY_STAT_NAMES.get(base, base)
+        field = fields.get(name)
+        if field is not None and field.message_type is None:
+            res[name] = value
+    return res

@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
+from linerd import faults
 from linerd.core import validate
 from linerd.core.types import LeaseResource, Mount, SnapshotInfo, SnapshotKind, Usage
 from linerd.errdefs import (
@@ -144,6 +145,7 @@ class SnapshotStore:
                 session.add(row)
                 session.flush()
                 tmp.rename(self.root / str(row.id))
+                faults.point("snapshot-prepare")
                 return self._mounts(session, row)
 
             return await self._db.run(record)
@@ -191,6 +193,7 @@ class SnapshotStore:
             row.kind = SnapshotKind.COMMITTED.value
             row.labels = {**row.labels, **labels}
             row.size, row.inodes = usage.size, usage.inodes
+            faults.point("snapshot-commit")
             row.updated_at = datetime.now(UTC)
 
         await self._db.run(commit)
