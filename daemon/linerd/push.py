@@ -214,8 +214,7 @@ class Pusher:
                 ]
                 if not entries:
                     raise NotFound(
-                        f"index {root.digest} has no manifest for "
-                        f"{', '.join(map(str, platforms))}"
+                        f"index {root.digest} has no manifest for {', '.join(map(str, platforms))}"
                     )
             manifests = []
             for entry in entries:
@@ -229,7 +228,9 @@ class Pusher:
                         if platforms
                         else " (pull all platforms, or push only the platforms that are here)"
                     )
-                    raise FailedPrecondition(f"index {root.digest}: manifest{where}: {e}{hint}")
+                    raise FailedPrecondition(
+                        f"index {root.digest}: manifest{where}: {e}{hint}"
+                    ) from None
             return _Plan(root, body, manifests)
         if root.media_type in imagespec.MANIFESTS:
             return _Plan(root, None, [await self._manifest(namespace, lease, root)])
@@ -341,14 +342,10 @@ class Pusher:
                 progress.update(desc.digest, offset=offset)
 
             async def source(offset: int, length: int) -> AsyncIterator[bytes]:
-                async for chunk in await self._content.read(
-                    namespace, desc.digest, offset, length
-                ):
+                async for chunk in await self._content.read(namespace, desc.digest, offset, length):
                     yield chunk
 
-            how = await remote.upload_blob(
-                desc, source, mount_from=sources, on_progress=report
-            )
+            how = await remote.upload_blob(desc, source, mount_from=sources, on_progress=report)
             progress.update(
                 desc.digest, offset=desc.size, state="mounted" if how == "mounted" else "done"
             )

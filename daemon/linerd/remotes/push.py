@@ -15,16 +15,18 @@ The protocol, as docker-registry (distribution 2.8) speaks it:
 * ``POST /v2/<repo>/blobs/uploads/``: 202 with ``Location`` (absolute or relative; it carries a
   signed ``_state`` query that changes with every step: always use the latest ``Location``).
 * Small blobs: one ``PUT <location>&digest=<digest>`` with the whole body (201).
-* Big blobs: ``PATCH <location>`` chunks with ``Content-Range: <first>-<last>`` (no ``bytes``
-  unit: distribution parses the bare range), ``Content-Length`` and
+* Big blobs: ``PATCH <location>`` chunks with ``Content-Range: <first>-<last>`` (the OCI
+  spec's form, no ``bytes`` unit), ``Content-Length`` and
   ``Content-Type: application/octet-stream`` (202, new ``Location``, ``Range: 0-<last>``), then
-  an empty ``PUT <location>&digest=<digest>`` (201).
+  an empty ``PUT <location>&digest=<digest>`` (201). Distribution 2.8 does not check the
+  Content-Range at all: it appends whatever arrives, so a PATCH must never be replayed.
 * ``PUT /v2/<repo>/manifests/<tag or digest>`` with the manifest's media type as Content-Type;
   the registry checks every blob (and, for an index, every child manifest) is there.
 * Every success names the stored object in ``Docker-Content-Digest``: checked against ours.
 
 An upload session cannot be resumed after a failed request (distribution cancels a session
-whose ``_state`` offset no longer matches what it holds), so a retryable failure in the middle
+whose ``_state`` offset no longer matches what it holds: 404 BLOB_UPLOAD_INVALID, and a replayed
+PATCH would append its bytes twice), so a retryable failure in the middle
 of an upload starts the blob over with a new session, within the client's retry budget.
 Bodies stream from a `BlobSource` (offset, length → async chunks): memory stays bounded by the
 source's chunk size, whatever the blob's size.
@@ -361,7 +363,11 @@ class RepositoryPusher:
                         f"or skip_verify): {_describe(e)}"
                     ) from None
                 elapsed = time.monotonic() - started
-                if not retry or attempt > self.client.retries or elapsed > self.client.retry_deadline:
+                if (
+                    not retry
+                    or attempt > self.client.retries
+                    or elapsed > self.client.retry_deadline
+                ):
                     err = errdefs.Unavailable(f"{what}: {_describe(e)} (after {attempt} attempts)")
                     raise err from e
                 delay = self.client._delay(attempt, getattr(e, "retry_after", None))

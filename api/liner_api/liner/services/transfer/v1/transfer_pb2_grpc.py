@@ -39,6 +39,11 @@ class TransferStub:
                 request_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullRequest.SerializeToString,
                 response_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullProgress.FromString,
                 _registered_method=True)
+        self.Push = channel.unary_stream(
+                '/liner.services.transfer.v1.Transfer/Push',
+                request_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.SerializeToString,
+                response_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.FromString,
+                _registered_method=True)
 
 
 class TransferServicer:
@@ -51,6 +56,14 @@ class TransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Push(self, request, context):
+        """Push an image of the image store to a registry (OCI distribution API); progress is streamed
+        until the root manifest or index is stored under the reference. Nothing local changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_TransferServicer_to_server(servicer, server):
                     servicer.Pull,
                     request_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullRequest.FromString,
                     response_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullProgress.SerializeToString,
+            ),
+            'Push': grpc.unary_stream_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.FromString,
+                    response_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Transfer:
             '/liner.services.transfer.v1.Transfer/Pull',
             liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullRequest.SerializeToString,
             liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PullProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liner.services.transfer.v1.Transfer/Push',
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.SerializeToString,
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.FromString,
             options,
             channel_credentials,
             insecure,
