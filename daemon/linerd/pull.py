@@ -388,10 +388,15 @@ class Puller:
         return result
 
     async def _label(self, job: _Job, digest: str, labels: dict[str, str]) -> None:
-        labels = {**labels, job.source_label[0]: job.source_label[1]}
-        await self._content.update(
-            job.namespace, digest, labels, [f"labels.{key}" for key in labels]
-        )
+        """Set `labels` and record the source repository (a comma-separated list, as
+        containerd keeps it, so a push can mount the blob from any of them)."""
+        key, repository = job.source_label
+        info = await self._content.info(job.namespace, digest)
+        sources = [r for r in info.labels.get(key, "").split(",") if r]
+        if repository not in sources:
+            sources.append(repository)
+        labels = {**labels, key: ",".join(sources)}
+        await self._content.update(job.namespace, digest, labels, [f"labels.{k}" for k in labels])
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -424,6 +429,7 @@ class Puller:
                 job.namespace, ref, desc.size, desc.digest, job.lease
             )
         except AlreadyExists:
+            await self._label(job, desc.digest, {})  # adopted from another namespace
             return
         try:
             await writer.write(0, data, desc.size)
@@ -445,6 +451,7 @@ class Puller:
                 job.namespace, ref, desc.size, desc.digest, job.lease
             )
         except AlreadyExists:
+            await self._label(job, desc.digest, {})
             progress.update(desc.digest, offset=desc.size, state="exists")
             return
         keep = True

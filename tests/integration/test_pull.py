@@ -140,3 +140,22 @@ def test_unknown_image(daemon: Linerd, registry: Registry) -> None:
     with pytest.raises(grpc.RpcError) as info:
         pull(daemon, registry.ref("library/nothing:here"), "missing")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_source_labels_list_every_repository(
+    daemon: Linerd, registry: Registry, busybox_layout: BusyboxLayout
+) -> None:
+    registry.push_layout(busybox_layout.path, "mirror/busybox:latest", tag="latest")
+    pull(daemon, registry.ref("library/busybox:latest"), "sources-a")
+    pull(daemon, registry.ref("library/busybox:latest"), "sources-b")  # blobs adopted
+    pull(daemon, registry.ref("mirror/busybox:latest"), "sources-b")
+    key = "containerd.io/distribution.source.127.0.0.1"
+    layer = busybox_layout.latest.layers[0].blob.digest
+    with daemon.channel() as channel:
+        content = content_pb2_grpc.ContentStub(channel)
+        for namespace, expected in (
+            ("sources-a", "library/busybox"),
+            ("sources-b", "library/busybox,mirror/busybox"),
+        ):
+            info = content.Info(content_pb2.InfoRequest(digest=layer), metadata=ns(namespace))
+            assert info.info.labels[key] == expected
