@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from liner.client import (
     Client,
+    Container,
     ContentInfo,
+    Event,
+    ExitStatus,
     IngestStatus,
     Lease,
     LinerClientError,
     Namespace,
+    Process,
     Resource,
     ServerInfo,
     VersionInfo,
@@ -17,11 +21,15 @@ from liner.version import __version__
 
 __all__ = [
     "Client",
+    "Container",
     "ContentInfo",
+    "Event",
+    "ExitStatus",
     "IngestStatus",
     "Lease",
     "LinerClientError",
     "Namespace",
+    "Process",
     "Resource",
     "ServerInfo",
     "VersionInfo",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,13 +18,20 @@ from typing import Any, NoReturn
 
 import click
 
+from liner import events as eventdocs
 from liner import images as imagedocs
+from liner import run as run_mod
 from liner.client import (
     DEFAULT_ADDRESS,
+    PROCESS_URL,
+    RESOURCES_URL,
+    SPEC_URL,
+    AnyValue,
     Client,
     Image,
     LinerClientError,
     Platform,
+    Process,
     SnapshotInfo,
     host_platform,
 )
@@ -38,6 +46,7 @@ from liner.format import (
     table,
 )
 from liner.progress import Display, LiveDisplay, NoDisplay, PlainDisplay
+from liner.run import RunError
 from liner.version import __version__
 
 CLIENT_REVISION = "liner"
@@ -68,6 +77,10 @@ class AliasGroup(click.Group):
         "image": "images",
         "i": "images",
         "snapshot": "snapshots",
+        "container": "containers",
+        "c": "containers",
+        "task": "tasks",
+        "t": "tasks",
         "list": "ls",
         "remove": "rm",
         "delete": "rm",
@@ -94,7 +107,7 @@ class LinerGroup(AliasGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except LinerClientError as e:
+        except (LinerClientError, RunError) as e:
             raise Failure(str(e)) from None
 
 
@@ -700,6 +713,451 @@ def snapshots_info(key: str) -> None:
     doc["Created"] = imagedocs.json_time(info.created_at)
     doc["Updated"] = imagedocs.json_time(info.updated_at)
     click.echo(json.dumps(doc, indent=2))
+
+
+# -- run ------------------------------------------------------------------------------------
+
+
+def _sizes(text: str | None, param: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return run_mod.parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=param) from None
+
+
+def _env(pairs: Sequence[str], env_file: str | None) -> list[str]:
+    entries: list[str] = []
+    if env_file:
+        try:
+            entries += run_mod.read_env_file(env_file)
+        except (OSError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--env-file") from None
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            if pair in os.environ:  # docker's `--env NAME`: our value
+                entries.append(f"{pair}={os.environ[pair]}")
+                continue
+            raise click.BadParameter(f"invalid {pair!r}: want KEY=VALUE", param_hint="--env")
+        entries.append(pair)
+    return entries
+
+
+def _exit_with(code: int) -> NoReturn:
+    click.get_current_context().exit(code)
+    raise AssertionError("unreachable")
+
+
+@cli.command("run", context_settings={"allow_interspersed_args": False})
+@click.option("--rm", is_flag=True, help="remove the task, container and snapshot afterwards")
+@click.option("--detach", "-d", is_flag=True, help="start the task and exit (prints nothing)")
+@click.option("--tty", "-t", is_flag=True, help="allocate a terminal, attach ours in raw mode")
+@click.option("--interactive", "-i", is_flag=True, help="keep stdin attached (also with -d)")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE", help="repeatable")
+@click.option("--env-file", type=click.Path(dir_okay=False), help="KEY=VALUE lines")
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="type=bind,src=PATH,dst=PATH[,options=rbind:ro]",
+    help="repeatable",
+)
+@click.option("--memory", metavar="SIZE", help="memory limit, e.g. 64m or 1g")
+@click.option("--cpus", type=click.FloatRange(min=0, min_open=True), help="CPUs, e.g. 0.5")
+@click.option("--pids-limit", type=click.IntRange(min=1), help="maximum number of processes")
+@click.option("--user", "-u", default="", help="uid[:gid] or name[:group] in the image")
+@click.option("--cwd", default="", help="working directory in the container")
+@click.option("--read-only", is_flag=True, help="read-only root filesystem")
+@click.option("--privileged", is_flag=True, help="all capabilities, all devices, no masks")
+@click.option("--net-host", is_flag=True, help="the host's network namespace")
+@click.option("--runtime", default=run_mod.DEFAULT_RUNTIME, show_default=True, help="runtime name")
+@click.option("--runc-binary", default="", help="runtime binary to use instead of the runtime's")
+@click.option(
+    "--snapshotter",
+    envvar="LINER_SNAPSHOTTER",
+    default="overlayfs",
+    show_default=True,
+    help="snapshotter the image was unpacked into",
+)
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="container label")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="seconds after a forwarded Ctrl-C/SIGTERM before the task is killed",
+)
+@click.argument("image")
+@click.argument("container_id", metavar="ID")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
+def run_command(
+    rm: bool,
+    detach: bool,
+    tty: bool,
+    interactive: bool,
+    envs: tuple[str, ...],
+    env_file: str | None,
+    mounts: tuple[str, ...],
+    memory: str | None,
+    cpus: float | None,
+    pids_limit: int | None,
+    user: str,
+    cwd: str,
+    read_only: bool,
+    privileged: bool,
+    net_host: bool,
+    runtime: str,
+    runc_binary: str,
+    snapshotter: str,
+    labels: tuple[str, ...],
+    stop_timeout: float,
+    image: str,
+    container_id: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD (default: the image's) in a new container ID from IMAGE, as `ctr run` does.
+
+    liner exits with the task's exit status (128+N when signal N ended it). Ctrl-C, SIGTERM,
+    SIGHUP, SIGQUIT and SIGUSR1/2 are forwarded to the task; after Ctrl-C or SIGTERM the task
+    has --stop-timeout seconds to exit before it is killed (SIGKILL, status 137), a second
+    Ctrl-C kills it at once. With -t the local terminal is raw (Ctrl-C goes to the process).
+    """
+    if rm and detach:
+        raise click.UsageError("--rm and --detach do not go together")
+    try:
+        parsed_mounts = [run_mod.parse_mount(m) for m in mounts]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--mount") from None
+    opts = run_mod.RunOptions(
+        image=image,
+        id=container_id,
+        args=list(command),
+        rm=rm,
+        detach=detach,
+        tty=tty,
+        interactive=interactive,
+        env=_env(envs, env_file),
+        mounts=parsed_mounts,
+        memory=_sizes(memory, "--memory"),
+        cpus=cpus,
+        pids_limit=pids_limit,
+        user=user,
+        cwd=cwd,
+        read_only=read_only,
+        privileged=privileged,
+        net_host=net_host,
+        runtime=runtime,
+        runc_binary=runc_binary,
+        snapshotter=snapshotter,
+        labels=_labels(labels, "--label"),
+        stop_timeout=stop_timeout,
+    )
+    code = run_mod.run(_client(), opts, run_mod.binary_streams())
+    _exit_with(code)
+
+
+# -- containers -----------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def containers() -> None:
+    """Manage containers (aliases: container, c)."""
+
+
+@containers.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the ids")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+def containers_ls(quiet: bool, filters: tuple[str, ...]) -> None:
+    """List containers, optionally matching filters (e.g. image==REF, labels.KEY==VALUE)."""
+    found = sorted(_client().containers(filters), key=lambda c: c.id)
+    if quiet:
+        for c in found:
+            click.echo(c.id)
+        return
+    rows = [[c.id, c.image or "-", c.runtime] for c in found]
+    click.echo(table(["CONTAINER", "IMAGE", "RUNTIME"], rows), nl=False)
+
+
+def _any_json(value: AnyValue | None) -> Any:
+    if value is None:
+        return None
+    if value.type_url in (SPEC_URL, PROCESS_URL, RESOURCES_URL):
+        try:
+            return json.loads(value.value)
+        except ValueError:
+            pass
+    decoded = eventdocs.decode(value.type_url, value.value)
+    if decoded is not None:
+        return {"@type": value.type_url, **decoded}
+    return eventdocs.payload_json(value.type_url, value.value, None)
+
+
+@containers.command("info")
+@click.argument("container_id", metavar="ID")
+def containers_info(container_id: str) -> None:
+    """Print a container's record as JSON, its spec decoded (as ctr does)."""
+    c = _client().get_container(container_id)
+    doc: dict[str, Any] = {
+        "ID": c.id,
+        "Labels": dict(sorted(c.labels.items())) or None,
+        "Image": c.image,
+        "Runtime": {"Name": c.runtime, "Options": _any_json(c.runtime_options)},
+        "SnapshotKey": c.snapshot_key,
+        "Snapshotter": c.snapshotter,
+        "CreatedAt": imagedocs.json_time(c.created_at),
+        "UpdatedAt": imagedocs.json_time(c.updated_at),
+        "Extensions": {k: _any_json(v) for k, v in sorted(c.extensions.items())} or None,
+        "SandboxID": c.sandbox,
+        "Spec": _any_json(c.spec),
+    }
+    click.echo(json.dumps(doc, indent=4))
+
+
+def _task_or_none(client: Client, container_id: str) -> Process | None:
+    try:
+        return client.get_task(container_id)
+    except LinerClientError as e:
+        if e.code_name != "NOT_FOUND":
+            raise
+        return None
+
+
+@containers.command("rm")
+@click.option("--keep-snapshot", is_flag=True, help="leave the container's snapshot")
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+def containers_rm(keep_snapshot: bool, ids: tuple[str, ...]) -> None:
+    """Remove containers with their snapshots; a stopped task is deleted first, a running one
+    refuses (kill it, or `liner tasks rm -f`, first)."""
+    client = _client()
+    failed = False
+    for container_id in ids:
+        try:
+            container = client.get_container(container_id)
+            task = _task_or_none(client, container_id)
+            if task is not None:
+                if task.status not in ("stopped", "created"):
+                    raise Failure(
+                        f"container {container_id!r} has a {task.status} task: "
+                        "stop it first (liner tasks kill, or liner tasks rm -f)"
+                    )
+                run_mod.delete_task(client, container_id)
+            if keep_snapshot:
+                client.delete_container(container_id)
+            else:
+                run_mod.remove_container(client, container)
+        except (LinerClientError, Failure) as e:
+            if isinstance(e, LinerClientError) and e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(e.message)
+            failed = True
+        else:
+            click.echo(container_id)
+    _exit_if(failed)
+
+
+# -- tasks ----------------------------------------------------------------------------------
+
+
+@cli.group(cls=AliasGroup)
+def tasks() -> None:
+    """Manage tasks, the containers' running processes (aliases: task, t)."""
+
+
+@tasks.command("ls")
+@click.option("--quiet", "-q", is_flag=True, help="print only the ids")
+def tasks_ls(quiet: bool) -> None:
+    """List tasks."""
+    found = sorted(_client().tasks(), key=lambda p: p.id)
+    if quiet:
+        for p in found:
+            click.echo(p.id)
+        return
+    rows = [[p.id, str(p.pid), p.status.upper()] for p in found]
+    click.echo(table(["TASK", "PID", "STATUS"], rows), nl=False)
+
+
+def _signal(text: str) -> int:
+    try:
+        return run_mod.parse_signal(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--signal") from None
+
+
+@tasks.command("kill")
+@click.option("--signal", "-s", "sig", default="", help="signal [default: the image's, SIGTERM]")
+@click.option("--all", "-a", "all_", is_flag=True, help="signal every process of the task")
+@click.option("--exec-id", default="", help="signal this exec process instead")
+@click.argument("container_id", metavar="ID")
+def tasks_kill(sig: str, all_: bool, exec_id: str, container_id: str) -> None:
+    """Send a signal to a task (default: the container's stop signal, else SIGTERM)."""
+    if all_ and exec_id:
+        raise click.UsageError("--all and --exec-id do not go together")
+    client = _client()
+    container = client.get_container(container_id)
+    if not sig:
+        sig = container.labels.get(run_mod.STOP_SIGNAL_LABEL, "SIGTERM")
+    number = _signal(sig)
+    client.get_task(container_id)
+    client.kill_task(container_id, number, exec_id=exec_id, all=all_)
+
+
+@tasks.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("--exec-id", default="", help="id of the new process [default: generated]")
+@click.option("--tty", "-t", is_flag=True, help="allocate a terminal, attach ours in raw mode")
+@click.option("--interactive", "-i", is_flag=True, help="keep stdin attached")
+@click.option("--detach", "-d", is_flag=True, help="start the process and exit")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE", help="repeatable")
+@click.option("--cwd", default="", help="working directory")
+@click.option("--user", "-u", default="", help="numeric uid[:gid]")
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="seconds after a forwarded Ctrl-C/SIGTERM before the process is killed",
+)
+@click.argument("container_id", metavar="ID")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
+def tasks_exec(
+    exec_id: str,
+    tty: bool,
+    interactive: bool,
+    detach: bool,
+    envs: tuple[str, ...],
+    cwd: str,
+    user: str,
+    stop_timeout: float,
+    container_id: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run CMD in a running task; liner exits with its exit status."""
+    opts = run_mod.ExecOptions(
+        id=container_id,
+        args=list(command),
+        exec_id=exec_id,
+        tty=tty,
+        interactive=interactive,
+        env=_env(envs, None),
+        cwd=cwd,
+        user=user,
+        detach=detach,
+        stop_timeout=stop_timeout,
+    )
+    _exit_with(run_mod.exec_process(_client(), opts, run_mod.binary_streams()))
+
+
+@tasks.command("ps")
+@click.argument("container_id", metavar="ID")
+def tasks_ps(container_id: str) -> None:
+    """List a task's processes (host pids; INFO names the exec process a pid belongs to)."""
+    found = _client().list_pids(container_id)
+    rows = [[str(p.pid), p.exec_id or "-"] for p in found]
+    click.echo(table(["PID", "INFO"], rows), nl=False)
+
+
+@tasks.command("pause")
+@click.argument("container_id", metavar="ID")
+def tasks_pause(container_id: str) -> None:
+    """Freeze a task's processes."""
+    _client().pause_task(container_id)
+
+
+@tasks.command("resume")
+@click.argument("container_id", metavar="ID")
+def tasks_resume(container_id: str) -> None:
+    """Thaw a paused task."""
+    _client().resume_task(container_id)
+
+
+@tasks.command("metrics")
+@click.argument("container_id", metavar="ID")
+def tasks_metrics(container_id: str) -> None:
+    """Show a task's cgroup numbers: CPU time, memory usage and limit, pids."""
+    from liner_api.containerd.cgroups.v1 import metrics_pb2 as cgroups_pb2
+
+    client = _client()
+    client.get_task(container_id)  # NOT_FOUND for a container without a task
+    found = [m for m in client.metrics([f"id=={container_id}"]) if m.id == container_id]
+    if not found or found[0].data is None:
+        raise Failure(f"no metrics for task {container_id!r} (is it running?)")
+    data = found[0].data
+    if not data.type_url.endswith("io.containerd.cgroups.v1.Metrics"):
+        raise Failure(f"cannot decode metrics of type {data.type_url!r}")
+    m = cgroups_pb2.Metrics.FromString(data.value)
+    usage = m.memory.usage
+    rows = [
+        ["cpu.usage", f"{m.cpu.usage.total / 1e9:.3f}s"],
+        ["cpu.kernel", f"{m.cpu.usage.kernel / 1e9:.3f}s"],
+        ["cpu.user", f"{m.cpu.usage.user / 1e9:.3f}s"],
+        ["memory.usage", human_size(usage.usage)],
+        ["memory.max_usage", human_size(usage.max)],
+        ["memory.limit", _limit(usage.limit, human_size)],
+        ["memory.failcnt", str(usage.failcnt)],
+        ["pids.current", str(m.pids.current)],
+        ["pids.limit", _limit(m.pids.limit, str)],
+    ]
+    click.echo(f"ID: {container_id}")
+    click.echo(table(["METRIC", "VALUE"], rows), nl=False)
+
+
+def _limit(value: int, show: Any) -> str:
+    # cgroup v1 reports "no limit" as a huge page-rounded number, pids as 0.
+    if value == 0 or value >= 1 << 62:
+        return "max"
+    return str(show(value))
+
+
+@tasks.command("rm")
+@click.option("--force", "-f", is_flag=True, help="kill a running task first")
+@click.option("--exec-id", default="", help="delete this (stopped) exec process instead")
+@click.argument("container_id", metavar="ID")
+def tasks_rm(force: bool, exec_id: str, container_id: str) -> None:
+    """Delete a stopped task (or exec process); prints `ID EXIT-STATUS`."""
+    client = _client()
+    client.get_container(container_id)
+    process = client.get_task(container_id, exec_id)
+    if process.status not in ("stopped", "created"):
+        if not force:
+            raise Failure(
+                f"task {container_id!r} is {process.status}: it must be stopped first "
+                "(liner tasks kill, or -f)"
+            )
+        client.kill_task(container_id, signal.SIGKILL, exec_id=exec_id)
+        run_mod.wait_interruptibly(client, container_id, exec_id)
+    if exec_id:
+        status = client.delete_process(container_id, exec_id)
+        run_mod.remove_fifo_dir(process.stdin, process.stdout, process.stderr)
+    else:
+        status = run_mod.delete_task(client, container_id)
+    click.echo(f"{exec_id or container_id} {status.status}")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@cli.command("events")
+@click.argument("filters", nargs=-1, metavar="[FILTER]...")
+def events(filters: tuple[str, ...]) -> None:
+    """Print events as they happen, of every namespace (until Ctrl-C), one line each:
+    `<timestamp> <namespace> <topic> <payload as JSON>`. Filters as containerd's, e.g.
+    topic==/tasks/exit or namespace==default."""
+    stream = _client().subscribe(filters)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for event in stream:
+            payload = eventdocs.payload_json(event.type_url, event.value, event.payload)
+            text = json.dumps(payload, separators=(",", ":"))
+            click.echo(f"{event.timestamp_text} {event.namespace} {event.topic} {text}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stream.close()
+
+
+def _interrupt(sig: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 # -- config ---------------------------------------------------------------------------------

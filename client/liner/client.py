@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import platform as host
 import queue
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,18 +18,24 @@ from types import TracebackType
 from typing import IO, Self
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from liner_api.containerd.runc.v1 import options_pb2
+from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
 from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
 from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2_grpc
-from liner_api.containerd.types import descriptor_pb2, platform_pb2
+from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
+from liner_api.containerd.types.task import task_pb2
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 
 NAMESPACE_HEADER = "containerd-namespace"
@@ -40,6 +47,10 @@ WRITE_CHUNK = 1 << 20
 _STAT = content_pb2.WriteAction.Value("STAT")
 _WRITE = content_pb2.WriteAction.Value("WRITE")
 _COMMIT = content_pb2.WriteAction.Value("COMMIT")
+RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
+SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 # Go clients encode an unset time as year 1.
 _GO_ZERO_SECONDS = -62135596800
 
@@ -214,6 +225,89 @@ class PullProgress:
     done: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class AnyValue:
+    """A protobuf Any as the daemon stores it: a type URL and the encoded bytes."""
+
+    type_url: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    type: str
+    source: str
+    options: tuple[str, ...] = ()
+    target: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    id: str
+    image: str = ""
+    runtime: str = ""
+    runtime_options: AnyValue | None = None
+    spec: AnyValue | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    snapshotter: str = ""
+    snapshot_key: str = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    extensions: dict[str, AnyValue] = field(default_factory=dict)
+    sandbox: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    """A task (id = container id) or an exec process (id = exec id) as Tasks/Get reports it."""
+
+    container_id: str
+    id: str
+    pid: int
+    status: str  # "created", "running", "stopped", "paused", "pausing" or "unknown"
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+    exit_status: int = 0
+    exited_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    status: int
+    exited_at: datetime | None
+    pid: int = 0
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    exec_id: str = ""  # from the runc ProcessDetails in the info, when there is one
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    id: str
+    timestamp: datetime | None
+    data: AnyValue | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One envelope from Events/Subscribe; `payload` is the event decoded to JSON-able form
+    (None when its type URL is not one liner knows)."""
+
+    timestamp: datetime | None
+    timestamp_text: str  # RFC 3339 with nanoseconds
+    namespace: str
+    topic: str
+    type_url: str
+    value: bytes
+    payload: dict[str, object] | None
+
+
 def _time(ts: Timestamp) -> datetime | None:
     if ts.seconds in (0, _GO_ZERO_SECONDS) and ts.nanos == 0:
         return None
@@ -289,6 +383,84 @@ def _lease(lease: leases_pb2.Lease) -> Lease:
     return Lease(id=lease.id, created_at=_time(lease.created_at), labels=dict(lease.labels))
 
 
+def _any(value: AnyValue | None) -> AnyPb | None:
+    return AnyPb(type_url=value.type_url, value=value.value) if value is not None else None
+
+
+def _any_value(value: AnyPb, present: bool) -> AnyValue | None:
+    return AnyValue(value.type_url, value.value) if present else None
+
+
+def _mount(m: mount_pb2.Mount) -> Mount:
+    return Mount(m.type, m.source, tuple(m.options), m.target)
+
+
+def _to_mount(m: Mount) -> mount_pb2.Mount:
+    return mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+
+
+def _container(c: containers_pb2.Container) -> Container:
+    return Container(
+        id=c.id,
+        image=c.image,
+        runtime=c.runtime.name,
+        runtime_options=_any_value(c.runtime.options, c.runtime.HasField("options")),
+        spec=_any_value(c.spec, c.HasField("spec")),
+        labels=dict(c.labels),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        created_at=_time(c.created_at),
+        updated_at=_time(c.updated_at),
+        extensions={k: AnyValue(v.type_url, v.value) for k, v in c.extensions.items()},
+        sandbox=c.sandbox,
+    )
+
+
+def _to_container(c: Container) -> containers_pb2.Container:
+    return containers_pb2.Container(
+        id=c.id,
+        labels=dict(c.labels),
+        image=c.image,
+        runtime=containers_pb2.Container.Runtime(name=c.runtime, options=_any(c.runtime_options)),
+        spec=_any(c.spec),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        extensions={k: AnyPb(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()},
+        sandbox=c.sandbox,
+    )
+
+
+def _process(p: task_pb2.Process) -> Process:
+    status = task_pb2.Status.Name(p.status).lower() if p.status else "unknown"
+    return Process(
+        container_id=p.container_id,
+        id=p.id,
+        pid=p.pid,
+        status=status,
+        stdin=p.stdin,
+        stdout=p.stdout,
+        stderr=p.stderr,
+        terminal=p.terminal,
+        exit_status=p.exit_status,
+        exited_at=_time(p.exited_at),
+    )
+
+
+def _process_info(p: task_pb2.ProcessInfo) -> ProcessInfo:
+    exec_id = ""
+    if p.HasField("info") and p.info.type_url.endswith("containerd.runc.v1.ProcessDetails"):
+        with contextlib.suppress(Exception):
+            exec_id = options_pb2.ProcessDetails.FromString(p.info.value).exec_id
+    return ProcessInfo(pid=p.pid, exec_id=exec_id)
+
+
+def runc_options(binary_name: str = "") -> AnyValue:
+    """`containerd.runc.v1.Options` (bare type URL, as Go's typeurl wants), optionally naming
+    the runtime binary (`ctr run --runc-binary`)."""
+    value = options_pb2.Options(binary_name=binary_name).SerializeToString()
+    return AnyValue(RUNC_OPTIONS_URL, value)
+
+
 def socket_path(address: str) -> str:
     """The filesystem path of a `unix://` address (or of a bare path)."""
     return address.removeprefix("unix://")
@@ -345,6 +517,9 @@ class Client:
         self._images = images_pb2_grpc.ImagesStub(self._channel)
         self._snapshots = snapshots_pb2_grpc.SnapshotsStub(self._channel)
         self._transfer = transfer_pb2_grpc.TransferStub(self._channel)
+        self._containers = containers_pb2_grpc.ContainersStub(self._channel)
+        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
+        self._events = events_pb2_grpc.EventsStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -368,6 +543,15 @@ class Client:
         if self.lease:
             md.append((LEASE_HEADER, self.lease))
         return md
+
+    @contextlib.contextmanager
+    def leased(self, lease: str) -> Iterator[Self]:
+        """Calls inside the block carry `lease` (the containerd-lease header)."""
+        previous, self.lease = self.lease, lease
+        try:
+            yield self
+        finally:
+            self.lease = previous
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -782,5 +966,302 @@ class Client:
             try:
                 for r in stream:
                     yield _pull_progress(r)
+            finally:
+                stream.cancel()
+
+    # -- snapshots: prepare, view, mounts ------------------------------------------------------
+
+    def prepare_snapshot(
+        self, snapshotter: str, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        request = snapshots_pb2.PrepareSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+        )
+        with self._errors():
+            r = self._snapshots.Prepare(request, metadata=self._metadata, timeout=self.timeout)
+        return [_mount(m) for m in r.mounts]
+
+    def view_snapshot(
+        self, snapshotter: str, key: str, parent: str, labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        request = snapshots_pb2.ViewSnapshotRequest(
+            snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
+        )
+        with self._errors():
+            r = self._snapshots.View(request, metadata=self._metadata, timeout=self.timeout)
+        return [_mount(m) for m in r.mounts]
+
+    def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
+        with self._errors():
+            r = self._snapshots.Mounts(
+                snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return [_mount(m) for m in r.mounts]
+
+    # -- containers --------------------------------------------------------------------------
+
+    def containers(self, filters: Sequence[str] = ()) -> list[Container]:
+        request = containers_pb2.ListContainersRequest(filters=list(filters))
+        found: list[Container] = []
+        with self._errors():
+            try:
+                for r in self._containers.ListStream(
+                    request, metadata=self._metadata, timeout=self.timeout
+                ):
+                    found.append(_container(r.container))
+            except grpc.RpcError as e:
+                if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED):
+                    raise
+                r = self._containers.List(request, metadata=self._metadata, timeout=self.timeout)
+                found = [_container(c) for c in r.containers]
+        return found
+
+    def get_container(self, id: str) -> Container:
+        with self._errors():
+            r = self._containers.Get(
+                containers_pb2.GetContainerRequest(id=id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return _container(r.container)
+
+    def create_container(self, container: Container) -> Container:
+        request = containers_pb2.CreateContainerRequest(container=_to_container(container))
+        with self._errors():
+            r = self._containers.Create(request, metadata=self._metadata, timeout=self.timeout)
+        return _container(r.container)
+
+    def update_container(self, container: Container, paths: Sequence[str] = ()) -> Container:
+        """`paths` as an update mask (`labels`, `labels.<key>`, `image`, `spec`, ...)."""
+        request = containers_pb2.UpdateContainerRequest(
+            container=_to_container(container), update_mask=FieldMask(paths=list(paths))
+        )
+        with self._errors():
+            r = self._containers.Update(request, metadata=self._metadata, timeout=self.timeout)
+        return _container(r.container)
+
+    def delete_container(self, id: str) -> None:
+        with self._errors():
+            self._containers.Delete(
+                containers_pb2.DeleteContainerRequest(id=id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        container_id: str,
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+        rootfs: Sequence[Mount] = (),
+        runtime_path: str = "",
+    ) -> int:
+        """Create the container's task (created, not yet running); returns its pid."""
+        request = tasks_pb2.CreateTaskRequest(
+            container_id=container_id,
+            rootfs=[_to_mount(m) for m in rootfs],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+            runtime_path=runtime_path,
+        )
+        with self._errors():
+            r = self._tasks.Create(request, metadata=self._metadata, timeout=self.timeout)
+        return int(r.pid)
+
+    def start_task(self, container_id: str, exec_id: str = "") -> int:
+        with self._errors():
+            r = self._tasks.Start(
+                tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return int(r.pid)
+
+    def wait_task(self, container_id: str, exec_id: str = "") -> ExitStatus:
+        """Block until the task (or exec process) exits; no deadline applies."""
+        with self._errors():
+            r = self._tasks.Wait(
+                tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self._metadata,
+            )
+        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at))
+
+    def get_task(self, container_id: str, exec_id: str = "") -> Process:
+        with self._errors():
+            r = self._tasks.Get(
+                tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return _process(r.process)
+
+    def tasks(self, filter: str = "") -> list[Process]:
+        with self._errors():
+            r = self._tasks.List(
+                tasks_pb2.ListTasksRequest(filter=filter),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return [_process(p) for p in r.tasks]
+
+    def kill_task(
+        self, container_id: str, signal: int, *, exec_id: str = "", all: bool = False
+    ) -> None:
+        with self._errors():
+            self._tasks.Kill(
+                tasks_pb2.KillRequest(
+                    container_id=container_id, exec_id=exec_id, signal=signal, all=all
+                ),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def delete_task(self, container_id: str) -> ExitStatus:
+        with self._errors():
+            r = self._tasks.Delete(
+                tasks_pb2.DeleteTaskRequest(container_id=container_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id)
+
+    def exec_process(
+        self,
+        container_id: str,
+        exec_id: str,
+        process: Mapping[str, object],
+        *,
+        stdin: str = "",
+        stdout: str = "",
+        stderr: str = "",
+        terminal: bool = False,
+    ) -> None:
+        """Add an exec process (an OCI `process` object, sent as JSON) to a running task."""
+        request = tasks_pb2.ExecProcessRequest(
+            container_id=container_id,
+            exec_id=exec_id,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            terminal=terminal,
+            spec=AnyPb(type_url=PROCESS_URL, value=json.dumps(process).encode()),
+        )
+        with self._errors():
+            self._tasks.Exec(request, metadata=self._metadata, timeout=self.timeout)
+
+    def delete_process(self, container_id: str, exec_id: str) -> ExitStatus:
+        with self._errors():
+            r = self._tasks.DeleteProcess(
+                tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id)
+
+    def close_io(self, container_id: str, exec_id: str = "", *, stdin: bool = True) -> None:
+        with self._errors():
+            self._tasks.CloseIO(
+                tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=stdin),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def resize_pty(self, container_id: str, width: int, height: int, exec_id: str = "") -> None:
+        with self._errors():
+            self._tasks.ResizePty(
+                tasks_pb2.ResizePtyRequest(
+                    container_id=container_id, exec_id=exec_id, width=width, height=height
+                ),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def pause_task(self, container_id: str) -> None:
+        with self._errors():
+            self._tasks.Pause(
+                tasks_pb2.PauseTaskRequest(container_id=container_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def resume_task(self, container_id: str) -> None:
+        with self._errors():
+            self._tasks.Resume(
+                tasks_pb2.ResumeTaskRequest(container_id=container_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+
+    def list_pids(self, container_id: str) -> list[ProcessInfo]:
+        with self._errors():
+            r = self._tasks.ListPids(
+                tasks_pb2.ListPidsRequest(container_id=container_id),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return [_process_info(p) for p in r.processes]
+
+    def metrics(self, filters: Sequence[str] = ()) -> list[Metric]:
+        with self._errors():
+            r = self._tasks.Metrics(
+                tasks_pb2.MetricsRequest(filters=list(filters)),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
+        return [
+            Metric(
+                id=m.id,
+                timestamp=_time(m.timestamp),
+                data=_any_value(m.data, m.HasField("data")),
+            )
+            for m in r.metrics
+        ]
+
+    def update_task(
+        self,
+        container_id: str,
+        resources: Mapping[str, object],
+        annotations: Mapping[str, str] | None = None,
+    ) -> None:
+        """Change a running task's resources (an OCI `linux.resources` object, sent as JSON)."""
+        request = tasks_pb2.UpdateTaskRequest(
+            container_id=container_id,
+            resources=AnyPb(type_url=RESOURCES_URL, value=json.dumps(resources).encode()),
+            annotations=dict(annotations or {}),
+        )
+        with self._errors():
+            self._tasks.Update(request, metadata=self._metadata, timeout=self.timeout)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def subscribe(self, filters: Sequence[str] = ()) -> Iterator[Event]:
+        """Events as they happen (of every namespace unless a filter says otherwise), until the
+        iterator is closed. No deadline applies."""
+        from liner.events import decode
+
+        with self._errors():
+            stream = self._events.Subscribe(
+                events_pb2.SubscribeRequest(filters=list(filters)), metadata=self._metadata
+            )
+            try:
+                for envelope in stream:
+                    yield Event(
+                        timestamp=_time(envelope.timestamp),
+                        timestamp_text=envelope.timestamp.ToJsonString(),
+                        namespace=envelope.namespace,
+                        topic=envelope.topic,
+                        type_url=envelope.event.type_url,
+                        value=envelope.event.value,
+                        payload=decode(envelope.event.type_url, envelope.event.value),
+                    )
             finally:
                 stream.cancel()
