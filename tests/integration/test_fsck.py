@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import grpc
 import pytest
-from support import Linerd, ns
+from support import REPO, Linerd, ns
 
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
@@ -88,3 +89,30 @@ def test_unreferenced_objects_are_reported(linerd: Linerd) -> None:
     with linerd.channel() as channel:
         digest = write(channel, b"nothing holds this", {})  # no lease, no root label
     assert ("unreferenced", f"default/content/{digest}") in kinds(linerd)
+
+
+def test_liner_check_store(linerd: Linerd) -> None:
+    liner = [
+        str(REPO / ".venv/bin/liner"),
+        "check",
+        "--store",
+        "--root",
+        str(linerd.root),
+        "--state",
+        str(linerd.state),
+    ]
+    clean = subprocess.run(liner, capture_output=True, text=True)
+    assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr
+    (linerd.root / "snapshots/native/777").mkdir()
+    dirty = subprocess.run(liner, capture_output=True, text=True)
+    assert dirty.returncode == 1
+    assert dirty.stdout.splitlines() == [
+        f"orphan-snapshot-dir: {linerd.root / 'snapshots/native/777'}: "
+        "a directory no snapshot records"
+    ]
+    busy = subprocess.run([*liner, "--repair"], capture_output=True, text=True)
+    assert busy.returncode == 1 and "stop it before repairing" in busy.stderr
+    linerd.stop()
+    fixed = subprocess.run([*liner, "--repair"], capture_output=True, text=True)
+    assert fixed.returncode == 0 and fixed.stdout.startswith("repaired orphan-snapshot-dir")
+    linerd.start()
