@@ -43,7 +43,7 @@ from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
-from linerd.remotes.hosts import Credentials, HostsConfig
+from linerd.remotes.hosts import HostsConfig
 from linerd.remotes.push import RepositoryPusher
 
 log = structlog.get_logger("linerd.push")
@@ -177,17 +177,8 @@ class Pusher:
             raise NotFound(f"image {name!r} not found") from None
 
     def _hosts_for(self, ref: reference.Reference, request: PushRequest) -> HostsConfig:
-        base = self._hosts()
-        if not (request.plain_http or request.username or request.secret):
-            return base
-        auths = dict(base.auths)
-        if request.username or request.secret:
-            auths[ref.host] = Credentials(request.username, request.secret)
-        return HostsConfig(
-            base.registries,
-            auths,
-            config_path=base.config_path,
-            plain_http=request.plain_http or base.plain_http,
+        return self._hosts().for_request(
+            ref.host, request.plain_http, request.username, request.secret
         )
 
     async def _lease(self, namespace: str, lease: str, desc: Descriptor) -> None:

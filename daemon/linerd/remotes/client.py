@@ -24,7 +24,7 @@ import random
 import ssl
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,10 @@ MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 4096
+
+
+# A request body: bytes, or a factory of an async byte stream (called again on a resend).
+Body = bytes | Callable[[], AsyncIterator[bytes]] | None
 
 
 class _Retryable(Exception):
@@ -455,12 +459,15 @@ class RegistryClient:
         self,
         ep: Endpoint,
         method: str,
-        url: str,
+        url: str | httpx.URL,
         headers: dict[str, str],
         authorization: str | None,
+        body: Body = None,
     ) -> tuple[httpx.Response, bool]:
-        """One logical request, following redirects by hand; returns the final response
-        (streaming) and whether it came from the endpoint's own origin."""
+        """One logical request, following redirects by hand (credentials only to the
+        endpoint's own origin, never HTTPS to HTTP; a request with a body follows only
+        307/308, which resend it); returns the final (streaming) response and whether it came
+        from the endpoint's own origin."""
         client = self._http(ep.tls)
         origin = _origin(ep.base_url)
         current = httpx.URL(url)
@@ -471,7 +478,8 @@ class RegistryClient:
                 h.update(ep.headers)
                 if authorization is not None:
                     h["Authorization"] = authorization
-            request = client.build_request(method, current, headers=h)
+            content = body() if callable(body) else body
+            request = client.build_request(method, current, headers=h, content=content)
             resp = await client.send(request, stream=True)
             log.debug("registry response", method=method, host=current.netloc.decode(),
                       path=current.path, status=resp.status_code)  # fmt: skip
@@ -486,8 +494,11 @@ class RegistryClient:
                 raise errdefs.FailedPrecondition(f"{ep.host}: redirect to a non-HTTP URL")
             if current.scheme == "https" and target.scheme == "http":
                 raise errdefs.PermissionDenied(f"{ep.host}: refusing redirect from HTTPS to HTTP")
-            if resp.status_code == 303 and method != "HEAD":
-                method = "GET"
+            if method not in ("GET", "HEAD") and resp.status_code in (301, 302, 303):
+                raise errdefs.FailedPrecondition(
+                    f"{ep.host}: {method} redirected with HTTP {resp.status_code} "
+                    "(only 307/308 keep the request)"
+                )
             current = target
         raise errdefs.FailedPrecondition(f"{ep.host}: more than {MAX_REDIRECTS} redirects")
 

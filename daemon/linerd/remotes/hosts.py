@@ -298,6 +298,21 @@ class HostsConfig:
             plain_http=plain,
         )
 
+    def for_request(self, host: str, plain_http: bool, username: str, secret: str) -> HostsConfig:
+        """This configuration with one request's overrides: plain HTTP, and credentials for
+        `host` (a pull's or push's `--plain-http` and `--user`)."""
+        if not (plain_http or username or secret):
+            return self
+        auths = dict(self.auths)
+        if username or secret:
+            auths[host] = Credentials(username, secret)
+        return HostsConfig(
+            self.registries,
+            auths,
+            config_path=self.config_path,
+            plain_http=plain_http or self.plain_http,
+        )
+
     # -- lookup -------------------------------------------------------------------------------
 
     def registry(self, host: str) -> RegistryHosts:

@@ -51,11 +51,10 @@ from linerd.remotes import reference as refs
 from linerd.remotes.auth import repository_scope
 from linerd.remotes.client import (
     _RETRY_STATUSES,
-    MAX_REDIRECTS,
+    Body,
     RegistryClient,
     _describe,
     _error_detail,
-    _origin,
     _read_capped,
     _retry_after,
     _Retryable,
@@ -73,7 +72,6 @@ OCTET_STREAM = "application/octet-stream"
 
 # (offset, length) -> the blob's bytes in that range, as chunks. Called again on a retry.
 BlobSource = Callable[[int, int], AsyncIterator[bytes]]
-Body = bytes | Callable[[], AsyncIterator[bytes]] | None
 
 
 class _Restart(Exception):
@@ -334,8 +332,9 @@ class RepositoryPusher:
             attempt += 1
             try:
                 authorization = await self.client.auth.authorization(ep, scopes)
-                resp, same_origin = await self._send(method, target, headers or {}, body,
-                                                     authorization)  # fmt: skip
+                resp, same_origin = await self.client._send(
+                    ep, method, target, headers or {}, authorization, body
+                )
                 status = resp.status_code
                 if status == 401 and same_origin:
                     www = resp.headers.get_list("WWW-Authenticate")
@@ -384,51 +383,6 @@ class RepositoryPusher:
             detail = await _error_detail(resp)
             await resp.aclose()
             raise _status_error(status, what, detail)
-
-    async def _send(
-        self,
-        method: str,
-        url: httpx.URL,
-        headers: dict[str, str],
-        body: Body,
-        authorization: str | None,
-    ) -> tuple[httpx.Response, bool]:
-        """Send, following redirects by hand (307/308 resend the body; credentials only to the
-        endpoint's own origin, never HTTPS → HTTP); returns the final (streaming) response."""
-        ep = self.endpoint
-        client = self.client._http(ep.tls)
-        origin = _origin(ep.base_url)
-        current = url
-        for _hop in range(MAX_REDIRECTS + 1):
-            same_origin = _origin(current) == origin
-            h = dict(headers)
-            if same_origin:
-                h.update(ep.headers)
-                if authorization is not None:
-                    h["Authorization"] = authorization
-            content = body() if callable(body) else body
-            request = client.build_request(method, current, headers=h, content=content)
-            resp = await client.send(request, stream=True)
-            log.debug("registry response", method=method, host=current.netloc.decode(),
-                      path=current.path, status=resp.status_code)  # fmt: skip
-            if resp.status_code not in (301, 302, 303, 307, 308):
-                return resp, same_origin
-            location = resp.headers.get("Location")
-            await resp.aclose()
-            if not location:
-                raise errdefs.FailedPrecondition(f"{ep.host}: redirect without a Location")
-            target = current.join(location)
-            if target.scheme not in ("http", "https"):
-                raise errdefs.FailedPrecondition(f"{ep.host}: redirect to a non-HTTP URL")
-            if current.scheme == "https" and target.scheme == "http":
-                raise errdefs.PermissionDenied(f"{ep.host}: refusing redirect from HTTPS to HTTP")
-            if resp.status_code in (301, 302, 303) and method not in ("HEAD", "GET"):
-                raise errdefs.FailedPrecondition(
-                    f"{ep.host}: {method} redirected with HTTP {resp.status_code} "
-                    "(only 307/308 keep the request)"
-                )
-            current = target
-        raise errdefs.FailedPrecondition(f"{ep.host}: more than {MAX_REDIRECTS} redirects")
 
 
 def _with_digest(location: httpx.URL, digest: str) -> httpx.URL:
