@@ -30,10 +30,8 @@ from liner.client import (
     Client,
     Image,
     LinerClientError,
-    Platform,
     Process,
     SnapshotInfo,
-    host_platform,
 )
 from liner.format import (
     age,
@@ -48,6 +46,8 @@ from liner.format import (
 from liner.progress import Display, LiveDisplay, NoDisplay, PlainDisplay
 from liner.run import RunError
 from liner.version import __version__
+from linerd.errdefs import InvalidArgument
+from linerd.imagespec import host_platform, parse_platform
 
 CLIENT_REVISION = "liner"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -495,8 +495,8 @@ def images_pull(
 ) -> None:
     """Pull an image (in linerd) and unpack it; prints `NAME DIGEST` when done."""
     try:
-        wanted = [Platform.parse(p) for p in platforms]
-    except ValueError as e:
+        wanted = [parse_platform(p) for p in platforms]
+    except InvalidArgument as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
     client = _client()

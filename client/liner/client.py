@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import platform as host
 import queue
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from liner_api.containerd.services.version.v1 import version_pb2_grpc
 from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
 from liner_api.containerd.types.task import task_pb2
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
+from linerd.imagespec import Platform, parse_platform
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -133,62 +133,6 @@ class Image:
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", ""),
-    "x86-64": ("amd64", ""),
-    "aarch64": ("arm64", ""),
-    "armhf": ("arm", "v7"),
-    "armel": ("arm", "v6"),
-    "i386": ("386", ""),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """An OCI platform, `os/arch[/variant]`, normalized as containerd does."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        """`linux/amd64`, `linux/arm64/v8`, or a bare `arm64` (os linux). ValueError if bad."""
-        parts = text.strip().split("/")
-        if not text.strip() or len(parts) > 3 or any(not p for p in parts):
-            raise ValueError(f"invalid platform {text!r}: want os/arch[/variant]")
-        if len(parts) == 1:
-            parts = ["linux", parts[0]]
-        return cls(*parts).normalized()
-
-    def normalized(self) -> Platform:
-        arch, variant = _ARCH_ALIASES.get(self.architecture, (self.architecture, self.variant))
-        variant = variant or self.variant
-        if arch == "arm64" and variant == "v8":
-            variant = ""  # containerd treats arm64 and arm64/v8 alike
-        return Platform(self.os.lower(), arch, variant)
-
-    def matches(self, other: Platform) -> bool:
-        a, b = self.normalized(), other.normalized()
-        return (
-            a.os == b.os
-            and a.architecture == b.architecture
-            and (not a.variant or not b.variant or a.variant == b.variant)
-        )
-
-
-def host_platform() -> Platform:
-    """This machine's platform (the daemon's default when a pull names none)."""
-    machine = host.machine()
-    if machine.startswith("armv7"):
-        return Platform("linux", "arm", "v7")
-    arch, variant = _ARCH_ALIASES.get(machine, (machine, ""))
-    return Platform("linux", arch, variant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -948,7 +892,7 @@ class Client:
         `platforms` empty means the daemon's; `snapshotter` empty the daemon's default. Closing
         the iterator early cancels the pull.
         """
-        wanted = [p if isinstance(p, Platform) else Platform.parse(p) for p in platforms]
+        wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.PullRequest(
             reference=ref,
             platforms=[

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from liner.client import Client, Descriptor, Image, LinerClientError, Platform
+from liner.client import Client, Descriptor, Image, LinerClientError
+from linerd.imagespec import Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

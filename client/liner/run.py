@@ -41,11 +41,11 @@ from liner.client import (
     ExitStatus,
     LinerClientError,
     Mount,
-    host_platform,
     runc_options,
 )
 from liner.format import rfc3339
 from liner.images import Documents
+from linerd.imagespec import host_platform
 
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 EXPIRE_LABEL = "containerd.io/gc.expire"
