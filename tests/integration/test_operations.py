@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,7 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from registry import Registry, free_port
+from imagebuild import OCI_MANIFEST, build_config, build_layer, build_manifest, file
+from registry import Registry, ThrottlingProxy, free_port
 from support import REPO, Linerd, ns
 
 from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
@@ -305,3 +307,82 @@ def test_task_metrics_follow_the_task(
     text = scrape()
     assert "metered" not in text  # per-task series end with the task
     assert "liner_containers 0.0" in text
+
+
+def test_sighup_keeps_a_running_pull_and_container(tmp_path: Path, registry: Registry) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[log]\nlevel = "info"\n')
+    daemon = Linerd(tmp_path / "d", ["--config", str(config)], log_level=None)
+    big = build_layer([file("blob", os.urandom(8 << 20))], "none")
+    image_config = build_config([big.diff_id])
+    manifest = build_manifest(image_config, [big])
+    registry.push_raw(
+        "sighup/big", "v1", manifest.data, OCI_MANIFEST, [image_config.data, big.blob.data]
+    )
+    proxy = ThrottlingProxy(registry.host, delay=0.02)  # about 3 MiB/s
+    daemon.start()
+    try:
+        assert daemon.proc is not None
+        busybox = registry.ref("library/busybox:latest")
+        pull(daemon, busybox)
+        subprocess.run(
+            ["ctr", "-a", daemon.address, "run", "-d", busybox, "keeps", "sleep", "60"],
+            check=True,
+            timeout=60,
+        )
+        progress: list[transfer_pb2.PullProgress] = []
+        errors: list[Exception] = []
+
+        def slow_pull() -> None:
+            try:
+                with daemon.channel() as channel:
+                    stub = transfer_pb2_grpc.TransferStub(channel)
+                    request = transfer_pb2.PullRequest(
+                        reference=f"{proxy.host}/sighup/big:v1", plain_http=True
+                    )
+                    progress.extend(stub.Pull(request, metadata=ns(), timeout=120))
+            except Exception as e:
+                errors.append(e)
+
+        puller = threading.Thread(target=slow_pull)
+        puller.start()
+        wait_for(
+            lambda: any(
+                b.offset for u in progress for b in u.blobs if b.descriptor.digest == big.digest
+            ),
+            30,
+            "the pull to start",
+        )
+        config.write_text('[log]\nlevel = "debug"\n')
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: '"reloaded"' in daemon.log(), 10, "the reload")
+        config.write_text("[gc\n")  # invalid: refused, the old one stays
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in daemon.log(), 10, "the refusal")
+        puller.join(120)
+        assert not errors, errors
+        assert progress[-1].done and progress[-1].target.digest == manifest.digest
+        tasks = subprocess.run(
+            ["ctr", "-a", daemon.address, "tasks", "ls"], check=True, capture_output=True, text=True
+        ).stdout
+        assert "keeps" in tasks and "RUNNING" in tasks
+        subprocess.run(
+            ["ctr", "-a", daemon.address, "tasks", "kill", "-s", "SIGKILL", "keeps"], check=True
+        )
+        wait_for(
+            lambda: (
+                "STOPPED"
+                in subprocess.run(
+                    ["ctr", "-a", daemon.address, "tasks", "ls"], capture_output=True, text=True
+                ).stdout
+            ),
+            10,
+            "the kill",
+        )
+        subprocess.run(
+            ["ctr", "-a", daemon.address, "tasks", "rm", "keeps"], check=True, capture_output=True
+        )
+        subprocess.run(["ctr", "-a", daemon.address, "containers", "rm", "keeps"], check=True)
+    finally:
+        proxy.stop()
+        daemon.stop()
