@@ -4,11 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the daemon and the test suite use (ctr comes from containerd; its daemon is never started).
-DEB_PACKAGES := python3-venv runc conmon containerd busybox-static docker-registry skopeo umoci \
-	prometheus systemd
+# The golang-*-dev packages carry containerd's own .proto files: a test compares ours with them.
+DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-registry skopeo \
+	umoci prometheus systemd golang-github-containerd-containerd-dev \
+	golang-github-containerd-cgroups-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: setup deps proto run test test-unit lint install clean
+.PHONY: setup deps proto run test test-unit lint install clean bench
 
 setup: deps $(STAMP)
 
@@ -39,6 +41,20 @@ test: setup
 
 test-unit: setup
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+# liner vs containerd side by side (bench/README.md); BENCH_ARGS e.g. --tmpfs, --load, --smoke.
+# Needs what `deps` installs plus debootstrap (the `deb` image), Debian's containerd (the peer
+# daemon and ctr) and docker-registry.
+BENCH_PACKAGES := containerd debootstrap docker-registry skopeo runc conmon
+BENCH_ARGS ?=
+
+bench: setup
+	@missing=$$(for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

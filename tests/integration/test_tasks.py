@@ -260,7 +260,15 @@ def daemon(
 class Api:
     """Stubs, the image's top snapshot, and helpers that make containers and tasks."""
 
-    def __init__(self, daemon: Linerd, ch: grpc.Channel, parent: str, tmp: Path) -> None:
+    def __init__(
+        self,
+        daemon: Linerd,
+        ch: grpc.Channel,
+        parent: str,
+        tmp: Path,
+        runtime: str = "io.containerd.runc.v2",
+    ) -> None:
+        self.runtime = runtime  # what containers get unless a test names another
         self.daemon = daemon
         self.parent = parent
         self.tmp = tmp
@@ -287,14 +295,14 @@ class Api:
         args: list[str],
         *,
         raw_spec: bytes | None = None,
-        runtime: str = "io.containerd.runc.v2",
+        runtime: str = "",
         binary: str = "",
     ) -> list[mount_pb2.Mount]:
         """Snapshots/Prepare + Containers/Create in a lease, as `ctr run` does (without it the
         garbage collector may take the new snapshot first); returns the rootfs mounts."""
         lease = self.leases.Create(leases_pb2.CreateRequest(), metadata=self.md).lease.id
         try:
-            self._container(cid, args, ns(NS, lease), raw_spec, runtime, binary)
+            self._container(cid, args, ns(NS, lease), raw_spec, runtime or self.runtime, binary)
         finally:
             self.leases.Delete(leases_pb2.DeleteRequest(id=lease), metadata=self.md)
         return self.mounts[cid]
@@ -421,10 +429,17 @@ class Api:
                 self.delete(cid)
 
 
-@pytest.fixture
-def api(daemon: Linerd, busybox_layout: BusyboxLayout, tmp_path: Path) -> Iterator[Api]:
+RUNTIMES = ["io.containerd.runc.v2"] + (["crun"] if shutil.which("crun") else [])
+
+
+@pytest.fixture(params=RUNTIMES)
+def api(
+    daemon: Linerd, busybox_layout: BusyboxLayout, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Api]:
+    """The lifecycle tests run with runc and, where installed, crun (through linerd's wrapper
+    on this hybrid-cgroup host)."""
     with daemon.channel() as ch:
-        a = Api(daemon, ch, chain_id(busybox_layout), tmp_path)
+        a = Api(daemon, ch, chain_id(busybox_layout), tmp_path, request.param)
         yield a
         left = [f"task {t}" for t in a.list()] + leftovers(daemon.base)
         if left:
