@@ -1,0 +1,78 @@
+"""The bench harness (bench/bench.py) in smoke mode, so it cannot rot.
+
+Tiny images (busybox only), 2 runs of everything, containerd side by side when installed, and
+the load check scaled down. Nothing is timed or compared here: the test checks that the harness
+prints its table and writes valid JSON (into a temp results dir, never bench/results/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(
+        any(shutil.which(t) is None for t in ("ctr", "conmon", "runc", "nsenter", "skopeo")),
+        reason="needs ctr, conmon, runc, nsenter and skopeo",
+    ),
+    pytest.mark.skipif(shutil.which("docker-registry") is None, reason="no docker-registry"),
+]
+
+
+def test_bench_smoke_prints_table_and_writes_json(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench.py"),
+            "--smoke",
+            "--load",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--results-dir",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("metric"))
+    assert "liner" in lines[header] and "containerd" in lines[header]
+    assert lines[header].split()[-1] == "ratio"
+    table = "\n".join(lines[header:])
+    for row in ("(a) ctr pull+unpack", "(b) ctr run --rm", "(c) 2 run -d", "(d) daemon RSS",
+                "(d) PSS per helper", "(e) ctr version", "liner images pull"):  # fmt: skip
+        assert row in table, table
+    assert "load:" in proc.stdout
+
+    [path] = list(results.glob("*.json"))
+    assert str(path) in proc.stdout
+    doc = json.loads(path.read_text())
+    assert doc["mode"]["smoke"] is True
+    with_containerd = doc["mode"]["containerd"]
+    for key in ("pull_busybox", "pull_busybox-zstd", "run_rm", "detached", "rss_idle",
+                "helper_pss", "ctr_version", "ctr_images_ls", "liner_version"):  # fmt: skip
+        metric = doc["metrics"][key]
+        liner = metric["liner"]
+        assert liner["n"] >= 1 and liner["min"] <= liner["median"] <= liner["max"], metric
+        if with_containerd:
+            if "ratio_versus" not in metric:  # liner-only rows compare with another row
+                assert metric["containerd"]["n"] >= 1, metric
+            assert metric["ratio"] > 0, metric
+    assert doc["metrics"]["liner_pull_busybox"]["ratio_versus"].startswith("pull_busybox")
+    load = doc["load"]
+    assert load["concurrent_pulls"]["pulls"] == 20  # smoke: 20 of the 50
+    assert set(load["run_rm_leaks"]["before"]) == {"fds", "threads", "mounts", "rss_kb"}
