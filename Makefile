@@ -10,7 +10,7 @@ DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-r
 	golang-github-containerd-cgroups-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: setup deps proto run test test-unit lint install clean bench
+.PHONY: setup deps proto run test test-unit lint install bench clean
 
 setup: deps $(STAMP)
 
