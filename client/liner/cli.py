@@ -523,6 +523,158 @@ def images_pull(
     click.echo(f"{final.name} {final.target.digest}")
 
 
+@images.command("push")
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="for an index: push only these platforms' manifests (repeatable); default: all",
+)
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry")
+@click.option(
+    "--user",
+    "-u",
+    metavar="USER[:PASSWORD]",
+    help="registry credentials; without :PASSWORD it is prompted for, or read from stdin",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="live display (tty), one line per state change (plain), or none; auto picks by stdout",
+)
+@click.argument("ref")
+@click.argument("local", required=False, default="", metavar="[LOCAL]")
+def images_push(
+    platforms: tuple[str, ...],
+    plain_http: bool,
+    user: str | None,
+    progress: str,
+    ref: str,
+    local: str,
+) -> None:
+    """Push image LOCAL (default: REF) of linerd's store to the registry as REF; prints
+    `REF DIGEST` when done."""
+    try:
+        wanted = [parse_platform(p) for p in platforms]
+    except InvalidArgument as e:
+        raise click.BadParameter(str(e), param_hint="--platform") from None
+    username, secret = _credentials(user)
+    client = _client()
+    display = _display(progress)
+    final = None
+    try:
+        for update in client.push(
+            ref, local, wanted, plain_http=plain_http, username=username, secret=secret
+        ):
+            display.update(update)
+            if update.done:
+                final = update
+    finally:
+        display.close()
+    if final is None or final.target is None:
+        raise Failure(f"{ref}: the push ended without a result")
+    click.echo(f"{final.name} {final.target.digest}")
+
+
+@images.command("export")
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="for an index: export these platforms' manifests (repeatable); default: this machine's",
+)
+@click.option("--all-platforms", is_flag=True, help="export every manifest of an index")
+@click.option(
+    "--skip-manifest-json", is_flag=True, help="do not write docker's manifest.json as well"
+)
+@click.argument("out", metavar="OUT.tar|-")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+def images_export(
+    platforms: tuple[str, ...],
+    all_platforms: bool,
+    skip_manifest_json: bool,
+    out: str,
+    refs: tuple[str, ...],
+) -> None:
+    """Export images as an OCI image layout tar (to a file, or `-` for stdout)."""
+    try:
+        wanted = [parse_platform(p) for p in platforms]
+    except InvalidArgument as e:
+        raise click.BadParameter(str(e), param_hint="--platform") from None
+    client = _client()
+    chunks = client.export(
+        refs, wanted, all_platforms=all_platforms, docker_manifest=not skip_manifest_json
+    )
+    if out == "-":
+        if sys.stdout.isatty():
+            raise Failure("refusing to write a tar to a terminal: redirect stdout or name a file")
+        stream = sys.stdout.buffer
+        for data in chunks:
+            stream.write(data)
+        stream.flush()
+        return
+    path = Path(out)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(partial, "wb") as f:
+            for data in chunks:
+                f.write(data)
+        os.replace(partial, path)
+    except OSError as e:
+        raise Failure(f"{out}: {e.strerror or e}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _file_chunks(source: Any, size: int = 1 << 20) -> Any:
+    while True:
+        data = source.read(size)
+        if not data:
+            return
+        yield data
+
+
+@images.command("import")
+@click.option("--snapshotter", default="", help="snapshotter to unpack into [default: linerd's]")
+@click.option("--skip-unpack", is_flag=True, help="store the content only, do not unpack")
+@click.option(
+    "--base-name",
+    default="",
+    help="name for images the archive does not name fully (BASE:tag, BASE@digest)",
+)
+@click.option(
+    "--all-platforms", is_flag=True, help="every platform of an index must be in the archive"
+)
+@click.argument("source", metavar="IN.tar|-")
+def images_import(
+    snapshotter: str, skip_unpack: bool, base_name: str, all_platforms: bool, source: str
+) -> None:
+    """Import an OCI image layout tar or a Docker archive (`docker save`), from a file or `-`
+    for stdin, and unpack it; prints `NAME DIGEST` per image."""
+    client = _client()
+    try:
+        f = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise Failure(f"{source}: {e.strerror or e}") from None
+    try:
+        imported = client.import_archive(
+            _file_chunks(f),
+            snapshotter=snapshotter,
+            skip_unpack=skip_unpack,
+            base_name=base_name,
+            all_platforms=all_platforms,
+        )
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+    for name, target, _ in imported:
+        click.echo(f"{name} {target.digest}")
+
+
 @images.command("ls")
 @click.option("--quiet", "-q", is_flag=True, help="print only the names")
 @click.argument("filters", nargs=-1, metavar="[FILTER]...")

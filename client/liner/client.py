@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import queue
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -912,6 +912,91 @@ class Client:
                     yield _pull_progress(r)
             finally:
                 stream.cancel()
+
+    # -- push, export, import -----------------------------------------------------------------
+
+    def push(
+        self,
+        ref: str,
+        image: str = "",
+        platforms: Sequence[Platform | str] = (),
+        plain_http: bool = False,
+        username: str = "",
+        secret: str = "",
+    ) -> Iterator[PullProgress]:
+        """Push image `image` (empty: `ref`) to `ref` from the daemon; yields its progress
+        (states "waiting", "uploading", "exists", "mounted", "done"), the last with `done`."""
+        wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
+        request = transfer_pb2.PushRequest(
+            reference=ref,
+            image=image,
+            platforms=[
+                platform_pb2.Platform(os=p.os, architecture=p.architecture, variant=p.variant)
+                for p in wanted
+            ],
+            plain_http=plain_http,
+            credentials=transfer_pb2.Credentials(username=username, secret=secret),
+        )
+        with self._errors():
+            stream = self._transfer.Push(request, metadata=self._metadata, timeout=self.timeout)
+            try:
+                for r in stream:
+                    yield _pull_progress(r)  # the same shape as a pull's
+            finally:
+                stream.cancel()
+
+    def export(
+        self,
+        names: Sequence[str],
+        platforms: Sequence[Platform | str] = (),
+        all_platforms: bool = False,
+        docker_manifest: bool = True,
+    ) -> Iterator[bytes]:
+        """The images as an OCI image layout tar, in chunks."""
+        wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
+        request = transfer_pb2.ExportRequest(
+            names=list(names),
+            platforms=[
+                platform_pb2.Platform(os=p.os, architecture=p.architecture, variant=p.variant)
+                for p in wanted
+            ],
+            all_platforms=all_platforms,
+            docker_manifest=docker_manifest,
+        )
+        with self._errors():
+            stream = self._transfer.Export(request, metadata=self._metadata, timeout=self.timeout)
+            try:
+                for r in stream:
+                    yield r.data
+            finally:
+                stream.cancel()
+
+    def import_archive(
+        self,
+        chunks: Iterable[bytes],
+        snapshotter: str = "",
+        skip_unpack: bool = False,
+        base_name: str = "",
+        all_platforms: bool = False,
+    ) -> list[tuple[str, Descriptor, bool]]:
+        """Import an image archive (OCI layout or Docker archive tar) streamed as `chunks`;
+        returns (name, target, created) per image."""
+        options = transfer_pb2.ImportOptions(
+            snapshotter=snapshotter,
+            skip_unpack=skip_unpack,
+            base_name=base_name,
+            all_platforms=all_platforms,
+        )
+
+        def requests() -> Iterator[transfer_pb2.ImportChunk]:
+            yield transfer_pb2.ImportChunk(options=options)
+            for data in chunks:
+                if data:
+                    yield transfer_pb2.ImportChunk(data=data)
+
+        with self._errors():
+            r = self._transfer.Import(requests(), metadata=self._metadata, timeout=self.timeout)
+        return [(i.name, _descriptor(i.target), i.created) for i in r.images]
 
     # -- snapshots: prepare, view, mounts ------------------------------------------------------
 

@@ -200,7 +200,7 @@ class _Job:
     ref: reference.Reference
     client: RegistryClient
     progress: Progress
-    source_label: tuple[str, str]
+    source_label: tuple[str, str] | None  # None: no registry source (an import)
 
 
 class Puller:
@@ -224,6 +224,7 @@ class Puller:
         self._hosts = hosts
         self._scratch = scratch
         self._downloads = _SingleFlight()
+        self._small_fetches = _SingleFlight()
         self._unpacks = _SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
         self._live: dict[tuple[str, str], _LiveBlob] = {}
@@ -381,6 +382,11 @@ class Puller:
     async def _label(self, job: _Job, digest: str, labels: dict[str, str]) -> None:
         """Set `labels` and record the source repository (a comma-separated list, as
         containerd keeps it, so a push can mount the blob from any of them)."""
+        if job.source_label is None:
+            await self._content.update(
+                job.namespace, digest, labels, [f"labels.{k}" for k in labels]
+            )
+            return
         key, repository = job.source_label
         info = await self._content.info(job.namespace, digest)
         sources = [r for r in info.labels.get(key, "").split(",") if r]
@@ -403,6 +409,15 @@ class Puller:
             job.progress.update(desc.digest, offset=desc.size, state="exists")
             return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
         job.progress.update(desc.digest, state="downloading")
+        # Concurrent pulls of one image share the fetch (a second writer of the same ref would
+        # be refused as locked).
+        data = await self._small_fetches.run(
+            (job.namespace, desc.digest), lambda: self._fetch_and_store(job, desc, kind)
+        )
+        job.progress.update(desc.digest, offset=desc.size, state="downloaded")
+        return data
+
+    async def _fetch_and_store(self, job: _Job, desc: Descriptor, kind: str) -> bytes:
         if kind == "config":
             chunks = [c async for c in job.client.fetch_blob(job.ref, desc)]
             data = b"".join(chunks)
@@ -410,7 +425,6 @@ class Puller:
             data = await job.client.fetch_manifest(job.ref, desc)
         job.progress.fetched += len(data)
         await self._store(job, f"{kind}-{desc.digest}", desc, data)
-        job.progress.update(desc.digest, offset=desc.size, state="downloaded")
         return data
 
     async def _store(self, job: _Job, ref: str, desc: Descriptor, data: bytes) -> None:
@@ -480,6 +494,70 @@ class Puller:
                     await self._content.abort(job.namespace, ref)
 
     # -- unpacking --------------------------------------------------------------------------
+
+    @property
+    def default_snapshotter(self) -> str:
+        return self._default_snapshotter
+
+    def has_snapshotter(self, name: str) -> bool:
+        return name in self._snapshots
+
+    async def unpack_image(
+        self,
+        namespace: str,
+        target: Descriptor,
+        snapshotter: str,
+        lease: str,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """Unpack an image whose content is all in the store (an import), as a pull unpacks:
+        one snapshot per chain ID under `lease`, the config labelled with the top one. An
+        index: its manifest for the daemon's platform (NotFound if it has none); a lone
+        manifest whatever its platform. Returns the chain IDs."""
+        if snapshotter not in self._snapshots:
+            raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
+        # No registry: the unpack path reads only the store (ref and client stay unused).
+        job = _Job(namespace, lease, None, None, progress or Progress(), None)  # type: ignore[arg-type]
+        desc = target
+        if target.media_type in imagespec.INDEXES:
+            body = await self._read_blob(namespace, target)
+            here = imagespec.host_platform()
+            match = next(
+                (
+                    e.descriptor
+                    for e in imagespec.parse_index(body, target.digest)
+                    if e.descriptor.media_type in imagespec.MANIFESTS
+                    and e.platform is not None
+                    and e.platform.matches(here)
+                ),
+                None,
+            )
+            if match is None:
+                raise NotFound(f"index {target.digest} has no manifest for platform {here}")
+            desc = match
+        manifest = imagespec.parse_manifest(await self._read_blob(namespace, desc), desc.digest)
+        config = imagespec.parse_config(
+            await self._read_blob(namespace, manifest.config), manifest.config.digest
+        )
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(
+                f"manifest {desc.digest} has {len(manifest.layers)} layers but its config "
+                f"lists {len(config.diff_ids)} diff ids"
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        for layer in manifest.layers:
+            job.progress.add(layer, "exists")
+        await self._unpack(
+            job, snapshotter, manifest, config, {layer.digest: done for layer in manifest.layers}
+        )
+        return imagespec.chain_ids(config.diff_ids)
+
+    async def _read_blob(self, namespace: str, desc: Descriptor) -> bytes:
+        if desc.size > MAX_CONFIG_SIZE:
+            raise InvalidArgument(f"{desc.digest} is {desc.size} bytes: over the limit")
+        await self._content.info(namespace, desc.digest)
+        return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
 
     async def _unpack(
         self,

@@ -33,6 +33,7 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
+from linerd.archive import Archives
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
@@ -334,7 +335,13 @@ class Daemon:
             ),
             (
                 transfer_pb2_grpc.add_TransferServicer_to_server,
-                TransferService(puller, core.events, self.metrics, pusher),
+                TransferService(
+                    puller,
+                    core.events,
+                    self.metrics,
+                    pusher,
+                    Archives(core.content, core.images, core.leases, core.gc, puller),
+                ),
             ),
         ]
         for add, servicer in services:

@@ -603,6 +603,108 @@ def test_tty_exec(env: Env) -> None:
     run(body())
 
 
+def test_tty_exec_output_written_at_once_is_never_lost(env: Env) -> None:
+    """The relay is on conmon's attach socket (--exec-attach) before the process runs."""
+
+    async def body() -> None:
+        await env.create("tq", "sleep", "30")
+        await env.rt.start(env.ns, "tq")
+        spec = env.spec("tq", "sh", "-c", "echo early; exit 5")["process"]
+        for i in range(10):
+            f = Fifos(env.tmp / "io", f"q{i}")
+            await env.rt.exec(env.ns, "tq", f"q{i}", spec, stdout=f.stdout, terminal=True)
+            await env.rt.start_exec(env.ns, "tq", f"q{i}")
+            assert (await env.rt.wait(env.ns, "tq", f"q{i}")).exit_status == 5
+            os.close(os.open(f.stderr, os.O_WRONLY))  # stderr is unused with a TTY
+            assert f.output()[0] == b"early\r\n", (i, f.output())
+            await env.rt.delete_exec(env.ns, "tq", f"q{i}")
+        await env.rt.kill(env.ns, "tq", signal.SIGKILL)
+        await env.rt.wait(env.ns, "tq")
+        await env.rt.delete(env.ns, "tq")
+
+    run(body())
+
+
+def test_tty_exec_stdin_open_from_exec_and_size_before_start(env: Env) -> None:
+    """A resize before start_exec is the size the process sees first; the stdin FIFO has a
+    reader from Exec on, so the client can open and write it before Start."""
+
+    async def body() -> None:
+        await env.create("tr", "sleep", "30")
+        await env.rt.start(env.ns, "tr")
+        for i, (w, h) in enumerate([(132, 40), (77, 19), (200, 50)]):
+            f = Fifos(env.tmp / "io", f"r{i}", stdin=True)
+            spec = env.spec("tr", "sh", "-c", "stty size; read l; echo got:$l; exit 2")
+            await env.rt.exec(env.ns, "tr", f"r{i}", spec["process"], stdin=f.stdin,
+                              stdout=f.stdout, terminal=True)  # fmt: skip
+            await env.rt.resize_pty(env.ns, "tr", w, h, exec_id=f"r{i}")
+            f.write(b"early-in\n")  # the writer opened: linerd holds the read end already
+            await env.rt.start_exec(env.ns, "tr", f"r{i}")
+            assert (await env.rt.wait(env.ns, "tr", f"r{i}")).exit_status == 2
+            os.close(os.open(f.stderr, os.O_WRONLY))
+            out = f.output()[0]
+            # The pty's echo of the early input may come before or after stty's line.
+            lines = out.split(b"\r\n")
+            assert sorted(lines) == sorted([b"early-in", f"{h} {w}".encode(), b"got:early-in", b""])
+            assert lines.index(f"{h} {w}".encode()) < lines.index(b"got:early-in"), out
+            f.close_writer()
+            await env.rt.delete_exec(env.ns, "tr", f"r{i}")
+        # After start, resizes go through conmon's ctl FIFO. Back-to-back ones must not share
+        # one read of it (conmon would apply only the first line), and resize_pty returns once
+        # conmon has taken the line: input sent afterwards already sees the new size.
+        f = Fifos(env.tmp / "io", "rl", stdin=True)
+        spec = env.spec("tr", "sh", "-c", "read l; stty size; exit 3")["process"]
+        await env.rt.exec(env.ns, "tr", "rl", spec, stdin=f.stdin, stdout=f.stdout,
+                          terminal=True)  # fmt: skip
+        await env.rt.resize_pty(env.ns, "tr", 90, 30, exec_id="rl")
+        await env.rt.start_exec(env.ns, "tr", "rl")
+        await asyncio.gather(
+            *(env.rt.resize_pty(env.ns, "tr", 91 + i, 31, exec_id="rl") for i in range(5))
+        )
+        await env.rt.resize_pty(env.ns, "tr", 100, 33, exec_id="rl")
+        f.write(b"go\n")
+        assert (await env.rt.wait(env.ns, "tr", "rl")).exit_status == 3
+        os.close(os.open(f.stderr, os.O_WRONLY))
+        assert b"33 100\r\n" in f.output()[0], f.output()
+        f.close_writer()
+        await env.rt.delete_exec(env.ns, "tr", "rl")
+        await env.rt.kill(env.ns, "tr", signal.SIGKILL)
+        await env.rt.wait(env.ns, "tr")
+        await env.rt.delete(env.ns, "tr")
+
+    run(body())
+
+
+def test_tty_exec_attach_failure_leaves_nothing_running(env: Env) -> None:
+    """If the relay cannot attach, conmon is killed before it runs the process."""
+
+    async def body() -> None:
+        await env.create("tf", "sleep", "30")
+        await env.rt.start(env.ns, "tf")
+        f = Fifos(env.tmp / "io", "tf")
+        marker = env.rootfs / "tmp" / f"ran-{env.ns}"
+        spec = env.spec("tf", "sh", "-c", f"touch /tmp/ran-{env.ns}")["process"]
+        await env.rt.exec(env.ns, "tf", "fx", spec, stdout=f.stdout, terminal=True)
+        p = env.rt._get(env.ns, "tf").proc("fx")
+        assert p.relay is not None
+
+        def refuse(timeout: float) -> None:
+            raise FailedPrecondition("attach refused")
+
+        p.relay.connect = refuse  # type: ignore[method-assign]
+        with pytest.raises(FailedPrecondition, match="attach refused"):
+            await env.rt.start_exec(env.ns, "tf", "fx")
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "tf", "fx")
+        await asyncio.sleep(0.3)
+        assert not marker.exists()
+        await env.rt.kill(env.ns, "tf", signal.SIGKILL)
+        await env.rt.wait(env.ns, "tf")
+        await env.rt.delete(env.ns, "tf")
+
+    run(body())
+
+
 # ---------------------------------------------------------------------------- oom, crun
 
 

@@ -35,6 +35,7 @@ SUPPORTED_MEDIA_TYPES: dict[str, str] = {
     "application/vnd.oci.image.layer.nondistributable.v1.tar": _PLAIN,
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": _GZIP,
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": _ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": _PLAIN,  # containerd's Docker-archive import
     "application/vnd.docker.image.rootfs.diff.tar.gzip": _GZIP,
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": _GZIP,
 }

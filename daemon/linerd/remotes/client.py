@@ -655,6 +655,9 @@ async def _error_detail(resp: httpx.Response) -> str:
             body += chunk
             if len(body) > _ERROR_BODY_LIMIT:
                 return ""
+        if b"HTTP request to an HTTPS server" in body:
+            # Go's answer to plain HTTP on a TLS port (a fixed hint: the body is not echoed).
+            return ": the registry speaks HTTPS, not plain HTTP"
         errors = json.loads(body).get("errors") or []
         first: dict[str, Any] = errors[0]
         code, message = str(first.get("code", "")), str(first.get("message", ""))

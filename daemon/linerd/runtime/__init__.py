@@ -15,7 +15,11 @@ Decisions worth knowing:
   daemon; `recover_all` takes them again.
 - TTY processes: conmon holds the pty (`-t -i -l none`); a relay thread per process copies the
   attach socket to the stdout FIFO and the stdin FIFO to the socket. `wait` answers after the
-  relay has drained.
+  relay has drained. A TTY exec uses conmon's `--exec-attach` handshake, so the relay is
+  connected before the process runs (nothing it writes at once is lost); its FIFOs are opened
+  at Exec. A resize before its start becomes the process spec's `consoleSize`: the pty has that
+  size before the process runs. Other resizes go through conmon's ctl FIFO, one line at a time
+  (conmon parses only the first line of each read).
 - Exits: inotify on the exit dirs (conmon renames the file into place) plus a pidfd per conmon.
   conmon gone without an exit file = exit code lost: STOPPED, 255, `monitor_lost`.
 """

@@ -10,6 +10,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,18 +128,28 @@ def spawn(
     timeout: float,
     keep_sync: bool = False,
     cwd: Path | None = None,
+    attach: Callable[[float], None] | None = None,
 ) -> Spawned:
     """Start conmon, release it with the start byte and read its first sync line.
 
     Raises FailedPrecondition with the runtime's message when the create/exec failed. The
     sync pipe's read end is kept open (returned) when `keep_sync`: for `--exec` conmon writes
     the exit code there later, and a closed pipe would give it EPIPE.
+
+    `attach` (argv must have `--exec-attach`): conmon's exec-attach handshake. After the first
+    start byte conmon reports `{"data": 0}` on the attach pipe once its attach socket listens;
+    `attach(seconds_left)` then connects to it, and only the second start byte lets conmon run
+    the runtime's `exec`, so no output is written before the client is attached. When `attach`
+    fails, conmon is killed before it runs anything.
     """
     sync_r, sync_w = os.pipe()
     start_r, start_w = os.pipe()
+    attach_r, attach_w = os.pipe() if attach is not None else (-1, -1)
     env = clean_env()
     env["_OCI_SYNCPIPE"] = str(sync_w)
     env["_OCI_STARTPIPE"] = str(start_r)
+    if attach is not None:
+        env["_OCI_ATTACHPIPE"] = str(attach_w)
     devnull = subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
@@ -146,7 +157,7 @@ def spawn(
             stdin=stdio.stdin if stdio and stdio.stdin is not None else devnull,
             stdout=stdio.stdout if stdio and stdio.stdout is not None else devnull,
             stderr=stdio.stderr if stdio and stdio.stderr is not None else devnull,
-            pass_fds=(sync_w, start_r),
+            pass_fds=tuple(fd for fd in (sync_w, start_r, attach_w) if fd >= 0),
             env=env,
             # conmon writes some files (the v1 "oom" marker) relative to its cwd, as CRI-O and
             # Podman start it in the bundle.
@@ -154,18 +165,25 @@ def spawn(
             close_fds=True,
         )
     except OSError as e:
-        for fd in (sync_r, sync_w, start_r, start_w):
-            os.close(fd)
+        for fd in (sync_r, sync_w, start_r, start_w, attach_r, attach_w):
+            if fd >= 0:
+                os.close(fd)
         raise FailedPrecondition(f"cannot start monitor {argv[0]}: {e}") from e
     os.close(sync_w)
     os.close(start_r)
+    if attach_w >= 0:
+        os.close(attach_w)
+    deadline = time.monotonic() + timeout
     keep = False
     try:
         # A cgroup move of the monitor (under systemd) would go here, before it forks.
         os.write(start_w, b"1")
+        if attach is not None:
+            _attach_handshake(proc, attach_r, attach, conmon_pidfile, deadline)
+            os.write(start_w, b"1")  # the second byte: conmon runs `<runtime> exec` now
         os.close(start_w)
         start_w = -1
-        line = _read_line(sync_r, time.monotonic() + timeout)
+        line = _read_line(sync_r, deadline)
         try:
             proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
@@ -195,12 +213,47 @@ def spawn(
     finally:
         if start_w >= 0:
             os.close(start_w)
+        if attach_r >= 0:
+            os.close(attach_r)
         if not keep:
             os.close(sync_r)
 
 
+def _attach_handshake(
+    proc: subprocess.Popen[bytes],
+    attach_r: int,
+    attach: Callable[[float], None],
+    conmon_pidfile: Path,
+    deadline: float,
+) -> None:
+    """Wait for conmon's `{"data": 0}` on the attach pipe, then call `attach`. On EOF (conmon
+    failed before listening) return: the sync pipe then tells what happened. On any other
+    failure kill conmon, which is still waiting for the second start byte, and re-raise."""
+    try:
+        line = _read_line(attach_r, deadline)
+        if not line:
+            return
+        try:
+            ok = json.loads(line).get("data") == 0
+        except (ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise FailedPrecondition(f"monitor: unexpected attach message {line!r}")
+        attach(max(0.1, deadline - time.monotonic()))
+    except BaseException:
+        # The first conmon process exits right after writing its pidfile (double fork).
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        stop_monitor(conmon_pidfile, wait=0.0)
+        raise
+
+
 def stop_monitor(conmon_pidfile: Path, wait: float = 2.0) -> None:
-    """After a failed create: give conmon `wait` seconds to exit by itself, then SIGKILL it."""
+    """After a failed create: give conmon `wait` seconds to exit by itself, then SIGKILL it
+    (and wait up to 2 s for it to be gone)."""
     pid = read_pidfile(conmon_pidfile)
     if pid <= 0:
         return
@@ -215,7 +268,7 @@ def stop_monitor(conmon_pidfile: Path, wait: float = 2.0) -> None:
         if not r:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], wait)
+            select.select([pidfd], [], [], 2.0)
     finally:
         os.close(pidfd)
 

@@ -21,14 +21,18 @@ without an exit file means the exit code is lost: the process is reported STOPPE
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import json
 import os
 import re
 import shutil
 import signal
+import termios
+import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -137,6 +141,8 @@ class _Proc:
     sync_fd: int = -1
     pidfd: int = -1  # conmon's
     proc_pidfd: int = -1  # the exec'd process (race-free kill)
+    winsize: tuple[int, int] | None = None  # (rows, cols): the last ResizePty (TTY only)
+    ctl_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one ctl line at a time
     wds: list[int] = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     monitor_done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -431,6 +437,10 @@ class TaskRuntime:
                 argv += ["-i"]
         if exec_spec is not None:
             argv += ["--exec", "--exec-process-spec", str(exec_spec)]
+            if p.terminal:
+                # conmon waits for a second start byte before it runs `<runtime> exec`, so the
+                # relay is on the attach socket before the process writes anything.
+                argv += ["--exec-attach"]
         else:
             argv += ["--persist-dir", str(p.dir / "persist")]
         return argv
@@ -719,10 +729,20 @@ class TaskRuntime:
     async def resize_pty(
         self, namespace: str, id: str, width: int, height: int, exec_id: str = ""
     ) -> None:
+        """Resize the process's pty. Before start_exec the size is kept: the exec's pty gets it
+        at creation (the process spec's consoleSize), so the process never sees another one.
+        (A task's conmon and pty exist from create on, so its ctl FIFO takes a resize at once.)"""
         p = self._get(namespace, id).proc(exec_id)
         if not p.terminal or p.exit is not None:
             return  # as containerd's shim: nothing to resize
-        await asyncio.to_thread(_write_ctl, p.dir / "ctl", f"1 {height} {width}\n")
+        p.winsize = (height, width)
+        if p.exec_id and not p.started:
+            return  # start_exec applies it
+        await self._send_winsize(p, (height, width))
+
+    async def _send_winsize(self, p: _Proc, size: tuple[int, int]) -> None:
+        async with p.ctl_lock:
+            await asyncio.to_thread(_write_ctl, p.dir / "ctl", f"1 {size[0]} {size[1]}\n")
 
     # ------------------------------------------------------------------ exec
 
@@ -759,12 +779,17 @@ class TaskRuntime:
             (p.dir / "process.json").write_text(json.dumps(spec))
             if p.terminal:
                 p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", p.stdin, p.stdout)
+                # Open now, as for a non-TTY exec: the stdin FIFO has a reader from Exec on.
+                p.relay.open_fifos(self.stdio_timeout)
             else:
                 p.stdio = open_stdio(p.stdin, p.stdout, p.stderr, self.stdio_timeout)
             _write_json(p.dir / "meta.json", p.meta())
         except BaseException:
             if p.stdio is not None:
                 p.stdio.close_all()
+            if p.relay is not None:
+                p.relay.stop()
+                p.relay = None
             shutil.rmtree(p.dir, ignore_errors=True)
             raise
 
@@ -774,8 +799,9 @@ class TaskRuntime:
         async with task.lock:
             if p.started or p.exit is not None:
                 raise FailedPrecondition(f"exec {exec_id}: already started")
+            size = p.winsize
             try:
-                spawned = await asyncio.to_thread(self._start_exec_sync, task, p)
+                spawned = await asyncio.to_thread(self._start_exec_sync, task, p, size)
             except BaseException:
                 task.execs.pop(exec_id, None)
                 self._release(p)
@@ -786,21 +812,35 @@ class TaskRuntime:
             with contextlib.suppress(OSError):
                 p.proc_pidfd = os.pidfd_open(p.pid)
             self._track(p)
+            if p.winsize is not None and p.winsize != size and p.exit is None:
+                # A resize that came while the exec was being spawned (after process.json was
+                # written). From here on resize_pty writes the ctl FIFO itself.
+                with contextlib.suppress(FailedPrecondition):
+                    await self._send_winsize(p, p.winsize)
             await asyncio.to_thread(_write_json, p.dir / "meta.json", p.meta())
         return p.pid
 
-    def _start_exec_sync(self, task: _Task, p: _Proc) -> Spawned:
-        argv = self._conmon_argv(task, p, exec_spec=p.dir / "process.json")
+    def _start_exec_sync(self, task: _Task, p: _Proc, size: tuple[int, int] | None) -> Spawned:
+        spec_path = p.dir / "process.json"
+        if size is not None and all(size):
+            # The runtime sizes the new pty before the process starts (no ctl FIFO yet).
+            spec = json.loads(spec_path.read_text())
+            spec["consoleSize"] = {"height": size[0], "width": size[1]}
+            _write_json(spec_path, spec)
+        argv = self._conmon_argv(task, p, exec_spec=spec_path)
+        relay = p.relay
         try:
             spawned = spawn(argv, p.stdio, p.dir / "runtime.log", p.dir / "conmon.pid",
-                            self.create_timeout, keep_sync=True, cwd=p.dir)  # fmt: skip
+                            self.create_timeout, keep_sync=True, cwd=p.dir,
+                            attach=relay.connect if relay is not None else None)  # fmt: skip
         except BaseException:
             stop_monitor(p.dir / "conmon.pid")
             raise
         if p.stdio is not None:
             p.stdio.close_child_fds()
-        if p.relay is not None:
-            p.relay.start(self.stdio_timeout)
+        if relay is not None:
+            relay.connect(self.stdio_timeout)  # no-op: connected during the handshake
+            relay.run()
         return spawned
 
     def _remove_exec_sync(self, p: _Proc) -> None:
@@ -969,12 +1009,32 @@ def _validate_spec(spec: Any) -> None:
         raise InvalidArgument("spec: root.path must be a string")
 
 
-def _write_ctl(path: Path, line: str) -> None:
+def _write_ctl(path: Path, line: str, settle: float = 0.5) -> None:
+    """Write one line to conmon's ctl FIFO and wait (up to `settle` seconds) until conmon has
+    read it: it applies a resize right after the read, so a `start` that follows finds the pty
+    resized. Waiting also matters because conmon (2.1.6 and later) parses only the first line
+    of each read: two lines in the FIFO at once would lose the second. Callers serialize."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise FailedPrecondition(f"cannot resize: {e}") from e
     try:
+        deadline = time.monotonic() + settle
+        _fifo_drained(fd, deadline)
         os.write(fd, line.encode())
+        _fifo_drained(fd, deadline + settle)
+    except OSError as e:
+        raise FailedPrecondition(f"cannot resize: {e}") from e
     finally:
         os.close(fd)
+
+
+def _fifo_drained(fd: int, deadline: float) -> bool:
+    buf = array.array("i", [0])
+    while True:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+        if buf[0] == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)

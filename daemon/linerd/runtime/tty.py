@@ -36,7 +36,27 @@ class TtyRelay:
     def start(self, timeout: float) -> None:
         """Connect to the attach socket, open the client's FIFOs, start relaying (blocking)."""
         deadline = time.monotonic() + timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.connect(timeout)
+        try:
+            self.open_fifos(max(0.1, deadline - time.monotonic()))
+        except BaseException:
+            # Nobody would drain the socket: conmon's writes to it must not pile up.
+            self.disconnect()
+            raise
+        self.run()
+
+    def open_fifos(self, timeout: float) -> None:
+        """Open the client's stdin/stdout FIFOs (at once for an exec: the client's stdin writer
+        may open from Exec on, as with containerd's shim). Idempotent."""
+        if self._io is None:
+            self._io = open_stdio(self.stdin, self.stdout, "", timeout)
+
+    def connect(self, timeout: float) -> None:
+        """Connect to conmon's attach socket (retrying until it exists). Idempotent."""
+        if self._sock is not None:
+            return
+        deadline = time.monotonic() + timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         while True:
             try:
                 sock.connect(str(self.sock_path))
@@ -47,14 +67,16 @@ class TtyRelay:
                     raise DeadlineExceeded(f"attach socket {self.sock_path} not ready") from None
                 time.sleep(0.005)
         self._sock = sock
-        try:
-            self._io = open_stdio(
-                self.stdin, self.stdout, "", max(0.1, deadline - time.monotonic())
-            )
-        except BaseException:
-            sock.close()
+
+    def disconnect(self) -> None:
+        if self._sock is not None and self._thread is None:
+            self._sock.close()
             self._sock = None
-            raise
+
+    def run(self) -> None:
+        """Start the relay thread (after connect and open_fifos)."""
+        if self._sock is None or self._io is None:
+            raise RuntimeError("relay not connected")
         self._thread = threading.Thread(target=self._run, name="tty-relay", daemon=True)
         self._thread.start()
 

@@ -10,6 +10,7 @@ import grpc
 from liner_api.containerd.events import image_pb2 as image_events
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import context
+from linerd.archive import Archives, ExportRequest, ImportOptions
 from linerd.events import Exchange
 from linerd.imagespec import Platform
 from linerd.metrics import Metrics
@@ -45,12 +46,18 @@ def _push_snapshot(progress: PushProgress) -> transfer_pb2.PushProgress:
 
 class TransferService(transfer_pb2_grpc.TransferServicer):
     def __init__(
-        self, puller: Puller, events: Exchange, metrics: Metrics, pusher: Pusher | None = None
+        self,
+        puller: Puller,
+        events: Exchange,
+        metrics: Metrics,
+        pusher: Pusher,
+        archives: Archives,
     ) -> None:
         self._puller = puller
         self._pusher = pusher
         self._events = events
         self._metrics = metrics
+        self._archives = archives
 
     async def Pull(
         self, request: transfer_pb2.PullRequest, ctx: grpc.aio.ServicerContext
@@ -102,9 +109,6 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     async def Push(
         self, request: transfer_pb2.PushRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.PushProgress]:
-        if self._pusher is None:
-            await ctx.abort(grpc.StatusCode.UNIMPLEMENTED, "push is not enabled")
-        assert self._pusher is not None
         namespace = context.namespace()
         push = PushRequest(
             reference=request.reference,
@@ -132,3 +136,65 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         final.name, final.done = name, True
         final.target.CopyFrom(descriptor(target))
         yield final
+
+    async def Export(
+        self, request: transfer_pb2.ExportRequest, ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.ExportChunk]:
+        namespace = context.namespace()
+        export = ExportRequest(
+            names=list(request.names),
+            platforms=[
+                Platform(p.os, p.architecture, p.variant).normalized() for p in request.platforms
+            ],
+            all_platforms=request.all_platforms,
+            docker_manifest=request.docker_manifest,
+        )
+        chunks = await self._archives.export(namespace, export)
+        async with contextlib.aclosing(chunks):
+            async for data in chunks:
+                yield transfer_pb2.ExportChunk(data=data)
+
+    async def Import(
+        self,
+        request_iterator: AsyncIterator[transfer_pb2.ImportChunk],
+        ctx: grpc.aio.ServicerContext,
+    ) -> transfer_pb2.ImportResponse:
+        namespace = context.namespace()
+        first: transfer_pb2.ImportChunk | None = None
+        async for message in request_iterator:
+            first = message
+            break
+        if first is None:
+            first = transfer_pb2.ImportChunk()
+        o = first.options
+        options = ImportOptions(
+            snapshotter=o.snapshotter,
+            skip_unpack=o.skip_unpack,
+            base_name=o.base_name,
+            all_platforms=o.all_platforms,
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            assert first is not None
+            if first.data:
+                yield first.data
+            async for message in request_iterator:
+                yield message.data
+
+        imported = await self._archives.import_(namespace, options, chunks())
+        response = transfer_pb2.ImportResponse()
+        for image, created in imported:
+            event = (
+                image_events.ImageCreate(name=image.name, labels=image.labels)
+                if created
+                else image_events.ImageUpdate(name=image.name, labels=image.labels)
+            )
+            any_ = pack(event)
+            self._events.publish(
+                namespace,
+                "/images/create" if created else "/images/update",
+                any_.type_url,
+                any_.value,
+            )
+            response.images.add(name=image.name, target=descriptor(image.target), created=created)
+        return response

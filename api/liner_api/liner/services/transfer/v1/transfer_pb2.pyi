@@ -81,3 +81,57 @@ class PushProgress(_message.Message):
     target: _descriptor_pb2.Descriptor
     done: bool
     def __init__(self, blobs: _Optional[_Iterable[_Union[BlobProgress, _Mapping]]] = ..., name: _Optional[str] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("names", "platforms", "all_platforms", "docker_manifest")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    ALL_PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    platforms: _containers.RepeatedCompositeFieldContainer[_platform_pb2.Platform]
+    all_platforms: bool
+    docker_manifest: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., platforms: _Optional[_Iterable[_Union[_platform_pb2.Platform, _Mapping]]] = ..., all_platforms: _Optional[bool] = ..., docker_manifest: _Optional[bool] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ImportOptions(_message.Message):
+    __slots__ = ("snapshotter", "skip_unpack", "base_name", "all_platforms")
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
+    SKIP_UNPACK_FIELD_NUMBER: _ClassVar[int]
+    BASE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ALL_PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    snapshotter: str
+    skip_unpack: bool
+    base_name: str
+    all_platforms: bool
+    def __init__(self, snapshotter: _Optional[str] = ..., skip_unpack: _Optional[bool] = ..., base_name: _Optional[str] = ..., all_platforms: _Optional[bool] = ...) -> None: ...
+
+class ImportChunk(_message.Message):
+    __slots__ = ("options", "data")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    options: ImportOptions
+    data: bytes
+    def __init__(self, options: _Optional[_Union[ImportOptions, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ImportedImage(_message.Message):
+    __slots__ = ("name", "target", "created")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    target: _descriptor_pb2.Descriptor
+    created: bool
+    def __init__(self, name: _Optional[str] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class ImportResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[ImportedImage]
+    def __init__(self, images: _Optional[_Iterable[_Union[ImportedImage, _Mapping]]] = ...) -> None: ...

@@ -44,6 +44,16 @@ class TransferStub:
                 request_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.SerializeToString,
                 response_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/liner.services.transfer.v1.Transfer/Export',
+                request_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportRequest.SerializeToString,
+                response_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportChunk.FromString,
+                _registered_method=True)
+        self.Import = channel.stream_unary(
+                '/liner.services.transfer.v1.Transfer/Import',
+                request_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportChunk.SerializeToString,
+                response_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportResponse.FromString,
+                _registered_method=True)
 
 
 class TransferServicer:
@@ -64,6 +74,26 @@ class TransferServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """Export images as an OCI image layout in a tar stream (deterministic: sorted entries,
+        fixed times and owners): oci-layout, index.json with one entry per image, and the blobs
+        of the chosen platforms (an index blob goes whole, its other children are left out).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request_iterator, context):
+        """Import an OCI image layout tar (as `liner images export`, `ctr images export` and
+        `skopeo copy ... oci-archive:` write it) or a Docker archive (`manifest.json`, as
+        `docker save` and `skopeo copy ... docker-archive:` write it). All or nothing: every blob
+        is verified against its digest while it is stored; on any error no image, content or
+        snapshot of the import remains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransferServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +106,16 @@ def add_TransferServicer_to_server(servicer, server):
                     servicer.Push,
                     request_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.FromString,
                     response_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportRequest.FromString,
+                    response_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportChunk.SerializeToString,
+            ),
+            'Import': grpc.stream_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportChunk.FromString,
+                    response_serializer=liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +172,60 @@ class Transfer:
             '/liner.services.transfer.v1.Transfer/Push',
             liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushRequest.SerializeToString,
             liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.PushProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liner.services.transfer.v1.Transfer/Export',
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportRequest.SerializeToString,
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/liner.services.transfer.v1.Transfer/Import',
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportChunk.SerializeToString,
+            liner_dot_services_dot_transfer_dot_v1_dot_transfer__pb2.ImportResponse.FromString,
             options,
             channel_credentials,
             insecure,
