@@ -25,7 +25,7 @@ import structlog
 
 from linerd import imagespec
 from linerd.content.store import ContentStore
-from linerd.core.types import Descriptor, Image, SnapshotKind
+from linerd.core.types import Descriptor, Image, LeaseResource, SnapshotKind
 from linerd.errdefs import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
@@ -406,6 +406,7 @@ class Puller:
         except NotFound:
             pass
         else:
+            await self._hold(job, desc)
             job.progress.update(desc.digest, offset=desc.size, state="exists")
             return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
         job.progress.update(desc.digest, state="downloading")
@@ -414,6 +415,7 @@ class Puller:
         data = await self._small_fetches.run(
             (job.namespace, desc.digest), lambda: self._fetch_and_store(job, desc, kind)
         )
+        await self._hold(job, desc)
         job.progress.update(desc.digest, offset=desc.size, state="downloaded")
         return data
 
@@ -446,6 +448,15 @@ class Puller:
 
     async def _fetch_layer(self, job: _Job, desc: Descriptor) -> None:
         await self._downloads.run((job.namespace, desc.digest), lambda: self._download(job, desc))
+        await self._hold(job, desc)
+
+    async def _hold(self, job: _Job, desc: Descriptor) -> None:
+        """Put the blob in this pull's lease too: another pull may have fetched it, and its
+        lease ends with it."""
+        with contextlib.suppress(NotFound):
+            await self._leases.add_resource(
+                job.namespace, job.lease, LeaseResource(desc.digest, "content")
+            )
 
     async def _download(self, job: _Job, desc: Descriptor) -> None:
         progress = job.progress
