@@ -5,11 +5,15 @@ Every failure ends as one `liner: <message>` line on stderr and exit code 1; usa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
+import tarfile
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -591,16 +595,24 @@ def images_push(
 @click.option(
     "--skip-manifest-json", is_flag=True, help="do not write docker's manifest.json as well"
 )
-@click.argument("out", metavar="OUT.tar|-")
+@click.option(
+    "--dir",
+    "as_dir",
+    is_flag=True,
+    help="OUT is a directory to write the OCI image layout into (it must not exist)",
+)
+@click.argument("out", metavar="OUT.tar|OUT-DIR|-")
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 def images_export(
     platforms: tuple[str, ...],
     all_platforms: bool,
     skip_manifest_json: bool,
+    as_dir: bool,
     out: str,
     refs: tuple[str, ...],
 ) -> None:
-    """Export images as an OCI image layout tar (to a file, or `-` for stdout)."""
+    """Export images as an OCI image layout: a tar (to a file, or `-` for stdout), or with
+    --dir a directory."""
     try:
         wanted = [parse_platform(p) for p in platforms]
     except InvalidArgument as e:
@@ -609,6 +621,9 @@ def images_export(
     chunks = client.export(
         refs, wanted, all_platforms=all_platforms, docker_manifest=not skip_manifest_json
     )
+    if as_dir:
+        _extract_layout(chunks, Path(out))
+        return
     if out == "-":
         if sys.stdout.isatty():
             raise Failure("refusing to write a tar to a terminal: redirect stdout or name a file")
@@ -630,6 +645,58 @@ def images_export(
         partial.unlink(missing_ok=True)
 
 
+def _extract_layout(chunks: Any, out: Path) -> None:
+    """Unpack the exported tar into a new directory (built beside it, then renamed)."""
+    if out.exists():
+        raise Failure(f"{out}: already exists")
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    read_fd, write_fd = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_fd, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+            for data in chunks:
+                pipe.write(data)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        with os.fdopen(read_fd, "rb") as pipe, tarfile.open(fileobj=pipe, mode="r|") as tar:
+            tar.extractall(partial, filter="data")
+        feeder.join()
+        os.replace(partial, out)
+    except (OSError, tarfile.TarError) as e:
+        raise Failure(f"{out}: {e}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _directory_chunks(directory: Path, size: int = 1 << 20) -> Any:
+    """An OCI layout directory as a tar stream (written by a thread into a pipe, so memory
+    stays bounded whatever the blobs weigh)."""
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as pipe, tarfile.open(fileobj=pipe, mode="w|") as tar:
+                for path in sorted(directory.rglob("*")):
+                    if path.is_file() and not path.is_symlink():
+                        tar.add(path, arcname=str(path.relative_to(directory)))
+        except BrokenPipeError:
+            pass
+        except BaseException as e:
+            failure.append(e)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as pipe:
+        while data := pipe.read(size):
+            yield data
+    writer.join()
+    if failure:
+        raise Failure(f"{directory}: {failure[0]}")
+
+
 def _file_chunks(source: Any, size: int = 1 << 20) -> Any:
     while True:
         data = source.read(size)
@@ -649,27 +716,32 @@ def _file_chunks(source: Any, size: int = 1 << 20) -> Any:
 @click.option(
     "--all-platforms", is_flag=True, help="every platform of an index must be in the archive"
 )
-@click.argument("source", metavar="IN.tar|-")
+@click.argument("source", metavar="IN.tar|IN-DIR|-")
 def images_import(
     snapshotter: str, skip_unpack: bool, base_name: str, all_platforms: bool, source: str
 ) -> None:
-    """Import an OCI image layout tar or a Docker archive (`docker save`), from a file or `-`
-    for stdin, and unpack it; prints `NAME DIGEST` per image."""
+    """Import an OCI image layout (a tar, `-` for stdin, or a directory) or a Docker archive
+    (`docker save`), and unpack it; prints `NAME DIGEST` per image."""
     client = _client()
-    try:
-        f = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
-    except OSError as e:
-        raise Failure(f"{source}: {e.strerror or e}") from None
+    f: Any = None
+    if source != "-" and Path(source).is_dir():
+        chunks = _directory_chunks(Path(source))
+    else:
+        try:
+            f = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise Failure(f"{source}: {e.strerror or e}") from None
+        chunks = _file_chunks(f)
     try:
         imported = client.import_archive(
-            _file_chunks(f),
+            chunks,
             snapshotter=snapshotter,
             skip_unpack=skip_unpack,
             base_name=base_name,
             all_platforms=all_platforms,
         )
     finally:
-        if f is not sys.stdin.buffer:
+        if f is not None and f is not sys.stdin.buffer:
             f.close()
     for name, target, _ in imported:
         click.echo(f"{name} {target.digest}")

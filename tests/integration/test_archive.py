@@ -476,3 +476,36 @@ def test_bad_archives_leave_nothing(
             client.import_archive([b"\0" * 10 + b"garbage" * 100])
         assert info.value.code_name == "INVALID_ARGUMENT"
         assert not client.leases()
+
+
+def test_layout_directories(
+    daemon: Linerd, registry: Registry, busybox_layout: BusyboxLayout, tmp_path: Path, home: Path
+) -> None:
+    """Export into a directory (umoci and skopeo read it) and import from one (skopeo's)."""
+    ref = registry.ref(f"{BUSYBOX}:latest")
+    digest = pull(daemon, ref, "dir-out")
+    layout = tmp_path / "layout"
+    ok(liner(daemon, "dir-out", "images", "export", "--dir", str(layout), ref))
+    assert (layout / "oci-layout").is_file() and (layout / "index.json").is_file()
+    raw = skopeo("inspect", "--raw", f"oci:{layout}:latest", home=home).stdout
+    assert "sha256:" + hashlib.sha256(raw).hexdigest() == digest
+    proc = subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:latest", str(tmp_path / "bundle")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "already exists" in failed(
+        liner(daemon, "dir-out", "images", "export", "--dir", str(layout), ref)
+    )
+    # skopeo writes a layout directory; liner imports it as is
+    copied = tmp_path / "copied"
+    skopeo("copy", "--quiet", "--preserve-digests", f"oci:{layout}:latest",
+           f"oci:{copied}:t", home=home)  # fmt: skip
+    got = ok(liner(daemon, "dir-in", "images", "import", "--base-name", "local/busybox",
+                   str(copied)))  # fmt: skip
+    assert got.split() == ["local/busybox:t", busybox_layout.latest.manifest.digest]
+    with Client(daemon.address, "dir-in") as client:
+        config = client.read_blob(busybox_layout.latest.config.digest)
+    check_unpacked(daemon, "dir-in", diff_ids(config), tmp_path / "view")
