@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -693,3 +694,53 @@ def test_blob_stream_closes_when_consumer_stops(registry: Registry, busybox_layo
                     break  # the response is closed by aclosing; nothing leaks
 
     run(main())
+
+
+def test_trickling_blob_is_given_up() -> None:
+    """A server sending a byte at a time, each in time for the read timeout, cannot hold a pull
+    forever: under the minimum rate over a window the transfer fails."""
+
+    def trickle(h: Handler) -> None:
+        h.reply(200, headers={"Content-Length": str(len(DATA))}, length=False)
+        for i in range(len(DATA)):
+            h.wfile.write(DATA[i : i + 1])
+            h.wfile.flush()
+            time.sleep(0.01)
+
+    with fake_registry(trickle) as (_, ref):
+        got = bytearray()
+
+        async def main() -> None:
+            async with fake_client(min_rate=(64 << 10, 0.5)) as client:
+                with pytest.raises(errdefs.Unavailable, match="transfer too slow"):
+                    await collect(client, ref, DATA_DESC, got)
+
+        started = time.monotonic()
+        run(main())
+        assert time.monotonic() - started < 10
+        assert len(got) < len(DATA)
+
+
+def test_unauthorized_loop_is_bounded() -> None:
+    """A registry that answers 401 whatever token it is given: a clear error after a few
+    tries, not a loop."""
+    tokens: list[str] = []
+
+    def handle(h: Handler) -> None:
+        if h.path.startswith("/token"):
+            tokens.append(h.path)
+            h.reply(200, b'{"token": "t"}', {"Content-Type": "application/json"})
+            return
+        realm = f"http://{h.headers['Host']}/token"
+        h.reply(401, b"", {"WWW-Authenticate": f'Bearer realm="{realm}",service="s"'})
+
+    with fake_registry(handle) as (server, ref):
+
+        async def main() -> None:
+            async with fake_client() as client:
+                with pytest.raises(errdefs.Unauthenticated):
+                    await client.resolve(ref + ":latest")
+
+        run(main())
+        assert len(server.requests) < 12, [r.path for r in server.requests]
+        assert len(tokens) <= 3

@@ -56,6 +56,8 @@ ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 MAX_MANIFEST_SIZE = 4 << 20
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A blob transfer must move at least 1 MiB per 64 s (16 KiB/s) or it is given up.
+MIN_RATE = (1 << 20, 64.0)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _ERROR_BODY_LIMIT = 4096
 
@@ -141,6 +143,7 @@ class RegistryClient:
         retry_deadline: float = 60.0,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         user_agent: str = "liner/0.1",
+        min_rate: tuple[int, float] = MIN_RATE,
         trust_env: bool = True,
     ) -> None:
         self.hosts = hosts or HostsConfig()
@@ -150,6 +153,7 @@ class RegistryClient:
         self.backoff_max = backoff_max
         self.retry_deadline = retry_deadline
         self._timeout = timeout
+        self.min_rate = min_rate
         self._user_agent = user_agent
         self._trust_env = trust_env
         self._clients: dict[TLSConfig, httpx.AsyncClient] = {}
@@ -266,7 +270,7 @@ class RegistryClient:
             hasher = hasher_for(desc.digest)
         else:
             hasher_for(desc.digest)  # validate the digest either way
-        state = _BlobState(desc, offset, hasher)
+        state = _BlobState(desc, offset, hasher, self.min_rate)
         if offset == desc.size:
             state.finish()
             return
@@ -549,10 +553,34 @@ class RegistryClient:
 class _BlobState:
     """Position, hashing and checks of one blob transfer across resumed requests."""
 
-    def __init__(self, desc: Descriptor, offset: int, hasher: _Hash | None) -> None:
+    def __init__(
+        self,
+        desc: Descriptor,
+        offset: int,
+        hasher: _Hash | None,
+        min_rate: tuple[int, float] = (0, 0.0),
+    ) -> None:
         self.desc = desc
         self.pos = offset
         self.hasher = hasher
+        # (bytes, seconds): a transfer slower than that over a whole window is given up, so a
+        # trickling server cannot hold a pull forever (each read still arrives in time).
+        self.min_bytes, self.window = min_rate
+        self._window_start = time.monotonic()
+        self._window_pos = offset
+
+    def _check_rate(self) -> None:
+        if not self.window:
+            return
+        now = time.monotonic()
+        if now - self._window_start < self.window:
+            return
+        if self.pos - self._window_pos < self.min_bytes:
+            raise errdefs.Unavailable(
+                f"blob {self.desc.digest}: transfer too slow ({self.pos - self._window_pos} "
+                f"bytes in {now - self._window_start:.0f} s)"
+            )
+        self._window_start, self._window_pos = now, self.pos
 
     def finish(self) -> None:
         if self.hasher is None:
@@ -604,6 +632,8 @@ class _BlobState:
             self.pos += len(chunk)
             if self.pos == desc.size:
                 self.finish()
+            else:
+                self._check_rate()
             yield chunk
         if self.pos < desc.size:
             raise _Retryable(f"connection closed at byte {self.pos} of {desc.size}")
