@@ -117,6 +117,8 @@ def _json(data: bytes, what: str) -> dict[str, Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what} is not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{what} is not a JSON object")
     return doc

@@ -186,7 +186,7 @@ class _Parser:
             return Selector(path, op, value)
         try:
             regex = re.compile(value)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:  # too large or too deep
             raise self.error(f"invalid regular expression {value!r}: {e}", value_pos) from None
         return Selector(path, op, value, regex)
 

@@ -19,7 +19,7 @@ def identifier(value: str, what: str = "identifier") -> str:
         raise InvalidArgument(f"{what} must not be empty")
     if len(value) > _MAX_IDENTIFIER:
         raise InvalidArgument(f"{what} {value[:20]!r}...: longer than {_MAX_IDENTIFIER} characters")
-    if not _IDENTIFIER.match(value):
+    if not _IDENTIFIER.fullmatch(value):  # `$` alone would allow a trailing "\n"
         raise InvalidArgument(
             f"{what} {value!r} must be alphanumerics separated by '.', '_' or '-'"
         )
@@ -40,7 +40,7 @@ def digest(value: str) -> str:
     """A content digest `sha256:<64 lowercase hex>`; other algorithms are not stored."""
     if not value:
         raise InvalidArgument("digest must not be empty")
-    if not _DIGEST.match(value):
+    if not _DIGEST.fullmatch(value):
         raise InvalidArgument(f"invalid digest {value!r}: expected sha256:<64 hex characters>")
     return value
 

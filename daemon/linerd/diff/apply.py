@@ -126,6 +126,7 @@ class _Applier:
         self.opaque: list[Parts] = []
         self.dir_times: list[tuple[Parts, int, int]] = []
         self.whiteouts_made: set[Parts] = set()
+        self.copied_up: list[Parts] = []  # overlay: lower files copied up for a hard link
         self._buf = bytearray(_BUF_SIZE)
 
     def close(self) -> None:
@@ -246,7 +247,10 @@ class _Applier:
                 if not merged:
                     found = (path, st)
                 merged.append(layer)
-                if _has_opaque(path):
+                # An opaque marker of this layer hides the lower layers only at the layer's
+                # end, as native mode prunes then: lookups meanwhile still see below.
+                own = layer == self.target and parts[: i + 1] in self.opaque
+                if _has_opaque(path) and not own:
                     break
             if found is None:
                 return None
@@ -283,6 +287,8 @@ class _Applier:
         if not self.overlay:
             for parts in self.opaque:
                 self._prune_opaque(parts)
+        else:
+            self._drop_hidden_copies()
         for parts, atime, mtime in self.dir_times:
             self._set_dir_time(parts, atime, mtime)
 
@@ -319,6 +325,9 @@ class _Applier:
         else:
             raise _bad(name, f"unsupported tar entry type {m.type!r}")
         self.created.add(parts)
+        # The directories it went into are this layer's too: a later whiteout or opaque
+        # marker must not remove them (overlay mode has copied them up, so keeps them).
+        self.created.update(parts[:i] for i in range(1, len(parts)))
 
     def _replace(self, pfd: int, parts: Parts, make: Callable[[], object]) -> None:
         """Create a non-directory with `make()`, removing whatever is in the way first."""
@@ -381,7 +390,9 @@ class _Applier:
         except FileExistsError:
             st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):  # a directory over a directory merges
-                replaced_whiteout = self.overlay and parts in self.whiteouts_made
+                # Over a whiteout or any other non-directory of this layer (which, natively,
+                # removed a lower directory here): the new directory must not merge with it.
+                replaced_whiteout = self.overlay
                 self._remove(pfd, parts)
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
         fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
@@ -422,6 +433,9 @@ class _Applier:
             raise _bad(name, "hard link to the root")
         if src == parts:
             return
+        if src[: len(parts)] == parts:
+            # Replacing `parts` would remove the directory holding the link's own source.
+            raise _bad(name, f'hard link replaces a directory holding its target "{m.linkname}"')
         st = self._link_source(src, name)
         if st is None:
             raise _bad(name, f'hard link target "{m.linkname}" not found')
@@ -481,6 +495,7 @@ class _Applier:
             return st
         pfd = self._dir(parts[:-1], entry)
         leaf = parts[-1]
+        self.copied_up.append(parts)
         if stat.S_ISREG(st.st_mode):
             src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
@@ -518,8 +533,11 @@ class _Applier:
                     return
                 self.opaque.append(dir_parts)
                 return
+            if self._missing_below(dir_parts):
+                return  # as natively: no layer has this directory, nothing to hide
             pfd = self._dir(dir_parts, name)
             os.setxattr(pfd, OVERLAY_OPAQUE_XATTR, b"y")
+            self.opaque.append(dir_parts)
             return
         if base.startswith(WHITEOUT_META_PREFIX):
             return  # AUFS bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content
@@ -529,6 +547,8 @@ class _Applier:
         vparts = (*dir_parts, victim)
         if vparts in self.created:
             return  # a whiteout hides lower layers only, never this layer's own entries
+        if self.overlay and self._missing_below(dir_parts):
+            return  # as natively: no layer has this directory, nothing to hide
         try:
             # Native: nothing to delete in a directory that does not exist. Overlay: the
             # whiteout's directory may exist only below, so it is copied up.
@@ -544,6 +564,39 @@ class _Applier:
             self.whiteouts_made.add(vparts)
         else:
             self._remove(pfd, vparts)
+
+    def _drop_hidden_copies(self) -> None:
+        """Overlay mode: a lower file copied up only to be a hard link's source, inside a
+        directory this layer made opaque, goes (native mode prunes it; the link stays)."""
+        for parts in self.copied_up:
+            if parts in self.created:
+                continue
+            if not any(len(o) < len(parts) and parts[: len(o)] == o for o in self.opaque):
+                continue
+            try:
+                fd = self._open_path_nocreate(parts[:-1])
+            except OSError:
+                continue
+            try:
+                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    os.unlink(parts[-1], dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+
+    def _missing_below(self, parts: Parts) -> bool:
+        """Overlay mode: directory `parts` is absent from the merged view (not created, so
+        the upper dir gets no directory native mode would not have). A symlink or other
+        non-directory on the way is not "absent": `_dir` refuses it, as native mode does."""
+        for i in range(1, len(parts) + 1):
+            found = self._lower_lookup(parts[:i])
+            if found is None:
+                return True
+            if not stat.S_ISDIR(found[1].st_mode):
+                return False
+        return False
 
     def _prune_opaque(self, parts: Parts) -> None:
         """Native mode: an opaque directory keeps only what this layer put in it."""

@@ -3,7 +3,9 @@
 A double walk: everything in `upper` that is new or changed against `lower` (type, mode,
 owner, size, mtime, link target, device, xattrs) is written; whatever `lower` has and `upper`
 lacks becomes a `.wh.<name>` whiteout (a removed directory is one whiteout, not one per
-child). Entries are sorted, so the same trees give the same bytes. Synchronous and pure.
+child). Regular files of equal size and whole-second mtimes are compared byte by byte (as
+containerd does). Entries are sorted, so the same trees give the same bytes. Synchronous and
+pure.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,15 +43,30 @@ def _changed(a: os.stat_result, b: os.stat_result, pa: Path, pb: Path) -> bool:
         return True
     if (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid):
         return True
-    if stat.S_ISLNK(a.st_mode):
-        return os.readlink(pa) != os.readlink(pb)
-    if stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode):
-        return a.st_rdev != b.st_rdev
-    if stat.S_ISREG(a.st_mode) and (a.st_size != b.st_size or a.st_mtime_ns != b.st_mtime_ns):
+    if a.st_mtime_ns != b.st_mtime_ns:
         return True
-    if stat.S_ISDIR(a.st_mode) and a.st_mtime_ns != b.st_mtime_ns:
+    if stat.S_ISLNK(a.st_mode) and os.readlink(pa) != os.readlink(pb):
         return True
+    if (stat.S_ISCHR(a.st_mode) or stat.S_ISBLK(a.st_mode)) and a.st_rdev != b.st_rdev:
+        return True
+    if stat.S_ISREG(a.st_mode):
+        if a.st_size != b.st_size:
+            return True
+        # Whole-second mtimes (files from tars) may hide a change: compare the bytes, as
+        # containerd's double walk does.
+        if a.st_mtime_ns % 1_000_000_000 == 0 and not _same_bytes(pa, pb):
+            return True
     return _xattrs(pa) != _xattrs(pb)
+
+
+def _same_bytes(pa: Path, pb: Path) -> bool:
+    with open(pa, "rb") as fa, open(pb, "rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if ca != cb:
+                return False
+            if not ca:
+                return True
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -65,11 +83,16 @@ class _Writer:
     def add(self, path: Path, name: str) -> None:
         info = self.tar.gettarinfo(str(path), arcname=name)  # tracks hard links by inode
         info.uname = info.gname = ""
-        xattrs = _xattrs(path)
-        if xattrs:
-            info.pax_headers = {
-                f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape") for k, v in xattrs.items()
-            }
+        pax = {
+            f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+            for k, v in _xattrs(path).items()
+        }
+        mtime_ns = os.lstat(path).st_mtime_ns
+        if mtime_ns % 1_000_000_000:
+            # tarfile would write the float st_mtime, which has lost the nanoseconds.
+            pax["mtime"] = format(Decimal(mtime_ns).scaleb(-9), "f")
+        if pax:
+            info.pax_headers = pax
         if info.isreg():
             with open(path, "rb") as f:
                 self.tar.addfile(info, f)

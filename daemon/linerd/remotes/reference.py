@@ -23,7 +23,8 @@ _IPV6 = r"\[[a-fA-F0-9:]+\]"
 _HOST_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?$")
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+# ASCII: distribution's \w is RE2's [0-9A-Za-z_], not Unicode word characters.
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _ANCHORED_HEX64 = re.compile(r"^[a-f0-9]{64}$")
 _DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
