@@ -50,7 +50,8 @@ def test_diff_then_apply_reproduces_upper(tmp_path: Path) -> None:
 
     buf = io.BytesIO()
     write_diff(lower, upper, buf)
-    names = tarfile.open(fileobj=io.BytesIO(buf.getvalue())).getnames()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        names = tar.getnames()
     assert "etc/sub/.wh.gone" in names and ".wh.gone-dir" in names
     assert "gone-dir/deep" not in names and "etc/sub/gone" not in names
 
