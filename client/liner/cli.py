@@ -14,7 +14,7 @@ import signal
 import sys
 import tarfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,6 +142,23 @@ def _labels(pairs: Sequence[str], param: str) -> dict[str, str]:
         raise click.BadParameter(str(e), param_hint=param) from None
 
 
+def _each(items: Sequence[str], remove: Callable[[str], object]) -> None:
+    """Remove every item, echoing each one removed; one error line per failure, exit 1 at
+    the end if any failed (a daemon that is down stops it at once)."""
+    failed = False
+    for item in items:
+        try:
+            remove(item)
+        except LinerClientError as e:
+            if e.code_name == "UNAVAILABLE":
+                raise
+            _fail_item(str(e))
+            failed = True
+        else:
+            click.echo(item)
+    _exit_if(failed)
+
+
 def _exit_if(failed: bool) -> None:
     if failed:
         click.get_current_context().exit(1)
@@ -234,18 +251,7 @@ def namespaces_create(name: str, labels: tuple[str, ...]) -> None:
 def namespaces_rm(names: tuple[str, ...]) -> None:
     """Remove empty namespaces."""
     client = _client()
-    failed = False
-    for name in names:
-        try:
-            client.delete_namespace(name)
-        except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
-            _fail_item(str(e))
-            failed = True
-        else:
-            click.echo(name)
-    _exit_if(failed)
+    _each(names, client.delete_namespace)
 
 
 @namespaces.command("label")
@@ -301,18 +307,7 @@ def content_get(digest: str) -> None:
 def content_rm(digests: tuple[str, ...]) -> None:
     """Remove content from the namespace."""
     client = _client()
-    failed = False
-    for digest in digests:
-        try:
-            client.delete_content(digest)
-        except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
-            _fail_item(str(e))
-            failed = True
-        else:
-            click.echo(digest)
-    _exit_if(failed)
+    _each(digests, client.delete_content)
 
 
 @content.command("ingest")
@@ -410,18 +405,7 @@ def leases_create(lease_id: str, expire: str, labels: tuple[str, ...]) -> None:
 def leases_rm(sync: bool, ids: tuple[str, ...]) -> None:
     """Remove leases."""
     client = _client()
-    failed = False
-    for lease_id in ids:
-        try:
-            client.delete_lease(lease_id, sync=sync)
-        except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
-            _fail_item(str(e))
-            failed = True
-        else:
-            click.echo(lease_id)
-    _exit_if(failed)
+    _each(ids, lambda lease_id: client.delete_lease(lease_id, sync=sync))
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -786,18 +770,7 @@ def images_ls(quiet: bool, filters: tuple[str, ...]) -> None:
 def images_rm(sync: bool, names: tuple[str, ...]) -> None:
     """Remove images (their content goes when nothing else uses it)."""
     client = _client()
-    failed = False
-    for name in names:
-        try:
-            client.delete_image(name, sync=sync)
-        except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
-            _fail_item(str(e))
-            failed = True
-        else:
-            click.echo(name)
-    _exit_if(failed)
+    _each(names, lambda name: client.delete_image(name, sync=sync))
 
 
 @images.command("tag")
@@ -882,18 +855,7 @@ def snapshots_rm(keys: tuple[str, ...]) -> None:
     """Remove snapshots (children first: a snapshot with children is refused)."""
     client = _client()
     snapshotter = _snapshotter()
-    failed = False
-    for key in keys:
-        try:
-            client.remove_snapshot(snapshotter, key)
-        except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
-            _fail_item(str(e))
-            failed = True
-        else:
-            click.echo(key)
-    _exit_if(failed)
+    _each(keys, lambda key: client.remove_snapshot(snapshotter, key))
 
 
 @snapshots.command("usage")
