@@ -488,27 +488,17 @@ def images_pull(
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
     client = _client()
-    display = _display(progress)
-    final = None
-    try:
-        for update in client.pull(
-            ref,
-            wanted,
-            all_platforms=all_platforms,
-            snapshotter=snapshotter,
-            skip_unpack=skip_unpack,
-            plain_http=plain_http,
-            username=username,
-            secret=secret,
-        ):
-            display.update(update)
-            if update.done:
-                final = update
-    finally:
-        display.close()
-    if final is None or final.target is None:
-        raise Failure(f"{ref}: the pull ended without a result")
-    click.echo(f"{final.name} {final.target.digest}")
+    updates = client.pull(
+        ref,
+        wanted,
+        all_platforms=all_platforms,
+        snapshotter=snapshotter,
+        skip_unpack=skip_unpack,
+        plain_http=plain_http,
+        username=username,
+        secret=secret,
+    )
+    _follow(updates, _display(progress), f"{ref}: the pull")
 
 
 @images.command("push")
@@ -551,19 +541,24 @@ def images_push(
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
     client = _client()
-    display = _display(progress)
+    updates = client.push(
+        ref, local, wanted, plain_http=plain_http, username=username, secret=secret
+    )
+    _follow(updates, _display(progress), f"{ref}: the push")
+
+
+def _follow(updates: Any, display: Display, what: str) -> None:
+    """Show a pull's or push's progress; print `NAME DIGEST` of the result."""
     final = None
     try:
-        for update in client.push(
-            ref, local, wanted, plain_http=plain_http, username=username, secret=secret
-        ):
+        for update in updates:
             display.update(update)
             if update.done:
                 final = update
     finally:
         display.close()
     if final is None or final.target is None:
-        raise Failure(f"{ref}: the push ended without a result")
+        raise Failure(f"{what} ended without a result")
     click.echo(f"{final.name} {final.target.digest}")
 
 
