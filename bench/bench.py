@@ -918,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each clean")
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--only", default="a,b,c,e", help="of a,b,c,e (d is taken with c)")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -925,6 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (overlay mounts, runc, unshare)")
+    only = set(args.only.split(","))
     runs = args.runs or (2 if args.smoke else 5)
     quick = args.quick_runs or (2 if args.smoke else 20)
     n_detached = 2 if args.smoke else N_DETACHED
@@ -951,13 +953,17 @@ def main(argv: list[str] | None = None) -> int:
         daemons.append(liner)
         if use_containerd:
             daemons.append(ContainerdDaemon(work / "containerd"))
-        bench_pulls(daemons, images, res, runs, args.settle)
-        bench_liner_pull(liner, images, res, runs, args.settle)
+        if "a" in only:
+            bench_pulls(daemons, images, res, runs, args.settle)
+            bench_liner_pull(liner, images, res, runs, args.settle)
         for d in daemons:
             d.ctr("images", "pull", "--plain-http", images.busybox)
-        bench_run_rm(daemons, images, res, quick)
-        bench_detached(daemons, images, res, runs, n_detached)
-        bench_cli(daemons, res, quick)
+        if "b" in only:
+            bench_run_rm(daemons, images, res, quick)
+        if "c" in only:
+            bench_detached(daemons, images, res, runs, n_detached)
+        if "e" in only:
+            bench_cli(daemons, res, quick)
         if args.load:
             load = load_check(liner, reg, images, args.smoke)
         if args.profile:
@@ -980,6 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick_runs": quick,
             "detached": n_detached,
             "settle_s": args.settle,
+            "only": sorted(only),
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],
