@@ -23,7 +23,7 @@ from linerd import faults
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_tar
 from linerd.diff.compare import write_diff
-from linerd.diff.compression import HashingReader, open_layer
+from linerd.diff.compression import HashingReader, ReadAhead, open_layer
 from linerd.errdefs import InvalidArgument
 from linerd.mounts import temp_mount
 
@@ -62,9 +62,11 @@ def apply_stream(raw: BinaryIO, media_type: str, target: Target, name: str) -> D
     """Extract a (compressed) layer stream onto `target`; returns the uncompressed descriptor
     whose digest is the layer's diff ID. Blocking: run it in a thread."""
     hashed = HashingReader(open_layer(raw, media_type, name=name))
-    apply_tar(hashed, target.path, overlay=target.overlay, parents=target.parents)
-    faults.point("layer-apply")
-    hashed.drain()  # padding after the tar end counts toward the diff ID
+    with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
+        apply_tar(ahead, target.path, overlay=target.overlay, parents=target.parents)  # type: ignore[arg-type]
+        faults.point("layer-apply")
+        while ahead.read(1 << 20):  # padding after the tar end counts toward the diff ID
+            pass
     return Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
 
 

@@ -7,11 +7,17 @@ import hashlib
 import io
 import os
 import tarfile
+import threading
 
 import pytest
 import zstandard
 
-from linerd.diff.compression import SUPPORTED_MEDIA_TYPES, HashingReader, open_layer
+from linerd.diff.compression import (
+    SUPPORTED_MEDIA_TYPES,
+    HashingReader,
+    ReadAhead,
+    open_layer,
+)
 from linerd.errdefs import InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -133,3 +139,31 @@ def test_damaged_streams(kind: str, damage: object, why: str) -> None:
     stream = open_layer(io.BytesIO(blob), f"{OCI}+{kind}", name=name)
     with pytest.raises(InvalidArgument, match=rf"^{name}: corrupt {kind} stream: .*{why}"):
         read_all(stream)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_read_ahead_passes_everything_through(kind: str) -> None:
+    hashing = HashingReader(open_layer(io.BytesIO(compress(kind, TAR * 30)), f"{OCI}+{kind}"))
+    with ReadAhead(hashing, depth=2) as ahead:  # type: ignore[arg-type]
+        assert read_all(ahead) == TAR * 30
+    assert hashing.digest == "sha256:" + hashlib.sha256(TAR * 30).hexdigest()
+
+
+def test_read_ahead_raises_the_stream_error_where_it_happened() -> None:
+    blob = compress("gzip", TAR)
+    stream = open_layer(io.BytesIO(blob[: len(blob) // 2]), f"{OCI}+gzip", name="L")
+    with ReadAhead(stream) as ahead, pytest.raises(InvalidArgument, match=r"^L: corrupt gzip"):  # type: ignore[arg-type]
+        read_all(ahead)
+
+
+def test_read_ahead_close_does_not_wait_for_a_blocked_producer() -> None:
+    release = threading.Event()
+
+    class Stalled(io.RawIOBase):
+        def read(self, size: int = -1) -> bytes:
+            release.wait(10)
+            return b""
+
+    ahead = ReadAhead(Stalled())  # type: ignore[arg-type]
+    ahead.close()  # returns at once: the producer is stopped, not joined
+    release.set()

@@ -31,16 +31,15 @@ Decisions:
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 import stat
-import tarfile
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO
 
+from linerd.diff import tarstream
+from linerd.diff.tarstream import Entry, TarReader
 from linerd.errdefs import InvalidArgument
 
 WHITEOUT_PREFIX = ".wh."
@@ -48,13 +47,18 @@ WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 
-_XATTR_PAX_PREFIX = "SCHILY.xattr."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_BUF_SIZE = 1 << 20
+_COPY_CHUNK = 1 << 20
 _IGNORED_XATTR_ERRNOS = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 Parts = tuple[str, ...]
+
+_NODE_MODES = {
+    tarstream.CHAR: stat.S_IFCHR,
+    tarstream.BLOCKDEV: stat.S_IFBLK,
+    tarstream.FIFO: stat.S_IFIFO,
+}
 
 
 def apply_tar(
@@ -95,17 +99,6 @@ def _bad(name: str, why: str) -> InvalidArgument:
     return InvalidArgument(f'layer entry "{name}": {why}')
 
 
-def _pax_ns(pax: dict[str, str], key: str, fallback: float) -> int:
-    # PAX times are decimal strings; going through float would lose the nanoseconds.
-    value = pax.get(key)
-    if value is not None:
-        try:
-            return int(Decimal(value) * 1_000_000_000)
-        except ArithmeticError:
-            pass
-    return round(fallback * 1_000_000_000)
-
-
 def _is_whiteout_device(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
@@ -127,7 +120,6 @@ class _Applier:
         self.dir_times: list[tuple[Parts, int, int]] = []
         self.whiteouts_made: set[Parts] = set()
         self.copied_up: list[Parts] = []  # overlay: lower files copied up for a hard link
-        self._buf = bytearray(_BUF_SIZE)
 
     def close(self) -> None:
         self._truncate(0)
@@ -262,27 +254,10 @@ class _Applier:
     # --- the main loop --------------------------------------------------------------------
 
     def run(self, stream: BinaryIO) -> None:
-        # tarfile's stream mode re-slices its whole buffer on every read, so it gets small
-        # reads (its default bufsize) served from a large BufferedReader instead.
-        buffered = io.BufferedReader(_Readable(stream), _BUF_SIZE)
-        try:
-            tar = tarfile.open(fileobj=buffered, mode="r|")  # noqa: SIM115 (closed below)
-        except tarfile.ReadError as e:
-            if str(e) == "empty file":
-                return  # a zero-length stream is an empty layer, as in Go's tar reader
-            raise InvalidArgument(f"not a tar archive: {e}") from None
-        with tar:
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.TarError as e:
-                    raise InvalidArgument(f"malformed tar: {e}") from None
-                if member is None:
-                    break
-                try:
-                    self._entry(tar, member)
-                except tarfile.TarError as e:  # the member's data ended early
-                    raise InvalidArgument(f'layer entry "{member.name}": {e}') from None
+        # A zero-length stream is an empty layer, as in Go's tar reader.
+        reader = TarReader(stream)
+        while (entry := reader.next()) is not None:
+            self._entry(reader, entry)
         self._truncate(0)
         if not self.overlay:
             for parts in self.opaque:
@@ -292,7 +267,7 @@ class _Applier:
         for parts, atime, mtime in self.dir_times:
             self._set_dir_time(parts, atime, mtime)
 
-    def _entry(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    def _entry(self, reader: TarReader, m: Entry) -> None:
         name = m.name
         parts = clean_name(name)
         if parts is None:
@@ -300,30 +275,29 @@ class _Applier:
         if parts and parts[-1].startswith(WHITEOUT_PREFIX):
             self._whiteout(name, parts)
             return
+        kind = m.type
         if not parts:
-            if not m.isdir():
+            if kind != tarstream.DIR:
                 raise _bad(name, "cannot replace the root with a non-directory")
             self._dir_meta(self.root_fd, m)
-            self.dir_times.append(((), *self._times(m)))
+            self.dir_times.append(((), m.atime_ns, m.mtime_ns))
             return
         pfd = self._dir(parts[:-1], name)
         leaf = parts[-1]
-        if m.isreg():
-            self._file(tar, m, pfd, parts)
-        elif m.isdir():
+        if kind == tarstream.FILE:
+            self._file(reader, m, pfd, parts)
+        elif kind == tarstream.DIR:
             self._directory(m, pfd, parts)
-        elif m.issym():
+        elif kind == tarstream.SYMLINK:
             self._replace(pfd, parts, lambda: os.symlink(m.linkname, leaf, dir_fd=pfd))
             self._node_meta(pfd, leaf, m, symlink=True)
-        elif m.islnk():
+        elif kind == tarstream.HARDLINK:
             self._hardlink(m, pfd, parts)
-        elif m.ischr() or m.isblk() or m.isfifo():
-            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK if m.isblk() else stat.S_IFIFO
-            dev = os.makedev(m.devmajor, m.devminor) if not m.isfifo() else 0
-            self._replace(pfd, parts, lambda: os.mknod(leaf, kind | 0o600, dev, dir_fd=pfd))
-            self._node_meta(pfd, leaf, m, symlink=False)
         else:
-            raise _bad(name, f"unsupported tar entry type {m.type!r}")
+            mode = _NODE_MODES[kind]
+            dev = 0 if kind == tarstream.FIFO else os.makedev(m.devmajor, m.devminor)
+            self._replace(pfd, parts, lambda: os.mknod(leaf, mode | 0o600, dev, dir_fd=pfd))
+            self._node_meta(pfd, leaf, m, symlink=False)
         self.created.add(parts)
         # The directories it went into are this layer's too: a later whiteout or opaque
         # marker must not remove them (overlay mode has copied them up, so keeps them).
@@ -350,7 +324,7 @@ class _Applier:
         else:
             os.unlink(leaf, dir_fd=pfd)
 
-    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+    def _file(self, reader: TarReader, m: Entry, pfd: int, parts: Parts) -> None:
         leaf = parts[-1]
         try:
             fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
@@ -359,30 +333,15 @@ class _Applier:
             fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
         try:
             if m.size:
-                self._copy_data(tar, m, fd)
+                reader.copy_to(fd, m.name)
             os.fchown(fd, m.uid, m.gid)
             self._xattrs_fd(fd, m, regular=True)
             os.fchmod(fd, m.mode & 0o7777)
-            os.utime(fd, ns=self._times(m))
+            os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
         finally:
             os.close(fd)
 
-    def _copy_data(self, tar: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
-        src = tar.extractfile(m)
-        assert src is not None
-        buf = self._buf
-        view = memoryview(buf)
-        remaining = m.size
-        while remaining:
-            n = src.readinto(view[: min(remaining, len(buf))])  # type: ignore[attr-defined]
-            if not n:
-                raise _bad(m.name, "unexpected end of data")
-            done = 0
-            while done < n:
-                done += os.write(fd, view[done:n])
-            remaining -= n
-
-    def _directory(self, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+    def _directory(self, m: Entry, pfd: int, parts: Parts) -> None:
         leaf = parts[-1]
         replaced_whiteout = False
         try:
@@ -402,14 +361,14 @@ class _Applier:
             self._dir_meta(fd, m)
         finally:
             os.close(fd)
-        self.dir_times.append((parts, *self._times(m)))
+        self.dir_times.append((parts, m.atime_ns, m.mtime_ns))
 
-    def _dir_meta(self, fd: int, m: tarfile.TarInfo) -> None:
+    def _dir_meta(self, fd: int, m: Entry) -> None:
         os.fchown(fd, m.uid, m.gid)
         self._xattrs_fd(fd, m, regular=True)
         os.fchmod(fd, m.mode & 0o7777)
 
-    def _node_meta(self, pfd: int, leaf: str, m: tarfile.TarInfo, *, symlink: bool) -> None:
+    def _node_meta(self, pfd: int, leaf: str, m: Entry, *, symlink: bool) -> None:
         """Owner, xattrs, mode and times of a symlink or special file, never following."""
         os.chown(leaf, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
         xattrs = self._xattrs(m)
@@ -422,9 +381,9 @@ class _Applier:
         if not symlink:
             # We just created this node in pfd (mknod never follows), so it is no symlink.
             os.chmod(leaf, m.mode & 0o7777, dir_fd=pfd)
-        os.utime(leaf, ns=self._times(m), dir_fd=pfd, follow_symlinks=False)
+        os.utime(leaf, ns=(m.atime_ns, m.mtime_ns), dir_fd=pfd, follow_symlinks=False)
 
-    def _hardlink(self, m: tarfile.TarInfo, pfd: int, parts: Parts) -> None:
+    def _hardlink(self, m: Entry, pfd: int, parts: Parts) -> None:
         name = m.name
         src = clean_name(m.linkname)
         if src is None:
@@ -501,7 +460,7 @@ class _Applier:
             try:
                 fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
                 try:
-                    while os.sendfile(fd, src, None, _BUF_SIZE):
+                    while os.sendfile(fd, src, None, _COPY_CHUNK):
                         pass
                     self._copy_meta(path, st, fd)
                 finally:
@@ -655,27 +614,10 @@ class _Applier:
     # --- metadata helpers --------------------------------------------------------------------
 
     @staticmethod
-    def _times(m: tarfile.TarInfo) -> tuple[int, int]:
-        pax = m.pax_headers
-        mtime = _pax_ns(pax, "mtime", m.mtime) if pax else int(m.mtime) * 1_000_000_000
-        atime = _pax_ns(pax, "atime", m.mtime) if pax and "atime" in pax else mtime
-        return atime, mtime
+    def _xattrs(m: Entry) -> list[tuple[str, bytes]]:
+        return [(k, v) for k, v in m.xattrs if not k.startswith("trusted.overlay.")]
 
-    @staticmethod
-    def _xattrs(m: tarfile.TarInfo) -> list[tuple[str, bytes]]:
-        pax = m.pax_headers
-        if not pax:
-            return []
-        out = []
-        for key, value in pax.items():
-            if key.startswith(_XATTR_PAX_PREFIX):
-                xname = key[len(_XATTR_PAX_PREFIX) :]
-                if xname.startswith("trusted.overlay."):
-                    continue
-                out.append((xname, value.encode("utf-8", "surrogateescape")))
-        return out
-
-    def _xattrs_fd(self, fd: int, m: tarfile.TarInfo, *, regular: bool) -> None:
+    def _xattrs_fd(self, fd: int, m: Entry, *, regular: bool) -> None:
         for key, value in self._xattrs(m):
             self._setxattr_fd(fd, key, value, regular=regular, entry=m.name)
 
@@ -707,19 +649,3 @@ def _has_opaque(path: Path) -> bool:
         return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
         return False
-
-
-class _Readable(io.RawIOBase):
-    """Adapts any object with `read(n)` to the raw interface BufferedReader wants."""
-
-    def __init__(self, stream: BinaryIO) -> None:
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self._stream.read(len(b))
-        n = len(data)
-        b[:n] = data
-        return n
