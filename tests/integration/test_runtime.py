@@ -765,3 +765,44 @@ def test_crun_through_the_wrapper(env: Env) -> None:
             await env.rt.create(env.ns, "cr3", env.spec("cr3", "nosuch"), env.mounts, runtime=crun)
 
     run(body())
+
+
+def test_kill_signals_a_running_init_through_its_pidfd(env: Env) -> None:
+    """A plain kill of a started init goes to the process's pidfd (no runtime exec); `--all`,
+    and a kill before start, still go through the runtime."""
+    calls = env.tmp / "calls"
+    wrapper = env.tmp / "runc-logged"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a; do case "$a" in kill|start|create|delete) echo "$a" >> {calls};; esac; done\n'
+        f'exec {RUNC.path} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    logged = RuntimeConfig(str(wrapper), name="runc-logged")
+
+    def kills() -> int:
+        return calls.read_text().split().count("kill") if calls.exists() else 0
+
+    async def body() -> None:
+        await env.rt.create(env.ns, "p", env.spec("p", "sleep", "30"), env.mounts,
+                            runtime=logged)  # fmt: skip
+        await env.rt.start(env.ns, "p")
+        await env.rt.kill(env.ns, "p", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "p")).exit_status == 137
+        assert kills() == 0
+        await env.rt.delete(env.ns, "p")
+        await env.rt.create(env.ns, "q", env.spec("q", "sleep", "30"), env.mounts,
+                            runtime=logged)  # fmt: skip
+        await env.rt.kill(env.ns, "q", signal.SIGKILL)  # created, not started: the runtime
+        assert (await env.rt.wait(env.ns, "q")).exit_status == 137
+        assert kills() == 1
+        await env.rt.delete(env.ns, "q")
+        await env.rt.create(env.ns, "r", env.spec("r", "sleep", "30"), env.mounts,
+                            runtime=logged)  # fmt: skip
+        await env.rt.start(env.ns, "r")
+        await env.rt.kill(env.ns, "r", signal.SIGKILL, all=True)
+        assert (await env.rt.wait(env.ns, "r")).exit_status == 137
+        assert kills() == 2
+        await env.rt.delete(env.ns, "r")
+
+    run(body())

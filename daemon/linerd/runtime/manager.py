@@ -308,6 +308,11 @@ class TaskRuntime:
                 continue
             self._wds[wd] = (p, kind)
             p.wds.append(wd)
+        if p.pid > 0 and p.proc_pidfd < 0 and p.exit is None:
+            # conmon is the process's parent (subreaper) and reaps it only right before it
+            # writes the exit file, so while that file is missing the pid is still ours.
+            with contextlib.suppress(OSError):
+                p.proc_pidfd = os.pidfd_open(p.pid)
         if p.conmon_pid > 0 and p.pidfd < 0:
             try:
                 p.pidfd = os.pidfd_open(p.conmon_pid)
@@ -606,8 +611,17 @@ class TaskRuntime:
 
     async def kill(self, namespace: str, id: str, sig: int, all: bool = False) -> None:
         task = self._get(namespace, id)
-        if task.init.exit is not None:
+        p = task.init
+        if p.exit is not None:
             raise NotFound("process already finished")
+        if not all and p.started and not task.paused and p.proc_pidfd >= 0:
+            # What `runc kill` would do for a running init, without a runtime exec (~10 ms).
+            # The pidfd is the process itself: a reused pid can never get the signal.
+            try:
+                signal.pidfd_send_signal(p.proc_pidfd, int(sig))
+            except ProcessLookupError as e:
+                raise NotFound("process already finished") from e
+            return
         args = ["kill", *(["--all"] if all else []), id, str(int(sig))]
         try:
             await asyncio.to_thread(run_runtime, task.cmd, *args)
