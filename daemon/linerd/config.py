@@ -10,7 +10,6 @@ from typing import Any
 
 from linerd.errdefs import InvalidArgument
 from linerd.remotes.hosts import HostsConfig
-from linerd.runtime import resolve as runtime_resolve
 
 DEFAULT_CONFIG_PATH = Path("/etc/liner/config.toml")
 
@@ -105,6 +104,10 @@ def _fill(target: Any, values: dict[str, Any], where: str) -> None:
 
 
 def validate(config: Config) -> Config:
+    # Imported here: the runtime package is heavy, and linerd reads its config before it
+    # imports the rest of the daemon (see main.py).
+    from linerd.runtime import resolve as runtime_resolve
+
     if config.version != 1:
         raise ConfigError(f"unsupported config version {config.version}; this linerd reads 1")
     if config.log.level not in _LEVELS:

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -33,7 +33,6 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
-from linerd.archive import Archives
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
@@ -48,8 +47,6 @@ from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.metrics import Metrics, MetricsServer
-from linerd.pull import Puller
-from linerd.push import Pusher
 from linerd.remotes.hosts import HostsConfig
 from linerd.runtime import TaskRuntime
 from linerd.runtime import resolve as runtime_resolve
@@ -68,6 +65,11 @@ from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
 from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
+
+if TYPE_CHECKING:
+    from linerd.archive import Archives
+    from linerd.pull import Puller
+    from linerd.push import Pusher
 
 log = structlog.get_logger("linerd")
 
@@ -226,6 +228,27 @@ async def _watchdog() -> None:
         await asyncio.sleep(interval)
 
 
+class _Deferred:
+    """Stands for an object built on first use (attribute access), once.
+
+    Pulls, pushes and archives import the registry client (httpx, ~6 MB and ~0.2 s of
+    imports) and the layer decompressors; a daemon that is never asked for them never loads
+    them.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build: Callable[[], Any] | None = build
+        self._target: Any = None
+
+    def get(self) -> Any:
+        if self._build is not None:
+            self._target, self._build = self._build(), None
+        return self._target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 class Daemon:
     """linerd's lifetime: `load` gives the configuration (again on SIGHUP)."""
 
@@ -278,18 +301,34 @@ class Daemon:
         """Add every service; returns their full names (for the health service)."""
         config = self.config
         scratch = Path(config.state) / "mnt"
-        puller = Puller(
-            core.content,
-            core.images,
-            core.leases,
-            core.snapshots,
-            core.default_snapshotter,
-            core.gc,
-            lambda: self.hosts,
-            scratch,
-        )
-        puller.on_unpack = self.metrics.unpack_seconds.observe
-        pusher = Pusher(core.content, core.images, core.leases, lambda: self.hosts)
+
+        def build_puller() -> Puller:
+            from linerd.pull import Puller
+
+            puller = Puller(
+                core.content,
+                core.images,
+                core.leases,
+                core.snapshots,
+                core.default_snapshotter,
+                core.gc,
+                lambda: self.hosts,
+                scratch,
+            )
+            puller.on_unpack = self.metrics.unpack_seconds.observe
+            return puller
+
+        def build_pusher() -> Pusher:
+            from linerd.push import Pusher
+
+            return Pusher(core.content, core.images, core.leases, lambda: self.hosts)
+
+        def build_archives() -> Archives:
+            from linerd.archive import Archives
+
+            return Archives(core.content, core.images, core.leases, core.gc, puller.get())
+
+        puller = _Deferred(build_puller)
         services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
             (
@@ -336,11 +375,11 @@ class Daemon:
             (
                 transfer_pb2_grpc.add_TransferServicer_to_server,
                 TransferService(
-                    puller,
+                    cast("Puller", puller),
                     core.events,
                     self.metrics,
-                    pusher,
-                    Archives(core.content, core.images, core.leases, core.gc, puller),
+                    cast("Pusher", _Deferred(build_pusher)),
+                    cast("Archives", _Deferred(build_archives)),
                 ),
             ),
         ]

@@ -9,28 +9,68 @@ async with RegistryClient(HostsConfig.from_dict(config.registry)) as client:
         async for chunk in chunks: ...
 """
 
-from linerd.remotes.auth import Authorizer, Challenge, parse_www_authenticate
-from linerd.remotes.client import (
-    ACCEPT_MANIFESTS,
-    MANIFEST_MEDIA_TYPES,
-    MAX_MANIFEST_SIZE,
-    MEDIA_TYPE_DOCKER_LIST,
-    MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX,
-    MEDIA_TYPE_OCI_MANIFEST,
-    RegistryClient,
-    hasher_for,
-)
-from linerd.remotes.hosts import (
-    Credentials,
-    Endpoint,
-    HostEntry,
-    HostsConfig,
-    RegistryHosts,
-    TLSConfig,
-)
-from linerd.remotes.reference import Reference, normalize, validate_digest
-from linerd.remotes.reference import parse as parse_reference
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from linerd.remotes.auth import Authorizer, Challenge, parse_www_authenticate
+    from linerd.remotes.client import (
+        ACCEPT_MANIFESTS,
+        MANIFEST_MEDIA_TYPES,
+        MAX_MANIFEST_SIZE,
+        MEDIA_TYPE_DOCKER_LIST,
+        MEDIA_TYPE_DOCKER_MANIFEST,
+        MEDIA_TYPE_OCI_INDEX,
+        MEDIA_TYPE_OCI_MANIFEST,
+        RegistryClient,
+        hasher_for,
+    )
+    from linerd.remotes.hosts import (
+        Credentials,
+        Endpoint,
+        HostEntry,
+        HostsConfig,
+        RegistryHosts,
+        TLSConfig,
+    )
+    from linerd.remotes.reference import Reference, normalize, validate_digest
+    from linerd.remotes.reference import parse as parse_reference
+
+# Names are loaded on first use: importing linerd.remotes.hosts or .reference (the config
+# does, at start-up) must not import the HTTP client (httpx), which only pulls and pushes need.
+_WHERE = {
+    **dict.fromkeys(("Authorizer", "Challenge", "parse_www_authenticate"), "auth"),
+    **dict.fromkeys(
+        (
+            "ACCEPT_MANIFESTS",
+            "MANIFEST_MEDIA_TYPES",
+            "MAX_MANIFEST_SIZE",
+            "MEDIA_TYPE_DOCKER_LIST",
+            "MEDIA_TYPE_DOCKER_MANIFEST",
+            "MEDIA_TYPE_OCI_INDEX",
+            "MEDIA_TYPE_OCI_MANIFEST",
+            "RegistryClient",
+            "hasher_for",
+        ),
+        "client",
+    ),
+    **dict.fromkeys(
+        ("Credentials", "Endpoint", "HostEntry", "HostsConfig", "RegistryHosts", "TLSConfig"),
+        "hosts",
+    ),
+    **dict.fromkeys(("Reference", "normalize", "validate_digest"), "reference"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "parse_reference":
+        return importlib.import_module("linerd.remotes.reference").parse
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"linerd.remotes.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ACCEPT_MANIFESTS",

@@ -14,7 +14,6 @@ from linerd.content.store import ContentStore
 from linerd.core import validate
 from linerd.core.types import Mount
 from linerd.errdefs import AlreadyExists, InvalidArgument
-from linerd.layers import apply_to_mounts, write_layer
 from linerd.services.convert import descriptor
 
 DEFAULT_DIFF_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -34,6 +33,8 @@ class DiffService(diff_pb2_grpc.DiffServicer):
     async def Apply(
         self, request: diff_pb2.ApplyRequest, ctx: grpc.aio.ServicerContext
     ) -> diff_pb2.ApplyResponse:
+        from linerd.layers import apply_to_mounts  # the decompressors load on first use
+
         if request.payloads:
             raise InvalidArgument("stream processor payloads are not supported")
         layer = request.diff
@@ -60,6 +61,8 @@ class DiffService(diff_pb2_grpc.DiffServicer):
         self, request: diff_pb2.DiffRequest, ctx: grpc.aio.ServicerContext
     ) -> diff_pb2.DiffResponse:
         """Write the changes from `left` to `right` as a layer into the content store."""
+        from linerd.layers import write_layer
+
         namespace = context.namespace()
         media_type = request.media_type or DEFAULT_DIFF_MEDIA_TYPE
         left, right = mounts_from(list(request.left)), mounts_from(list(request.right))

@@ -4,19 +4,22 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
 from liner_api.containerd.events import image_pb2 as image_events
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import context
-from linerd.archive import Archives, ExportRequest, ImportOptions
 from linerd.events import Exchange
 from linerd.imagespec import Platform
-from linerd.metrics import Metrics
-from linerd.pull import Progress, Puller, PullRequest
-from linerd.push import Pusher, PushProgress, PushRequest
 from linerd.services.convert import descriptor, pack
+
+if TYPE_CHECKING:  # imported where used: pulls, pushes and archives load the registry client
+    from linerd.archive import Archives
+    from linerd.metrics import Metrics
+    from linerd.pull import Progress, Puller
+    from linerd.push import Pusher, PushProgress
 
 # How often a pull's progress is streamed while it changes.
 PROGRESS_INTERVAL = 0.1
@@ -62,6 +65,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     async def Pull(
         self, request: transfer_pb2.PullRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.PullProgress]:
+        from linerd.pull import Progress, PullRequest
+
         namespace = context.namespace()
         pull = PullRequest(
             reference=request.reference,
@@ -109,6 +114,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     async def Push(
         self, request: transfer_pb2.PushRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.PushProgress]:
+        from linerd.push import PushProgress, PushRequest
+
         namespace = context.namespace()
         push = PushRequest(
             reference=request.reference,
@@ -140,6 +147,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
     async def Export(
         self, request: transfer_pb2.ExportRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[transfer_pb2.ExportChunk]:
+        from linerd.archive import ExportRequest
+
         namespace = context.namespace()
         export = ExportRequest(
             names=list(request.names),
@@ -159,6 +168,8 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
         request_iterator: AsyncIterator[transfer_pb2.ImportChunk],
         ctx: grpc.aio.ServicerContext,
     ) -> transfer_pb2.ImportResponse:
+        from linerd.archive import ImportOptions
+
         namespace = context.namespace()
         first: transfer_pb2.ImportChunk | None = None
         async for message in request_iterator:
