@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from linerd import faults
 from linerd.content.store import ContentStore
 from linerd.errdefs import InvalidArgument
+from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database
 from linerd.metadata.leases import EXPIRE_LABEL, parse_expire
 from linerd.metadata.models import (
@@ -72,6 +73,9 @@ def label_refs(namespace: str, labels: dict[str, str]) -> Iterable[Node]:
 
 
 class ContentKind:
+    def __init__(self, records: ContentRecords | None = None) -> None:
+        self._records = records
+
     def objects(self, session: Session) -> dict[Node, GcObject]:
         return {
             (row.namespace, "content", row.digest): GcObject(labels=row.labels)
@@ -80,6 +84,8 @@ class ContentKind:
 
     def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
         for namespace, _, digest in nodes:
+            if self._records is not None:
+                self._records.cache.drop((namespace, digest))
             session.execute(
                 delete(ContentRow).where(
                     ContentRow.namespace == namespace, ContentRow.digest == digest
@@ -118,7 +124,7 @@ class Collector:
     def __init__(self, db: Database, content: ContentStore) -> None:
         self._db = db
         self._content = content
-        self._kinds: dict[str, Kind] = {"content": ContentKind()}  # by _kind_name
+        self._kinds: dict[str, Kind] = {"content": ContentKind(content.records)}  # by _kind_name
         self._roots: list[RootSource] = [image_roots, container_roots, lease_roots]
         self._wake = asyncio.Event()
         self.interval = 3600.0

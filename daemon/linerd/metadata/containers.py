@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 
 from sqlalchemy import exists, func, select
@@ -12,6 +13,7 @@ from linerd import faults
 from linerd.core import validate
 from linerd.core.types import Container, Encoded
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
+from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.models import ContainerRow
 from linerd.metadata.namespaces import ensure
@@ -71,12 +73,23 @@ def _set_spec(row: ContainerRow, spec: Encoded | None) -> None:
     row.spec_type, row.spec = spec.type_url, spec.value
 
 
+def _copy(c: Container) -> Container:
+    return dataclasses.replace(c, labels=dict(c.labels), extensions=dict(c.extensions))
+
+
 class ContainerStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # One `ctr run` looks its container up four times (Tasks/Create included).
+        self._cache: RecordCache[tuple[str, str], Container] = RecordCache(_copy)
 
     async def get(self, namespace: str, container_id: str) -> Container:
-        return await self._db.run(lambda s: _container(_get(s, namespace, container_id)))
+        key = (namespace, container_id)
+        if (hit := self._cache.get(key)) is not None:
+            return hit
+        return await self._db.run(
+            lambda s: self._cache.put(key, _container(_get(s, namespace, container_id)))
+        )
 
     async def list(self, namespace: str) -> list[Container]:
         def list_(session: Session) -> list[Container]:
@@ -93,6 +106,7 @@ class ContainerStore:
         check(container)
 
         def create(session: Session) -> Container:
+            self._cache.drop((namespace, container.id))
             ensure(session, namespace)
             if session.get(ContainerRow, (namespace, container.id)) is not None:
                 raise AlreadyExists(f"container {container.id!r} already exists")
@@ -129,6 +143,7 @@ class ContainerStore:
                 raise InvalidArgument(f"cannot update {path!r} field on container {container.id!r}")
 
         def update(session: Session) -> Container:
+            self._cache.drop((namespace, container.id))
             row = _get(session, namespace, container.id)
             if not paths:
                 if container.runtime and container.runtime != row.runtime:
@@ -158,7 +173,11 @@ class ContainerStore:
         return await self._db.run(update)
 
     async def delete(self, namespace: str, container_id: str) -> None:
-        await self._db.run(lambda s: s.delete(_get(s, namespace, container_id)))
+        def delete(session: Session) -> None:
+            self._cache.drop((namespace, container_id))
+            session.delete(_get(session, namespace, container_id))
+
+        await self._db.run(delete)
 
     def count_sync(self) -> int:
         """How many container records there are, in all namespaces. Blocks."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 from linerd.core import validate
 from linerd.core.types import ContentInfo, LeaseResource
 from linerd.errdefs import InvalidArgument, NotFound
+from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.leases import add_resource_in
 from linerd.metadata.models import ContentRow
@@ -33,12 +35,22 @@ def _get(session: Session, namespace: str, digest: str) -> ContentRow:
     return row
 
 
+def _copy(info: ContentInfo) -> ContentInfo:
+    return dataclasses.replace(info, labels=dict(info.labels))
+
+
 class ContentRecords:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Clients look the same few blobs up over and over (ctr run reads the index, manifest
+        # and config with an Info before each Read): answer those without a transaction.
+        self.cache: RecordCache[tuple[str, str], ContentInfo] = RecordCache(_copy)
 
     async def get(self, namespace: str, digest: str) -> ContentInfo:
-        return await self._db.run(lambda s: _info(_get(s, namespace, digest)))
+        key = (namespace, digest)
+        if (hit := self.cache.get(key)) is not None:
+            return hit
+        return await self._db.run(lambda s: self.cache.put(key, _info(_get(s, namespace, digest))))
 
     async def exists(self, namespace: str, digest: str) -> bool:
         return await self._db.run(lambda s: s.get(ContentRow, (namespace, digest)) is not None)
@@ -55,6 +67,7 @@ class ContentRecords:
         labels = validate.labels(labels)
 
         def add(session: Session) -> ContentInfo | None:
+            self.cache.drop((namespace, digest))
             ensure(session, namespace)
             if lease:
                 add_resource_in(session, namespace, lease, LeaseResource(id=digest, type="content"))
@@ -83,6 +96,7 @@ class ContentRecords:
                 raise InvalidArgument(f"cannot update {path!r} field on content info {digest}")
 
         def update(session: Session) -> ContentInfo:
+            self.cache.drop((namespace, digest))
             row = _get(session, namespace, digest)
             masked = validate.apply_label_mask(row.labels, labels, paths)
             row.labels = masked if masked is not None else validate.labels(labels)
@@ -103,4 +117,8 @@ class ContentRecords:
         return await self._db.run(list_)
 
     async def delete(self, namespace: str, digest: str) -> None:
-        await self._db.run(lambda s: s.delete(_get(s, namespace, digest)))
+        def delete(session: Session) -> None:
+            self.cache.drop((namespace, digest))
+            session.delete(_get(session, namespace, digest))
+
+        await self._db.run(delete)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -11,6 +12,7 @@ from linerd import faults
 from linerd.core import validate
 from linerd.core.types import Descriptor, Image
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
+from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.models import ImageRow
 from linerd.metadata.namespaces import ensure
@@ -53,12 +55,21 @@ def _set_target(row: ImageRow, target: Descriptor) -> None:
     row.annotations = dict(target.annotations)
 
 
+def _copy(image: Image) -> Image:
+    target = dataclasses.replace(image.target, annotations=dict(image.target.annotations))
+    return dataclasses.replace(image, target=target, labels=dict(image.labels))
+
+
 class ImageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache: RecordCache[tuple[str, str], Image] = RecordCache(_copy)
 
     async def get(self, namespace: str, name: str) -> Image:
-        return await self._db.run(lambda s: _image(_get(s, namespace, name)))
+        key = (namespace, name)
+        if (hit := self._cache.get(key)) is not None:
+            return hit
+        return await self._db.run(lambda s: self._cache.put(key, _image(_get(s, namespace, name))))
 
     async def list(self, namespace: str) -> list[Image]:
         def list_(session: Session) -> list[Image]:
@@ -73,6 +84,7 @@ class ImageStore:
         check(image)
 
         def create(session: Session) -> Image:
+            self._cache.drop((namespace, image.name))
             ensure(session, namespace)
             if session.get(ImageRow, (namespace, image.name)) is not None:
                 raise AlreadyExists(f"image {image.name!r} already exists")
@@ -104,6 +116,7 @@ class ImageStore:
             check(image)
 
         def update(session: Session) -> Image:
+            self._cache.drop((namespace, image.name))
             row = _get(session, namespace, image.name)
             if not paths:
                 row.labels = validate.labels(image.labels)
@@ -125,4 +138,8 @@ class ImageStore:
         return await self._db.run(update)
 
     async def delete(self, namespace: str, name: str) -> None:
-        await self._db.run(lambda s: s.delete(_get(s, namespace, name)))
+        def delete(session: Session) -> None:
+            self._cache.drop((namespace, name))
+            session.delete(_get(session, namespace, name))
+
+        await self._db.run(delete)

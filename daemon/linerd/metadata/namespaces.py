@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from linerd.core import validate
 from linerd.core.types import Namespace
 from linerd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.models import ContentRow, ImageRow, LeaseRow, NamespaceRow
 
@@ -36,6 +37,11 @@ def _has(model: type) -> EmptinessCheck:
 class NamespaceStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Get answers only labels, and {} alike for a missing row and one `ensure` made, so
+        # only create/update/delete here change an answer (ctr asks twice per `run`).
+        self._cache: RecordCache[str, Namespace] = RecordCache(
+            lambda n: Namespace(name=n.name, labels=dict(n.labels))
+        )
         # Other parts (snapshots, containers, ingests) register what they hold.
         self._holders: dict[str, EmptinessCheck] = {
             "images": _has(ImageRow),
@@ -58,9 +64,13 @@ class NamespaceStore:
         """An unknown (valid) name answers with no labels, as containerd's does; none is made."""
         validate.identifier(name, "namespace")
 
+        if (hit := self._cache.get(name)) is not None:
+            return hit
+
         def get(session: Session) -> Namespace:
             row = session.get(NamespaceRow, name)
-            return Namespace(name=name, labels=dict(row.labels) if row else {})
+            labels = dict(row.labels) if row else {}
+            return self._cache.put(name, Namespace(name=name, labels=labels))
 
         return await self._db.run(get)
 
@@ -69,6 +79,7 @@ class NamespaceStore:
         labels = validate.labels(labels)
 
         def create(session: Session) -> Namespace:
+            self._cache.drop(name)
             if session.get(NamespaceRow, name) is not None:
                 raise AlreadyExists(f"namespace {name!r} already exists")
             now = datetime.now(UTC)
@@ -85,6 +96,7 @@ class NamespaceStore:
                 raise InvalidArgument(f"cannot update {path!r} field of namespace {name!r}")
 
         def update(session: Session) -> Namespace:
+            self._cache.drop(name)
             ensure(session, name)
             row = session.get(NamespaceRow, name)
             assert row is not None
@@ -99,6 +111,7 @@ class NamespaceStore:
         validate.identifier(name, "namespace")
 
         def delete(session: Session) -> None:
+            self._cache.drop(name)
             row = session.get(NamespaceRow, name)
             if row is None:
                 raise NotFound(f"namespace {name!r} not found")

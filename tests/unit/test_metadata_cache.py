@@ -1,0 +1,153 @@
+"""The record caches of the metadata stores: hits skip the database, every change is seen."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from linerd.content.local import LocalStore
+from linerd.content.store import ContentStore
+from linerd.core.types import Container, Descriptor, Encoded, Image
+from linerd.errdefs import NotFound
+from linerd.gc.collector import Collector
+from linerd.metadata.cache import RecordCache
+from linerd.metadata.containers import ContainerStore
+from linerd.metadata.content import ContentRecords
+from linerd.metadata.db import Database, sqlite_url
+from linerd.metadata.images import ImageStore
+from linerd.metadata.namespaces import NamespaceStore
+
+pytestmark = pytest.mark.unit
+T = TypeVar("T")
+DIGEST = "sha256:" + "ab" * 32
+
+
+class CountingDatabase(Database):
+    """Counts transactions, to tell a cache hit from a read."""
+
+    transactions = 0
+
+    def _transaction(self, fn):  # type: ignore[no-untyped-def]
+        self.transactions += 1
+        return super()._transaction(fn)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[CountingDatabase]:
+    database = CountingDatabase(sqlite_url(tmp_path))
+    database.migrate()
+    yield database
+    database.close()
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def test_record_cache_is_bounded_and_hands_out_copies() -> None:
+    cache: RecordCache[str, dict[str, str]] = RecordCache(dict, limit=2)
+    got = cache.put("a", {"k": "v"})
+    got["k"] = "changed"
+    assert cache.get("a") == {"k": "v"}
+    cache.put("b", {})
+    cache.put("c", {})
+    assert cache.get("a") is None and len(cache) == 2
+    cache.drop("b")
+    assert cache.get("b") is None and cache.get("c") == {}
+
+
+def test_content_info_cached_until_updated_deleted_or_collected(
+    db: CountingDatabase, tmp_path: Path
+) -> None:
+    records = ContentRecords(db)
+    store = ContentStore(LocalStore(tmp_path / "content"), records)
+    gc = Collector(db, store)
+
+    async def body() -> None:
+        await records.add("ns", DIGEST, 3, {"a": "1"}, None)
+        first = await records.get("ns", DIGEST)
+        first.labels["a"] = "mutated by a caller"
+        before = db.transactions
+        assert (await records.get("ns", DIGEST)).labels == {"a": "1"}
+        assert db.transactions == before  # a hit
+        await records.update("ns", DIGEST, {"a": "2"}, ["labels.a"])
+        assert (await records.get("ns", DIGEST)).labels == {"a": "2"}
+        await records.delete("ns", DIGEST)
+        with pytest.raises(NotFound):
+            await records.get("ns", DIGEST)
+        # Recorded again, read (cached), then collected: the collection forgets it.
+        await records.add("ns", DIGEST, 3, {}, None)
+        assert (await records.get("ns", DIGEST)).size == 3
+        await gc.collect()
+        with pytest.raises(NotFound):
+            await records.get("ns", DIGEST)
+
+    run(body())
+
+
+def test_container_cached_until_updated_or_deleted(db: CountingDatabase) -> None:
+    store = ContainerStore(db)
+    spec = Encoded("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+
+    async def body() -> None:
+        await store.create("ns", Container(id="c", runtime="r", spec=spec, labels={"x": "1"}))
+        (await store.get("ns", "c")).labels["x"] = "mutated by a caller"
+        before = db.transactions
+        assert (await store.get("ns", "c")).labels == {"x": "1"}
+        assert db.transactions == before
+        await store.update("ns", Container(id="c", runtime="", spec=None, labels={"x": "2"}),
+                           ["labels"])  # fmt: skip
+        assert (await store.get("ns", "c")).labels == {"x": "2"}
+        await store.delete("ns", "c")
+        with pytest.raises(NotFound):
+            await store.get("ns", "c")
+        await store.create("ns", Container(id="c", runtime="r2", spec=spec))
+        assert (await store.get("ns", "c")).runtime == "r2"
+
+    run(body())
+
+
+def test_image_cached_until_updated_or_deleted(db: CountingDatabase) -> None:
+    store = ImageStore(db)
+    target = Descriptor("application/vnd.oci.image.manifest.v1+json", DIGEST, 10)
+
+    async def body() -> None:
+        await store.create("ns", Image(name="i", target=target))
+        assert (await store.get("ns", "i")).target.size == 10
+        before = db.transactions
+        (await store.get("ns", "i")).target.annotations["x"] = "mutated by a caller"
+        assert (await store.get("ns", "i")).target.annotations == {}
+        assert db.transactions == before
+        bigger = Descriptor(target.media_type, DIGEST, 20)
+        await store.update("ns", Image(name="i", target=bigger), ["target"])
+        assert (await store.get("ns", "i")).target.size == 20
+        await store.delete("ns", "i")
+        with pytest.raises(NotFound):
+            await store.get("ns", "i")
+
+    run(body())
+
+
+def test_namespace_labels_cached_until_changed(db: CountingDatabase) -> None:
+    store = NamespaceStore(db)
+
+    async def body() -> None:
+        assert (await store.get("n")).labels == {}  # unknown: no labels, nothing created
+        await store.create("n", {"a": "1"})
+        assert (await store.get("n")).labels == {"a": "1"}
+        before = db.transactions
+        assert (await store.get("n")).labels == {"a": "1"}
+        assert db.transactions == before
+        await store.update("n", {"a": "2"}, [])
+        assert (await store.get("n")).labels == {"a": "2"}
+        await store.delete("n")
+        assert (await store.get("n")).labels == {}
+
+    run(body())
