@@ -2,30 +2,33 @@
 
 Label values are bounded: gRPC service, method and code, pull outcomes, states. Never image
 names, references or container ids.
+
+Calls and pulls are counted in plain Python objects; prometheus_client (~1 MB, ~0.1 s of
+imports) is loaded only when metrics are rendered, so a daemon without a metrics address never
+loads it. The rendered families and samples are the ones prometheus_client's own Counter and
+Histogram produce (`_total`, `_bucket`, `_count`, `_sum`, `_created`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import math
 import os
-from collections.abc import Callable, Coroutine, Iterable
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from linerd.runtime import ProcessState, TaskRuntime, TaskStatus
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
 
 log = structlog.get_logger("linerd.metrics")
 T = TypeVar("T")
@@ -35,7 +38,101 @@ _BYTES_BUCKETS = [1 << n for n in range(10, 36, 2)]  # 1 KiB .. 32 GiB
 _SECONDS_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 
 
-class _StoreCollector(Collector):
+class _Series:
+    """One label set of a counter or histogram (`bounds` empty: a counter)."""
+
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.created = time.time()
+        self.buckets = [0] * buckets
+        self.sum = 0.0
+
+
+class _Family:
+    """A counter (no bounds) or a histogram, with its label sets; observed from any thread."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        bounds: Sequence[float] | None = None,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        # Histograms end with +Inf, as prometheus_client's do.
+        self.bounds = [*bounds, math.inf] if bounds is not None else []
+        self._series: dict[tuple[str, ...], _Series] = {}
+        self._lock = threading.Lock()
+        if not self.labelnames:  # created at once, as prometheus_client does
+            self._series[()] = _Series(len(self.bounds))
+
+    def _get(self, labels: tuple[str, ...]) -> _Series:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series.setdefault(labels, _Series(len(self.bounds)))
+        return series
+
+    def inc(self, *labels: str) -> None:
+        with self._lock:
+            self._get(labels).sum += 1
+
+    def observe(self, amount: float, *labels: str) -> None:
+        with self._lock:
+            series = self._get(labels)
+            series.sum += amount
+            series.buckets[bisect.bisect_left(self.bounds, amount)] += 1
+
+    def metric(self) -> Metric:
+        from prometheus_client.core import Metric
+        from prometheus_client.utils import floatToGoString
+
+        with self._lock:
+            series = [(k, v.created, list(v.buckets), v.sum) for k, v in self._series.items()]
+        if not self.bounds:
+            metric = Metric(self.name, self.documentation, "counter")
+            for labels, created, _, total in series:
+                named = dict(zip(self.labelnames, labels, strict=True))
+                metric.add_sample(f"{self.name}_total", named, total)
+                metric.add_sample(f"{self.name}_created", named, created)
+            return metric
+        metric = Metric(self.name, self.documentation, "histogram")
+        for labels, created, buckets, total in series:
+            named = dict(zip(self.labelnames, labels, strict=True))
+            acc = 0
+            for bound, count in zip(self.bounds, buckets, strict=True):
+                acc += count
+                le = {**named, "le": floatToGoString(bound)}
+                metric.add_sample(f"{self.name}_bucket", le, acc)
+            metric.add_sample(f"{self.name}_count", named, acc)
+            metric.add_sample(f"{self.name}_sum", named, total)
+            metric.add_sample(f"{self.name}_created", named, created)
+        return metric
+
+
+class _Histogram:
+    """An unlabelled histogram's `observe` (what the puller is handed)."""
+
+    def __init__(self, family: _Family) -> None:
+        self._family = family
+
+    def observe(self, amount: float) -> None:
+        self._family.observe(amount)
+
+
+class _Families:
+    """The recorded families, as a prometheus collector."""
+
+    def __init__(self, families: Sequence[_Family]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return [f.metric() for f in self._families]
+
+
+class _StoreCollector:
     """Sizes read when scraped: content store bytes and blobs, and per-snapshotter usage."""
 
     def __init__(self, blobs: Path, snapshot_sizes: Callable[[], dict[str, tuple[int, int]]]):
@@ -43,6 +140,8 @@ class _StoreCollector(Collector):
         self._snapshot_sizes = snapshot_sizes
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
         size = count = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self._blobs):
@@ -64,7 +163,7 @@ class _StoreCollector(Collector):
         yield snap_count
 
 
-class _TaskCollector(Collector):
+class _TaskCollector:
     """Containers, tasks by state, and each live task's CPU, memory and pids from its cgroup.
 
     Per-task series exist only while the task does (labels: namespace and container id).
@@ -82,6 +181,8 @@ class _TaskCollector(Collector):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         yield GaugeMetricFamily("liner_containers", "Container records", value=self._containers())
 
         async def snapshot() -> list[ProcessState]:
@@ -117,66 +218,79 @@ class _TaskCollector(Collector):
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        self.grpc_requests = Counter(
-            "liner_grpc_requests",
-            "gRPC calls handled",
-            ["service", "method", "code"],
-            registry=self.registry,
+        self.grpc_requests = _Family(
+            "liner_grpc_requests", "gRPC calls handled", ["service", "method", "code"]
         )
-        self.grpc_seconds = Histogram(
+        self.grpc_seconds = _Family(
             "liner_grpc_request_duration_seconds",
             "gRPC call latency",
             ["service", "method"],
-            buckets=_SECONDS_BUCKETS,
-            registry=self.registry,
+            _SECONDS_BUCKETS,
         )
-        self.pulls = Counter(
-            "liner_pulls", "Image pulls by outcome", ["outcome"], registry=self.registry
+        self.pulls = _Family("liner_pulls", "Image pulls by outcome", ["outcome"])
+        self.pull_bytes = _Family("liner_pull_bytes", "Bytes fetched per pull", (), _BYTES_BUCKETS)
+        self.pull_seconds = _Family(
+            "liner_pull_duration_seconds", "Pull duration", (), _SECONDS_BUCKETS
         )
-        self.pull_bytes = Histogram(
-            "liner_pull_bytes",
-            "Bytes fetched per pull",
-            buckets=_BYTES_BUCKETS,
-            registry=self.registry,
+        unpack = _Family(
+            "liner_unpack_duration_seconds", "Time to unpack one layer", (), _SECONDS_BUCKETS
         )
-        self.pull_seconds = Histogram(
-            "liner_pull_duration_seconds",
-            "Pull duration",
-            buckets=_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
-        self.unpack_seconds = Histogram(
-            "liner_unpack_duration_seconds",
-            "Time to unpack one layer",
-            buckets=_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
+        self.unpack_seconds = _Histogram(unpack)
+        self._families = [
+            self.grpc_requests,
+            self.grpc_seconds,
+            self.pulls,
+            self.pull_bytes,
+            self.pull_seconds,
+            unpack,
+        ]
+        self._collectors: list[Any] = []
+        self._registry: CollectorRegistry | None = None
 
     def add_stores(
         self, blobs: Path, snapshot_sizes: Callable[[], dict[str, tuple[int, int]]]
     ) -> None:
-        self.registry.register(_StoreCollector(blobs, snapshot_sizes))
+        self._add(_StoreCollector(blobs, snapshot_sizes))
 
     def add_tasks(
         self, runtime: TaskRuntime, loop: asyncio.AbstractEventLoop, containers: Callable[[], int]
     ) -> None:
-        self.registry.register(_TaskCollector(runtime, loop, containers))
+        self._add(_TaskCollector(runtime, loop, containers))
+
+    def _add(self, collector: Any) -> None:
+        self._collectors.append(collector)
+        if self._registry is not None:
+            self._registry.register(collector)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus_client's registry, made (and the library imported) on first use."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            registry.register(_Families(self._families))  # type: ignore[arg-type]
+            for collector in self._collectors:
+                registry.register(collector)
+            self._registry = registry
+        return self._registry
 
     def observe_call(self, full_method: str, code: str, seconds: float) -> None:
         service, _, method = full_method.lstrip("/").partition("/")
-        self.grpc_requests.labels(service, method, code).inc()
-        self.grpc_seconds.labels(service, method).observe(seconds)
+        self.grpc_requests.inc(service, method, code)
+        self.grpc_seconds.observe(seconds, service, method)
 
     def observe_pull(self, ok: bool, fetched: int, seconds: float) -> None:
-        self.pulls.labels("success" if ok else "failure").inc()
+        self.pulls.inc("success" if ok else "failure")
         if ok:
             self.pull_bytes.observe(fetched)
             self.pull_seconds.observe(seconds)
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
 
