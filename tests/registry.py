@@ -578,6 +578,8 @@ class ThrottlingProxy:
     upstream: str  # host:port
     delay: float = 0.0
     served: list[Served] = field(default_factory=list)
+    # Paths containing a key stop after their first chunk until its event is set.
+    hold: dict[str, threading.Event] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         proxy = self
@@ -617,9 +619,13 @@ class ThrottlingProxy:
                     if body is not None:
                         self.wfile.write(body)
                         return
+                    gate = next((e for k, e in proxy.hold.items() if k in self.path), None)
                     while chunk := resp.read(CHUNK):
                         self.wfile.write(chunk)
                         record.sent += len(chunk)
+                        if gate is not None:
+                            self.wfile.flush()
+                            gate.wait(120)
                         if proxy.delay:
                             time.sleep(proxy.delay)
                 except (BrokenPipeError, ConnectionResetError):

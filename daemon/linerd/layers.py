@@ -21,10 +21,11 @@ import zstandard
 
 from linerd import faults
 from linerd.core.types import Descriptor, Mount
-from linerd.diff.apply import apply_tar
+from linerd.diff.apply import apply_staged, apply_tar, stage_tar
 from linerd.diff.compare import write_diff
 from linerd.diff.compression import HashingReader, ReadAhead, open_layer
-from linerd.errdefs import InvalidArgument
+from linerd.diff.tarstream import Entry
+from linerd.errdefs import Internal, InvalidArgument
 from linerd.mounts import temp_mount
 
 UNCOMPRESSED_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -68,6 +69,30 @@ def apply_stream(raw: BinaryIO, media_type: str, target: Target, name: str) -> D
         while ahead.read(1 << 20):  # padding after the tar end counts toward the diff ID
             pass
     return Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+
+
+def stage_stream(
+    raw: BinaryIO, media_type: str, staging: Path, name: str
+) -> tuple[list[Entry], Descriptor]:
+    """Phase one of a staged apply (`stage_tar`) of a (compressed) layer stream; returns the
+    entries and the uncompressed descriptor. Blocking: run it in a thread."""
+    hashed = HashingReader(open_layer(raw, media_type, name=name))
+    with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
+        entries = stage_tar(ahead, staging)  # type: ignore[arg-type]
+        while ahead.read(1 << 20):
+            pass
+    return entries, Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+
+
+def apply_staged_to_mounts(
+    entries: list[Entry], staging: Path, mounts: Sequence[Mount], trusted: Path
+) -> None:
+    """Phase two: move a staged layer onto a snapshot of ours. Blocking."""
+    target = direct_target(mounts, trusted)
+    if target is None:  # our snapshotters' mounts always are direct targets
+        raise Internal("a staged layer can only go into a snapshot directory of this daemon")
+    apply_staged(entries, staging, target.path, overlay=target.overlay, parents=target.parents)
+    faults.point("layer-apply")
 
 
 def apply_to_mounts(

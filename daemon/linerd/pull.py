@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import io
+import os
 import secrets
 import threading
 import time
@@ -26,10 +27,11 @@ import structlog
 from linerd import imagespec
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource, SnapshotKind
+from linerd.diff.tarstream import Entry
 from linerd.errdefs import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
-from linerd.layers import apply_to_mounts
+from linerd.layers import apply_staged_to_mounts, apply_to_mounts, stage_stream
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
 from linerd.remotes import reference
@@ -42,6 +44,8 @@ log = structlog.get_logger("linerd.pull")
 T = TypeVar("T")
 MAX_CONFIG_SIZE = 8 << 20
 _CONCURRENT_DOWNLOADS = 4
+# Layers staged at once while their parents unpack: each keeps about one core busy.
+_STAGING_SLOTS = max(2, os.cpu_count() or 2)
 
 
 @dataclass(slots=True)
@@ -191,6 +195,29 @@ class _SingleFlight:
             del self._running[key]
 
 
+@dataclass(frozen=True, slots=True)
+class _Layer:
+    """One layer of the image being unpacked, and where it goes."""
+
+    desc: Descriptor
+    diff_id: str
+    chain_id: str
+    parent: str  # the chain ID below ("" for the first layer)
+
+
+async def _finish_thread(fn: Callable[[], T]) -> T:
+    """Run blocking `fn` in a thread; if cancelled meanwhile, still wait for the thread to
+    end before re-raising, so that the caller's cleanup never races the thread's writes.
+    (A thread blocked on a download ends when the download is cancelled too.)"""
+    future = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise
+
+
 @dataclass(slots=True)
 class _Job:
     """One pull in progress."""
@@ -227,6 +254,7 @@ class Puller:
         self._small_fetches = _SingleFlight()
         self._unpacks = _SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
+        self._staging_slots = asyncio.Semaphore(_STAGING_SLOTS)
         self._live: dict[tuple[str, str], _LiveBlob] = {}
         # Called with the seconds each layer took to unpack (metrics).
         self.on_unpack: Callable[[float], None] | None = None
@@ -580,16 +608,27 @@ class Puller:
     ) -> None:
         store = self._snapshots[snapshotter]
         chain = imagespec.chain_ids(config.diff_ids)
-        parent = ""
-        for layer, diff_id, chain_id in zip(manifest.layers, config.diff_ids, chain, strict=True):
-            download = downloads[layer.digest]
-            await self._unpacks.run(
-                (job.namespace, snapshotter, chain_id),
-                functools.partial(
-                    self._unpack_layer, job, store, layer, diff_id, chain_id, parent, download
-                ),
-            )
-            parent = chain_id
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                parent = ""
+                below: asyncio.Task[None] | None = None
+                for layer, diff_id, chain_id in zip(
+                    manifest.layers, config.diff_ids, chain, strict=True
+                ):
+                    work = functools.partial(
+                        self._unpack_layer,
+                        job,
+                        store,
+                        _Layer(layer, diff_id, chain_id, parent),
+                        downloads[layer.digest],
+                        below,
+                    )
+                    below = tasks.create_task(
+                        self._unpacks.run((job.namespace, snapshotter, chain_id), work)
+                    )
+                    parent = chain_id
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
         await asyncio.gather(*downloads.values())
         if chain:
             await self._label(
@@ -613,57 +652,125 @@ class Puller:
         self,
         job: _Job,
         store: SnapshotStore,
-        layer: Descriptor,
-        diff_id: str,
-        chain_id: str,
-        parent: str,
+        layer: _Layer,
         download: asyncio.Future[None],
+        below: asyncio.Task[None] | None,
     ) -> None:
+        """Unpack one layer once the layer below is unpacked (`below`). While that one is
+        still unpacking, this one is staged meanwhile (decompressed, hashed and written to a
+        scratch directory) and only moved into its snapshot once the parent exists: so the
+        layers of an image unpack in parallel."""
+        desc = layer.desc
         try:
-            await store.stat(job.namespace, chain_id)
+            await store.stat(job.namespace, layer.chain_id)
         except NotFound:
             pass
         else:
-            job.progress.update(layer.digest, state="unpacked")
+            job.progress.update(desc.digest, state="unpacked")
             return
-        key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {chain_id}"
-        mounts = await store.create(job.namespace, key, parent, {}, SnapshotKind.ACTIVE, job.lease)
+        staged = await self._stage(job, store, desc, download, below)
         try:
-            started = time.monotonic()
-            raw = await self._layer_reader(job, layer, download)
-            job.progress.update(layer.digest, state="unpacking")
+            if below is not None:
+                await below
+            await self._unpack_into_snapshot(job, store, layer, download, staged)
+        finally:
+            if staged is not None:
+                await asyncio.to_thread(store.drop_staging, staged[1])
+        await self._content.update(
+            job.namespace,
+            desc.digest,
+            {"containerd.io/uncompressed": layer.diff_id},
+            ["labels.containerd.io/uncompressed"],
+        )
+        job.progress.update(desc.digest, state="unpacked")
 
-            def apply() -> Descriptor:
-                with raw:
-                    return apply_to_mounts(
-                        raw,
-                        layer.media_type,
-                        mounts,
-                        store.root.parent,
-                        self._scratch,
-                        name=f"layer {layer.digest}",
-                    )
+    async def _stage(
+        self,
+        job: _Job,
+        store: SnapshotStore,
+        desc: Descriptor,
+        download: asyncio.Future[None],
+        below: asyncio.Task[None] | None,
+    ) -> tuple[list[Entry], Path, Descriptor] | None:
+        """Phase one of a staged unpack, if the parent is still being unpacked; else None."""
+        if below is None or below.done():
+            return None
+        async with self._staging_slots:
+            if below.done():  # the parent got there first: extract straight into a snapshot
+                return None
+            staging = await asyncio.to_thread(store.new_staging)
+            try:
+                started = time.monotonic()
+                raw = await self._layer_reader(job, desc, download)
+                job.progress.update(desc.digest, state="unpacking")
 
-            applied = await asyncio.to_thread(apply)
-            await download  # the compressed bytes' digest checks out before we commit
-            if self.on_unpack is not None:
-                self.on_unpack(time.monotonic() - started)
-            if applied.digest != diff_id:
-                raise InvalidArgument(
-                    f"layer {layer.digest}: unpacked to {applied.digest}, "
-                    f"but the image config says {diff_id}"
+                def stage() -> tuple[list[Entry], Descriptor]:
+                    with raw:
+                        return stage_stream(raw, desc.media_type, staging, f"layer {desc.digest}")
+
+                entries, applied = await _finish_thread(stage)
+                self._unpacked(started)
+            except BaseException:
+                await asyncio.to_thread(store.drop_staging, staging)
+                raise
+        return entries, staging, applied
+
+    async def _unpack_into_snapshot(
+        self,
+        job: _Job,
+        store: SnapshotStore,
+        layer: _Layer,
+        download: asyncio.Future[None],
+        staged: tuple[list[Entry], Path, Descriptor] | None,
+    ) -> None:
+        desc = layer.desc
+        if staged is not None:
+            self._check_diff_id(layer, staged[2])  # before any snapshot is made
+        key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {layer.chain_id}"
+        mounts = await store.create(
+            job.namespace, key, layer.parent, {}, SnapshotKind.ACTIVE, job.lease
+        )
+        try:
+            if staged is not None:
+                entries, staging, _ = staged
+                await _finish_thread(
+                    lambda: apply_staged_to_mounts(entries, staging, mounts, store.root.parent)
                 )
-            await store.commit(job.namespace, chain_id, key, {}, job.lease)
+            else:
+                started = time.monotonic()
+                raw = await self._layer_reader(job, desc, download)
+                job.progress.update(desc.digest, state="unpacking")
+
+                def apply() -> Descriptor:
+                    with raw:
+                        return apply_to_mounts(
+                            raw,
+                            desc.media_type,
+                            mounts,
+                            store.root.parent,
+                            self._scratch,
+                            name=f"layer {desc.digest}",
+                        )
+
+                self._check_diff_id(layer, await _finish_thread(apply))
+                self._unpacked(started)
+            await download  # the compressed bytes' digest checks out before we commit
+            await store.commit(job.namespace, layer.chain_id, key, {}, job.lease)
         except AlreadyExists:
             await store.remove(job.namespace, key)  # unpacked meanwhile by someone else
         except BaseException:
             with contextlib.suppress(Exception):
                 await store.remove(job.namespace, key)
             raise
-        await self._content.update(
-            job.namespace,
-            layer.digest,
-            {"containerd.io/uncompressed": diff_id},
-            ["labels.containerd.io/uncompressed"],
-        )
-        job.progress.update(layer.digest, state="unpacked")
+
+    @staticmethod
+    def _check_diff_id(layer: _Layer, applied: Descriptor) -> None:
+        if applied.digest != layer.diff_id:
+            raise InvalidArgument(
+                f"layer {layer.desc.digest}: unpacked to {applied.digest}, "
+                f"but the image config says {layer.diff_id}"
+            )
+
+    def _unpacked(self, started: float) -> None:
+        if self.on_unpack is not None:
+            self.on_unpack(time.monotonic() - started)

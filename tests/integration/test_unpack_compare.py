@@ -13,12 +13,14 @@ import gzip
 import hashlib
 import io
 import os
+import random
 import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from imagebuild import (
     copy_layout,
     sha256,
 )
-from registry import Registry
+from registry import Registry, ThrottlingProxy
 from support import Linerd, mounted, ns
 
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
@@ -222,6 +224,8 @@ def tricky_layers() -> list[bytes]:
             (_member("d/dir-gone", tarfile.DIRTYPE), b""),
             (_member("d/dir-gone/x"), b"x\n"),
             (_member("empty", tarfile.DIRTYPE, mode=0o700, uid=9, gid=9), b""),
+            # Incompressible bytes make the blob span several chunks of a throttled serve.
+            (_member("padding"), random.Random(7).randbytes(256 << 10)),
         ]
     )
     upper = _tar(
@@ -269,7 +273,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Linerd]:
 
 
 def linerd_tree(
-    daemon: Linerd, ref: str, namespace: str, snapshotter: str, tmp: Path
+    daemon: Linerd,
+    ref: str,
+    namespace: str,
+    snapshotter: str,
+    tmp: Path,
+    on_update: Callable[[Any], None] = lambda update: None,
 ) -> tuple[Tree, set[frozenset[str]]]:
     md = ns(namespace)
     with daemon.channel() as channel:
@@ -278,7 +287,8 @@ def linerd_tree(
             plain_http=True,
             snapshotter=snapshotter,
         )
-        final = list(transfer_pb2_grpc.TransferStub(channel).Pull(request, metadata=md))[-1]
+        for final in transfer_pb2_grpc.TransferStub(channel).Pull(request, metadata=md):
+            on_update(final)
         assert final.done
         manifest_info = content_pb2_grpc.ContentStub(channel).Info(
             content_pb2.InfoRequest(digest=final.target.digest), metadata=md
@@ -361,3 +371,54 @@ def test_tricky_image_matches_umoci_and_gnu_tar(
     assert frozenset({"d/lowerfile", "d/link-to-lower"}) in links
     assert_same(by_tar, by_umoci)
     assert_same(got, by_umoci)
+
+
+@pytest.mark.parametrize("snapshotter", ["overlayfs", "native"])
+def test_layers_unpack_in_parallel(
+    linerd: Linerd,
+    registry: Registry,
+    tricky: tuple[Path, list[bytes], str],
+    snapshotter: str,
+    tmp_path: Path,
+) -> None:
+    """The upper layer unpacks (staged) while the lower one is still downloading, held after
+    its first chunk; the result still equals umoci's. Unpacking one layer after the other,
+    the upper layer would not start before the hold's 30 s fallback. (A daemon of its own:
+    one that has the blobs already would not download them.)"""
+    layout, tars, ref = tricky
+    lower = hashlib.sha256(gzip.compress(tars[0], mtime=0)).hexdigest()
+    gate = threading.Event()
+    proxy = ThrottlingProxy(registry.host, hold={lower: gate})
+    fallback = threading.Timer(30, gate.set)
+    fallback.start()
+    seen: list[str] = []
+
+    def on_update(update: Any) -> None:
+        blobs = {b.descriptor.digest: b for b in update.blobs}
+        low = blobs.get(f"sha256:{lower}")
+        others = [
+            b
+            for d, b in blobs.items()
+            if d != f"sha256:{lower}" and "layer" in b.descriptor.media_type
+        ]
+        held = low is not None and low.offset < low.descriptor.size
+        if held and others and all(b.state == "unpacking" for b in others):
+            seen.append(low.state)
+            gate.set()
+
+    try:
+        got = linerd_tree(
+            linerd,
+            ref.replace(registry.host, proxy.host),
+            f"parallel-{snapshotter}",
+            snapshotter,
+            tmp_path / "linerd",
+            on_update,
+        )
+    finally:
+        fallback.cancel()
+        gate.set()
+        proxy.stop()
+    assert seen, "the upper layer never unpacked while the lower one was downloading"
+    assert_same(got, umoci_unpack(layout, "tricky", tmp_path / "umoci"))
+    assert not list((linerd.root / "snapshots").glob(f"{snapshotter}/stage-*"))

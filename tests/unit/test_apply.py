@@ -9,13 +9,14 @@ import stat
 import struct
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from linerd.diff.apply import OVERLAY_OPAQUE_XATTR, apply_tar
+from linerd.diff.apply import OVERLAY_OPAQUE_XATTR, apply_staged, apply_tar, stage_tar
 from linerd.errdefs import InvalidArgument
 
 pytestmark = [
@@ -85,7 +86,24 @@ def apply(
     data: bytes, target: Path, *, overlay: bool = False, parents: Sequence[Path] = ()
 ) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    apply_tar(io.BytesIO(data), target, overlay=overlay, parents=parents)
+    if not STAGED:
+        apply_tar(io.BytesIO(data), target, overlay=overlay, parents=parents)
+        return
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix="stage-") as staging:
+        entries = stage_tar(io.BytesIO(data), Path(staging))
+        apply_staged(entries, Path(staging), target, overlay=overlay, parents=parents)
+
+
+STAGED = False
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["streamed", "staged"])
+def _staged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test here runs twice: streaming into the target, and staged then applied."""
+    global STAGED
+    STAGED = request.param
+    yield
+    STAGED = False
 
 
 # --- comparing trees ----------------------------------------------------------------------

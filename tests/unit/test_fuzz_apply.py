@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from linerd.diff.apply import apply_tar
+from linerd.diff.apply import apply_staged, apply_tar, stage_tar
 from linerd.diff.compare import write_diff
 from linerd.errdefs import InvalidArgument
 
@@ -94,6 +94,28 @@ def build(entries: Sequence[E], *, outside: str = "") -> bytes:
 def apply(data: bytes, target: Path, *, overlay: bool = False, parents: Sequence[Path] = ()):
     target.mkdir(exist_ok=True)
     apply_tar(io.BytesIO(data), target, overlay=overlay, parents=parents)
+
+
+def apply_all(
+    layers: Sequence[Sequence[E]], targets: Sequence[Path], *, overlay: bool, staged: bool
+) -> None:
+    """Apply each layer onto its target (all the same one natively; one upper per layer in
+    overlay mode, each over the earlier ones). Staged: every layer is staged before the
+    first is applied, as a pull stages layers whose parents are still unpacking."""
+    if not staged:
+        for i, (entries, target) in enumerate(zip(layers, targets, strict=True)):
+            lowers = list(reversed(targets[:i])) if overlay else []
+            apply(build(entries), target, overlay=overlay, parents=lowers)
+        return
+    stages = []
+    for entries, target in zip(layers, targets, strict=True):
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix="stage-"))
+        stages.append((stage_tar(io.BytesIO(build(entries)), staging), staging))
+    for i, ((entries, staging), target) in enumerate(zip(stages, targets, strict=True)):
+        target.mkdir(exist_ok=True)
+        lowers = list(reversed(targets[:i])) if overlay else []
+        apply_staged(entries, staging, target, overlay=overlay, parents=lowers)
+        assert not os.listdir(staging), "every staged file is moved into place"
 
 
 # --- the reference model ----------------------------------------------------------------------
@@ -409,33 +431,31 @@ def draw_layers(
 # --- properties -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["streamed", "staged"])
 @settings(FUZZ, max_examples=120)
 @given(data=st.data())
-def test_native_apply_matches_model(data: st.DataObject) -> None:
+def test_native_apply_matches_model(staged: bool, data: st.DataObject) -> None:
     layers = draw_layers(data, data.draw(st.integers(1, 3)))
     note(f"layers: {layers}")
     with arena() as (base, _):
         target = base / "target"
-        for entries in layers:
-            apply(build(entries), target)
+        apply_all(layers, [target] * len(layers), overlay=False, staged=staged)
         expected = model_apply({}, layers)
         assert_same(disk_view(target), model_view(expected))
         assert disk_links(target) == model_links(expected)
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["streamed", "staged"])
 @settings(FUZZ, max_examples=40)
 @given(data=st.data())
-def test_overlay_apply_matches_model(data: st.DataObject) -> None:
+def test_overlay_apply_matches_model(staged: bool, data: st.DataObject) -> None:
     # No opaque marker on the root: overlayfs ignores trusted.overlay.opaque on a layer's
     # root directory, so the merged view cannot hide the lower root (a known limitation).
     layers = draw_layers(data, data.draw(st.integers(1, 3)), root_opaque=False)
     note(f"layers: {layers}")
     with arena() as (base, _):
-        uppers: list[Path] = []
-        for i, entries in enumerate(layers):
-            up = base / f"up{i}"
-            apply(build(entries), up, overlay=True, parents=list(reversed(uppers)))
-            uppers.append(up)
+        uppers = [base / f"up{i}" for i in range(len(layers))]
+        apply_all(layers, uppers, overlay=True, staged=staged)
         merged = mount_overlay(base, uppers)
         if merged is None:
             pytest.skip("overlay mounts unavailable")

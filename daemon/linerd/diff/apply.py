@@ -80,6 +80,55 @@ def apply_tar(
         applier.close()
 
 
+def stage_tar(stream: BinaryIO, staging: Path) -> list[Entry]:
+    """Phase one of a staged apply, possible before the layer's parents exist: read the tar,
+    writing each regular file, complete with owner, mode, xattrs and times, as
+    `<staging>/<n>` (n: its index among the entries). Returns the entries for `apply_staged`.
+
+    Everything costly (decompression, hashing, data) happens here; what is left needs the
+    parents (whiteouts, copy-ups, links) and is cheap. Reads `stream` only up to the tar's end.
+    """
+    reader = TarReader(stream)
+    entries: list[Entry] = []
+    dfd = os.open(staging, _DIR_FLAGS)
+    try:
+        while (entry := reader.next()) is not None:
+            if entry.type == tarstream.FILE and not _is_whiteout(entry.name):
+                fd = os.open(str(len(entries)), _CREATE_FLAGS, 0o600, dir_fd=dfd)
+                try:
+                    _fill_file(fd, entry, reader)
+                finally:
+                    os.close(fd)
+            entries.append(entry)
+    finally:
+        os.close(dfd)
+    return entries
+
+
+def apply_staged(
+    entries: Sequence[Entry],
+    staging: Path,
+    target: Path,
+    *,
+    overlay: bool,
+    parents: Sequence[Path] = (),
+) -> None:
+    """Phase two: apply staged entries onto `target` exactly as `apply_tar` would the tar,
+    moving the staged files into place (`staging` must be on the target's filesystem)."""
+    applier = _Applier(
+        Path(target), overlay=overlay, parents=[Path(p) for p in parents], staging=staging
+    )
+    try:
+        applier.run_staged(entries)
+    finally:
+        applier.close()
+
+
+def _is_whiteout(name: str) -> bool:
+    parts = clean_name(name)
+    return bool(parts) and parts[-1].startswith(WHITEOUT_PREFIX)  # type: ignore[index]
+
+
 def clean_name(name: str) -> Parts | None:
     """The components of a tar name relative to the root; None if `..` leaves the root."""
     parts: list[str] = []
@@ -104,11 +153,21 @@ def _is_whiteout_device(st: os.stat_result) -> bool:
 
 
 class _Applier:
-    def __init__(self, target: Path, *, overlay: bool, parents: list[Path]) -> None:
+    def __init__(
+        self, target: Path, *, overlay: bool, parents: list[Path], staging: Path | None = None
+    ) -> None:
         self.target = target
         self.overlay = overlay
         self.parents = parents
-        self.root_fd = os.open(target, _DIR_FLAGS)
+        # Staged mode: the regular file of entry n waits, complete, as `<staging>/<n>`.
+        self._staging_fd = os.open(staging, _DIR_FLAGS) if staging else -1
+        self._index = 0
+        try:
+            self.root_fd = os.open(target, _DIR_FLAGS)
+        except BaseException:
+            if self._staging_fd >= 0:
+                os.close(self._staging_fd)
+            raise
         # The directory chain of the last entry's parent: components and open fds
         # (fds[0] is the root). Tars are mostly sorted, so most entries reuse it.
         self._chain: list[str] = []
@@ -124,6 +183,8 @@ class _Applier:
     def close(self) -> None:
         self._truncate(0)
         os.close(self.root_fd)
+        if self._staging_fd >= 0:
+            os.close(self._staging_fd)
 
     # --- directory resolution -------------------------------------------------------------
 
@@ -209,7 +270,7 @@ class _Applier:
         for key in os.listxattr(src, follow_symlinks=False):
             if not key.startswith("trusted.overlay."):
                 value = os.getxattr(src, key, follow_symlinks=False)
-                self._setxattr_fd(fd, key, value, regular=True, entry=str(src))
+                _setxattr_fd(fd, key, value, regular=True, entry=str(src))
         os.fchmod(fd, stat.S_IMODE(st.st_mode))
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -258,6 +319,14 @@ class _Applier:
         reader = TarReader(stream)
         while (entry := reader.next()) is not None:
             self._entry(reader, entry)
+        self._finish()
+
+    def run_staged(self, entries: Sequence[Entry]) -> None:
+        for self._index, entry in enumerate(entries):
+            self._entry(None, entry)
+        self._finish()
+
+    def _finish(self) -> None:
         self._truncate(0)
         if not self.overlay:
             for parts in self.opaque:
@@ -267,7 +336,7 @@ class _Applier:
         for parts, atime, mtime in self.dir_times:
             self._set_dir_time(parts, atime, mtime)
 
-    def _entry(self, reader: TarReader, m: Entry) -> None:
+    def _entry(self, reader: TarReader | None, m: Entry) -> None:
         name = m.name
         parts = clean_name(name)
         if parts is None:
@@ -324,20 +393,19 @@ class _Applier:
         else:
             os.unlink(leaf, dir_fd=pfd)
 
-    def _file(self, reader: TarReader, m: Entry, pfd: int, parts: Parts) -> None:
+    def _file(self, reader: TarReader | None, m: Entry, pfd: int, parts: Parts) -> None:
         leaf = parts[-1]
+        if reader is None:  # staged: the file is complete, only its place is missing
+            self._remove(pfd, parts)
+            os.rename(str(self._index), leaf, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+            return
         try:
             fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
         except FileExistsError:
             self._remove(pfd, parts)
             fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
         try:
-            if m.size:
-                reader.copy_to(fd, m.name)
-            os.fchown(fd, m.uid, m.gid)
-            self._xattrs_fd(fd, m, regular=True)
-            os.fchmod(fd, m.mode & 0o7777)
-            os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
+            _fill_file(fd, m, reader)
         finally:
             os.close(fd)
 
@@ -365,19 +433,19 @@ class _Applier:
 
     def _dir_meta(self, fd: int, m: Entry) -> None:
         os.fchown(fd, m.uid, m.gid)
-        self._xattrs_fd(fd, m, regular=True)
+        _xattrs_fd(fd, m, regular=True)
         os.fchmod(fd, m.mode & 0o7777)
 
     def _node_meta(self, pfd: int, leaf: str, m: Entry, *, symlink: bool) -> None:
         """Owner, xattrs, mode and times of a symlink or special file, never following."""
         os.chown(leaf, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
-        xattrs = self._xattrs(m)
+        xattrs = _xattrs(m)
         if xattrs:
             # No fd-based call can reach a symlink's xattrs; the /proc magic link is the
             # parent directory itself, and the leaf is not followed.
             path = f"/proc/self/fd/{pfd}/{leaf}"
             for key, value in xattrs:
-                self._setxattr(path, key, value, m.name)
+                _setxattr(path, key, value, m.name)
         if not symlink:
             # We just created this node in pfd (mknod never follows), so it is no symlink.
             os.chmod(leaf, m.mode & 0o7777, dir_fd=pfd)
@@ -613,35 +681,48 @@ class _Applier:
 
     # --- metadata helpers --------------------------------------------------------------------
 
-    @staticmethod
-    def _xattrs(m: Entry) -> list[tuple[str, bytes]]:
-        return [(k, v) for k, v in m.xattrs if not k.startswith("trusted.overlay.")]
 
-    def _xattrs_fd(self, fd: int, m: Entry, *, regular: bool) -> None:
-        for key, value in self._xattrs(m):
-            self._setxattr_fd(fd, key, value, regular=regular, entry=m.name)
+def _xattrs(m: Entry) -> list[tuple[str, bytes]]:
+    return [(k, v) for k, v in m.xattrs if not k.startswith("trusted.overlay.")]
 
-    def _setxattr_fd(self, fd: int, key: str, value: bytes, *, regular: bool, entry: str) -> None:
-        try:
-            os.setxattr(fd, key, value)
-        except OSError as e:
-            self._xattr_error(e, key, entry, regular=regular)
 
-    def _setxattr(self, path: str, key: str, value: bytes, entry: str) -> None:
-        try:
-            os.setxattr(path, key, value, follow_symlinks=False)
-        except OSError as e:
-            self._xattr_error(e, key, entry, regular=False)
+def _xattrs_fd(fd: int, m: Entry, *, regular: bool) -> None:
+    for key, value in _xattrs(m):
+        _setxattr_fd(fd, key, value, regular=regular, entry=m.name)
 
-    @staticmethod
-    def _xattr_error(e: OSError, key: str, entry: str, *, regular: bool) -> None:
-        if e.errno in _IGNORED_XATTR_ERRNOS:
-            return
-        if e.errno == errno.EPERM and (
-            key.startswith(("trusted.", "security.")) or (key.startswith("user.") and not regular)
-        ):
-            return
-        raise _bad(entry, f"cannot set xattr {key}: {e.strerror}") from None
+
+def _setxattr_fd(fd: int, key: str, value: bytes, *, regular: bool, entry: str) -> None:
+    try:
+        os.setxattr(fd, key, value)
+    except OSError as e:
+        _xattr_error(e, key, entry, regular=regular)
+
+
+def _setxattr(path: str, key: str, value: bytes, entry: str) -> None:
+    try:
+        os.setxattr(path, key, value, follow_symlinks=False)
+    except OSError as e:
+        _xattr_error(e, key, entry, regular=False)
+
+
+def _xattr_error(e: OSError, key: str, entry: str, *, regular: bool) -> None:
+    if e.errno in _IGNORED_XATTR_ERRNOS:
+        return
+    if e.errno == errno.EPERM and (
+        key.startswith(("trusted.", "security.")) or (key.startswith("user.") and not regular)
+    ):
+        return
+    raise _bad(entry, f"cannot set xattr {key}: {e.strerror}") from None
+
+
+def _fill_file(fd: int, m: Entry, reader: TarReader) -> None:
+    """A new regular file's data and metadata, xattrs after chown (which clears caps)."""
+    if m.size:
+        reader.copy_to(fd, m.name)
+    os.fchown(fd, m.uid, m.gid)
+    _xattrs_fd(fd, m, regular=True)
+    os.fchmod(fd, m.mode & 0o7777)
+    os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
 
 
 def _has_opaque(path: Path) -> bool:
