@@ -417,6 +417,23 @@ def test_read(space: Ns) -> None:
     assert code_of(space.read, "not a digest") == C.INVALID_ARGUMENT
 
 
+def test_read_small_blob_again_and_elsewhere(space: Ns, chan: grpc.Channel) -> None:
+    """Small blobs are answered from memory after the first read: the same bytes and errors,
+    and still only in namespaces that record them."""
+    data = b'{"schemaVersion": 2, "config": {}}'
+    digest = space.write(data)
+    for _ in range(2):
+        assert space.read(digest) == data
+        assert space.read(digest, offset=3, size=4) == data[3:7]
+        assert space.read(digest, offset=len(data)) == b""
+        assert space.read(digest, offset=len(data) - 2, size=100) == data[-2:]
+        assert code_of(space.read, digest, offset=len(data) + 1) == C.OUT_OF_RANGE
+    other = Ns(chan)
+    assert code_of(other.read, digest) == C.NOT_FOUND
+    space.content.Delete(content_pb2.DeleteContentRequest(digest=digest), metadata=space.md)
+    assert code_of(space.read, digest) == C.NOT_FOUND
+
+
 # -- Info / Update / List / Delete --------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,7 +12,7 @@ from linerd import context
 from linerd.content.store import ContentStore, Writer
 from linerd.core import filters
 from linerd.core.types import ContentInfo, IngestStatus
-from linerd.errdefs import InvalidArgument
+from linerd.errdefs import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
 from linerd.events import Exchange
 from linerd.gc.collector import Collector
 from linerd.services.convert import pack, timestamp
@@ -20,6 +21,30 @@ STAT = content_pb2.WriteAction.Value("STAT")
 WRITE = content_pb2.WriteAction.Value("WRITE")
 COMMIT = content_pb2.WriteAction.Value("COMMIT")
 _LIST_BATCH = 100
+# Small blobs (manifests, indexes, configs) that clients read again and again are kept in
+# memory: a blob's bytes never change, so only the namespace's record is checked per read.
+SMALL_BLOB = 256 << 10
+SMALL_BLOBS_TOTAL = 4 << 20
+
+
+class SmallBlobs:
+    """Bytes of small blobs by digest, at most `total` bytes (oldest dropped first)."""
+
+    def __init__(self, total: int = SMALL_BLOBS_TOTAL) -> None:
+        self._total = total
+        self._size = 0
+        self._items: dict[str, bytes] = {}
+
+    def get(self, digest: str) -> bytes | None:
+        return self._items.get(digest)
+
+    def put(self, digest: str, data: bytes) -> None:
+        if digest in self._items or len(data) > self._total:
+            return
+        while self._items and self._size + len(data) > self._total:
+            self._size -= len(self._items.pop(next(iter(self._items))))
+        self._items[digest] = data
+        self._size += len(data)
 
 
 def _info(info: ContentInfo) -> content_pb2.Info:
@@ -48,6 +73,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self._store = store
         self._gc = gc
         self._events = events
+        self._small = SmallBlobs()
 
     async def Info(
         self, request: content_pb2.InfoRequest, ctx: grpc.aio.ServicerContext
@@ -91,11 +117,38 @@ class ContentService(content_pb2_grpc.ContentServicer):
         self._gc.schedule()
         return Empty()
 
+    async def _small_blob(self, namespace: str, digest: str) -> bytes | None:
+        """The whole blob if it is small (NotFound without this namespace's record)."""
+        info = await self._store.info(namespace, digest)
+        if info.size > SMALL_BLOB:
+            return None
+        data = self._small.get(info.digest)
+        if data is None:
+            try:
+                data = await asyncio.to_thread(self._store.local.read, info.digest, 0, info.size)
+            except FileNotFoundError as e:
+                raise NotFound(f"content digest {digest} not found") from e
+            if len(data) != info.size:
+                raise FailedPrecondition(f"blob {digest} is shorter than its record")
+            self._small.put(info.digest, data)
+        return data
+
     async def Read(
         self, request: content_pb2.ReadContentRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[content_pb2.ReadContentResponse]:
-        offset = request.offset
-        chunks = await self._store.read(context.namespace(), request.digest, offset, request.size)
+        namespace, offset = context.namespace(), request.offset
+        data = await self._small_blob(namespace, request.digest)
+        if data is not None:
+            # The same answers as the store's chunked read, without a file read per call.
+            if offset < 0 or offset > len(data):
+                raise OutOfRange(
+                    f"offset {offset} is outside blob {request.digest} of {len(data)} bytes"
+                )
+            end = len(data) if request.size <= 0 else min(len(data), offset + request.size)
+            if offset < end:
+                yield content_pb2.ReadContentResponse(offset=offset, data=data[offset:end])
+            return
+        chunks = await self._store.read(namespace, request.digest, offset, request.size)
         async for data in chunks:
             yield content_pb2.ReadContentResponse(offset=offset, data=data)
             offset += len(data)
