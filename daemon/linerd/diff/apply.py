@@ -335,6 +335,7 @@ class _Applier:
             self._drop_hidden_copies()
         for parts, atime, mtime in self.dir_times:
             self._set_dir_time(parts, atime, mtime)
+        self._truncate(0)
 
     def _entry(self, reader: TarReader | None, m: Entry) -> None:
         name = m.name
@@ -668,16 +669,12 @@ class _Applier:
         return fd
 
     def _set_dir_time(self, parts: Parts, atime: int, mtime: int) -> None:
+        # Through the cached chain: the times come in tar order, mostly sharing parents.
         try:
-            fd = self._open_path_nocreate(parts)
-        except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                return  # removed or replaced by a later entry
-            raise
-        try:
-            os.utime(fd, ns=(atime, mtime))
-        finally:
-            os.close(fd)
+            fd = self._dir(parts, "", create=False)
+        except (FileNotFoundError, InvalidArgument):
+            return  # removed, or replaced by a non-directory, by a later entry
+        os.utime(fd, ns=(atime, mtime))
 
     # --- metadata helpers --------------------------------------------------------------------
 

@@ -83,12 +83,16 @@ def _cstr(buf: bytes, start: int, end: int) -> bytes:
 
 
 def _number(buf: bytes, start: int, end: int, what: str) -> int:
-    first = buf[start]
+    raw = buf[start:end]
+    first = raw[0]
     if first & 0x80:  # GNU base-256: big-endian two's complement, high bit as the marker
-        raw = buf[start:end]
         if first == 0xFF:
             return int.from_bytes(raw, "big", signed=True)
         return int.from_bytes(bytes([first & 0x7F]) + raw[1:], "big")
+    try:  # the common case, "0000644\0" or "644 \0"
+        return int(raw.rstrip(b"\0 ") or b"0", 8)
+    except ValueError:
+        pass
     digits = _cstr(buf, start, end).strip(b" ")
     if not digits:
         return 0
@@ -103,13 +107,12 @@ def _checksum_ok(hdr: bytes) -> bool:
         stored = _number(hdr, 148, 156, "checksum")
     except InvalidArgument:
         return False
-    rest = hdr[:148] + b"        " + hdr[156:]
-    unsigned = sum(rest)
+    unsigned = sum(hdr) - sum(hdr[148:156]) + 256  # the field itself counts as 8 spaces
     if stored == unsigned:
         return True
     # Some old writers summed signed chars.
-    signed = unsigned - 256 * sum(1 for b in rest if b > 127)
-    return stored == signed
+    rest = hdr[:148] + hdr[156:]
+    return stored == unsigned - 256 * sum(1 for b in rest if b > 127)
 
 
 def _pax_ns(value: str, key: str) -> int:
