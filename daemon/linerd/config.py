@@ -138,6 +138,11 @@ def validate(config: Config) -> Config:
 
 def load(path: Path | None) -> Config:
     """Defaults, overlaid with the file if given (or the default path if it exists)."""
+    return validate(read(path))
+
+
+def read(path: Path | None) -> Config:
+    """`load` without the validation (which imports the runtime code)."""
     config = Config()
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
@@ -149,7 +154,7 @@ def load(path: Path | None) -> Config:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config {path}: {e}") from e
         _fill(config, values, "")
-    return validate(config)
+    return config
 
 
 def to_toml(config: Config) -> str:

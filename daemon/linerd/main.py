@@ -10,7 +10,7 @@ from pathlib import Path
 # Only light modules here: the rest of the daemon is imported in main(), after the process
 # is tuned (allocator, optional modules), so that the tuning applies to those imports too.
 from linerd import __version__
-from linerd.config import Config, ConfigError, load, to_toml, validate
+from linerd.config import Config, ConfigError, load, read, to_toml, validate
 
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -79,7 +79,7 @@ def _tune_process(args: argparse.Namespace) -> None:
     except (OSError, AttributeError):  # not glibc: its defaults stay
         pass
     try:
-        fmt = args.log_format or load(args.config).log.format
+        fmt = args.log_format or read(args.config).log.format
     except ConfigError:
         fmt = "console"  # Daemon() reports the error; nothing to decide here
     if fmt != "console":
