@@ -8,34 +8,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
-import tarfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from liner import events as eventdocs
-from liner import images as imagedocs
-from liner import run as run_mod
-from liner.client import (
+from liner.common import (
     DEFAULT_ADDRESS,
+    DEFAULT_RUNTIME,
     PROCESS_URL,
     RESOURCES_URL,
     SPEC_URL,
-    AnyValue,
-    Client,
-    Image,
     LinerClientError,
-    Process,
-    SnapshotInfo,
+    RunError,
+    lazy_module,
 )
 from liner.format import (
     age,
@@ -47,11 +40,23 @@ from liner.format import (
     snapshot_tree,
     table,
 )
-from liner.progress import Display, LiveDisplay, NoDisplay, PlainDisplay
-from liner.run import RunError
-from liner.version import __version__
 from linerd.errdefs import InvalidArgument
-from linerd.imagespec import host_platform, parse_platform
+
+if TYPE_CHECKING:
+    from liner import events as eventdocs
+    from liner import images as imagedocs
+    from liner import run as run_mod
+    from liner.client import AnyValue, Client, Image, Process, SnapshotInfo
+    from liner.progress import Display
+    from linerd import imagespec
+else:
+    # Each command imports what it uses when it runs: grpc and the generated code (through
+    # liner.client), rich (progress), the run machinery. `liner version` and `liner --help`
+    # stay fast.
+    eventdocs = lazy_module("liner.events")
+    imagedocs = lazy_module("liner.images")
+    run_mod = lazy_module("liner.run")
+    imagespec = lazy_module("linerd.imagespec")
 
 CLIENT_REVISION = "liner"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -126,6 +131,8 @@ class Settings:
 
     def client(self) -> Client:
         if self._client is None:
+            from liner.client import Client
+
             self._client = Client(self.address, self.namespace, timeout=self.timeout or None)
             click.get_current_context().call_on_close(self._client.close)
         return self._client
@@ -164,6 +171,16 @@ def _exit_if(failed: bool) -> None:
         click.get_current_context().exit(1)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """--version: as click.version_option prints it, with the version looked up only here."""
+    if not value or ctx.resilient_parsing:
+        return
+    from liner.version import installed_version
+
+    click.echo(f"liner, version {installed_version()}")
+    ctx.exit()
+
+
 @click.group("liner", cls=LinerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--address",
@@ -189,7 +206,15 @@ def _exit_if(failed: bool) -> None:
     default=0,
     help="seconds each call may take; 0 = no limit",
 )
-@click.version_option(__version__, "--version", "-v", prog_name="liner")
+@click.option(
+    "--version",
+    "-v",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and exit.",
+)
 @click.pass_context
 def cli(ctx: click.Context, address: str, namespace: str, timeout: float) -> None:
     """Command line client for linerd."""
@@ -202,8 +227,12 @@ def cli(ctx: click.Context, address: str, namespace: str, timeout: float) -> Non
 @cli.command()
 def version() -> None:
     """Show client and server versions."""
+    import platform
+
+    from liner.version import installed_version
+
     click.echo("Client:")
-    click.echo(f"  Version:  {__version__}")
+    click.echo(f"  Version:  {installed_version()}")
     click.echo(f"  Revision: {CLIENT_REVISION}")
     click.echo(f"  Python:   {platform.python_version()}")
     click.echo()
@@ -436,6 +465,8 @@ def _credentials(user: str | None) -> tuple[str, str]:
 
 
 def _display(mode: str) -> Display:
+    from liner.progress import LiveDisplay, NoDisplay, PlainDisplay
+
     if mode == "auto":
         mode = "tty" if sys.stdout.isatty() else "plain"
     if mode == "tty":
@@ -483,7 +514,7 @@ def images_pull(
 ) -> None:
     """Pull an image (in linerd) and unpack it; prints `NAME DIGEST` when done."""
     try:
-        wanted = [parse_platform(p) for p in platforms]
+        wanted = [imagespec.parse_platform(p) for p in platforms]
     except InvalidArgument as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
@@ -536,7 +567,7 @@ def images_push(
     """Push image LOCAL (default: REF) of linerd's store to the registry as REF; prints
     `REF DIGEST` when done."""
     try:
-        wanted = [parse_platform(p) for p in platforms]
+        wanted = [imagespec.parse_platform(p) for p in platforms]
     except InvalidArgument as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
@@ -593,7 +624,7 @@ def images_export(
     """Export images as an OCI image layout: a tar (to a file, or `-` for stdout), or with
     --dir a directory."""
     try:
-        wanted = [parse_platform(p) for p in platforms]
+        wanted = [imagespec.parse_platform(p) for p in platforms]
     except InvalidArgument as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     client = _client()
@@ -636,6 +667,8 @@ def _extract_layout(chunks: Any, out: Path) -> None:
             for data in chunks:
                 pipe.write(data)
 
+    import tarfile
+
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
@@ -652,6 +685,8 @@ def _extract_layout(chunks: Any, out: Path) -> None:
 def _directory_chunks(directory: Path, size: int = 1 << 20) -> Any:
     """An OCI layout directory as a tar stream (written by a thread into a pipe, so memory
     stays bounded whatever the blobs weigh)."""
+    import tarfile
+
     read_fd, write_fd = os.pipe()
     failure: list[BaseException] = []
 
@@ -742,7 +777,7 @@ def images_ls(quiet: bool, filters: tuple[str, ...]) -> None:
             click.echo(image.name)
         return
     docs = imagedocs.Documents(client)
-    here = host_platform()
+    here = imagespec.host_platform()
     rows = []
     for image in found:
         summary = imagedocs.summarize(docs, image, here)
@@ -794,7 +829,7 @@ def images_inspect(name: str) -> None:
     any), this machine's platform's Manifest and Config."""
     client = _client()
     image: Image = client.get_image(name)
-    doc = imagedocs.inspect(imagedocs.Documents(client), image, host_platform())
+    doc = imagedocs.inspect(imagedocs.Documents(client), image, imagespec.host_platform())
     click.echo(json.dumps(doc, indent=2))
 
 
@@ -952,7 +987,7 @@ def _exit_with(code: int) -> NoReturn:
 @click.option("--read-only", is_flag=True, help="read-only root filesystem")
 @click.option("--privileged", is_flag=True, help="all capabilities, all devices, no masks")
 @click.option("--net-host", is_flag=True, help="the host's network namespace")
-@click.option("--runtime", default=run_mod.DEFAULT_RUNTIME, show_default=True, help="runtime name")
+@click.option("--runtime", default=DEFAULT_RUNTIME, show_default=True, help="runtime name")
 @click.option("--runc-binary", default="", help="runtime binary to use instead of the runtime's")
 @click.option(
     "--snapshotter",

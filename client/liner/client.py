@@ -7,6 +7,7 @@ Every call goes through one error boundary (`Client._errors`) that turns `grpc.R
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import queue
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -22,49 +23,70 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from liner_api.containerd.runc.v1 import options_pb2
-from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
-from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
-from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
-from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
-from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
-from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
-from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
-from liner_api.containerd.services.version.v1 import version_pb2_grpc
-from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
-from liner_api.containerd.types.task import task_pb2
-from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-from linerd.imagespec import Platform, parse_platform
+from liner.common import (
+    DEFAULT_ADDRESS,
+    PROCESS_URL,
+    RESOURCES_URL,
+    LinerClientError,
+    lazy_module,
+)
+
+if TYPE_CHECKING:
+    from liner_api.containerd.runc.v1 import options_pb2
+    from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+    from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+    from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+    from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+    from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
+    from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+    from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
+    from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
+    from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+    from liner_api.containerd.services.version.v1 import version_pb2_grpc
+    from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
+    from liner_api.containerd.types.task import task_pb2
+    from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
+    from linerd.imagespec import Platform
+else:
+    # The generated modules are imported on first use: building their descriptors is most of
+    # the client's import time, and a command talks to one or two services.
+    _API = "liner_api.containerd"
+    options_pb2 = lazy_module(f"{_API}.runc.v1.options_pb2")
+    containers_pb2 = lazy_module(f"{_API}.services.containers.v1.containers_pb2")
+    containers_pb2_grpc = lazy_module(f"{_API}.services.containers.v1.containers_pb2_grpc")
+    content_pb2 = lazy_module(f"{_API}.services.content.v1.content_pb2")
+    content_pb2_grpc = lazy_module(f"{_API}.services.content.v1.content_pb2_grpc")
+    events_pb2 = lazy_module(f"{_API}.services.events.v1.events_pb2")
+    events_pb2_grpc = lazy_module(f"{_API}.services.events.v1.events_pb2_grpc")
+    images_pb2 = lazy_module(f"{_API}.services.images.v1.images_pb2")
+    images_pb2_grpc = lazy_module(f"{_API}.services.images.v1.images_pb2_grpc")
+    introspection_pb2_grpc = lazy_module(f"{_API}.services.introspection.v1.introspection_pb2_grpc")
+    leases_pb2 = lazy_module(f"{_API}.services.leases.v1.leases_pb2")
+    leases_pb2_grpc = lazy_module(f"{_API}.services.leases.v1.leases_pb2_grpc")
+    namespaces_pb2 = lazy_module(f"{_API}.services.namespaces.v1.namespaces_pb2")
+    namespaces_pb2_grpc = lazy_module(f"{_API}.services.namespaces.v1.namespaces_pb2_grpc")
+    snapshots_pb2 = lazy_module(f"{_API}.services.snapshots.v1.snapshots_pb2")
+    snapshots_pb2_grpc = lazy_module(f"{_API}.services.snapshots.v1.snapshots_pb2_grpc")
+    tasks_pb2 = lazy_module(f"{_API}.services.tasks.v1.tasks_pb2")
+    tasks_pb2_grpc = lazy_module(f"{_API}.services.tasks.v1.tasks_pb2_grpc")
+    version_pb2_grpc = lazy_module(f"{_API}.services.version.v1.version_pb2_grpc")
+    descriptor_pb2 = lazy_module(f"{_API}.types.descriptor_pb2")
+    mount_pb2 = lazy_module(f"{_API}.types.mount_pb2")
+    platform_pb2 = lazy_module(f"{_API}.types.platform_pb2")
+    task_pb2 = lazy_module(f"{_API}.types.task.task_pb2")
+    transfer_pb2 = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2")
+    transfer_pb2_grpc = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2_grpc")
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
-DEFAULT_ADDRESS = "/run/liner/liner.sock"
 MAX_MESSAGE_SIZE = 16 << 20
 WRITE_CHUNK = 1 << 20
 
-_STAT = content_pb2.WriteAction.Value("STAT")
-_WRITE = content_pb2.WriteAction.Value("WRITE")
-_COMMIT = content_pb2.WriteAction.Value("COMMIT")
+# content.v1.WriteAction values (fixed by the proto; test_client_imports checks them).
+_STAT, _WRITE, _COMMIT = 0, 1, 2
 RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
-SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
-PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
-RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 # Go clients encode an unset time as year 1.
 _GO_ZERO_SECONDS = -62135596800
-
-
-class LinerClientError(Exception):
-    """A failed call: the gRPC status code name (e.g. NOT_FOUND) and a one-line message."""
-
-    def __init__(self, code_name: str, message: str) -> None:
-        super().__init__(message)
-        self.code_name = code_name
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,17 +475,6 @@ class Client:
                 ("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
             ],
         )
-        self._version = version_pb2_grpc.VersionStub(self._channel)
-        self._introspection = introspection_pb2_grpc.IntrospectionStub(self._channel)
-        self._namespaces = namespaces_pb2_grpc.NamespacesStub(self._channel)
-        self._leases = leases_pb2_grpc.LeasesStub(self._channel)
-        self._content = content_pb2_grpc.ContentStub(self._channel)
-        self._images = images_pb2_grpc.ImagesStub(self._channel)
-        self._snapshots = snapshots_pb2_grpc.SnapshotsStub(self._channel)
-        self._transfer = transfer_pb2_grpc.TransferStub(self._channel)
-        self._containers = containers_pb2_grpc.ContainersStub(self._channel)
-        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
-        self._events = events_pb2_grpc.EventsStub(self._channel)
 
     def __enter__(self) -> Self:
         return self
@@ -478,6 +489,52 @@ class Client:
 
     def close(self) -> None:
         self._channel.close()
+
+    # The stubs are made on first use, so only the services a command calls are imported.
+
+    @functools.cached_property
+    def _version(self) -> version_pb2_grpc.VersionStub:
+        return version_pb2_grpc.VersionStub(self._channel)
+
+    @functools.cached_property
+    def _introspection(self) -> introspection_pb2_grpc.IntrospectionStub:
+        return introspection_pb2_grpc.IntrospectionStub(self._channel)
+
+    @functools.cached_property
+    def _namespaces(self) -> namespaces_pb2_grpc.NamespacesStub:
+        return namespaces_pb2_grpc.NamespacesStub(self._channel)
+
+    @functools.cached_property
+    def _leases(self) -> leases_pb2_grpc.LeasesStub:
+        return leases_pb2_grpc.LeasesStub(self._channel)
+
+    @functools.cached_property
+    def _content(self) -> content_pb2_grpc.ContentStub:
+        return content_pb2_grpc.ContentStub(self._channel)
+
+    @functools.cached_property
+    def _images(self) -> images_pb2_grpc.ImagesStub:
+        return images_pb2_grpc.ImagesStub(self._channel)
+
+    @functools.cached_property
+    def _snapshots(self) -> snapshots_pb2_grpc.SnapshotsStub:
+        return snapshots_pb2_grpc.SnapshotsStub(self._channel)
+
+    @functools.cached_property
+    def _transfer(self) -> transfer_pb2_grpc.TransferStub:
+        return transfer_pb2_grpc.TransferStub(self._channel)
+
+    @functools.cached_property
+    def _containers(self) -> containers_pb2_grpc.ContainersStub:
+        return containers_pb2_grpc.ContainersStub(self._channel)
+
+    @functools.cached_property
+    def _tasks(self) -> tasks_pb2_grpc.TasksStub:
+        return tasks_pb2_grpc.TasksStub(self._channel)
+
+    @functools.cached_property
+    def _events(self) -> events_pb2_grpc.EventsStub:
+        return events_pb2_grpc.EventsStub(self._channel)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -892,6 +949,8 @@ class Client:
         `platforms` empty means the daemon's; `snapshotter` empty the daemon's default. Closing
         the iterator early cancels the pull.
         """
+        from linerd.imagespec import Platform, parse_platform
+
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.PullRequest(
             reference=ref,
@@ -926,6 +985,8 @@ class Client:
     ) -> Iterator[PullProgress]:
         """Push image `image` (empty: `ref`) to `ref` from the daemon; yields its progress
         (states "waiting", "uploading", "exists", "mounted", "done"), the last with `done`."""
+        from linerd.imagespec import Platform, parse_platform
+
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.PushRequest(
             reference=ref,
@@ -953,6 +1014,8 @@ class Client:
         docker_manifest: bool = True,
     ) -> Iterator[bytes]:
         """The images as an OCI image layout tar, in chunks."""
+        from linerd.imagespec import Platform, parse_platform
+
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.ExportRequest(
             names=list(names),

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from liner.client import (
-    SPEC_URL,
     AnyValue,
     Client,
     Container,
@@ -43,13 +42,13 @@ from liner.client import (
     Mount,
     runc_options,
 )
+from liner.common import DEFAULT_RUNTIME, SPEC_URL, RunError
 from liner.format import rfc3339
 from liner.images import Documents
 from linerd.imagespec import host_platform
 
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 EXPIRE_LABEL = "containerd.io/gc.expire"
-DEFAULT_RUNTIME = "io.containerd.runc.v2"
 FIFO_ROOT = "/run/liner/fifo"
 FIFO_PREFIX = "liner-"
 # Signals a non-terminal `run`/`exec` forwards to the process (ctr forwards every signal).
@@ -63,10 +62,6 @@ FORWARDED = (
 )
 _STOPPING = (signal.SIGINT, signal.SIGTERM)
 _COPY = 32 * 1024
-
-
-class RunError(Exception):
-    """A failure `liner run` reports as one line."""
 
 
 # -- argument formats -------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""What each entry point imports: the heavy modules load only where they are used.
+
+Each check runs in a fresh interpreter (this process has imported everything already).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+HEAVY_FOR_CLI = [
+    "grpc",
+    "rich",
+    "google.protobuf",
+    "importlib.metadata",
+    "liner.client",
+    "liner.run",
+    "liner.progress",
+    "liner_api",
+    "linerd.imagespec",
+    "tarfile",
+]
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules loaded once `code` ran (SystemExit included) in a new interpreter."""
+    script = (
+        "import json, sys\n"
+        f"try:\n    exec({code!r})\nexcept SystemExit:\n    pass\n"
+        "sys.stdout = sys.__stdout__\n"
+        "print('\\n' + json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def _cli(*args: str) -> str:
+    return f"import sys\nfrom liner.cli import main\nsys.argv = ['liner', *{list(args)!r}]\nmain()"
+
+
+@pytest.mark.parametrize("args", [(), ("--help",), ("--version",), ("images", "--help")])
+def test_cli_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
+    loaded = _modules_after(_cli(*args))
+    assert not {m for m in loaded if m.split(".")[0] in HEAVY_FOR_CLI or m in HEAVY_FOR_CLI}
+
+
+def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
+    # No daemon there: the command fails to connect, after importing what it needs.
+    loaded = _modules_after(_cli("-a", str(tmp_path / "none.sock"), "version"))
+    assert "grpc" in loaded
+    assert "liner_api.containerd.services.version.v1.version_pb2_grpc" in loaded
+    for unwanted in ("rich", "liner.run", "liner.progress", "importlib.metadata", "tarfile"):
+        assert unwanted not in loaded
+    services = {m for m in loaded if m.startswith("liner_api.containerd.services.")}
+    assert {m.split(".")[3] for m in services} <= {"version", "introspection"}
+
+
+def test_package_names_still_resolve() -> None:
+    import liner
+    from liner import LinerClientError
+    from liner.client import Client
+    from liner.client import LinerClientError as FromClient
+
+    assert liner.Client is Client
+    assert LinerClientError is FromClient
+    assert liner.__version__ == version("liner")
+
+
+def test_installed_version_matches_importlib_metadata() -> None:
+    from liner.version import installed_version
+
+    assert installed_version() == version("liner")
+
+
+def test_write_actions_match_the_proto() -> None:
+    from liner import client
+    from liner_api.containerd.services.content.v1 import content_pb2
+
+    values = content_pb2.WriteAction
+    assert (
+        values.Value("STAT"),
+        values.Value("WRITE"),
+        values.Value("COMMIT"),
+    ) == (client._STAT, client._WRITE, client._COMMIT)
+
+
+def test_daemon_imports_no_pull_or_metrics_code_at_start_up() -> None:
+    loaded = _modules_after("import linerd.main, linerd.server")
+    for unwanted in (
+        "httpx",
+        "prometheus_client",
+        "linerd.pull",
+        "linerd.push",
+        "linerd.archive",
+        "linerd.layers",
+        "linerd.remotes.client",
+        "zstandard",
+    ):
+        assert unwanted not in loaded
+
+
+def test_daemon_process_tuning_keeps_rich_out_of_json_logging() -> None:
+    code = (
+        "import argparse, sys\n"
+        "from linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import structlog\n"
+        "assert sys.modules['rich'] is None\n"
+        "main._tune_process(argparse.Namespace(log_format='console', config=None))\n"
+    )
+    loaded = _modules_after(code)
+    assert "structlog" in loaded
+    console = _modules_after(
+        "import argparse\nfrom linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format='console', config=None))\n"
+        "import structlog"
+    )
+    assert "rich" in console
