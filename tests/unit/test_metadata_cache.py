@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from sqlalchemy.orm import Session
 
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
 from linerd.core.types import Container, Descriptor, Encoded, Image
-from linerd.errdefs import NotFound
+from linerd.errdefs import AlreadyExists, NotFound
 from linerd.gc.collector import Collector
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.containers import ContainerStore
@@ -110,6 +111,42 @@ def test_container_cached_until_updated_or_deleted(db: CountingDatabase) -> None
             await store.get("ns", "c")
         await store.create("ns", Container(id="c", runtime="r2", spec=spec))
         assert (await store.get("ns", "c")).runtime == "r2"
+
+    run(body())
+
+
+def test_after_commit_runs_only_once_committed(db: CountingDatabase) -> None:
+    seen: list[str] = []
+
+    def ok(session: Session) -> None:
+        db.after_commit(session, lambda: seen.append("ok"))
+        assert seen == []  # not before the commit
+
+    def fails(session: Session) -> None:
+        db.after_commit(session, lambda: seen.append("rolled back"))
+        raise NotFound("x")
+
+    db.run_sync(ok)
+    with pytest.raises(NotFound):
+        db.run_sync(fails)
+    db.run_sync(lambda s: None)
+    assert seen == ["ok"]
+
+
+def test_created_container_is_cached(db: CountingDatabase) -> None:
+    store = ContainerStore(db)
+    spec = Encoded("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+
+    async def body() -> None:
+        created = await store.create("ns", Container(id="c", runtime="r", spec=spec))
+        created.labels["x"] = "mutated by a caller"
+        before = db.transactions
+        got = await store.get("ns", "c")
+        assert db.transactions == before
+        assert (got.runtime, got.labels) == ("r", {})
+        with pytest.raises(AlreadyExists):
+            await store.create("ns", Container(id="c", runtime="other", spec=spec))
+        assert (await store.get("ns", "c")).runtime == "r"
 
     run(body())
 

@@ -130,7 +130,11 @@ class ContainerStore:
             _set_spec(row, container.spec)
             session.add(row)
             faults.point("container-create")
-            return _container(row)
+            created = _container(row)
+            # ctr gets the container right after creating it (twice, Tasks/Create included).
+            key = (namespace, container.id)
+            self._db.after_commit(session, lambda: self._cache.put(key, created))
+            return _copy(created)
 
         return await self._db.run(create)
 

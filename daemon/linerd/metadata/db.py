@@ -20,6 +20,7 @@ from linerd.metadata import migrations
 from linerd.metadata.models import Meta
 
 T = TypeVar("T")
+_AFTER_COMMIT = "linerd.after_commit"
 
 
 def sqlite_url(root: Path) -> str:
@@ -63,7 +64,17 @@ class Database:
 
     def _transaction(self, fn: Callable[[Session], T]) -> T:
         with self._sessions.begin() as session:
-            return fn(session)
+            result = fn(session)
+        # Committed. Still on the database thread, so before any other transaction.
+        for callback in session.info.pop(_AFTER_COMMIT, ()):
+            callback()
+        return result
+
+    @staticmethod
+    def after_commit(session: Session, callback: Callable[[], None]) -> None:
+        """Call `callback` on the database thread once `session`'s transaction committed
+        (never if it rolls back): where a record cache learns a value it just wrote."""
+        session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
     def server_uuid(self) -> str:
         """The uuid Introspection/Server reports; created once, stable across restarts."""
