@@ -27,6 +27,10 @@ _request_ids = itertools.count(1)
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, observers: list[CallObserver] | None = None) -> None:
         self.observers = observers if observers is not None else []
+        # method -> (the service's handler, our wrapper of it). Wrapping once per method
+        # instead of once per call saves building a handler for every request; the call's
+        # metadata is read from its context instead.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -36,8 +40,15 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        metadata = dict(details.invocation_metadata or ())
-        call = _Call(self, details.method, metadata)
+        cached = self._wrapped.get(details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(details.method, handler)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        call = _Call(self, method)
         if handler.response_streaming:
             behavior = handler.unary_stream or handler.stream_stream
             wrapped = call.wrap_stream(behavior)
@@ -62,17 +73,23 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
 
 
 class _Call:
-    def __init__(self, owner: RequestInterceptor, method: str, metadata: dict[str, Any]) -> None:
+    """One method's wrapper: what every call of it does before and after the service."""
+
+    def __init__(self, owner: RequestInterceptor, method: str) -> None:
         self.owner = owner
         self.method = method
-        self.namespace = metadata.get(context.NAMESPACE_HEADER)
-        self.lease = metadata.get(context.LEASE_HEADER)
 
-    def _enter(self) -> float:
-        context.bind(self.namespace, self.lease)
+    def _enter(self, ctx: grpc.aio.ServicerContext) -> float:
+        namespace = lease = None
+        for key, value in ctx.invocation_metadata() or ():
+            if key == context.NAMESPACE_HEADER:
+                namespace = value
+            elif key == context.LEASE_HEADER:
+                lease = value
+        context.bind(namespace, lease)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            method=self.method, namespace=self.namespace, request_id=next(_request_ids)
+            method=self.method, namespace=namespace, request_id=next(_request_ids)
         )
         return time.monotonic()
 
@@ -97,7 +114,7 @@ class _Call:
 
     def wrap_unary(self, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         async def unary(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-            started = self._enter()
+            started = self._enter(ctx)
             try:
                 response = await behavior(request, ctx)
             except asyncio.CancelledError:
@@ -116,7 +133,7 @@ class _Call:
         self, behavior: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = self._enter()
+            started = self._enter(ctx)
             try:
                 async for response in behavior(request, ctx):
                     yield response
