@@ -806,3 +806,31 @@ def test_kill_signals_a_running_init_through_its_pidfd(env: Env) -> None:
         await env.rt.delete(env.ns, "r")
 
     run(body())
+
+
+def test_runtime_state_deleted_once_init_exits(env: Env) -> None:
+    """The runtime's `delete` runs when init exits (Tasks/Delete then has less to do); the
+    task stays STOPPED with its exit status until Delete, which still cleans up everything."""
+    root = env.rt.runtime_root(RUNC, env.ns)
+
+    def listed() -> list[str]:
+        out = subprocess.run([RUNC.path, "--root", str(root), "list", "-q"],
+                             capture_output=True, text=True)  # fmt: skip
+        return out.stdout.split()
+
+    async def body() -> None:
+        await env.create("e", "sh", "-c", "exit 3")
+        await env.rt.start(env.ns, "e")
+        assert (await env.rt.wait(env.ns, "e")).exit_status == 3
+        for _ in range(200):
+            if not listed():
+                break
+            await asyncio.sleep(0.01)
+        assert listed() == []
+        state = env.rt.state(env.ns, "e")
+        assert (state.status, state.exit_status) == (TaskStatus.STOPPED, 3)
+        assert (await env.rt.delete(env.ns, "e")).exit_status == 3
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "e")
+
+    run(body())

@@ -182,6 +182,7 @@ class _Task:
     init: _Proc = field(init=False)
     execs: dict[str, _Proc] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    runtime_deleted: bool = False  # the runtime's state is gone (deleted once init exited)
 
     def proc(self, exec_id: str) -> _Proc:
         if not exec_id:
@@ -398,6 +399,8 @@ class TaskRuntime:
         p.exited.set()
         assert p.exit is not None
         t = p.task
+        if not p.exec_id and not p.monitor_lost:
+            self._spawn_bg(self._delete_stopped(t))
         for cb in self._exit_cbs:
             self._call(
                 cb, t.namespace, t.id, p.exec_id, p.pid, p.exit.exit_status, p.exit.exited_at
@@ -680,7 +683,7 @@ class TaskRuntime:
                 await self._runtime_delete(task, force=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(p.exited.wait(), 10)
-            else:
+            elif not task.runtime_deleted:
                 await self._runtime_delete(task, force=p.monitor_lost)
             for q in [p, *task.execs.values()]:
                 # conmon still finishes (unlinks its socket) after writing the exit file.
@@ -693,6 +696,20 @@ class TaskRuntime:
         if p.exit is None:
             p.exit = ExitInfo(p.pid, MONITOR_LOST_STATUS, _now())
         return p.exit
+
+    async def _delete_stopped(self, task: _Task) -> None:
+        """`<runtime> delete` as soon as the init process has exited, so Tasks/Delete (which
+        clients call right after Wait) finds it done. Only when no exec is left: the runtime
+        would kill one still running (in a container sharing the host's pid namespace).
+        Any failure is left for Tasks/Delete, which runs the runtime again and reports it."""
+        async with task.lock:
+            if self._tasks.get((task.namespace, task.id)) is not task or task.runtime_deleted:
+                return
+            if any(e.status() == TaskStatus.RUNNING for e in task.execs.values()):
+                return
+            with contextlib.suppress(FailedPrecondition, DeadlineExceeded):
+                await self._runtime_delete(task, force=False)
+                task.runtime_deleted = True
 
     async def _runtime_delete(self, task: _Task, force: bool) -> None:
         args = ["delete", *(["--force"] if force else []), task.id]
