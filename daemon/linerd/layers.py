@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,9 @@ from linerd import faults
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_staged, apply_tar, stage_tar
 from linerd.diff.compare import write_diff
-from linerd.diff.compression import HashingReader, ReadAhead, open_layer
-from linerd.diff.tarstream import Entry
-from linerd.errdefs import Internal, InvalidArgument
+from linerd.diff.compression import SUPPORTED_MEDIA_TYPES, HashingReader, ReadAhead, open_layer
+from linerd.diff.worker import StagedLayer, stage_in_process
+from linerd.errdefs import InvalidArgument
 from linerd.mounts import temp_mount
 
 UNCOMPRESSED_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -71,35 +72,70 @@ def apply_stream(raw: BinaryIO, media_type: str, target: Target, name: str) -> D
     return Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
 
 
+# Layers from this size on are staged in a worker process (linerd.diff.worker); below it,
+# starting one (~0.1 s) costs more than the GIL contention it avoids.
+WORKER_MIN_SIZE = 4 << 20
+
+
 def stage_stream(
-    raw: BinaryIO, media_type: str, staging: Path, name: str
-) -> tuple[list[Entry], Descriptor]:
-    """Phase one of a staged apply (`stage_tar`) of a (compressed) layer stream; returns the
-    entries and the uncompressed descriptor. Blocking: run it in a thread."""
-    hashed = HashingReader(open_layer(raw, media_type, name=name))
+    raw: BinaryIO, media_type: str, staging: Path, name: str, *, size: int
+) -> StagedLayer:
+    """Phase one of a staged apply (`stage_tar`) of a (compressed) layer stream of `size`
+    bytes: in a worker process if it is large. Blocking: run it in a thread."""
+    if size >= WORKER_MIN_SIZE:
+        return stage_in_process(raw, staging, media_type, name)
+    compressed = HashingReader(raw)
+    hashed = HashingReader(open_layer(compressed, media_type, name=name))  # type: ignore[arg-type]
     with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
         entries = stage_tar(ahead, staging)  # type: ignore[arg-type]
         while ahead.read(1 << 20):
             pass
-    return entries, Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+    compressed.drain()
+    applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+    return StagedLayer(entries, applied, compressed.digest)
 
 
-def apply_staged_to_mounts(
-    entries: list[Entry], staging: Path, mounts: Sequence[Mount], trusted: Path
-) -> None:
-    """Phase two: move a staged layer onto a snapshot of ours. Blocking."""
+def staged_target(mounts: Sequence[Mount], trusted: Path, staging: Path) -> Target | None:
+    """Where a layer staged in `staging` can be moved to: a snapshot directory of ours on
+    the same filesystem (files are renamed into place). None otherwise."""
     target = direct_target(mounts, trusted)
-    if target is None:  # our snapshotters' mounts always are direct targets
-        raise Internal("a staged layer can only go into a snapshot directory of this daemon")
-    apply_staged(entries, staging, target.path, overlay=target.overlay, parents=target.parents)
+    if target is None or os.stat(staging).st_dev != os.stat(target.path).st_dev:
+        return None
+    return target
+
+
+def apply_staged_to(staged: StagedLayer, staging: Path, target: Target) -> None:
+    """Phase two: move a staged layer onto `target` (from `staged_target`). Blocking."""
+    apply_staged(
+        staged.entries, staging, target.path, overlay=target.overlay, parents=target.parents
+    )
     faults.point("layer-apply")
 
 
 def apply_to_mounts(
-    raw: BinaryIO, media_type: str, mounts: Sequence[Mount], trusted: Path, scratch: Path, name: str
+    raw: BinaryIO,
+    media_type: str,
+    mounts: Sequence[Mount],
+    trusted: Path,
+    scratch: Path,
+    name: str,
+    *,
+    size: int = 0,
+    staging: Path | None = None,
 ) -> Descriptor:
+    """Extract a (compressed) layer of `size` bytes onto `mounts`; returns the uncompressed
+    descriptor. Given `staging` (an empty directory on the snapshots' filesystem), a large
+    layer is staged in a worker process and moved into place. Blocking."""
     if not mounts:
         raise InvalidArgument("no mounts to apply the layer to")
+    if media_type not in SUPPORTED_MEDIA_TYPES:
+        raise InvalidArgument(f"{name}: unsupported media type {media_type!r}")
+    if staging is not None and size >= WORKER_MIN_SIZE:
+        into = staged_target(mounts, trusted, staging)
+        if into is not None:
+            staged = stage_in_process(raw, staging, media_type, name)
+            apply_staged_to(staged, staging, into)
+            return staged.applied
     target = direct_target(mounts, trusted)
     if target is not None:
         return apply_stream(raw, media_type, target, name)

@@ -11,29 +11,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import io
 import os
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO, TypeVar
 
 import structlog
 
 from linerd import imagespec
+from linerd.content.live import LiveBlob
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource, SnapshotKind
-from linerd.diff.tarstream import Entry
-from linerd.errdefs import Aborted, AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
+from linerd.diff.worker import StagedLayer
+from linerd.errdefs import (
+    AlreadyExists,
+    DataLoss,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
-from linerd.layers import apply_staged_to_mounts, apply_to_mounts, stage_stream
+from linerd.layers import (
+    WORKER_MIN_SIZE,
+    apply_staged_to,
+    apply_to_mounts,
+    stage_stream,
+    staged_target,
+)
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.prestage import Prestaged, Prestager
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig
@@ -110,64 +123,6 @@ def _first(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(error, asyncio.CancelledError):
             return error
     return group.exceptions[0]
-
-
-class _LiveBlob:
-    """A blob being downloaded into an ingest file, readable while its bytes arrive.
-
-    The downloader (on the event loop) reports growth; a reader (in an unpack thread) blocks
-    until bytes it needs are there. Unpacking so overlaps downloading; the digest is still
-    checked by the download before the unpacked snapshot is committed.
-    """
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = path
-        self._cond = threading.Condition()
-        self._size = size
-        self._done = False
-        self._error: BaseException | None = None
-
-    def grew(self, size: int) -> None:
-        with self._cond:
-            self._size = size
-            self._cond.notify_all()
-
-    def finish(self, error: BaseException | None = None) -> None:
-        with self._cond:
-            self._done, self._error = True, error
-            self._cond.notify_all()
-
-    def open(self) -> _LiveReader:
-        """Raises FileNotFoundError once the download has committed the file away."""
-        return _LiveReader(self, open(self.path, "rb"))
-
-
-class _LiveReader(io.RawIOBase):
-    def __init__(self, blob: _LiveBlob, file: BinaryIO) -> None:
-        self._blob = blob
-        self._file = file
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        blob = self._blob
-        with blob._cond:
-            while self._pos >= blob._size and not blob._done:
-                blob._cond.wait()
-            if blob._error is not None:
-                raise Aborted(f"download of the layer failed: {blob._error}")
-            available = blob._size - self._pos
-        if available <= 0:
-            return 0
-        n = self._file.readinto(memoryview(buffer)[:available])
-        self._pos += n or 0
-        return n or 0
-
-    def close(self) -> None:
-        self._file.close()
-        super().close()
 
 
 class _SingleFlight:
@@ -255,7 +210,7 @@ class Puller:
         self._unpacks = _SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
         self._staging_slots = asyncio.Semaphore(_STAGING_SLOTS)
-        self._live: dict[tuple[str, str], _LiveBlob] = {}
+        self._live: dict[tuple[str, str], LiveBlob] = {}
         # Called with the seconds each layer took to unpack (metrics).
         self.on_unpack: Callable[[float], None] | None = None
 
@@ -500,7 +455,7 @@ class Puller:
             return
         keep = True
         key = (job.namespace, desc.digest)
-        live = self._live[key] = _LiveBlob(writer.ingest.directory / "data", writer.status().offset)
+        live = self._live[key] = LiveBlob(writer.ingest.directory / "data", writer.status().offset)
         error: BaseException | None = None
         try:
             async with self._download_slots:
@@ -668,14 +623,14 @@ class Puller:
         else:
             job.progress.update(desc.digest, state="unpacked")
             return
-        staged = await self._stage(job, store, desc, download, below)
+        staged = await self._stage(job, desc, download, below)
         try:
             if below is not None:
                 await below
             await self._unpack_into_snapshot(job, store, layer, download, staged)
         finally:
             if staged is not None:
-                await asyncio.to_thread(store.drop_staging, staged[1])
+                await asyncio.to_thread(Prestager.remove_dir, staged.directory)
         await self._content.update(
             job.namespace,
             desc.digest,
@@ -687,33 +642,34 @@ class Puller:
     async def _stage(
         self,
         job: _Job,
-        store: SnapshotStore,
         desc: Descriptor,
         download: asyncio.Future[None],
         below: asyncio.Task[None] | None,
-    ) -> tuple[list[Entry], Path, Descriptor] | None:
+    ) -> Prestaged | None:
         """Phase one of a staged unpack, if the parent is still being unpacked; else None."""
-        if below is None or below.done():
+        area = self._content.prestager
+        if below is None or below.done() or area is None:
             return None
         async with self._staging_slots:
             if below.done():  # the parent got there first: extract straight into a snapshot
                 return None
-            staging = await asyncio.to_thread(store.new_staging)
+            staging = await asyncio.to_thread(area.new_dir)
             try:
                 started = time.monotonic()
                 raw = await self._layer_reader(job, desc, download)
                 job.progress.update(desc.digest, state="unpacking")
+                name = f"layer {desc.digest}"
 
-                def stage() -> tuple[list[Entry], Descriptor]:
+                def stage() -> StagedLayer:
                     with raw:
-                        return stage_stream(raw, desc.media_type, staging, f"layer {desc.digest}")
+                        return stage_stream(raw, desc.media_type, staging, name, size=desc.size)
 
-                entries, applied = await _finish_thread(stage)
+                staged = await _finish_thread(stage)
                 self._unpacked(started)
             except BaseException:
-                await asyncio.to_thread(store.drop_staging, staging)
+                await asyncio.to_thread(area.remove_dir, staging)
                 raise
-        return entries, staging, applied
+        return Prestaged(staged, staging)
 
     async def _unpack_into_snapshot(
         self,
@@ -721,23 +677,32 @@ class Puller:
         store: SnapshotStore,
         layer: _Layer,
         download: asyncio.Future[None],
-        staged: tuple[list[Entry], Path, Descriptor] | None,
+        staged: Prestaged | None,
     ) -> None:
         desc = layer.desc
+        trusted = store.root.parent
         if staged is not None:
-            self._check_diff_id(layer, staged[2])  # before any snapshot is made
+            self._check_diff_id(layer, staged.staged.applied)  # before any snapshot is made
         key = f"extract-{time.time_ns()}-{secrets.token_hex(4)} {layer.chain_id}"
         mounts = await store.create(
             job.namespace, key, layer.parent, {}, SnapshotKind.ACTIVE, job.lease
         )
+        area = self._content.prestager
+        scratch: Path | None = None
         try:
             if staged is not None:
-                entries, staging, _ = staged
-                await _finish_thread(
-                    lambda: apply_staged_to_mounts(entries, staging, mounts, store.root.parent)
-                )
+
+                def move() -> None:
+                    target = staged_target(mounts, trusted, staged.directory)
+                    if target is None:  # our snapshotters always give one
+                        raise Internal(f"layer {desc.digest}: staged where it cannot be moved")
+                    apply_staged_to(staged.staged, staged.directory, target)
+
+                await _finish_thread(move)
             else:
                 started = time.monotonic()
+                if area is not None and desc.size >= WORKER_MIN_SIZE:
+                    scratch = await asyncio.to_thread(area.new_dir)
                 raw = await self._layer_reader(job, desc, download)
                 job.progress.update(desc.digest, state="unpacking")
 
@@ -747,9 +712,11 @@ class Puller:
                             raw,
                             desc.media_type,
                             mounts,
-                            store.root.parent,
+                            trusted,
                             self._scratch,
                             name=f"layer {desc.digest}",
+                            size=desc.size,
+                            staging=scratch,
                         )
 
                 self._check_diff_id(layer, await _finish_thread(apply))
@@ -762,6 +729,9 @@ class Puller:
             with contextlib.suppress(Exception):
                 await store.remove(job.namespace, key)
             raise
+        finally:
+            if scratch is not None:
+                await asyncio.to_thread(Prestager.remove_dir, scratch)
 
     @staticmethod
     def _check_diff_id(layer: _Layer, applied: Descriptor) -> None:

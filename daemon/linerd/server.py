@@ -47,6 +47,7 @@ from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.metrics import Metrics, MetricsServer
+from linerd.prestage import Prestager
 from linerd.remotes.hosts import HostsConfig
 from linerd.runtime import TaskRuntime
 from linerd.runtime import resolve as runtime_resolve
@@ -153,6 +154,7 @@ def build_core(config: Config) -> Core:
     namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
     namespaces.register_holder("containers", ContainerStore.holds)
     snapshots = _snapshotters(db, root)
+    content.prestager = Prestager(root / "snapshots" / "prestage")
     gc = Collector(db, content)
     gc.register_kind("snapshots", SnapshotsCollectable(snapshots))
     for name, store in snapshots.items():
@@ -247,6 +249,53 @@ class _Deferred:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
+
+
+class _HeapTrimmer:
+    """Hands the heap's free pages back to the kernel once a burst of bulk calls is over.
+
+    Pulls, unpacks and content writes allocate large buffers; glibc keeps what they free in
+    its arenas (its mmap threshold grows with the first large free), so RSS stayed ~15-20 MB
+    higher after one pull. A fixed low mmap threshold (mallopt) fixed the RSS but made every
+    buffer an mmap + page faults: ctr pulls of the bench image took ~1 s longer. One
+    malloc_trim(0), in a worker thread, DELAY seconds after the last bulk call ends, costs
+    a few milliseconds instead.
+    """
+
+    BULK = (
+        "/containerd.services.content.v1.Content/Write",
+        "/containerd.services.diff.v1.Diff/",
+        "/liner.services.transfer.v1.Transfer/",
+    )
+    DELAY = 1.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._trim: Callable[[int], int] | None = None
+        try:
+            import ctypes
+
+            self._trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            pass
+
+    def observe(self, full_method: str, _code: str, _seconds: float) -> None:
+        if self._trim is None or not full_method.startswith(self.BULK):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self.DELAY, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        if self._trim is not None:
+            self._loop.run_in_executor(None, self._trim, 0)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Daemon:
@@ -411,8 +460,9 @@ class Daemon:
 
     async def _serve(self, core: Core, address: Path) -> None:
         config = self.config
+        trimmer = _HeapTrimmer(asyncio.get_running_loop())
         server = grpc.aio.server(
-            interceptors=[RequestInterceptor([self.metrics.observe_call])],
+            interceptors=[RequestInterceptor([self.metrics.observe_call, trimmer.observe])],
             options=[
                 ("grpc.max_receive_message_length", config.grpc.max_recv_message_size),
                 ("grpc.max_send_message_length", config.grpc.max_send_message_size),
@@ -453,6 +503,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
             log.info("stopping")
             await server.stop(SHUTDOWN_GRACE)
+            trimmer.close()
             for task in (gc_task, watchdog):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

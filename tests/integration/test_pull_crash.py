@@ -119,8 +119,8 @@ def test_sigkill_mid_pull_then_resume(
         )
         with pytest.raises(grpc.RpcError) as info:
             for update in stream:
-                blob = next(b for b in update.blobs if b.descriptor.digest == big.digest)
-                if blob.offset >= 4 << 20:
+                blob = next((b for b in update.blobs if b.descriptor.digest == big.digest), None)
+                if blob is not None and blob.offset >= 4 << 20:
                     seen = blob.offset
                     daemon.kill()
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

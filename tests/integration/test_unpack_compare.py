@@ -421,4 +421,4 @@ def test_layers_unpack_in_parallel(
         proxy.stop()
     assert seen, "the upper layer never unpacked while the lower one was downloading"
     assert_same(got, umoci_unpack(layout, "tricky", tmp_path / "umoci"))
-    assert not list((linerd.root / "snapshots").glob(f"{snapshotter}/stage-*"))
+    assert not list((linerd.root / "snapshots" / "prestage").iterdir())

@@ -10,13 +10,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from linerd import faults
+from linerd.content.live import LiveBlob
 from linerd.content.local import Ingest, LocalStore
 from linerd.core import validate
 from linerd.core.types import ContentInfo, IngestStatus
-from linerd.errdefs import AlreadyExists, FailedPrecondition, NotFound, OutOfRange, Unavailable
+from linerd.errdefs import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 from linerd.metadata.content import ContentRecords
+
+if TYPE_CHECKING:
+    from linerd.prestage import Prestager
 
 READ_CHUNK = 1 << 20
 
@@ -30,6 +42,7 @@ class Writer:
     lease: str | None
     ingest: Ingest
     committed: bool = field(default=False)
+    live: LiveBlob | None = None  # a prestage reading the bytes as they come
 
     def status(self) -> IngestStatus:
         return self.ingest.status()
@@ -42,6 +55,8 @@ class Writer:
         if total:
             self.ingest.set_total(total)
         await asyncio.to_thread(self.ingest.write, offset, data, total)
+        if self.live is not None:
+            self.live.grew(self.ingest.offset)
         faults.point("content-write")
 
     async def commit(self, size: int, expected: str, labels: dict[str, str]) -> ContentInfo:
@@ -71,9 +86,13 @@ class Writer:
             )
         if info is None:
             raise AlreadyExists(f"content {digest} already exists")
+        if self.live is not None:
+            self.live.finish()
         return info
 
     def close(self) -> None:
+        if self.live is not None:
+            self.live.finish(Aborted("the write ended before its commit"))
         self.ingest.close()
         self.store._locked.discard((self.namespace, self.ingest.ref))
 
@@ -86,6 +105,7 @@ class ContentStore:
         # so a blob never lies on disk unrecorded while the sweep looks.
         self.gc_lock = asyncio.Lock()
         self._locked: set[tuple[str, str]] = set()
+        self.prestager: Prestager | None = None
 
     async def info(self, namespace: str, digest: str) -> ContentInfo:
         return await self.records.get(namespace, validate.digest(digest))
@@ -127,10 +147,18 @@ class ContentStore:
     # -- writes ----------------------------------------------------------------------------
 
     async def writer(
-        self, namespace: str, ref: str, total: int, expected: str, lease: str | None
+        self,
+        namespace: str,
+        ref: str,
+        total: int,
+        expected: str,
+        lease: str | None,
+        *,
+        prestage: bool = False,
     ) -> Writer:
         """Open (or resume) the ingest `ref`. AlreadyExists when `expected` is stored already;
-        Unavailable while another client writes the same ref."""
+        Unavailable while another client writes the same ref. `prestage`: a client writes
+        it, so a layer may be staged for unpacking meanwhile (linerd.prestage)."""
         if expected:
             validate.digest(expected)
             if self.local.size(expected) is not None:
@@ -148,7 +176,12 @@ class ContentStore:
         except BaseException:
             self._locked.discard(key)
             raise
-        return Writer(self, namespace, lease, ingest)
+        writer = Writer(self, namespace, lease, ingest)
+        if prestage and self.prestager is not None:
+            writer.live = self.prestager.feed(
+                ref, expected, ingest.directory / "data", ingest.offset, total
+            )
+        return writer
 
     async def adopt(
         self, namespace: str, digest: str, labels: dict[str, str], lease: str | None

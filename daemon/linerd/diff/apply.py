@@ -93,6 +93,8 @@ def stage_tar(stream: BinaryIO, staging: Path) -> list[Entry]:
     dfd = os.open(staging, _DIR_FLAGS)
     try:
         while (entry := reader.next()) is not None:
+            if clean_name(entry.name) is None:  # refused now rather than after all the work
+                raise _bad(entry.name, "path escapes the root")
             if entry.type == tarstream.FILE and not _is_whiteout(entry.name):
                 fd = os.open(str(len(entries)), _CREATE_FLAGS, 0o600, dir_fd=dfd)
                 try:

@@ -192,7 +192,12 @@ class ContentService(content_pb2_grpc.ContentServicer):
                     if not request.ref:
                         raise InvalidArgument("first message must have a reference")
                     writer = await self._store.writer(
-                        namespace, request.ref, request.total, request.expected, context.lease()
+                        namespace,
+                        request.ref,
+                        request.total,
+                        request.expected,
+                        context.lease(),
+                        prestage=True,
                     )
                 if request.total > 0:
                     total = request.total

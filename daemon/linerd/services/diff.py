@@ -7,14 +7,17 @@ import tempfile
 from pathlib import Path
 
 import grpc
+import structlog
 
 from liner_api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from linerd import context
 from linerd.content.store import ContentStore
 from linerd.core import validate
-from linerd.core.types import Mount
+from linerd.core.types import Descriptor, Mount
 from linerd.errdefs import AlreadyExists, InvalidArgument
 from linerd.services.convert import descriptor
+
+log = structlog.get_logger("linerd.diff")
 
 DEFAULT_DIFF_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
@@ -33,15 +36,23 @@ class DiffService(diff_pb2_grpc.DiffServicer):
     async def Apply(
         self, request: diff_pb2.ApplyRequest, ctx: grpc.aio.ServicerContext
     ) -> diff_pb2.ApplyResponse:
-        from linerd.layers import apply_to_mounts  # the decompressors load on first use
+        # The decompressors load on first use.
+        from linerd.layers import WORKER_MIN_SIZE, apply_to_mounts
 
         if request.payloads:
             raise InvalidArgument("stream processor payloads are not supported")
         layer = request.diff
         digest = validate.digest(layer.digest)
-        await self._content.info(context.namespace(), digest)  # NOT_FOUND when not ours
+        info = await self._content.info(context.namespace(), digest)  # NOT_FOUND when not ours
         path = self._content.local.path(digest)
         mounts = mounts_from(list(request.mounts))
+        applied = await self._apply_prestaged(layer.media_type, digest, mounts)
+        if applied is not None:
+            return diff_pb2.ApplyResponse(applied=descriptor(applied))
+        area = self._content.prestager
+        staging = None
+        if area is not None and info.size >= WORKER_MIN_SIZE:
+            staging = await asyncio.to_thread(area.new_dir)
 
         def apply() -> diff_pb2.ApplyResponse:
             with open(path, "rb") as raw:
@@ -52,10 +63,47 @@ class DiffService(diff_pb2_grpc.DiffServicer):
                     self._trusted,
                     self._scratch,
                     name=f"layer {digest}",
+                    size=info.size,
+                    staging=staging,
                 )
             return diff_pb2.ApplyResponse(applied=descriptor(applied))
 
-        return await asyncio.to_thread(apply)
+        try:
+            return await asyncio.to_thread(apply)
+        finally:
+            if staging is not None:
+                await asyncio.to_thread(area.remove_dir, staging)  # type: ignore[union-attr]
+
+    async def _apply_prestaged(
+        self, media_type: str, digest: str, mounts: list[Mount]
+    ) -> Descriptor | None:
+        """Finish the layer staged while the client wrote it (linerd.prestage), if any;
+        None, with nothing done, where it cannot go (a media type Apply refuses, mounts not
+        ours or on another filesystem)."""
+        from linerd.diff.compression import SUPPORTED_MEDIA_TYPES
+        from linerd.layers import apply_staged_to, staged_target
+
+        prestager = self._content.prestager
+        prestaged = await prestager.take(digest) if prestager is not None else None
+        if prestaged is None:
+            return None
+
+        def move() -> bool:
+            if media_type not in SUPPORTED_MEDIA_TYPES:
+                return False
+            target = staged_target(mounts, self._trusted, prestaged.directory)
+            if target is None:
+                return False
+            apply_staged_to(prestaged.staged, prestaged.directory, target)
+            return True
+
+        try:
+            done = await asyncio.to_thread(move)
+            if done:
+                log.debug("layer applied from its prestage", digest=digest)
+        finally:
+            await asyncio.to_thread(prestager.remove_dir, prestaged.directory)  # type: ignore[union-attr]
+        return prestaged.staged.applied if done else None
 
     async def Diff(
         self, request: diff_pb2.DiffRequest, ctx: grpc.aio.ServicerContext

@@ -154,20 +154,6 @@ class SnapshotStore:
             if tmp.exists():
                 await asyncio.to_thread(shutil.rmtree, tmp, True)
 
-    def new_staging(self) -> Path:
-        """A scratch directory on this snapshotter's filesystem, for a layer staged before
-        its parent exists (files move from it into the snapshot). Cleanup spares it until
-        `drop_staging`; a restart removes it. Blocking."""
-        path = self.root / f"stage-{secrets.token_hex(8)}"
-        self._building.add(path.name)
-        path.mkdir(mode=0o700)
-        return path
-
-    def drop_staging(self, path: Path) -> None:
-        """Blocking."""
-        shutil.rmtree(path, ignore_errors=True)
-        self._building.discard(path.name)
-
     def _populate(self, tmp: Path, kind: SnapshotKind, parents: list[Path]) -> None:
         tmp.mkdir(mode=0o700)
         self.backend.populate(tmp, kind, parents)

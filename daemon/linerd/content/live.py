@@ -1,0 +1,71 @@
+"""A blob being written into an ingest file, readable while its bytes arrive.
+
+Used to unpack a layer while it downloads (daemon-side pulls) or while a client writes it
+(prestaging for client-side pulls like ctr's).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from linerd.errdefs import Aborted
+
+
+class LiveBlob:
+    """The writer (on the event loop) reports growth; a reader (in an unpack thread) blocks
+    until the bytes it needs are there. The reader does not check the digest: whoever uses
+    what it read checks it, or the commit's, before trusting the result."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._size = size
+        self._done = False
+        self._error: BaseException | None = None
+
+    def grew(self, size: int) -> None:
+        with self._cond:
+            self._size = size
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The writer is done: committed (no error) or not. The first call counts."""
+        with self._cond:
+            if not self._done:
+                self._done, self._error = True, error
+            self._cond.notify_all()
+
+    def open(self) -> LiveReader:
+        """Raises FileNotFoundError once the download has committed the file away."""
+        return LiveReader(self, open(self.path, "rb"))
+
+
+class LiveReader(io.RawIOBase):
+    def __init__(self, blob: LiveBlob, file: BinaryIO) -> None:
+        self._blob = blob
+        self._file = file
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        blob = self._blob
+        with blob._cond:
+            while self._pos >= blob._size and not blob._done:
+                blob._cond.wait()
+            if blob._error is not None:
+                raise Aborted(f"download of the layer failed: {blob._error}")
+            available = blob._size - self._pos
+        if available <= 0:
+            return 0
+        n = self._file.readinto(memoryview(buffer)[:available])
+        self._pos += n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()

@@ -1,0 +1,135 @@
+"""Stage a layer in a process of its own, away from the daemon's GIL.
+
+Parsing a tar is Python work; in linerd's process it competes for the GIL with the event
+loop that receives the layer's bytes (a 2-core machine showed decompression calls waiting
+up to a switch interval for the GIL after each MiB). A child process stages the layer
+(`stage_tar` with decompression, both hashes) while linerd only feeds it the blob.
+
+    python -m linerd.diff.worker <staging dir> <media type> <name>
+
+reads the blob on stdin and writes one pickled `StagedLayer` (or the error) on stdout.
+The staged files are the only thing it writes, under the staging directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from linerd.core.types import Descriptor
+from linerd.diff.tarstream import Entry
+from linerd.errdefs import Internal, LinerError
+
+_CHUNK = 1 << 20
+_PR_SET_PDEATHSIG = 1
+UNCOMPRESSED_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@dataclass(slots=True)
+class StagedLayer:
+    entries: list[Entry]
+    applied: Descriptor  # the uncompressed stream: diff ID and size
+    compressed: str  # digest of the blob as read
+
+
+def stage_in_process(source: BinaryIO, staging: Path, media_type: str, name: str) -> StagedLayer:
+    """Stage the blob read from `source` (a file, given to the child as its stdin, or any
+    readable, pumped through a pipe) into `staging`. Blocking: run it in a thread."""
+    direct = _is_file(source)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "linerd.diff.worker", str(staging), media_type, name],
+        stdin=source if direct else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        if not direct:
+            _pump(source, proc.stdin)  # type: ignore[arg-type]
+        out = proc.stdout.read()  # type: ignore[union-attr]
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    try:
+        result = pickle.loads(out) if out else None
+    except Exception:  # reported below with what the child said
+        result = None
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, StagedLayer):
+        why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        raise Internal(f"{name}: the unpack worker failed: {why[0]}")
+    return result
+
+
+def _is_file(source: BinaryIO) -> bool:
+    try:
+        fd = source.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return os.path.isfile(f"/proc/self/fd/{fd}") and source.tell() == 0
+
+
+def _pump(source: BinaryIO, pipe: BinaryIO) -> None:
+    try:
+        while chunk := source.read(_CHUNK):
+            pipe.write(chunk)
+    except BrokenPipeError:
+        pass  # the child stopped reading: it failed, and says why on stdout
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()
+
+
+def main(argv: list[str]) -> int:
+    from linerd.diff.apply import stage_tar
+    from linerd.diff.compression import HashingReader, ReadAhead, open_layer
+
+    # Run as __main__, this module's classes would pickle under that name: use the importable
+    # module's, which the daemon can load.
+    from linerd.diff.worker import StagedLayer as Result
+
+    staging, media_type, name = argv
+    # Die with linerd: a worker left behind by a killed daemon would write into the staging
+    # area the next daemon wipes.
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1
+    stdin = os.fdopen(0, "rb", buffering=0)
+    result: object
+    try:
+        raw = HashingReader(stdin)  # type: ignore[arg-type]
+        hashed = HashingReader(open_layer(raw, media_type, name=name))  # type: ignore[arg-type]
+        with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
+            entries = stage_tar(ahead, Path(staging))  # type: ignore[arg-type]
+            while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
+                pass
+        raw.drain()
+        applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+        result = Result(entries, applied, raw.digest)
+    except LinerError as e:
+        result = e
+    except OSError as e:
+        result = Internal(f"{name}: {e}")
+    with os.fdopen(1, "wb") as out:
+        pickle.dump(result, out)
+    stdin.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

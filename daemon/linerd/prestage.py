@@ -1,0 +1,144 @@
+"""The staging area, and prestaging: unpacking a layer while a client writes it.
+
+Staging (`stage_tar`) decompresses, hashes and writes a layer's files into a scratch
+directory before the snapshot it goes into exists; moving them in afterwards is cheap. The
+scratch directories live in one area next to the snapshotters' roots (so files rename into
+snapshots), wiped when linerd starts.
+
+Client-side pulls (ctr's) write each layer with Content.Write and only then ask Diff.Apply
+to unpack it onto a snapshot. While a blob whose ingest ref names it a layer
+(`layer-<digest>`, as containerd's clients name them) is written, linerd stages it, and the
+Diff.Apply that follows only moves the files into place. The bytes staged are hashed and
+must match the digest being applied; a stage that fails, mismatches or is never claimed is
+dropped, and Apply unpacks as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from linerd.content.live import LiveBlob
+
+if TYPE_CHECKING:
+    from linerd.diff.worker import StagedLayer
+
+log = structlog.get_logger("linerd.prestage")
+
+LAYER_REF_PREFIX = "layer-"
+# Any supported layer type: the codec is sniffed from the bytes, and Apply checks its own.
+_ANY_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+@dataclass(slots=True)
+class Prestaged:
+    staged: StagedLayer
+    directory: Path
+
+
+class Prestager:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        slots: int = max(2, os.cpu_count() or 2),
+        min_size: int = 1 << 20,
+        keep: float = 120.0,
+    ) -> None:
+        self.directory = directory
+        shutil.rmtree(directory, ignore_errors=True)  # stale: from a previous run
+        directory.mkdir(parents=True, mode=0o700)
+        self._slots = slots
+        self._min_size = min_size
+        self._keep = keep
+        self._stages: dict[str, asyncio.Task[Prestaged | None]] = {}
+        self._releases: set[asyncio.Task[None]] = set()
+        self._running = 0
+
+    # --- the staging area -----------------------------------------------------------------
+
+    def new_dir(self) -> Path:
+        """A new empty scratch directory in the area. Blocking."""
+        return Path(tempfile.mkdtemp(dir=self.directory, prefix="stage-"))
+
+    @staticmethod
+    def remove_dir(path: Path) -> None:
+        """Blocking."""
+        shutil.rmtree(path, ignore_errors=True)
+
+    # --- prestaging -----------------------------------------------------------------------
+
+    def feed(self, ref: str, digest: str, data: Path, offset: int, total: int) -> LiveBlob | None:
+        """Start staging the blob being written to the ingest file `data`, if it is a layer
+        worth it and a slot is free; the writer then drives the returned LiveBlob."""
+        if (
+            not ref.startswith(LAYER_REF_PREFIX)
+            or not digest
+            or total < self._min_size
+            or digest in self._stages
+            or self._running >= self._slots
+        ):
+            return None
+        live = LiveBlob(data, offset)
+        self._running += 1
+        self._stages[digest] = asyncio.create_task(self._stage(digest, live, total))
+        return live
+
+    async def _stage(self, digest: str, live: LiveBlob, total: int) -> Prestaged | None:
+        from linerd.layers import stage_stream  # the decompressors load on first use
+
+        directory = await asyncio.to_thread(self.new_dir)
+
+        def stage() -> StagedLayer:
+            with live.open() as raw:
+                return stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+
+        staged: Prestaged | None = None
+        try:
+            staged = Prestaged(await asyncio.to_thread(stage), directory)
+        except Exception as e:  # Apply unpacks it the usual way
+            log.debug("prestage dropped", digest=digest, why=str(e))
+        finally:
+            self._running -= 1
+            if staged is None:
+                self._stages.pop(digest, None)
+                await asyncio.to_thread(self.remove_dir, directory)
+        if staged is not None:
+            asyncio.get_running_loop().call_later(self._keep, self._expire, digest)
+        return staged
+
+    def _expire(self, digest: str) -> None:
+        task = self._stages.pop(digest, None)
+        if task is not None:
+            release = asyncio.create_task(self._release(task))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+    async def _release(self, task: asyncio.Task[Prestaged | None]) -> None:
+        with contextlib.suppress(Exception):
+            prestaged = await task
+            if prestaged is not None:
+                await asyncio.to_thread(self.remove_dir, prestaged.directory)
+
+    async def take(self, digest: str) -> Prestaged | None:
+        """The layer of `digest` staged while it was written (waiting for its stage to end),
+        now the caller's, who removes its directory. None if there is none or it failed."""
+        task = self._stages.pop(digest, None)
+        if task is None:
+            return None
+        try:
+            prestaged = await asyncio.shield(task)
+        except Exception:
+            return None
+        if prestaged is not None and prestaged.staged.compressed != digest:
+            await asyncio.to_thread(self.remove_dir, prestaged.directory)
+            return None
+        return prestaged
