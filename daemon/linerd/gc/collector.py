@@ -129,11 +129,12 @@ class Collector:
         self._wake = asyncio.Event()
         self.interval = 3600.0
         self.delay = 0.05
-        # Scheduled collections take at most this share of the time (as containerd's
-        # scheduler's pause threshold): after one that took t seconds the next waits t/ratio,
-        # at most `max_spacing`. A burst of deletes (20 `ctr rm`) then shares a collection
-        # instead of each paying one while the next call waits for the database thread.
-        self.pause_ratio = 0.02
+        # Scheduled collections take at most this share of the time (containerd's scheduler
+        # has a 2 % pause threshold, but collects only every 100 mutations): after one that
+        # took t seconds the next waits t/ratio, at most `max_spacing`. A burst of deletes
+        # (20 `ctr rm`, or `ctr run --rm` in a loop) then shares a collection instead of each
+        # paying one while the next call waits for the database thread.
+        self.pause_ratio = 0.01
         self.max_spacing = 1.0
         self._last_end = float("-inf")
         self._last_cost = 0.0
