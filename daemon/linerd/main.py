@@ -8,17 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Only light modules here: the rest of the daemon is imported in main(), after the process
-# is tuned (allocator, optional modules), so that the tuning applies to those imports too.
+# is tuned (which optional modules stay out), so that the tuning applies to those imports.
 from linerd import __version__
 from linerd.config import Config, ConfigError, load, read, to_toml, validate
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-# Allocations from this size on get their own mapping, given back to the kernel when freed.
-# glibc's default threshold grows up to 32 MiB after the first large free, after which the
-# layer and blob buffers of a pull stay in the heap: ~15 MB more RSS for good after one pull.
-_MMAP_THRESHOLD = 128 * 1024
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,15 +61,6 @@ def _loader(args: argparse.Namespace) -> Callable[[], Config]:
 
 def _tune_process(args: argparse.Namespace) -> None:
     """Settings for a linerd process (not for a test calling main() in its own process)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        # Setting it also stops glibc from raising the trim threshold with the mmap one.
-        libc.mallopt(_M_TRIM_THRESHOLD, _MMAP_THRESHOLD)
-    except (OSError, AttributeError):  # not glibc: its defaults stay
-        pass
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:
