@@ -57,6 +57,7 @@ log = structlog.get_logger("linerd.pull")
 T = TypeVar("T")
 MAX_CONFIG_SIZE = 8 << 20
 _CONCURRENT_DOWNLOADS = 4
+_WRITE_CHUNK = 1 << 20
 # Layers staged at once while their parents unpack: each keeps about one core busy.
 _STAGING_SLOTS = max(2, os.cpu_count() or 2)
 
@@ -462,13 +463,24 @@ class Puller:
                 offset = writer.status().offset
                 progress.update(desc.digest, offset=offset, state="downloading")
                 hasher = writer.ingest.hasher() if offset else None
+                # The socket yields ~64 KiB at a time; the ingest gets 1 MiB writes, each a
+                # thread hop, and progress counts only what was written.
+                pending: list[bytes] = []
+                size = 0
                 async with contextlib.aclosing(
                     job.client.fetch_blob(job.ref, desc, offset=offset, hasher=hasher)
                 ) as chunks:
                     async for chunk in chunks:
-                        await writer.write(offset, chunk)
-                        offset += len(chunk)
-                        progress.fetched += len(chunk)
+                        pending.append(chunk)
+                        size += len(chunk)
+                        if size < _WRITE_CHUNK and offset + size < desc.size:
+                            continue
+                        data = b"".join(pending) if len(pending) > 1 else pending[0]
+                        pending.clear()
+                        size = 0
+                        await writer.write(offset, data)
+                        offset += len(data)
+                        progress.fetched += len(data)
                         progress.update(desc.digest, offset=offset)
                         live.grew(offset)
             with contextlib.suppress(AlreadyExists):
