@@ -119,7 +119,7 @@ def _snapshots(db: Database, root: Path) -> list[Finding]:
             )
     base = root / "snapshots"
     for snapshotter_dir in base.iterdir() if base.is_dir() else []:
-        if snapshotter_dir.name == "check":
+        if snapshotter_dir.name in ("check", "prestage"):  # scratch space, not snapshots
             continue
         for entry in snapshotter_dir.iterdir():
             if entry.name not in ids.get(snapshotter_dir.name, set()):
