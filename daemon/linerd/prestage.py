@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from linerd.content.live import LiveBlob
+from linerd.content.live import LiveBlob, in_reader_thread
 
 if TYPE_CHECKING:
     from linerd.diff.worker import StagedLayer
@@ -103,7 +103,7 @@ class Prestager:
 
         staged: Prestaged | None = None
         try:
-            staged = Prestaged(await asyncio.to_thread(stage), directory)
+            staged = Prestaged(await in_reader_thread(stage), directory)
         except Exception as e:  # Apply unpacks it the usual way
             log.debug("prestage dropped", digest=digest, why=str(e))
         finally:

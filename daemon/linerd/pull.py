@@ -23,7 +23,7 @@ from typing import BinaryIO, TypeVar
 import structlog
 
 from linerd import imagespec
-from linerd.content.live import LiveBlob
+from linerd.content.live import LiveBlob, in_reader_thread
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource, SnapshotKind
 from linerd.diff.worker import StagedLayer
@@ -165,7 +165,7 @@ async def _finish_thread(fn: Callable[[], T]) -> T:
     """Run blocking `fn` in a thread; if cancelled meanwhile, still wait for the thread to
     end before re-raising, so that the caller's cleanup never races the thread's writes.
     (A thread blocked on a download ends when the download is cancelled too.)"""
-    future = asyncio.ensure_future(asyncio.to_thread(fn))
+    future = asyncio.ensure_future(in_reader_thread(fn))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from imagebuild import OCI_MANIFEST, build_config, build_layer, build_manifest, dir_, file
@@ -54,3 +55,28 @@ def test_layer_unpacks_while_it_downloads(
     )
     final = next(b for b in updates[-1].blobs if b.descriptor.digest == layer.digest)
     assert final.state == "unpacked" and final.offset == layer.blob.size
+
+
+def test_many_pulls_reading_live_blobs_do_not_starve_the_writers(
+    linerd: Linerd, registry: Registry, proxy: ThrottlingProxy
+) -> None:
+    # More pulls than the default executor has threads (6 here), each unpacking a layer as
+    # it downloads: the unpackers wait for bytes that the downloads write through threads.
+    n = 10
+    refs = []
+    for i in range(n):
+        layer = build_layer([file(f"f{i}", os.urandom(1 << 20))], "none")
+        config = build_config([layer.diff_id])
+        manifest = build_manifest(config, [layer])
+        repo = f"starve/i{i}"
+        registry.push_raw(repo, "v1", manifest.data, OCI_MANIFEST, [config.data, layer.blob.data])
+        refs.append(f"{proxy.host}/{repo}:v1")
+
+    def pull(ref: str) -> bool:
+        request = transfer_pb2.PullRequest(reference=ref, plain_http=True)
+        with linerd.channel() as channel:
+            stub = transfer_pb2_grpc.TransferStub(channel)
+            return list(stub.Pull(request, metadata=ns("starve"), timeout=90))[-1].done
+
+    with ThreadPoolExecutor(n) as pool:
+        assert all(pool.map(pull, refs))

@@ -6,12 +6,27 @@ Used to unpack a layer while it downloads (daemon-side pulls) or while a client 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from linerd.errdefs import Aborted
+
+T = TypeVar("T")
+
+# Readers of live blobs wait for bytes that writers on the event loop hand to the default
+# executor: were they in the default executor too (6 threads on 2 cores), a few of them
+# could take every thread and wait forever. Threads start on demand.
+_READERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="live-reader")
+
+
+async def in_reader_thread(fn: Callable[[], T]) -> T:
+    """Run blocking `fn`, which may read live blobs, in a thread of their own pool."""
+    return await asyncio.get_running_loop().run_in_executor(_READERS, fn)
 
 
 class LiveBlob:
