@@ -281,7 +281,12 @@ class _HeapTrimmer:
             pass
 
     def observe(self, full_method: str, _code: str, _seconds: float) -> None:
-        if self._trim is None or not full_method.startswith(self.BULK):
+        if full_method.startswith(self.BULK):
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Trim DELAY seconds from now (a trim already scheduled is pushed back)."""
+        if self._trim is None:
             return
         if self._timer is not None:
             self._timer.cancel()
@@ -497,6 +502,7 @@ class Daemon:
         watchdog = asyncio.create_task(_watchdog())
         log.info("serving", address=str(address), root=config.root, state=config.state, uuid=uuid)
         systemd.notify("READY=1")
+        trimmer.schedule()  # start-up's garbage (imports, migrations, recovery)
         try:
             await self._stop.wait()
         finally:
