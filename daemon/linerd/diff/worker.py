@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import pickle
 import signal
@@ -52,6 +53,9 @@ def stage_in_process(source: BinaryIO, staging: Path, media_type: str, name: str
     )
     try:
         if not direct:
+            # The default 64 KiB pipe would hand the child its bytes in that many pieces.
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
             _pump(source, proc.stdin)  # type: ignore[arg-type]
         out = proc.stdout.read()  # type: ignore[union-attr]
         err = proc.stderr.read()  # type: ignore[union-attr]
