@@ -6,9 +6,7 @@ Every failure ends as one `liner: <message>` line on stderr and exit code 1; usa
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -667,6 +665,7 @@ def _extract_layout(chunks: Any, out: Path) -> None:
             for data in chunks:
                 pipe.write(data)
 
+    import shutil
     import tarfile
 
     feeder = threading.Thread(target=feed, daemon=True)
@@ -827,6 +826,8 @@ def images_tag(force: bool, source: str, targets: tuple[str, ...]) -> None:
 def images_inspect(name: str) -> None:
     """Print an image as JSON: its record (Image), and from the content store its Index (if
     any), this machine's platform's Manifest and Config."""
+    import json
+
     client = _client()
     image: Image = client.get_image(name)
     doc = imagedocs.inspect(imagedocs.Documents(client), image, imagespec.host_platform())
@@ -920,6 +921,8 @@ def snapshots_tree() -> None:
 @click.argument("key")
 def snapshots_info(key: str) -> None:
     """Print a snapshot's information as JSON (as ctr does)."""
+    import json
+
     info = _client().stat_snapshot(_snapshotter(), key)
     doc: dict[str, Any] = {"Kind": _kind(info), "Name": info.name}
     if info.parent:
@@ -1096,6 +1099,8 @@ def containers_ls(quiet: bool, filters: tuple[str, ...]) -> None:
 
 
 def _any_json(value: AnyValue | None) -> Any:
+    import json
+
     if value is None:
         return None
     if value.type_url in (SPEC_URL, PROCESS_URL, RESOURCES_URL):
@@ -1113,6 +1118,8 @@ def _any_json(value: AnyValue | None) -> Any:
 @click.argument("container_id", metavar="ID")
 def containers_info(container_id: str) -> None:
     """Print a container's record as JSON, its spec decoded (as ctr does)."""
+    import json
+
     c = _client().get_container(container_id)
     doc: dict[str, Any] = {
         "ID": c.id,
@@ -1358,6 +1365,8 @@ def events(filters: tuple[str, ...]) -> None:
     """Print events as they happen, of every namespace (until Ctrl-C), one line each:
     `<timestamp> <namespace> <topic> <payload as JSON>`. Filters as containerd's, e.g.
     topic==/tasks/exit or namespace==default."""
+    import json
+
     stream = _client().subscribe(filters)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

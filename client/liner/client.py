@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import queue
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -773,6 +771,8 @@ class Client:
         under the same ref is aborted and started afresh, never resumed: the bytes it holds may
         not be the ones being sent now, and its total may not fit them.
         """
+        import hashlib
+
         hasher = hashlib.sha256()
         requests = _Requests()
         with self._errors():
@@ -1238,6 +1238,8 @@ class Client:
         terminal: bool = False,
     ) -> None:
         """Add an exec process (an OCI `process` object, sent as JSON) to a running task."""
+        import json
+
         request = tasks_pb2.ExecProcessRequest(
             container_id=container_id,
             exec_id=exec_id,
@@ -1325,6 +1327,8 @@ class Client:
         annotations: Mapping[str, str] | None = None,
     ) -> None:
         """Change a running task's resources (an OCI `linux.resources` object, sent as JSON)."""
+        import json
+
         request = tasks_pb2.UpdateTaskRequest(
             container_id=container_id,
             resources=AnyPb(type_url=RESOURCES_URL, value=json.dumps(resources).encode()),
