@@ -545,6 +545,18 @@ def test_native_opaque_keeps_lower_dir_written_into() -> None:
         assert sorted(disk_view(target)) == ["d", "d/new"]
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["streamed", "staged"])
+def test_opaque_marker_keeps_its_directories_under_a_higher_opaque(staged: bool) -> None:
+    # Found by the fuzzer: the marker's directory and its parents belong to the layer, as
+    # containerd creates them (mkparent) before handling a whiteout.
+    layers = [[E("a/b/f", data=b"f")], [E(OPAQUE), E("a/b/" + OPAQUE)]]
+    with arena() as (base, _):
+        target = base / "target"
+        apply_all(layers, [target] * 2, overlay=False, staged=staged)
+        assert_same(disk_view(target), model_view(model_apply({}, layers)))
+        assert sorted(disk_view(target)) == ["a", "a/b"]
+
+
 def test_native_whiteout_of_dir_written_into_is_ignored() -> None:
     with arena() as (base, _):
         target = base / "t"

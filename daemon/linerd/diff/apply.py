@@ -555,7 +555,9 @@ class _Applier:
         base = parts[-1]
         dir_parts = parts[:-1]
         if base == WHITEOUT_OPAQUE:
-            self.created.add(dir_parts)
+            # The marker's directory and those above it are this layer's (as an entry's
+            # parents are): an opaque marker higher up must not remove them.
+            self.created.update(dir_parts[:i] for i in range(len(dir_parts) + 1))
             if not self.overlay:
                 try:
                     self._dir(dir_parts, name, create=False)  # refuses a symlinked path now
