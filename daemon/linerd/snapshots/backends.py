@@ -17,6 +17,8 @@ from linerd.errdefs import Internal
 
 class Backend(Protocol):
     name: str
+    # Whether populate is quick enough to run inside the snapshot's database transaction.
+    cheap_populate: bool
 
     def populate(self, directory: Path, kind: SnapshotKind, parents: list[Path]) -> None:
         """Fill a new snapshot directory (its parents' directories given, top first)."""
@@ -31,6 +33,7 @@ def _bind(source: Path, readonly: bool) -> Mount:
 
 class OverlayBackend:
     name = "overlayfs"
+    cheap_populate = True  # two mkdirs
 
     def populate(self, directory: Path, kind: SnapshotKind, parents: list[Path]) -> None:
         (directory / "fs").mkdir(mode=0o755)
@@ -64,6 +67,7 @@ class NativeBackend:
     """Copies the parent's tree: slow to prepare, but needs nothing from the kernel."""
 
     name = "native"
+    cheap_populate = False
 
     def populate(self, directory: Path, kind: SnapshotKind, parents: list[Path]) -> None:
         fs = directory / "fs"
