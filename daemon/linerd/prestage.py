@@ -49,7 +49,7 @@ class Prestager:
         self,
         directory: Path,
         *,
-        slots: int = max(2, os.cpu_count() or 2),
+        slots: int = max(3, os.cpu_count() or 3),  # ctr writes three layers at a time
         min_size: int = 1 << 20,
         keep: float = 120.0,
     ) -> None:
@@ -93,13 +93,15 @@ class Prestager:
         return live
 
     async def _stage(self, digest: str, live: LiveBlob, total: int) -> Prestaged | None:
-        from linerd.layers import stage_stream  # the decompressors load on first use
+        from linerd.diff.worker import stage_in_process
 
         directory = await asyncio.to_thread(self.new_dir)
 
         def stage() -> StagedLayer:
             with live.open() as raw:
-                return stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+                # Always in a worker process: its start is hidden behind the write, and a
+                # thread would fight the event loop receiving the bytes for the GIL.
+                return stage_in_process(raw, directory, _ANY_LAYER, f"layer {digest}")  # type: ignore[arg-type]
 
         staged: Prestaged | None = None
         try:
