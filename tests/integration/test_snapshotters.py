@@ -246,3 +246,35 @@ def test_gc_removes_unreferenced_snapshots(daemon: Linerd) -> None:
         ["ls", str(daemon.root / "snapshots" / "overlayfs")], capture_output=True, text=True
     ).stdout.split()
     assert all(not name.startswith("tmp-") for name in leftovers)
+
+
+def test_mounts_answer_for_the_snapshot_as_it_is_now(snap: Client) -> None:
+    # Mounts are cached per key: whatever ends a snapshot must end its cached mounts.
+    snap.Prepare(key="base-1")
+    snap.Commit(name="p1", key="base-1")
+    snap.Prepare(key="base-2")
+    snap.Commit(name="p2", key="base-2")
+    snap.Prepare(key="k", parent="p1")
+    first = list(snap.Mounts(key="k").mounts)
+    assert first == list(snap.Mounts(key="k").mounts)
+    snap.Remove(key="k")
+    assert snap.code("Mounts", key="k") == grpc.StatusCode.NOT_FOUND
+    snap.Prepare(key="k", parent="p2")
+    assert list(snap.Mounts(key="k").mounts) != first
+    snap.Commit(name="k-done", key="k")
+    assert snap.code("Mounts", key="k") == grpc.StatusCode.NOT_FOUND
+    assert snap.code("Mounts", key="k-done") == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_mounts_of_a_collected_snapshot_are_gone(daemon: Linerd) -> None:
+    with daemon.channel() as channel:
+        stub = snapshots_pb2_grpc.SnapshotsStub(channel)
+        leases = leases_pb2_grpc.LeasesStub(channel)
+        leases.Create(leases_pb2.CreateRequest(id="brief"), metadata=ns("gcmounts"))
+        md = ns("gcmounts", "brief")
+        stub.Prepare(pb.PrepareSnapshotRequest(snapshotter="overlayfs", key="k"), metadata=md)
+        stub.Mounts(pb.MountsRequest(snapshotter="overlayfs", key="k"), metadata=md)
+        leases.Delete(leases_pb2.DeleteRequest(id="brief", sync=True), metadata=ns("gcmounts"))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Mounts(pb.MountsRequest(snapshotter="overlayfs", key="k"), metadata=md)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -53,6 +53,10 @@ class SnapshotStore:
         self.root = root
         self._db = db
         self._building: set[str] = set()
+        # Mounts of active and view snapshots, by (namespace, key): they never change while
+        # the snapshot lives (its parents are committed). Filled and dropped only on the
+        # database thread, inside the transactions that read or end the snapshot.
+        self._mounts_cache: dict[tuple[str, str], list[Mount]] = {}
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- helpers that run inside a transaction ----------------------------------------------
@@ -81,12 +85,22 @@ class SnapshotStore:
             parent = row.parent
         return chain
 
-    def _mounts(self, session: Session, row: SnapshotRow) -> list[Mount]:
+    def _mounts(self, session: Session, row: SnapshotRow, *, cache: bool = True) -> list[Mount]:
+        """`cache`: only from a read of committed state (not in the transaction creating the
+        snapshot, which may still fail)."""
         kind = SnapshotKind(row.kind)
         if kind is SnapshotKind.COMMITTED:
             raise FailedPrecondition(f"snapshot {row.key!r} is committed: it has no mounts")
         parents = self._chain(session, row.namespace, row.parent)
-        return self.backend.mounts(self.root / str(row.id), kind, parents)
+        mounts = self.backend.mounts(self.root / str(row.id), kind, parents)
+        if cache:
+            self._mounts_cache[(row.namespace, row.key)] = mounts
+        return list(mounts)
+
+    def forget(self, namespace: str, key: str) -> None:
+        """The snapshot is ending (commit, remove): drop what is cached of it. Call inside
+        the transaction that ends it."""
+        self._mounts_cache.pop((namespace, key), None)
 
     # -- API ----------------------------------------------------------------------------------
 
@@ -152,7 +166,7 @@ class SnapshotStore:
                 session.flush()
                 tmp.rename(self.root / str(row.id))
                 faults.point("snapshot-prepare")
-                return self._mounts(session, row)
+                return self._mounts(session, row, cache=False)
 
             return await self._db.run(record)
         finally:
@@ -165,6 +179,9 @@ class SnapshotStore:
         self.backend.populate(tmp, kind, parents)
 
     async def mounts(self, namespace: str, key: str) -> list[Mount]:
+        cached = self._mounts_cache.get((namespace, key))
+        if cached is not None:
+            return list(cached)
         return await self._db.run(lambda s: self._mounts(s, self._get(s, namespace, key)))
 
     async def commit(
@@ -195,6 +212,7 @@ class SnapshotStore:
                 add_resource_in(
                     session, namespace, lease, LeaseResource(id=name, type=f"snapshots/{self.name}")
                 )
+            self.forget(namespace, key)
             row.key = name
             row.kind = SnapshotKind.COMMITTED.value
             row.labels = {**row.labels, **labels}
@@ -211,6 +229,7 @@ class SnapshotStore:
             row = self._get(session, namespace, key)
             if self._has_children(session, namespace, key):
                 raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
+            self.forget(namespace, key)
             session.delete(row)
             return row.id
 
@@ -357,6 +376,8 @@ class SnapshotsCollectable:
                 )
             )
             if row is not None:
+                if store := self._stores.get(snapshotter):
+                    store.forget(namespace, key)
                 session.delete(row)
                 doomed.setdefault(snapshotter, []).append(row.id)
 
