@@ -51,7 +51,7 @@ class Prestager:
         *,
         slots: int = max(3, os.cpu_count() or 3),  # ctr writes three layers at a time
         min_size: int = 1 << 20,
-        keep: float = 120.0,
+        keep: float = 30.0,  # ctr applies a layer right after writing it
     ) -> None:
         self.directory = directory
         shutil.rmtree(directory, ignore_errors=True)  # stale: from a previous run
