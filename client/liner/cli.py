@@ -474,6 +474,32 @@ def _display(mode: str) -> Display:
     return NoDisplay()
 
 
+def _registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--plain-http, --user and --progress, as pull and push take them."""
+    for option in reversed(
+        [
+            click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry"),
+            click.option(
+                "--user",
+                "-u",
+                metavar="USER[:PASSWORD]",
+                help="registry credentials; without :PASSWORD it is prompted for, or read "
+                "from stdin",
+            ),
+            click.option(
+                "--progress",
+                type=click.Choice(["auto", "tty", "plain", "quiet"]),
+                default="auto",
+                show_default=True,
+                help="live display (tty), one line per state change (plain), or none; auto "
+                "picks by stdout",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @images.command("pull")
 @click.option(
     "--platform",
@@ -485,20 +511,7 @@ def _display(mode: str) -> Display:
 @click.option("--all-platforms", is_flag=True, help="fetch the content of every platform")
 @click.option("--snapshotter", default="", help="snapshotter to unpack into [default: linerd's]")
 @click.option("--skip-unpack", is_flag=True, help="fetch the content only, do not unpack")
-@click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry")
-@click.option(
-    "--user",
-    "-u",
-    metavar="USER[:PASSWORD]",
-    help="registry credentials; without :PASSWORD it is prompted for, or read from stdin",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "tty", "plain", "quiet"]),
-    default="auto",
-    show_default=True,
-    help="live display (tty), one line per state change (plain), or none; auto picks by stdout",
-)
+@_registry_options
 @click.argument("ref")
 def images_pull(
     platforms: tuple[str, ...],
@@ -538,20 +551,7 @@ def images_pull(
     metavar="OS/ARCH[/VARIANT]",
     help="for an index: push only these platforms' manifests (repeatable); default: all",
 )
-@click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry")
-@click.option(
-    "--user",
-    "-u",
-    metavar="USER[:PASSWORD]",
-    help="registry credentials; without :PASSWORD it is prompted for, or read from stdin",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "tty", "plain", "quiet"]),
-    default="auto",
-    show_default=True,
-    help="live display (tty), one line per state change (plain), or none; auto picks by stdout",
-)
+@_registry_options
 @click.argument("ref")
 @click.argument("local", required=False, default="", metavar="[LOCAL]")
 def images_push(
