@@ -22,14 +22,12 @@ import zstandard
 
 from linerd import faults
 from linerd.core.types import Descriptor, Mount
-from linerd.diff.apply import apply_staged, apply_tar, stage_tar
+from linerd.diff.apply import apply_staged, apply_tar
 from linerd.diff.compare import write_diff
 from linerd.diff.compression import SUPPORTED_MEDIA_TYPES, HashingReader, ReadAhead, open_layer
-from linerd.diff.worker import StagedLayer, stage_in_process
+from linerd.diff.worker import UNCOMPRESSED_LAYER, StagedLayer, stage_blob, stage_in_process
 from linerd.errdefs import InvalidArgument
 from linerd.mounts import temp_mount
-
-UNCOMPRESSED_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +82,7 @@ def stage_stream(
     bytes: in a worker process if it is large. Blocking: run it in a thread."""
     if size >= WORKER_MIN_SIZE:
         return stage_in_process(raw, staging, media_type, name)
-    compressed = HashingReader(raw)
-    hashed = HashingReader(open_layer(compressed, media_type, name=name))  # type: ignore[arg-type]
-    with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
-        entries = stage_tar(ahead, staging)  # type: ignore[arg-type]
-        while ahead.read(1 << 20):
-            pass
-    compressed.drain()
-    applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
-    return StagedLayer(entries, applied, compressed.digest)
+    return stage_blob(raw, staging, media_type, name)
 
 
 def staged_target(mounts: Sequence[Mount], trusted: Path, staging: Path) -> Target | None:

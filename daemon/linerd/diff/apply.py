@@ -93,9 +93,11 @@ def stage_tar(stream: BinaryIO, staging: Path) -> list[Entry]:
     dfd = os.open(staging, _DIR_FLAGS)
     try:
         while (entry := reader.next()) is not None:
-            if clean_name(entry.name) is None:  # refused now rather than after all the work
+            parts = clean_name(entry.name)
+            if parts is None:  # refused now rather than after all the work
                 raise _bad(entry.name, "path escapes the root")
-            if entry.type == tarstream.FILE and not _is_whiteout(entry.name):
+            whiteout = bool(parts) and parts[-1].startswith(WHITEOUT_PREFIX)
+            if entry.type == tarstream.FILE and not whiteout:
                 fd = os.open(str(len(entries)), _CREATE_FLAGS, 0o600, dir_fd=dfd)
                 try:
                     _fill_file(fd, entry, reader)
@@ -124,11 +126,6 @@ def apply_staged(
         applier.run_staged(entries)
     finally:
         applier.close()
-
-
-def _is_whiteout(name: str) -> bool:
-    parts = clean_name(name)
-    return bool(parts) and parts[-1].startswith(WHITEOUT_PREFIX)  # type: ignore[index]
 
 
 def clean_name(name: str) -> Parts | None:

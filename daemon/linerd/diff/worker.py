@@ -99,13 +99,27 @@ def _pump(source: BinaryIO, pipe: BinaryIO) -> None:
             pipe.close()
 
 
-def main(argv: list[str]) -> int:
+def stage_blob(raw: BinaryIO, staging: Path, media_type: str, name: str) -> StagedLayer:
+    """Stage the blob read from `raw` in this process: what the worker does, and what the
+    daemon does itself for small layers."""
     from linerd.diff.apply import stage_tar
     from linerd.diff.compression import HashingReader, ReadAhead, open_layer
 
+    compressed = HashingReader(raw)
+    hashed = HashingReader(open_layer(compressed, media_type, name=name))  # type: ignore[arg-type]
+    with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
+        entries = stage_tar(ahead, staging)  # type: ignore[arg-type]
+        while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
+            pass
+    compressed.drain()
+    applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+    return StagedLayer(entries, applied, compressed.digest)
+
+
+def main(argv: list[str]) -> int:
     # Run as __main__, this module's classes would pickle under that name: use the importable
     # module's, which the daemon can load.
-    from linerd.diff.worker import StagedLayer as Result
+    from linerd.diff.worker import stage_blob as stage
 
     staging, media_type, name = argv
     # Die with linerd: a worker left behind by a killed daemon would write into the staging
@@ -116,15 +130,7 @@ def main(argv: list[str]) -> int:
     stdin = os.fdopen(0, "rb", buffering=0)
     result: object
     try:
-        raw = HashingReader(stdin)  # type: ignore[arg-type]
-        hashed = HashingReader(open_layer(raw, media_type, name=name))  # type: ignore[arg-type]
-        with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
-            entries = stage_tar(ahead, Path(staging))  # type: ignore[arg-type]
-            while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
-                pass
-        raw.drain()
-        applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
-        result = Result(entries, applied, raw.digest)
+        result = stage(stdin, Path(staging), media_type, name)
     except LinerError as e:
         result = e
     except OSError as e:
