@@ -98,7 +98,11 @@ def test_broken_ingest_dirs_are_removed(tmp_path: Path) -> None:
     (store.ingests / "deadbeef.tmp").mkdir()
     (store.ingests / "nometa").mkdir()
     store.open_ingest("ns", "kept", 0, "").close()
-    assert len(store.remove_broken()) == 2
+    committing = store.open_ingest("ns", "committed", 0, "")
+    committing.close()
+    (committing.directory / "data").unlink()  # a crash after the commit's rename
+    assert [s.ref for _, s in store.list_ingests("ns")] == ["kept"]
+    assert len(store.remove_broken()) == 3
     assert [s.ref for _, s in store.list_ingests()] == ["kept"]
 
 
@@ -110,3 +114,17 @@ def test_restart_at_zero_takes_the_new_total(tmp_path: Path) -> None:
     again = store.open_ingest("ns", "r", 0, "")  # a client that does not know the size
     again.write(0, b"longer than four", total=0)
     assert again.offset == 16
+
+
+def test_ingest_left_by_a_crashed_commit_starts_again(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    first = store.open_ingest("ns", "r", 0, "")
+    first.write(0, b"abc")
+    first.close()
+    (first.directory / "data").unlink()  # renamed into blobs, then SIGKILL before cleanup
+    with pytest.raises(NotFound):
+        store.ingest_status("ns", "r")
+    again = store.open_ingest("ns", "r", 0, "")
+    assert again.offset == 0
+    again.write(0, b"abc")
+    assert again.digest == sha(b"abc")

@@ -229,7 +229,7 @@ class LocalStore:
         shutil.rmtree(directory, ignore_errors=True)
 
     def remove_broken(self) -> list[Path]:
-        """Start-up cleanup: half-created ingest dirs (a crash inside open_ingest)."""
+        """Start-up cleanup: half-created or half-committed ingest dirs (see _read_meta)."""
         removed = []
         for entry in os.scandir(self.ingests):
             directory = Path(entry.path)
@@ -252,10 +252,14 @@ def _status(directory: Path, meta: dict[str, str | int]) -> IngestStatus:
 
 
 def _read_meta(directory: Path) -> dict | None:
+    """The ingest's metadata, or None when the directory is not a whole ingest: a crash
+    inside open_ingest leaves no meta.json, one inside a commit (after the data's rename)
+    leaves meta.json without data."""
     try:
-        return json.loads((directory / "meta.json").read_text())
+        meta = json.loads((directory / "meta.json").read_text())
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
+    return meta if (directory / "data").exists() else None
 
 
 def _write_meta(
