@@ -597,12 +597,20 @@ def alternate(daemons: list[Daemon], i: int) -> list[Daemon]:
     return daemons if i % 2 == 0 else daemons[::-1]
 
 
+def quiesce(d: Daemon, settle: float) -> None:
+    """Empty the daemon, then write back what that left dirty: without the sync, the next
+    pull (often the other daemon's) pays for this one's writeback on a disk root."""
+    d.clean()
+    os.sync()
+    time.sleep(settle)
+
+
 def bench_pulls(
     daemons: list[Daemon], images: Images, res: Results, runs: int, settle: float
 ) -> None:
     """(a) cold pull + unpack with ctr, alternating; everything removed between runs."""
     for d in daemons:
-        d.clean()
+        quiesce(d, settle)
     for tag, ref in images.pulls.items():
         m = res.metric(f"pull_{tag}", f"(a) ctr pull+unpack {tag}", "s")
         for i in range(runs):
@@ -610,8 +618,7 @@ def bench_pulls(
             for d in alternate(daemons, i):
                 got[d.name] = d.timed_ctr("images", "pull", "--plain-http", ref)
                 m.add(d.name, got[d.name])
-                d.clean()
-                time.sleep(settle)
+                quiesce(d, settle)
             if len(got) == 2:
                 m.pairs.append(got["liner"] / got["containerd"])
             log(
@@ -634,8 +641,7 @@ def bench_liner_pull(
                     "images", "pull", "--plain-http", "--progress", "quiet", ref
                 ),
             )
-            liner.clean()
-            time.sleep(settle)
+            quiesce(liner, settle)
         if m.samples.get("liner"):
             log(f"liner images pull {tag}: {statistics.median(m.samples['liner']):.2f}s median")
 
