@@ -23,7 +23,7 @@ from linerd.content.store import ContentStore
 from linerd.gc.collector import Collector
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
-from linerd.metadata.models import ContentRow, SnapshotRow
+from linerd.metadata.models import content, snapshots
 from linerd.snapshots.backends import NativeBackend, OverlayBackend
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
 
@@ -60,7 +60,7 @@ def check_store(root: Path, state: Path, url: str = "", verify: bool = False) ->
 
 def _content(db: Database, root: Path, verify: bool) -> list[Finding]:
     blobs = root / "content" / "blobs" / "sha256"
-    recorded = set(db.run_sync(lambda s: list(s.scalars(select(ContentRow.digest).distinct()))))
+    recorded = set(db.run_sync(lambda c: list(c.scalars(select(content.c.digest).distinct()))))
     on_disk = {"sha256:" + e.name for e in os.scandir(blobs)} if blobs.is_dir() else set()
     findings = [
         Finding("missing-blob", d, "recorded, but its file is gone")
@@ -89,10 +89,11 @@ def _content(db: Database, root: Path, verify: bool) -> list[Finding]:
 
 
 def _snapshots(db: Database, root: Path) -> list[Finding]:
+    t = snapshots.c
     rows = db.run_sync(
-        lambda s: [
-            (r.snapshotter, r.namespace, r.key, r.id, r.parent, r.kind)
-            for r in s.scalars(select(SnapshotRow))
+        lambda c: [
+            tuple(r)
+            for r in c.execute(select(t.snapshotter, t.namespace, t.key, t.id, t.parent, t.kind))
         ]
     )
     findings = []

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
@@ -118,18 +118,18 @@ def test_container_cached_until_updated_or_deleted(db: CountingDatabase) -> None
 def test_after_commit_runs_only_once_committed(db: CountingDatabase) -> None:
     seen: list[str] = []
 
-    def ok(session: Session) -> None:
-        db.after_commit(session, lambda: seen.append("ok"))
+    def ok(conn: Connection) -> None:
+        db.after_commit(conn, lambda: seen.append("ok"))
         assert seen == []  # not before the commit
 
-    def fails(session: Session) -> None:
-        db.after_commit(session, lambda: seen.append("rolled back"))
+    def fails(conn: Connection) -> None:
+        db.after_commit(conn, lambda: seen.append("rolled back"))
         raise NotFound("x")
 
     db.run_sync(ok)
     with pytest.raises(NotFound):
         db.run_sync(fails)
-    db.run_sync(lambda s: None)
+    db.run_sync(lambda c: None)
     assert seen == ["ok"]
 
 

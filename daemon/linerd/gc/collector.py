@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import structlog
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, delete, select
 
 from linerd import faults
 from linerd.content.store import ContentStore
@@ -27,13 +26,7 @@ from linerd.errdefs import InvalidArgument
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database
 from linerd.metadata.leases import EXPIRE_LABEL, parse_expire
-from linerd.metadata.models import (
-    ContainerRow,
-    ContentRow,
-    ImageRow,
-    LeaseResourceRow,
-    LeaseRow,
-)
+from linerd.metadata.models import containers, content, images, lease_resources, leases
 
 log = structlog.get_logger("linerd.gc")
 
@@ -52,13 +45,13 @@ class GcObject:
 class Kind(Protocol):
     """One collectable type of record: loads its objects and removes the unreachable ones."""
 
-    def objects(self, session: Session) -> dict[Node, GcObject]: ...
+    def objects(self, conn: Connection) -> dict[Node, GcObject]: ...
 
-    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
+    def remove(self, conn: Connection, nodes: list[Node]) -> Cleanup | None:
         """Delete the records; return what to do on disk once the transaction committed."""
 
 
-RootSource = Callable[[Session], Iterable[Node]]
+RootSource = Callable[[Connection], Iterable[Node]]
 Cleanup = Callable[[], None]
 
 
@@ -76,40 +69,48 @@ class ContentKind:
     def __init__(self, records: ContentRecords | None = None) -> None:
         self._records = records
 
-    def objects(self, session: Session) -> dict[Node, GcObject]:
+    def objects(self, conn: Connection) -> dict[Node, GcObject]:
+        t = content.c
         return {
-            (row.namespace, "content", row.digest): GcObject(labels=row.labels)
-            for row in session.scalars(select(ContentRow))
+            (namespace, "content", digest): GcObject(labels=labels)
+            for namespace, digest, labels in conn.execute(select(t.namespace, t.digest, t.labels))
         }
 
-    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
+    def remove(self, conn: Connection, nodes: list[Node]) -> Cleanup | None:
         for namespace, _, digest in nodes:
             if self._records is not None:
                 self._records.cache.drop((namespace, digest))
-            session.execute(
-                delete(ContentRow).where(
-                    ContentRow.namespace == namespace, ContentRow.digest == digest
-                )
+        if nodes:
+            # One statement executed for every node (executemany).
+            conn.execute(
+                delete(content).where(
+                    content.c.namespace == bindparam("b_namespace"),
+                    content.c.digest == bindparam("b_digest"),
+                ),
+                [{"b_namespace": namespace, "b_digest": digest} for namespace, _, digest in nodes],
             )
         return None  # blob files go in the file sweep: another namespace may record them
 
 
-def image_roots(session: Session) -> Iterable[Node]:
-    for namespace, digest in session.execute(select(ImageRow.namespace, ImageRow.digest)):
+def image_roots(conn: Connection) -> Iterable[Node]:
+    for namespace, digest in conn.execute(select(images.c.namespace, images.c.digest)):
         yield (namespace, "content", digest)
 
 
-def container_roots(session: Session) -> Iterable[Node]:
+def container_roots(conn: Connection) -> Iterable[Node]:
     """A container holds its snapshot and whatever its labels reference."""
-    for row in session.scalars(select(ContainerRow)):
-        if row.snapshotter and row.snapshot_key:
-            yield (row.namespace, f"snapshots/{row.snapshotter}", row.snapshot_key)
-        yield from label_refs(row.namespace, row.labels)
+    t = containers.c
+    rows = conn.execute(select(t.namespace, t.snapshotter, t.snapshot_key, t.labels))
+    for namespace, snapshotter, snapshot_key, labels in rows:
+        if snapshotter and snapshot_key:
+            yield (namespace, f"snapshots/{snapshotter}", snapshot_key)
+        yield from label_refs(namespace, labels)
 
 
-def lease_roots(session: Session) -> Iterable[Node]:
-    for row in session.scalars(select(LeaseResourceRow)):
-        yield (row.namespace, row.type, row.resource_id)
+def lease_roots(conn: Connection) -> Iterable[Node]:
+    t = lease_resources.c
+    rows = conn.execute(select(t.namespace, t.type, t.resource_id))
+    return [(namespace, type_, resource_id) for namespace, type_, resource_id in rows]
 
 
 @dataclass(slots=True)
@@ -190,16 +191,16 @@ class Collector:
             )
         return stats
 
-    def unreachable(self, session: Session) -> list[Node]:
+    def unreachable(self, conn: Connection) -> list[Node]:
         """What a collection would remove now (without expiring leases): a dry run."""
-        objects, marked = self._mark(session)
+        objects, marked = self._mark(conn)
         return sorted(n for n in objects if n not in marked)
 
-    def _mark(self, session: Session) -> tuple[dict[Node, GcObject], set[Node]]:
+    def _mark(self, conn: Connection) -> tuple[dict[Node, GcObject], set[Node]]:
         objects: dict[Node, GcObject] = {}
         for kind in self._kinds.values():
-            objects.update(kind.objects(session))
-        pending: list[Node] = [node for source in self._roots for node in source(session)]
+            objects.update(kind.objects(conn))
+        pending: list[Node] = [node for source in self._roots for node in source(conn)]
         pending.extend(node for node, obj in objects.items() if ROOT_LABEL in obj.labels)
         marked: set[Node] = set()
         while pending:
@@ -213,20 +214,19 @@ class Collector:
                 pending.extend(obj.refs)
         return objects, marked
 
-    def _sweep_records(self, session: Session) -> tuple[Stats, set[str], list[Cleanup]]:
+    def _sweep_records(self, conn: Connection) -> tuple[Stats, set[str], list[Cleanup]]:
         stats = Stats()
-        stats.leases = _expire_leases(session)
-        objects, marked = self._mark(session)
+        stats.leases = _expire_leases(conn)
+        objects, marked = self._mark(conn)
         cleanups = []
         for name, kind in self._kinds.items():
             dead = [n for n in objects if n not in marked and _kind_name(n[1]) == name]
             if dead:
-                if cleanup := kind.remove(session, dead):
+                if cleanup := kind.remove(conn, dead):
                     cleanups.append(cleanup)
                 stats.removed[name] = len(dead)
-        session.flush()
         faults.point("gc-sweep")
-        recorded = set(session.scalars(select(ContentRow.digest).distinct()))
+        recorded = set(conn.scalars(select(content.c.digest).distinct()))
         return stats, recorded, cleanups
 
     def _sweep_files(self, recorded: set[str]) -> int:
@@ -244,19 +244,26 @@ def _kind_name(node_type: str) -> str:
     return node_type.split("/", 1)[0]
 
 
-def _expire_leases(session: Session) -> int:
+def _expire_leases(conn: Connection) -> int:
     now = datetime.now(UTC)
     expired = []
-    for row in session.scalars(select(LeaseRow)):
-        value = row.labels.get(EXPIRE_LABEL)
+    for namespace, lease_id, labels in conn.execute(
+        select(leases.c.namespace, leases.c.id, leases.c.labels)
+    ):
+        value = labels.get(EXPIRE_LABEL)
         if value is None:
             continue
         try:
             if parse_expire(value) <= now:
-                expired.append(row)
+                expired.append({"b_namespace": namespace, "b_id": lease_id})
         except InvalidArgument:
             continue
-    for row in expired:
-        session.delete(row)
-    session.flush()
+    if expired:
+        # Their resources go with them (ON DELETE CASCADE).
+        conn.execute(
+            delete(leases).where(
+                leases.c.namespace == bindparam("b_namespace"), leases.c.id == bindparam("b_id")
+            ),
+            expired,
+        )
     return len(expired)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 
 from linerd import faults
 from linerd.core import validate
@@ -15,7 +16,7 @@ from linerd.core.types import Container, Encoded
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
-from linerd.metadata.models import ContainerRow
+from linerd.metadata.models import containers
 from linerd.metadata.namespaces import ensure
 
 # Update mask paths that may change; without a mask all of these are replaced.
@@ -38,39 +39,46 @@ def _encode_extensions(extensions: dict[str, Encoded]) -> dict[str, list[str]]:
     return {k: [v.type_url, base64.b64encode(v.value).decode()] for k, v in extensions.items()}
 
 
-def _container(row: ContainerRow) -> Container:
+_KEY = (containers.c.namespace == bindparam("b_namespace")) & (containers.c.id == bindparam("b_id"))
+# Built once: ctr run creates and looks up a container each time.
+_GET = select(containers).where(_KEY)
+_EXISTS = select(containers.c.id).where(_KEY)
+_INSERT = insert(containers)
+
+
+def _container(row: Mapping[str, Any]) -> Container:
     options = (
-        Encoded(row.runtime_options_type, row.runtime_options or b"")
-        if row.runtime_options_type is not None
+        Encoded(row["runtime_options_type"], row["runtime_options"] or b"")
+        if row["runtime_options_type"] is not None
         else None
     )
     return Container(
-        id=row.id,
-        runtime=row.runtime,
-        spec=Encoded(row.spec_type, row.spec),
+        id=row["id"],
+        runtime=row["runtime"],
+        spec=Encoded(row["spec_type"], row["spec"]),
         runtime_options=options,
-        image=row.image,
-        labels=dict(row.labels),
-        snapshotter=row.snapshotter,
-        snapshot_key=row.snapshot_key,
-        sandbox=row.sandbox,
-        extensions={k: Encoded(t, base64.b64decode(v)) for k, (t, v) in row.extensions.items()},
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        image=row["image"],
+        labels=dict(row["labels"]),
+        snapshotter=row["snapshotter"],
+        snapshot_key=row["snapshot_key"],
+        sandbox=row["sandbox"],
+        extensions={k: Encoded(t, base64.b64decode(v)) for k, (t, v) in row["extensions"].items()},
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
-def _get(session: Session, namespace: str, container_id: str) -> ContainerRow:
-    row = session.get(ContainerRow, (namespace, container_id))
+def _get(conn: Connection, namespace: str, container_id: str) -> dict[str, Any]:
+    row = conn.execute(_GET, {"b_namespace": namespace, "b_id": container_id}).first()
     if row is None:
         raise NotFound(f"container {container_id!r} not found")
-    return row
+    return dict(row._mapping)
 
 
-def _set_spec(row: ContainerRow, spec: Encoded | None) -> None:
+def _set_spec(row: dict[str, Any], spec: Encoded | None) -> None:
     if spec is None:
-        raise InvalidArgument(f"container {row.id!r}: a spec is required")
-    row.spec_type, row.spec = spec.type_url, spec.value
+        raise InvalidArgument(f"container {row['id']!r}: a spec is required")
+    row["spec_type"], row["spec"] = spec.type_url, spec.value
 
 
 def _copy(c: Container) -> Container:
@@ -88,52 +96,52 @@ class ContainerStore:
         if (hit := self._cache.get(key)) is not None:
             return hit
         return await self._db.run(
-            lambda s: self._cache.put(key, _container(_get(s, namespace, container_id)))
+            lambda c: self._cache.put(key, _container(_get(c, namespace, container_id)))
         )
 
     async def list(self, namespace: str) -> list[Container]:
-        def list_(session: Session) -> list[Container]:
-            rows = session.scalars(
-                select(ContainerRow)
-                .where(ContainerRow.namespace == namespace)
-                .order_by(ContainerRow.id)
+        def list_(conn: Connection) -> list[Container]:
+            rows = conn.execute(
+                select(containers)
+                .where(containers.c.namespace == namespace)
+                .order_by(containers.c.id)
             )
-            return [_container(r) for r in rows]
+            return [_container(r._mapping) for r in rows]
 
         return await self._db.run(list_)
 
     async def create(self, namespace: str, container: Container) -> Container:
         check(container)
 
-        def create(session: Session) -> Container:
+        def create(conn: Connection) -> Container:
             self._cache.drop((namespace, container.id))
-            ensure(session, namespace)
-            if session.get(ContainerRow, (namespace, container.id)) is not None:
+            ensure(conn, namespace)
+            if conn.execute(_EXISTS, {"b_namespace": namespace, "b_id": container.id}).first():
                 raise AlreadyExists(f"container {container.id!r} already exists")
             now = datetime.now(UTC)
             options = container.runtime_options
-            row = ContainerRow(
-                namespace=namespace,
-                id=container.id,
-                labels=dict(container.labels),
-                image=container.image,
-                runtime=container.runtime,
-                runtime_options_type=options.type_url if options else None,
-                runtime_options=options.value if options else None,
-                snapshotter=container.snapshotter,
-                snapshot_key=container.snapshot_key,
-                sandbox=container.sandbox,
-                extensions=_encode_extensions(container.extensions),
-                created_at=now,
-                updated_at=now,
-            )
+            row: dict[str, Any] = {
+                "namespace": namespace,
+                "id": container.id,
+                "labels": dict(container.labels),
+                "image": container.image,
+                "runtime": container.runtime,
+                "runtime_options_type": options.type_url if options else None,
+                "runtime_options": options.value if options else None,
+                "snapshotter": container.snapshotter,
+                "snapshot_key": container.snapshot_key,
+                "sandbox": container.sandbox,
+                "extensions": _encode_extensions(container.extensions),
+                "created_at": now,
+                "updated_at": now,
+            }
             _set_spec(row, container.spec)
-            session.add(row)
+            conn.execute(_INSERT, row)
             faults.point("container-create")
             created = _container(row)
             # ctr gets the container right after creating it (twice, Tasks/Create included).
             key = (namespace, container.id)
-            self._db.after_commit(session, lambda: self._cache.put(key, created))
+            self._db.after_commit(conn, lambda: self._cache.put(key, created))
             return _copy(created)
 
         return await self._db.run(create)
@@ -146,50 +154,60 @@ class ContainerStore:
             if path not in _UPDATABLE and not (head in ("labels", "extensions") and "." in path):
                 raise InvalidArgument(f"cannot update {path!r} field on container {container.id!r}")
 
-        def update(session: Session) -> Container:
+        def update_(conn: Connection) -> Container:
             self._cache.drop((namespace, container.id))
-            row = _get(session, namespace, container.id)
+            row = _get(conn, namespace, container.id)
             if not paths:
-                if container.runtime and container.runtime != row.runtime:
-                    raise InvalidArgument(f"container {row.id!r}: the runtime cannot change")
-                if container.snapshotter and container.snapshotter != row.snapshotter:
-                    raise InvalidArgument(f"container {row.id!r}: the snapshotter cannot change")
-                row.labels = validate.labels(container.labels)
+                if container.runtime and container.runtime != row["runtime"]:
+                    raise InvalidArgument(f"container {row['id']!r}: the runtime cannot change")
+                if container.snapshotter and container.snapshotter != row["snapshotter"]:
+                    raise InvalidArgument(f"container {row['id']!r}: the snapshotter cannot change")
+                row["labels"] = validate.labels(container.labels)
                 _set_spec(row, container.spec)
-                row.extensions = _encode_extensions(container.extensions)
-                row.image, row.snapshot_key = container.image, container.snapshot_key
+                row["extensions"] = _encode_extensions(container.extensions)
+                row["image"], row["snapshot_key"] = container.image, container.snapshot_key
             for path in paths:
                 if path == "spec":
                     _set_spec(row, container.spec)
                 elif path == "image":
-                    row.image = container.image
+                    row["image"] = container.image
                 elif path == "snapshotkey":
-                    row.snapshot_key = container.snapshot_key
-            labels = validate.apply_label_mask(row.labels, container.labels, paths)
+                    row["snapshot_key"] = container.snapshot_key
+            labels = validate.apply_label_mask(row["labels"], container.labels, paths)
             if labels is not None:
-                row.labels = labels
-            extensions = _apply_extension_mask(row.extensions, container.extensions, paths)
+                row["labels"] = labels
+            extensions = _apply_extension_mask(row["extensions"], container.extensions, paths)
             if extensions is not None:
-                row.extensions = extensions
-            row.updated_at = datetime.now(UTC)
+                row["extensions"] = extensions
+            row["updated_at"] = datetime.now(UTC)
+            conn.execute(
+                update(containers)
+                .where(_KEY)
+                .values({k: v for k, v in row.items() if k not in ("namespace", "id")}),
+                {"b_namespace": namespace, "b_id": container.id},
+            )
             return _container(row)
 
-        return await self._db.run(update)
+        return await self._db.run(update_)
 
     async def delete(self, namespace: str, container_id: str) -> None:
-        def delete(session: Session) -> None:
+        def delete_(conn: Connection) -> None:
             self._cache.drop((namespace, container_id))
-            session.delete(_get(session, namespace, container_id))
+            key = {"b_namespace": namespace, "b_id": container_id}
+            if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
+                raise NotFound(f"container {container_id!r} not found")
 
-        await self._db.run(delete)
+        await self._db.run(delete_)
 
     def count_sync(self) -> int:
         """How many container records there are, in all namespaces. Blocks."""
-        return self._db.run_sync(lambda s: s.scalar(select(func.count()).select_from(ContainerRow)))
+        return self._db.run_sync(
+            lambda c: c.scalar(select(func.count()).select_from(containers)) or 0
+        )
 
     @staticmethod
-    def holds(session: Session, namespace: str) -> bool:
-        return bool(session.scalar(select(exists().where(ContainerRow.namespace == namespace))))
+    def holds(conn: Connection, namespace: str) -> bool:
+        return bool(conn.scalar(select(exists().where(containers.c.namespace == namespace))))
 
 
 def _apply_extension_mask(

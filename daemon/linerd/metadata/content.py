@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 
 from linerd.core import validate
 from linerd.core.types import ContentInfo, LeaseResource
@@ -14,11 +14,18 @@ from linerd.errdefs import InvalidArgument, NotFound
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.leases import add_resource_in
-from linerd.metadata.models import ContentRow
+from linerd.metadata.models import content
 from linerd.metadata.namespaces import ensure
 
+_KEY = (content.c.namespace == bindparam("b_namespace")) & (
+    content.c.digest == bindparam("b_digest")
+)
+# Built once: a pull records each blob, and ctr looks each one up again.
+_GET = select(content).where(_KEY)
+_INSERT = insert(content)
 
-def _info(row: ContentRow) -> ContentInfo:
+
+def _info(row: Row[Any]) -> ContentInfo:
     return ContentInfo(
         digest=row.digest,
         size=row.size,
@@ -28,8 +35,12 @@ def _info(row: ContentRow) -> ContentInfo:
     )
 
 
-def _get(session: Session, namespace: str, digest: str) -> ContentRow:
-    row = session.get(ContentRow, (namespace, digest))
+def _row(conn: Connection, namespace: str, digest: str) -> Row[Any] | None:
+    return conn.execute(_GET, {"b_namespace": namespace, "b_digest": digest}).first()
+
+
+def _get(conn: Connection, namespace: str, digest: str) -> Row[Any]:
+    row = _row(conn, namespace, digest)
     if row is None:
         raise NotFound(f"content digest {digest} not found")
     return row
@@ -50,14 +61,14 @@ class ContentRecords:
         key = (namespace, digest)
         if (hit := self.cache.get(key)) is not None:
             return hit
-        return await self._db.run(lambda s: self.cache.put(key, _info(_get(s, namespace, digest))))
+        return await self._db.run(lambda c: self.cache.put(key, _info(_get(c, namespace, digest))))
 
     async def exists(self, namespace: str, digest: str) -> bool:
-        return await self._db.run(lambda s: s.get(ContentRow, (namespace, digest)) is not None)
+        return await self._db.run(lambda c: _row(c, namespace, digest) is not None)
 
     async def ensure_namespace(self, namespace: str) -> None:
         """A write is a mutating call: its namespace exists from the first STAT on."""
-        await self._db.run(lambda s: ensure(s, namespace))
+        await self._db.run(lambda c: ensure(c, namespace))
 
     async def add(
         self, namespace: str, digest: str, size: int, labels: dict[str, str], lease: str | None
@@ -66,24 +77,28 @@ class ContentRecords:
         (the lease then holds it all the same)."""
         labels = validate.labels(labels)
 
-        def add(session: Session) -> ContentInfo | None:
+        def add(conn: Connection) -> ContentInfo | None:
             self.cache.drop((namespace, digest))
-            ensure(session, namespace)
+            ensure(conn, namespace)
             if lease:
-                add_resource_in(session, namespace, lease, LeaseResource(id=digest, type="content"))
-            if session.get(ContentRow, (namespace, digest)) is not None:
+                add_resource_in(conn, namespace, lease, LeaseResource(id=digest, type="content"))
+            if _row(conn, namespace, digest) is not None:
                 return None
             now = datetime.now(UTC)
-            row = ContentRow(
-                namespace=namespace,
-                digest=digest,
-                size=size,
-                labels=labels,
-                created_at=now,
-                updated_at=now,
+            conn.execute(
+                _INSERT,
+                {
+                    "namespace": namespace,
+                    "digest": digest,
+                    "size": size,
+                    "labels": labels,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
-            session.add(row)
-            return _info(row)
+            return ContentInfo(
+                digest=digest, size=size, created_at=now, updated_at=now, labels=dict(labels)
+            )
 
         return await self._db.run(add)
 
@@ -95,30 +110,40 @@ class ContentRecords:
             if path != "labels" and not path.startswith("labels."):
                 raise InvalidArgument(f"cannot update {path!r} field on content info {digest}")
 
-        def update(session: Session) -> ContentInfo:
+        def update_(conn: Connection) -> ContentInfo:
             self.cache.drop((namespace, digest))
-            row = _get(session, namespace, digest)
+            row = _get(conn, namespace, digest)
             masked = validate.apply_label_mask(row.labels, labels, paths)
-            row.labels = masked if masked is not None else validate.labels(labels)
-            row.updated_at = datetime.now(UTC)
-            return _info(row)
+            new = masked if masked is not None else validate.labels(labels)
+            now = datetime.now(UTC)
+            conn.execute(
+                update(content).where(_KEY).values(labels=new, updated_at=now),
+                {"b_namespace": namespace, "b_digest": digest},
+            )
+            return ContentInfo(
+                digest=digest,
+                size=row.size,
+                created_at=row.created_at,
+                updated_at=now,
+                labels=dict(new),
+            )
 
-        return await self._db.run(update)
+        return await self._db.run(update_)
 
     async def list(self, namespace: str) -> list[ContentInfo]:
-        def list_(session: Session) -> list[ContentInfo]:
-            rows = session.scalars(
-                select(ContentRow)
-                .where(ContentRow.namespace == namespace)
-                .order_by(ContentRow.digest)
+        def list_(conn: Connection) -> list[ContentInfo]:
+            rows = conn.execute(
+                select(content).where(content.c.namespace == namespace).order_by(content.c.digest)
             )
             return [_info(r) for r in rows]
 
         return await self._db.run(list_)
 
     async def delete(self, namespace: str, digest: str) -> None:
-        def delete(session: Session) -> None:
+        def delete_(conn: Connection) -> None:
             self.cache.drop((namespace, digest))
-            session.delete(_get(session, namespace, digest))
+            key = {"b_namespace": namespace, "b_digest": digest}
+            if conn.execute(delete(content).where(_KEY), key).rowcount == 0:
+                raise NotFound(f"content digest {digest} not found")
 
-        await self._db.run(delete)
+        await self._db.run(delete_)

@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select
 
 from linerd.metadata import migrations
-from linerd.metadata.models import Meta
+from linerd.metadata.models import meta
 
 T = TypeVar("T")
 _AFTER_COMMIT = "linerd.after_commit"
@@ -46,45 +45,51 @@ class Database:
         self.engine: Engine = create_engine(url, connect_args=_connect_args(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linerd-db")
 
     def migrate(self) -> int:
         with self.engine.connect() as conn:
             return migrations.migrate(conn)
 
-    async def run(self, fn: Callable[[Session], T]) -> T:
+    async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run `fn` in one transaction on the database thread; commit if it returns."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transaction, fn)
 
-    def run_sync(self, fn: Callable[[Session], T]) -> T:
+    def run_sync(self, fn: Callable[[Connection], T]) -> T:
         """Same as `run`, for start-up and tests: blocks the caller."""
         return self._executor.submit(self._transaction, fn).result()
 
-    def _transaction(self, fn: Callable[[Session], T]) -> T:
-        with self._sessions.begin() as session:
-            result = fn(session)
+    def _transaction(self, fn: Callable[[Connection], T]) -> T:
+        callbacks: list[Callable[[], None]] = []
+        with self.engine.begin() as conn:
+            # `info` belongs to the pooled DBAPI connection and outlives this transaction:
+            # a rolled-back transaction's callbacks must not reach the next one.
+            conn.info[_AFTER_COMMIT] = callbacks
+            try:
+                result = fn(conn)
+            finally:
+                del conn.info[_AFTER_COMMIT]
         # Committed. Still on the database thread, so before any other transaction.
-        for callback in session.info.pop(_AFTER_COMMIT, ()):
+        for callback in callbacks:
             callback()
         return result
 
     @staticmethod
-    def after_commit(session: Session, callback: Callable[[], None]) -> None:
-        """Call `callback` on the database thread once `session`'s transaction committed
+    def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+        """Call `callback` on the database thread once `conn`'s transaction committed
         (never if it rolls back): where a record cache learns a value it just wrote."""
-        session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+        conn.info[_AFTER_COMMIT].append(callback)
 
     def server_uuid(self) -> str:
         """The uuid Introspection/Server reports; created once, stable across restarts."""
 
-        def get_or_create(session: Session) -> str:
-            row = session.scalar(select(Meta).where(Meta.key == "uuid"))
-            if row is None:
-                row = Meta(key="uuid", value=str(uuid.uuid4()))
-                session.add(row)
-            return row.value
+        def get_or_create(conn: Connection) -> str:
+            value = conn.scalar(select(meta.c.value).where(meta.c.key == "uuid"))
+            if value is None:
+                value = str(uuid.uuid4())
+                conn.execute(insert(meta).values(key="uuid", value=value))
+            return value
 
         return self.run_sync(get_or_create)
 

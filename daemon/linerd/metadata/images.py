@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from linerd import faults
 from linerd.core import validate
@@ -14,7 +15,7 @@ from linerd.core.types import Descriptor, Image
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
-from linerd.metadata.models import ImageRow
+from linerd.metadata.models import images
 from linerd.metadata.namespaces import ensure
 
 
@@ -31,28 +32,32 @@ def check(image: Image) -> Image:
     return image
 
 
-def _image(row: ImageRow) -> Image:
+_KEY = (images.c.namespace == bindparam("b_namespace")) & (images.c.name == bindparam("b_name"))
+_GET = select(images).where(_KEY)
+
+
+def _image(row: Mapping[str, Any]) -> Image:
     return Image(
-        name=row.name,
-        target=Descriptor(row.media_type, row.digest, row.size, dict(row.annotations)),
-        labels=dict(row.labels),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        name=row["name"],
+        target=Descriptor(row["media_type"], row["digest"], row["size"], dict(row["annotations"])),
+        labels=dict(row["labels"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
-def _get(session: Session, namespace: str, name: str) -> ImageRow:
-    row = session.get(ImageRow, (namespace, name))
+def _get(conn: Connection, namespace: str, name: str) -> dict[str, Any]:
+    row = conn.execute(_GET, {"b_namespace": namespace, "b_name": name}).first()
     if row is None:
         raise NotFound(f"image {name!r} not found")
-    return row
+    return dict(row._mapping)
 
 
-def _set_target(row: ImageRow, target: Descriptor) -> None:
-    row.media_type = target.media_type
-    row.digest = target.digest
-    row.size = target.size
-    row.annotations = dict(target.annotations)
+def _set_target(row: dict[str, Any], target: Descriptor) -> None:
+    row["media_type"] = target.media_type
+    row["digest"] = target.digest
+    row["size"] = target.size
+    row["annotations"] = dict(target.annotations)
 
 
 def _copy(image: Image) -> Image:
@@ -69,35 +74,35 @@ class ImageStore:
         key = (namespace, name)
         if (hit := self._cache.get(key)) is not None:
             return hit
-        return await self._db.run(lambda s: self._cache.put(key, _image(_get(s, namespace, name))))
+        return await self._db.run(lambda c: self._cache.put(key, _image(_get(c, namespace, name))))
 
     async def list(self, namespace: str) -> list[Image]:
-        def list_(session: Session) -> list[Image]:
-            rows = session.scalars(
-                select(ImageRow).where(ImageRow.namespace == namespace).order_by(ImageRow.name)
+        def list_(conn: Connection) -> list[Image]:
+            rows = conn.execute(
+                select(images).where(images.c.namespace == namespace).order_by(images.c.name)
             )
-            return [_image(r) for r in rows]
+            return [_image(r._mapping) for r in rows]
 
         return await self._db.run(list_)
 
     async def create(self, namespace: str, image: Image) -> Image:
         check(image)
 
-        def create(session: Session) -> Image:
+        def create(conn: Connection) -> Image:
             self._cache.drop((namespace, image.name))
-            ensure(session, namespace)
-            if session.get(ImageRow, (namespace, image.name)) is not None:
+            ensure(conn, namespace)
+            if conn.execute(_GET, {"b_namespace": namespace, "b_name": image.name}).first():
                 raise AlreadyExists(f"image {image.name!r} already exists")
             now = datetime.now(UTC)
-            row = ImageRow(
-                namespace=namespace,
-                name=image.name,
-                labels=dict(image.labels),
-                created_at=now,
-                updated_at=now,
-            )
+            row: dict[str, Any] = {
+                "namespace": namespace,
+                "name": image.name,
+                "labels": dict(image.labels),
+                "created_at": now,
+                "updated_at": now,
+            }
             _set_target(row, image.target)
-            session.add(row)
+            conn.execute(insert(images), row)
             faults.point("image-create")
             return _image(row)
 
@@ -115,31 +120,39 @@ class ImageStore:
         if not paths or "target" in paths:
             check(image)
 
-        def update(session: Session) -> Image:
+        def update_(conn: Connection) -> Image:
             self._cache.drop((namespace, image.name))
-            row = _get(session, namespace, image.name)
+            row = _get(conn, namespace, image.name)
             if not paths:
-                row.labels = validate.labels(image.labels)
+                row["labels"] = validate.labels(image.labels)
                 _set_target(row, image.target)
             else:
                 if "target" in paths:
                     _set_target(row, image.target)
-                labels = validate.apply_label_mask(row.labels, image.labels, paths)
+                labels = validate.apply_label_mask(row["labels"], image.labels, paths)
                 if labels is not None:
-                    row.labels = labels
+                    row["labels"] = labels
                 annotations = validate.apply_label_mask(
-                    row.annotations, image.target.annotations, paths, prefix="annotations"
+                    row["annotations"], image.target.annotations, paths, prefix="annotations"
                 )
                 if annotations is not None:
-                    row.annotations = annotations
-            row.updated_at = datetime.now(UTC)
+                    row["annotations"] = annotations
+            row["updated_at"] = datetime.now(UTC)
+            conn.execute(
+                update(images)
+                .where(_KEY)
+                .values({k: v for k, v in row.items() if k not in ("namespace", "name")}),
+                {"b_namespace": namespace, "b_name": image.name},
+            )
             return _image(row)
 
-        return await self._db.run(update)
+        return await self._db.run(update_)
 
     async def delete(self, namespace: str, name: str) -> None:
-        def delete(session: Session) -> None:
+        def delete_(conn: Connection) -> None:
             self._cache.drop((namespace, name))
-            session.delete(_get(session, namespace, name))
+            key = {"b_namespace": namespace, "b_name": name}
+            if conn.execute(delete(images).where(_KEY), key).rowcount == 0:
+                raise NotFound(f"image {name!r} not found")
 
-        await self._db.run(delete)
+        await self._db.run(delete_)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select
 
 from linerd.core import validate
 from linerd.core.types import Lease, LeaseResource
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.metadata.db import Database
-from linerd.metadata.models import LeaseResourceRow, LeaseRow
+from linerd.metadata.models import lease_resources, leases
 from linerd.metadata.namespaces import ensure
 
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -36,29 +36,50 @@ def check_resource(resource: LeaseResource) -> LeaseResource:
     return resource
 
 
-def _lease(row: LeaseRow) -> Lease:
+# Built once: leases are looked up in every write a leased client (ctr run, pull) makes.
+_GET = select(leases).where(
+    leases.c.namespace == bindparam("b_namespace"), leases.c.id == bindparam("b_id")
+)
+_INSERT = insert(leases)
+_RESOURCE_KEY = (
+    (lease_resources.c.namespace == bindparam("namespace"))
+    & (lease_resources.c.lease_id == bindparam("lease_id"))
+    & (lease_resources.c.type == bindparam("type"))
+    & (lease_resources.c.resource_id == bindparam("resource_id"))
+)
+_HAS_RESOURCE = select(lease_resources.c.namespace).where(_RESOURCE_KEY)
+_INSERT_RESOURCE = insert(lease_resources)
+_DELETE_RESOURCE = delete(lease_resources).where(_RESOURCE_KEY)
+
+
+def _lease(row: Row[Any]) -> Lease:
     return Lease(id=row.id, created_at=row.created_at, labels=dict(row.labels))
 
 
-def _get(session: Session, namespace: str, lease_id: str) -> LeaseRow:
-    row = session.get(LeaseRow, (namespace, lease_id))
+def _get(conn: Connection, namespace: str, lease_id: str) -> Row[Any]:
+    row = conn.execute(_GET, {"b_namespace": namespace, "b_id": lease_id}).first()
     if row is None:
         raise NotFound(f"lease {lease_id!r} not found")
     return row
 
 
+def _resource_key(namespace: str, lease_id: str, resource: LeaseResource) -> dict[str, str]:
+    return {
+        "namespace": namespace,
+        "lease_id": lease_id,
+        "type": resource.type,
+        "resource_id": resource.id,
+    }
+
+
 def add_resource_in(
-    session: Session, namespace: str, lease_id: str, resource: LeaseResource
+    conn: Connection, namespace: str, lease_id: str, resource: LeaseResource
 ) -> None:
     """Record that `lease_id` holds `resource`, inside the caller's transaction."""
-    _get(session, namespace, lease_id)
-    key = (namespace, lease_id, resource.type, resource.id)
-    if session.get(LeaseResourceRow, key) is None:
-        session.add(
-            LeaseResourceRow(
-                namespace=namespace, lease_id=lease_id, type=resource.type, resource_id=resource.id
-            )
-        )
+    _get(conn, namespace, lease_id)
+    key = _resource_key(namespace, lease_id, resource)
+    if conn.execute(_HAS_RESOURCE, key).first() is None:
+        conn.execute(_INSERT_RESOURCE, key)
 
 
 class LeaseStore:
@@ -72,28 +93,31 @@ class LeaseStore:
         if EXPIRE_LABEL in labels:
             parse_expire(labels[EXPIRE_LABEL])
 
-        def create(session: Session) -> Lease:
-            ensure(session, namespace)
-            if session.get(LeaseRow, (namespace, lease_id)) is not None:
+        def create(conn: Connection) -> Lease:
+            ensure(conn, namespace)
+            if conn.execute(_GET, {"b_namespace": namespace, "b_id": lease_id}).first():
                 raise AlreadyExists(f"lease {lease_id!r} already exists")
-            row = LeaseRow(
-                namespace=namespace, id=lease_id, labels=labels, created_at=datetime.now(UTC)
+            now = datetime.now(UTC)
+            conn.execute(
+                _INSERT,
+                {"namespace": namespace, "id": lease_id, "labels": labels, "created_at": now},
             )
-            session.add(row)
-            return _lease(row)
+            return Lease(id=lease_id, created_at=now, labels=dict(labels))
 
         return await self._db.run(create)
 
     async def delete(self, namespace: str, lease_id: str) -> None:
-        def delete_(session: Session) -> None:
-            session.delete(_get(session, namespace, lease_id))
+        def delete_(conn: Connection) -> None:
+            doomed = delete(leases).where(leases.c.namespace == namespace, leases.c.id == lease_id)
+            if conn.execute(doomed).rowcount == 0:
+                raise NotFound(f"lease {lease_id!r} not found")
 
         await self._db.run(delete_)
 
     async def list(self, namespace: str) -> list[Lease]:
-        def list_(session: Session) -> list[Lease]:
-            rows = session.scalars(
-                select(LeaseRow).where(LeaseRow.namespace == namespace).order_by(LeaseRow.id)
+        def list_(conn: Connection) -> list[Lease]:
+            rows = conn.execute(
+                select(leases).where(leases.c.namespace == namespace).order_by(leases.c.id)
             )
             return [_lease(r) for r in rows]
 
@@ -106,29 +130,20 @@ class LeaseStore:
     async def delete_resource(self, namespace: str, lease_id: str, resource: LeaseResource) -> None:
         check_resource(resource)
 
-        def delete_resource(session: Session) -> None:
-            _get(session, namespace, lease_id)
-            session.execute(
-                delete(LeaseResourceRow).where(
-                    LeaseResourceRow.namespace == namespace,
-                    LeaseResourceRow.lease_id == lease_id,
-                    LeaseResourceRow.type == resource.type,
-                    LeaseResourceRow.resource_id == resource.id,
-                )
-            )
+        def delete_resource(conn: Connection) -> None:
+            _get(conn, namespace, lease_id)
+            conn.execute(_DELETE_RESOURCE, _resource_key(namespace, lease_id, resource))
 
         await self._db.run(delete_resource)
 
     async def list_resources(self, namespace: str, lease_id: str) -> list[LeaseResource]:
-        def list_resources(session: Session) -> list[LeaseResource]:
-            _get(session, namespace, lease_id)
-            rows = session.scalars(
-                select(LeaseResourceRow)
-                .where(
-                    LeaseResourceRow.namespace == namespace,
-                    LeaseResourceRow.lease_id == lease_id,
-                )
-                .order_by(LeaseResourceRow.type, LeaseResourceRow.resource_id)
+        def list_resources(conn: Connection) -> list[LeaseResource]:
+            _get(conn, namespace, lease_id)
+            t = lease_resources.c
+            rows = conn.execute(
+                select(t.resource_id, t.type)
+                .where(t.namespace == namespace, t.lease_id == lease_id)
+                .order_by(t.type, t.resource_id)
             )
             return [LeaseResource(id=r.resource_id, type=r.type) for r in rows]
 

@@ -1,4 +1,6 @@
-"""Typed ORM models. The schema itself is created by `migrations`; a test keeps both equal."""
+"""The tables, in SQLAlchemy Core. The schema itself is created by `migrations`; a test keeps
+both equal. Core, not the ORM: importing `sqlalchemy.orm` costs ~6 MB and its unit of work
+several milliseconds per write transaction (docs/PERFORMANCE.md)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,16 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     ForeignKeyConstraint,
+    Integer,
+    LargeBinary,
+    MetaData,
     String,
+    Table,
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class UTCTime(TypeDecorator[datetime]):
@@ -38,111 +44,120 @@ class UTCTime(TypeDecorator[datetime]):
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-
-class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCTime, dict[str, str]: JSON}
+metadata = MetaData()
 
 
-class Meta(Base):
-    """Daemon-wide key/value facts (the server uuid)."""
-
-    __tablename__ = "meta"
-    key: Mapped[str] = mapped_column(String, primary_key=True)
-    value: Mapped[str]
+def _text(name: str, *, primary_key: bool = False, nullable: bool = False) -> Column[str]:
+    return Column(name, String, primary_key=primary_key, nullable=nullable)
 
 
-class NamespaceRow(Base):
-    __tablename__ = "namespaces"
-    name: Mapped[str] = mapped_column(primary_key=True)
-    labels: Mapped[dict[str, str]]
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
+def _labels(name: str = "labels") -> Column[Any]:
+    # JSON text, as the ORM's dict[str, str] -> JSON mapping stored it.
+    return Column(name, JSON, nullable=False)
 
 
-class LeaseRow(Base):
-    __tablename__ = "leases"
-    namespace: Mapped[str] = mapped_column(primary_key=True)
-    id: Mapped[str] = mapped_column(primary_key=True)
-    labels: Mapped[dict[str, str]]
-    created_at: Mapped[datetime]
-    __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+def _time(name: str) -> Column[datetime]:
+    return Column(name, UTCTime, nullable=False)
 
 
-class LeaseResourceRow(Base):
-    __tablename__ = "lease_resources"
-    namespace: Mapped[str] = mapped_column(primary_key=True)
-    lease_id: Mapped[str] = mapped_column(primary_key=True)
-    type: Mapped[str] = mapped_column(primary_key=True)
-    resource_id: Mapped[str] = mapped_column(primary_key=True)
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["namespace", "lease_id"], ["leases.namespace", "leases.id"], ondelete="CASCADE"
-        ),
-    )
+# Daemon-wide key/value facts (the server uuid).
+meta = Table("meta", metadata, _text("key", primary_key=True), _text("value"))
 
+namespaces = Table(
+    "namespaces",
+    metadata,
+    _text("name", primary_key=True),
+    _labels(),
+    _time("created_at"),
+    _time("updated_at"),
+)
 
-class ContentRow(Base):
-    __tablename__ = "content"
-    namespace: Mapped[str] = mapped_column(primary_key=True)
-    digest: Mapped[str] = mapped_column(primary_key=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    labels: Mapped[dict[str, str]]
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
-    __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+leases = Table(
+    "leases",
+    metadata,
+    _text("namespace", primary_key=True),
+    _text("id", primary_key=True),
+    _labels(),
+    _time("created_at"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+)
 
+lease_resources = Table(
+    "lease_resources",
+    metadata,
+    _text("namespace", primary_key=True),
+    _text("lease_id", primary_key=True),
+    _text("type", primary_key=True),
+    _text("resource_id", primary_key=True),
+    ForeignKeyConstraint(
+        ["namespace", "lease_id"], ["leases.namespace", "leases.id"], ondelete="CASCADE"
+    ),
+)
 
-class SnapshotRow(Base):
-    """A snapshot of one snapshotter in one namespace; `id` names its directory."""
+content = Table(
+    "content",
+    metadata,
+    _text("namespace", primary_key=True),
+    _text("digest", primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    _labels(),
+    _time("created_at"),
+    _time("updated_at"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+)
 
-    __tablename__ = "snapshots"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    snapshotter: Mapped[str]
-    namespace: Mapped[str]
-    key: Mapped[str]
-    parent: Mapped[str | None]
-    kind: Mapped[str]
-    labels: Mapped[dict[str, str]]
-    size: Mapped[int] = mapped_column(BigInteger)
-    inodes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
-    __table_args__ = (
-        UniqueConstraint("snapshotter", "namespace", "key"),
-        ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
-    )
+# A snapshot of one snapshotter in one namespace; `id` names its directory.
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    _text("snapshotter"),
+    _text("namespace"),
+    _text("key"),
+    _text("parent", nullable=True),
+    _text("kind"),
+    _labels(),
+    Column("size", BigInteger, nullable=False),
+    Column("inodes", BigInteger, nullable=False),
+    _time("created_at"),
+    _time("updated_at"),
+    UniqueConstraint("snapshotter", "namespace", "key"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+)
 
-
-class ContainerRow(Base):
-    __tablename__ = "containers"
-    namespace: Mapped[str] = mapped_column(primary_key=True)
-    id: Mapped[str] = mapped_column(primary_key=True)
-    labels: Mapped[dict[str, str]]
-    image: Mapped[str]
-    runtime: Mapped[str]
-    runtime_options_type: Mapped[str | None]
-    runtime_options: Mapped[bytes | None]
-    spec_type: Mapped[str]
-    spec: Mapped[bytes]
-    snapshotter: Mapped[str]
-    snapshot_key: Mapped[str]
-    sandbox: Mapped[str]
+containers = Table(
+    "containers",
+    metadata,
+    _text("namespace", primary_key=True),
+    _text("id", primary_key=True),
+    _labels(),
+    _text("image"),
+    _text("runtime"),
+    _text("runtime_options_type", nullable=True),
+    Column("runtime_options", LargeBinary, nullable=True),
+    _text("spec_type"),
+    Column("spec", LargeBinary, nullable=False),
+    _text("snapshotter"),
+    _text("snapshot_key"),
+    _text("sandbox"),
     # name -> [type URL, base64 value]
-    extensions: Mapped[dict[str, list[str]]] = mapped_column(JSON)
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
-    __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+    _labels("extensions"),
+    _time("created_at"),
+    _time("updated_at"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+)
 
-
-class ImageRow(Base):
-    __tablename__ = "images"
-    namespace: Mapped[str] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(primary_key=True)
-    media_type: Mapped[str]
-    digest: Mapped[str]
-    size: Mapped[int] = mapped_column(BigInteger)
-    annotations: Mapped[dict[str, str]]
-    labels: Mapped[dict[str, str]]
-    created_at: Mapped[datetime]
-    updated_at: Mapped[datetime]
-    __table_args__ = (ForeignKeyConstraint(["namespace"], ["namespaces.name"]),)
+images = Table(
+    "images",
+    metadata,
+    _text("namespace", primary_key=True),
+    _text("name", primary_key=True),
+    _text("media_type"),
+    _text("digest"),
+    Column("size", BigInteger, nullable=False),
+    _labels("annotations"),
+    _labels(),
+    _time("created_at"),
+    _time("updated_at"),
+    ForeignKeyConstraint(["namespace"], ["namespaces.name"]),
+)

@@ -5,31 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from sqlalchemy import exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Table, bindparam, delete, exists, insert, select, update
 
 from linerd.core import validate
 from linerd.core.types import Namespace
 from linerd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
-from linerd.metadata.models import ContentRow, ImageRow, LeaseRow, NamespaceRow
+from linerd.metadata.models import content, images, leases, namespaces
 
 # What keeps a namespace from being deleted: name -> does this namespace have any?
-EmptinessCheck = Callable[[Session, str], bool]
+EmptinessCheck = Callable[[Connection, str], bool]
+
+# Built once: every write transaction starts with `ensure`.
+_LABELS = select(namespaces.c.labels).where(namespaces.c.name == bindparam("b_name"))
+_INSERT = insert(namespaces)
 
 
-def ensure(session: Session, name: str) -> None:
+def ensure(conn: Connection, name: str) -> None:
     """Create the namespace row if missing, inside the caller's transaction."""
-    if session.get(NamespaceRow, name) is None:
+    if conn.execute(_LABELS, {"b_name": name}).first() is None:
         now = datetime.now(UTC)
-        session.add(NamespaceRow(name=name, labels={}, created_at=now, updated_at=now))
-        session.flush()
+        conn.execute(_INSERT, {"name": name, "labels": {}, "created_at": now, "updated_at": now})
 
 
-def _has(model: type) -> EmptinessCheck:
-    def check(session: Session, name: str) -> bool:
-        return bool(session.scalar(select(exists().where(model.namespace == name))))  # type: ignore[attr-defined]
+def _labels(conn: Connection, name: str) -> dict[str, str] | None:
+    row = conn.execute(_LABELS, {"b_name": name}).first()
+    return None if row is None else dict(row.labels)
+
+
+def _has(table: Table) -> EmptinessCheck:
+    def check(conn: Connection, name: str) -> bool:
+        return bool(conn.scalar(select(exists().where(table.c.namespace == name))))
 
     return check
 
@@ -44,9 +51,9 @@ class NamespaceStore:
         )
         # Other parts (snapshots, containers, ingests) register what they hold.
         self._holders: dict[str, EmptinessCheck] = {
-            "images": _has(ImageRow),
-            "blobs": _has(ContentRow),
-            "leases": _has(LeaseRow),
+            "images": _has(images),
+            "blobs": _has(content),
+            "leases": _has(leases),
         }
 
     def register_holder(self, what: str, check: EmptinessCheck) -> None:
@@ -54,9 +61,11 @@ class NamespaceStore:
 
     async def list(self) -> list[Namespace]:
         return await self._db.run(
-            lambda s: [
+            lambda c: [
                 Namespace(name=row.name, labels=dict(row.labels))
-                for row in s.scalars(select(NamespaceRow).order_by(NamespaceRow.name))
+                for row in c.execute(
+                    select(namespaces.c.name, namespaces.c.labels).order_by(namespaces.c.name)
+                )
             ]
         )
 
@@ -67,9 +76,8 @@ class NamespaceStore:
         if (hit := self._cache.get(name)) is not None:
             return hit
 
-        def get(session: Session) -> Namespace:
-            row = session.get(NamespaceRow, name)
-            labels = dict(row.labels) if row else {}
+        def get(conn: Connection) -> Namespace:
+            labels = _labels(conn, name) or {}
             return self._cache.put(name, Namespace(name=name, labels=labels))
 
         return await self._db.run(get)
@@ -78,12 +86,14 @@ class NamespaceStore:
         validate.identifier(name, "namespace")
         labels = validate.labels(labels)
 
-        def create(session: Session) -> Namespace:
+        def create(conn: Connection) -> Namespace:
             self._cache.drop(name)
-            if session.get(NamespaceRow, name) is not None:
+            if _labels(conn, name) is not None:
                 raise AlreadyExists(f"namespace {name!r} already exists")
             now = datetime.now(UTC)
-            session.add(NamespaceRow(name=name, labels=labels, created_at=now, updated_at=now))
+            conn.execute(
+                _INSERT, {"name": name, "labels": labels, "created_at": now, "updated_at": now}
+            )
             return Namespace(name=name, labels=labels)
 
         return await self._db.run(create)
@@ -95,31 +105,34 @@ class NamespaceStore:
             if path != "labels" and not path.startswith("labels."):
                 raise InvalidArgument(f"cannot update {path!r} field of namespace {name!r}")
 
-        def update(session: Session) -> Namespace:
+        def update_(conn: Connection) -> Namespace:
             self._cache.drop(name)
-            ensure(session, name)
-            row = session.get(NamespaceRow, name)
-            assert row is not None
-            masked = validate.apply_label_mask(row.labels, labels, paths)
-            row.labels = masked if masked is not None else validate.labels(labels)
-            row.updated_at = datetime.now(UTC)
-            return Namespace(name=name, labels=dict(row.labels))
+            ensure(conn, name)
+            current = _labels(conn, name)
+            assert current is not None
+            masked = validate.apply_label_mask(current, labels, paths)
+            new = masked if masked is not None else validate.labels(labels)
+            conn.execute(
+                update(namespaces)
+                .where(namespaces.c.name == name)
+                .values(labels=new, updated_at=datetime.now(UTC))
+            )
+            return Namespace(name=name, labels=dict(new))
 
-        return await self._db.run(update)
+        return await self._db.run(update_)
 
     async def delete(self, name: str) -> None:
         validate.identifier(name, "namespace")
 
-        def delete(session: Session) -> None:
+        def delete_(conn: Connection) -> None:
             self._cache.drop(name)
-            row = session.get(NamespaceRow, name)
-            if row is None:
+            if _labels(conn, name) is None:
                 raise NotFound(f"namespace {name!r} not found")
-            held = [what for what, check in self._holders.items() if check(session, name)]
+            held = [what for what, check in self._holders.items() if check(conn, name)]
             if held:
                 raise FailedPrecondition(
                     f"namespace {name!r} must be empty, but it still has {', '.join(held)}"
                 )
-            session.delete(row)
+            conn.execute(delete(namespaces).where(namespaces.c.name == name))
 
-        await self._db.run(delete)
+        await self._db.run(delete_)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import exists, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, delete, exists, func, insert, select, update
 
 from linerd import faults
 from linerd.core import validate
@@ -29,21 +29,36 @@ from linerd.errdefs import (
 from linerd.gc.collector import Cleanup, GcObject, Node
 from linerd.metadata.db import Database
 from linerd.metadata.leases import add_resource_in
-from linerd.metadata.models import SnapshotRow
+from linerd.metadata.models import snapshots
 from linerd.metadata.namespaces import ensure
 from linerd.snapshots.backends import Backend
 from linerd.snapshots.usage import disk_usage
 
+# Built once: every Prepare, Commit and Mounts looks snapshots up by key.
+_GET = select(snapshots).where(
+    snapshots.c.snapshotter == bindparam("b_snapshotter"),
+    snapshots.c.namespace == bindparam("b_namespace"),
+    snapshots.c.key == bindparam("b_key"),
+)
+_INSERT = insert(snapshots)
+_BY_ID = snapshots.c.id == bindparam("b_id")
 
-def _info(row: SnapshotRow) -> SnapshotInfo:
+
+def _info(row: Mapping[str, Any]) -> SnapshotInfo:
     return SnapshotInfo(
-        name=row.key,
-        kind=SnapshotKind(row.kind),
-        parent=row.parent or "",
-        labels=dict(row.labels),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        name=row["key"],
+        kind=SnapshotKind(row["kind"]),
+        parent=row["parent"] or "",
+        labels=dict(row["labels"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
+
+
+def _row_of(conn: Connection, snapshotter: str, namespace: str, key: str) -> dict[str, Any] | None:
+    params = {"b_snapshotter": snapshotter, "b_namespace": namespace, "b_key": key}
+    row = conn.execute(_GET, params).first()
+    return None if row is None else dict(row._mapping)
 
 
 class SnapshotStore:
@@ -61,40 +76,36 @@ class SnapshotStore:
 
     # -- helpers that run inside a transaction ----------------------------------------------
 
-    def _row(self, session: Session, namespace: str, key: str) -> SnapshotRow | None:
-        return session.scalar(
-            select(SnapshotRow).where(
-                SnapshotRow.snapshotter == self.name,
-                SnapshotRow.namespace == namespace,
-                SnapshotRow.key == key,
-            )
-        )
+    def _row(self, conn: Connection, namespace: str, key: str) -> dict[str, Any] | None:
+        return _row_of(conn, self.name, namespace, key)
 
-    def _get(self, session: Session, namespace: str, key: str) -> SnapshotRow:
-        row = self._row(session, namespace, key)
+    def _get(self, conn: Connection, namespace: str, key: str) -> dict[str, Any]:
+        row = self._row(conn, namespace, key)
         if row is None:
             raise NotFound(f"snapshot {key!r} does not exist")
         return row
 
-    def _chain(self, session: Session, namespace: str, parent: str | None) -> list[Path]:
+    def _chain(self, conn: Connection, namespace: str, parent: str | None) -> list[Path]:
         """Directories of `parent` and its ancestors, top first."""
         chain = []
         while parent:
-            row = self._get(session, namespace, parent)
-            chain.append(self.root / str(row.id))
-            parent = row.parent
+            row = self._get(conn, namespace, parent)
+            chain.append(self.root / str(row["id"]))
+            parent = row["parent"]
         return chain
 
-    def _mounts(self, session: Session, row: SnapshotRow, *, cache: bool = True) -> list[Mount]:
+    def _mounts(
+        self, conn: Connection, row: Mapping[str, Any], *, cache: bool = True
+    ) -> list[Mount]:
         """`cache`: only from a read of committed state (not in the transaction creating the
         snapshot, which may still fail)."""
-        kind = SnapshotKind(row.kind)
+        kind = SnapshotKind(row["kind"])
         if kind is SnapshotKind.COMMITTED:
-            raise FailedPrecondition(f"snapshot {row.key!r} is committed: it has no mounts")
-        parents = self._chain(session, row.namespace, row.parent)
-        mounts = self.backend.mounts(self.root / str(row.id), kind, parents)
+            raise FailedPrecondition(f"snapshot {row['key']!r} is committed: it has no mounts")
+        parents = self._chain(conn, row["namespace"], row["parent"])
+        mounts = self.backend.mounts(self.root / str(row["id"]), kind, parents)
         if cache:
-            self._mounts_cache[(row.namespace, row.key)] = mounts
+            self._mounts_cache[(row["namespace"], row["key"])] = mounts
         return list(mounts)
 
     def forget(self, namespace: str, key: str) -> None:
@@ -118,14 +129,14 @@ class SnapshotStore:
             raise InvalidArgument("snapshot key must not be empty")
         labels = validate.labels(labels)
 
-        def check(session: Session) -> list[Path]:
-            if self._row(session, namespace, key) is not None:
+        def check(conn: Connection) -> list[Path]:
+            if self._row(conn, namespace, key) is not None:
                 raise AlreadyExists(f"snapshot {key!r} already exists")
             if parent:
-                row = self._get(session, namespace, parent)
-                if row.kind != SnapshotKind.COMMITTED.value:
+                row = self._get(conn, namespace, parent)
+                if row["kind"] != SnapshotKind.COMMITTED.value:
                     raise InvalidArgument(f"parent {parent!r} is not a committed snapshot")
-            return self._chain(session, namespace, parent)
+            return self._chain(conn, namespace, parent)
 
         # A cheap populate runs inside the one transaction (a run --rm prepares a snapshot:
         # one database round trip instead of two and a thread hop); a copy runs before it.
@@ -137,36 +148,35 @@ class SnapshotStore:
             if not cheap:
                 await asyncio.to_thread(self._populate, tmp, kind, parents)
 
-            def record(session: Session) -> list[Mount]:
-                chain = check(session)  # again, after a copy: the world may have changed
+            def record(conn: Connection) -> list[Mount]:
+                chain = check(conn)  # again, after a copy: the world may have changed
                 if cheap:
                     self._populate(tmp, kind, chain)
-                ensure(session, namespace)
+                ensure(conn, namespace)
                 if lease:
                     add_resource_in(
-                        session,
+                        conn,
                         namespace,
                         lease,
                         LeaseResource(id=key, type=f"snapshots/{self.name}"),
                     )
                 now = datetime.now(UTC)
-                row = SnapshotRow(
-                    snapshotter=self.name,
-                    namespace=namespace,
-                    key=key,
-                    parent=parent or None,
-                    kind=kind.value,
-                    labels=labels,
-                    size=0,
-                    inodes=0,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(row)
-                session.flush()
-                tmp.rename(self.root / str(row.id))
+                row: dict[str, Any] = {
+                    "snapshotter": self.name,
+                    "namespace": namespace,
+                    "key": key,
+                    "parent": parent or None,
+                    "kind": kind.value,
+                    "labels": labels,
+                    "size": 0,
+                    "inodes": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                (row["id"],) = conn.execute(_INSERT, row).inserted_primary_key or (None,)
+                tmp.rename(self.root / str(row["id"]))
                 faults.point("snapshot-prepare")
-                return self._mounts(session, row, cache=False)
+                return self._mounts(conn, row, cache=False)
 
             return await self._db.run(record)
         finally:
@@ -182,7 +192,7 @@ class SnapshotStore:
         cached = self._mounts_cache.get((namespace, key))
         if cached is not None:
             return list(cached)
-        return await self._db.run(lambda s: self._mounts(s, self._get(s, namespace, key)))
+        return await self._db.run(lambda c: self._mounts(c, self._get(c, namespace, key)))
 
     async def commit(
         self, namespace: str, name: str, key: str, labels: dict[str, str], lease: str | None
@@ -191,59 +201,67 @@ class SnapshotStore:
             raise InvalidArgument("commit name must not be empty")
         labels = validate.labels(labels)
 
-        def find(session: Session) -> int:
-            row = self._get(session, namespace, key)
-            if row.kind != SnapshotKind.ACTIVE.value:
+        def find(conn: Connection) -> int:
+            row = self._get(conn, namespace, key)
+            if row["kind"] != SnapshotKind.ACTIVE.value:
                 raise FailedPrecondition(f"snapshot {key!r} is not active: cannot commit it")
-            if self._row(session, namespace, name) is not None:
+            if self._row(conn, namespace, name) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
-            return row.id
+            return int(row["id"])
 
         snapshot_id = await self._db.run(find)
         usage = await asyncio.to_thread(disk_usage, self.root / str(snapshot_id) / "fs")
 
-        def commit(session: Session) -> None:
-            row = self._get(session, namespace, key)
-            if row.id != snapshot_id or row.kind != SnapshotKind.ACTIVE.value:
+        def commit(conn: Connection) -> None:
+            row = self._get(conn, namespace, key)
+            if row["id"] != snapshot_id or row["kind"] != SnapshotKind.ACTIVE.value:
                 raise FailedPrecondition(f"snapshot {key!r} changed during commit")
-            if self._row(session, namespace, name) is not None:
+            if self._row(conn, namespace, name) is not None:
                 raise AlreadyExists(f"snapshot {name!r} already exists")
             if lease:
                 add_resource_in(
-                    session, namespace, lease, LeaseResource(id=name, type=f"snapshots/{self.name}")
+                    conn, namespace, lease, LeaseResource(id=name, type=f"snapshots/{self.name}")
                 )
             self.forget(namespace, key)
-            row.key = name
-            row.kind = SnapshotKind.COMMITTED.value
-            row.labels = {**row.labels, **labels}
-            row.size, row.inodes = usage.size, usage.inodes
+            conn.execute(
+                update(snapshots)
+                .where(_BY_ID)
+                .values(
+                    key=name,
+                    kind=SnapshotKind.COMMITTED.value,
+                    labels={**row["labels"], **labels},
+                    size=usage.size,
+                    inodes=usage.inodes,
+                    updated_at=datetime.now(UTC),
+                ),
+                {"b_id": snapshot_id},
+            )
             faults.point("snapshot-commit")
-            row.updated_at = datetime.now(UTC)
 
         await self._db.run(commit)
         # The work dir of an overlay upper is scratch space; a committed layer needs none.
         await asyncio.to_thread(shutil.rmtree, self.root / str(snapshot_id) / "work", True)
 
     async def remove(self, namespace: str, key: str) -> None:
-        def remove(session: Session) -> int:
-            row = self._get(session, namespace, key)
-            if self._has_children(session, namespace, key):
+        def remove(conn: Connection) -> int:
+            row = self._get(conn, namespace, key)
+            if self._has_children(conn, namespace, key):
                 raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
             self.forget(namespace, key)
-            session.delete(row)
-            return row.id
+            conn.execute(delete(snapshots).where(_BY_ID), {"b_id": row["id"]})
+            return int(row["id"])
 
         snapshot_id = await self._db.run(remove)
         await asyncio.to_thread(self.remove_dirs, [snapshot_id])
 
-    def _has_children(self, session: Session, namespace: str, key: str) -> bool:
+    def _has_children(self, conn: Connection, namespace: str, key: str) -> bool:
         return bool(
-            session.scalar(
+            conn.scalar(
                 select(
                     exists().where(
-                        SnapshotRow.snapshotter == self.name,
-                        SnapshotRow.namespace == namespace,
-                        SnapshotRow.parent == key,
+                        snapshots.c.snapshotter == self.name,
+                        snapshots.c.namespace == namespace,
+                        snapshots.c.parent == key,
                     )
                 )
             )
@@ -258,7 +276,7 @@ class SnapshotStore:
                 shutil.rmtree(doomed, ignore_errors=True)
 
     async def stat(self, namespace: str, key: str) -> SnapshotInfo:
-        return await self._db.run(lambda s: _info(self._get(s, namespace, key)))
+        return await self._db.run(lambda c: _info(self._get(c, namespace, key)))
 
     async def update(
         self, namespace: str, key: str, labels: dict[str, str], paths: list[str]
@@ -267,30 +285,36 @@ class SnapshotStore:
             if path != "labels" and not path.startswith("labels."):
                 raise InvalidArgument(f"cannot update {path!r} field on snapshot {key!r}")
 
-        def update(session: Session) -> SnapshotInfo:
-            row = self._get(session, namespace, key)
-            masked = validate.apply_label_mask(row.labels, labels, paths)
-            row.labels = masked if masked is not None else validate.labels(labels)
-            row.updated_at = datetime.now(UTC)
+        def update_(conn: Connection) -> SnapshotInfo:
+            row = self._get(conn, namespace, key)
+            masked = validate.apply_label_mask(row["labels"], labels, paths)
+            row["labels"] = masked if masked is not None else validate.labels(labels)
+            row["updated_at"] = datetime.now(UTC)
+            conn.execute(
+                update(snapshots)
+                .where(_BY_ID)
+                .values(labels=row["labels"], updated_at=row["updated_at"]),
+                {"b_id": row["id"]},
+            )
             return _info(row)
 
-        return await self._db.run(update)
+        return await self._db.run(update_)
 
     async def list(self, namespace: str) -> list[SnapshotInfo]:
-        def list_(session: Session) -> list[SnapshotInfo]:
-            rows = session.scalars(
-                select(SnapshotRow)
-                .where(SnapshotRow.snapshotter == self.name, SnapshotRow.namespace == namespace)
-                .order_by(SnapshotRow.id)
+        def list_(conn: Connection) -> list[SnapshotInfo]:
+            rows = conn.execute(
+                select(snapshots)
+                .where(snapshots.c.snapshotter == self.name, snapshots.c.namespace == namespace)
+                .order_by(snapshots.c.id)
             )
-            return [_info(r) for r in rows]
+            return [_info(r._mapping) for r in rows]
 
         return await self._db.run(list_)
 
     async def usage(self, namespace: str, key: str) -> Usage:
-        def get(session: Session) -> tuple[str, int, Usage]:
-            row = self._get(session, namespace, key)
-            return row.kind, row.id, Usage(row.size, row.inodes)
+        def get(conn: Connection) -> tuple[str, int, Usage]:
+            row = self._get(conn, namespace, key)
+            return row["kind"], row["id"], Usage(row["size"], row["inodes"])
 
         kind, snapshot_id, usage = await self._db.run(get)
         if kind == SnapshotKind.COMMITTED.value:
@@ -301,10 +325,10 @@ class SnapshotStore:
         """Remove directories that no record names (left by a crash); returns their names."""
         ids: set[str] = set(
             await self._db.run(
-                lambda s: [
+                lambda c: [
                     str(i)
-                    for i in s.scalars(
-                        select(SnapshotRow.id).where(SnapshotRow.snapshotter == self.name)
+                    for i in c.scalars(
+                        select(snapshots.c.id).where(snapshots.c.snapshotter == self.name)
                     )
                 ]
             )
@@ -323,25 +347,25 @@ class SnapshotStore:
     def totals_sync(self) -> tuple[int, int]:
         """(bytes used by committed snapshots, number of snapshots), for metrics. Blocks."""
 
-        def totals(session: Session) -> tuple[int, int]:
-            used, count = session.execute(
-                select(func.coalesce(func.sum(SnapshotRow.size), 0), func.count()).where(
-                    SnapshotRow.snapshotter == self.name
+        def totals(conn: Connection) -> tuple[int, int]:
+            used, count = conn.execute(
+                select(func.coalesce(func.sum(snapshots.c.size), 0), func.count()).where(
+                    snapshots.c.snapshotter == self.name
                 )
             ).one()
             return int(used), int(count)
 
         return self._db.run_sync(totals)
 
-    def holds(self) -> Callable[[Session, str], bool]:
+    def holds(self) -> Callable[[Connection, str], bool]:
         """For the namespace store: does a namespace have snapshots here?"""
 
-        def check(session: Session, namespace: str) -> bool:
+        def check(conn: Connection, namespace: str) -> bool:
             return bool(
-                session.scalar(
+                conn.scalar(
                     select(
                         exists().where(
-                            SnapshotRow.snapshotter == self.name, SnapshotRow.namespace == namespace
+                            snapshots.c.snapshotter == self.name, snapshots.c.namespace == namespace
                         )
                     )
                 )
@@ -356,30 +380,25 @@ class SnapshotsCollectable:
     def __init__(self, stores: dict[str, SnapshotStore]) -> None:
         self._stores = stores
 
-    def objects(self, session: Session) -> dict[Node, GcObject]:
+    def objects(self, conn: Connection) -> dict[Node, GcObject]:
         found: dict[Node, GcObject] = {}
-        for row in session.scalars(select(SnapshotRow)):
+        t = snapshots.c
+        for row in conn.execute(select(t.snapshotter, t.namespace, t.key, t.parent, t.labels)):
             node_type = f"snapshots/{row.snapshotter}"
             refs = [(row.namespace, node_type, row.parent)] if row.parent else []
             found[(row.namespace, node_type, row.key)] = GcObject(labels=row.labels, refs=refs)
         return found
 
-    def remove(self, session: Session, nodes: list[Node]) -> Cleanup | None:
+    def remove(self, conn: Connection, nodes: list[Node]) -> Cleanup | None:
         doomed: dict[str, list[int]] = {}
         for namespace, node_type, key in nodes:
             snapshotter = node_type.split("/", 1)[1]
-            row = session.scalar(
-                select(SnapshotRow).where(
-                    SnapshotRow.snapshotter == snapshotter,
-                    SnapshotRow.namespace == namespace,
-                    SnapshotRow.key == key,
-                )
-            )
+            row = _row_of(conn, snapshotter, namespace, key)
             if row is not None:
                 if store := self._stores.get(snapshotter):
                     store.forget(namespace, key)
-                session.delete(row)
-                doomed.setdefault(snapshotter, []).append(row.id)
+                conn.execute(delete(snapshots).where(_BY_ID), {"b_id": row["id"]})
+                doomed.setdefault(snapshotter, []).append(row["id"])
 
         def cleanup() -> None:
             for snapshotter, ids in doomed.items():
