@@ -173,7 +173,9 @@ class SnapshotStore:
                     "created_at": now,
                     "updated_at": now,
                 }
-                (row["id"],) = conn.execute(_INSERT, row).inserted_primary_key or (None,)
+                inserted = conn.execute(_INSERT, row).inserted_primary_key
+                assert inserted is not None  # a single-row insert
+                row["id"] = inserted[0]
                 tmp.rename(self.root / str(row["id"]))
                 faults.point("snapshot-prepare")
                 return self._mounts(conn, row, cache=False)
