@@ -225,3 +225,36 @@ def test_out_of_range_ids_are_refused(start: int, end: int) -> None:
     _fix_checksum(hdr)
     with pytest.raises(InvalidArgument, match="out of range"):
         read_all(bytes(hdr))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=512, max_size=512), st.integers(-70_000, 200_000))
+def test_fast_byte_sum_is_exact(block: bytes, delta: int) -> None:
+    total = sum(block)
+    assert tarstream._byte_sum_is(block, total)
+    if delta:
+        assert not tarstream._byte_sum_is(block, total + delta)
+
+
+@pytest.mark.parametrize("off", [1, 255, 65521, 65521 * 255, -65521])
+def test_checksum_off_by_a_modulus_is_refused(off: int) -> None:
+    hdr = _header()
+    good = int(bytes(hdr[148:154]), 8)
+    hdr[148:156] = b"%06o\0 " % (good + off) if good + off >= 0 else b"-1\0     "
+    with pytest.raises(InvalidArgument, match="not a tar archive"):
+        read_all(bytes(hdr))
+
+
+@pytest.mark.parametrize(
+    ("value", "ns"),
+    [
+        ("1700000000", 1_700_000_000_000_000_000),
+        ("1700000000.5", 1_700_000_000_500_000_000),
+        ("1700000000.1234567891", 1_700_000_000_123_456_789),
+        ("-1.5", -1_500_000_000),
+        ("1e3", 1_000_000_000_000),
+        ("0.000000001", 1),
+    ],
+)
+def test_pax_times(value: str, ns: int) -> None:
+    assert tarstream._pax_ns(value, "mtime") == ns

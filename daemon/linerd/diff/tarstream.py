@@ -16,6 +16,7 @@ whatever their size field says, PAX global headers apply to every later entry.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import BinaryIO
@@ -25,6 +26,7 @@ from linerd.errdefs import InvalidArgument
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 20
+_SUM_MAX = BLOCK * 255
 _MAX_SPECIAL = 1 << 20  # PAX and GNU long-name records: Go's tar reader caps them alike
 
 # Entry types, as the applier sees them.
@@ -102,20 +104,37 @@ def _number(buf: bytes, start: int, end: int, what: str) -> int:
         raise _malformed(f"bad {what} field {digits!r}") from None
 
 
+def _byte_sum_is(block: bytes, total: int) -> bool:
+    """Whether sum(block) == total for a header block, ~8x faster than sum() (which was 40 % of
+    parsing a layer): Adler-32's low half is 1 + the byte sum mod 65521, the block read as an
+    integer is the byte sum mod 255 (256 = 1 mod 255), and with both moduli the sum is exact
+    (65521 * 255 > 512 * 255)."""
+    return (
+        0 <= total <= _SUM_MAX
+        and zlib.adler32(block) & 0xFFFF == (1 + total) % 65521
+        and int.from_bytes(block, "little") % 255 == total % 255
+    )
+
+
 def _checksum_ok(hdr: bytes) -> bool:
     try:
         stored = _number(hdr, 148, 156, "checksum")
     except InvalidArgument:
         return False
-    unsigned = sum(hdr) - sum(hdr[148:156]) + 256  # the field itself counts as 8 spaces
-    if stored == unsigned:
+    own = sum(hdr[148:156]) - 256  # the field itself counts as 8 spaces
+    if _byte_sum_is(hdr, stored + own):
         return True
+    unsigned = sum(hdr) - own
     # Some old writers summed signed chars.
     rest = hdr[:148] + hdr[156:]
     return stored == unsigned - 256 * sum(1 for b in rest if b > 127)
 
 
 def _pax_ns(value: str, key: str) -> int:
+    # Every entry of a layer carries one ("1795826532.7107015"): plain digits skip Decimal.
+    sec, dot, frac = value.partition(".")
+    if sec.isascii() and sec.isdigit() and (not dot or (frac.isascii() and frac.isdigit())):
+        return int(sec) * 1_000_000_000 + (int(frac[:9].ljust(9, "0")) if dot else 0)
     try:
         return int(Decimal(value) * 1_000_000_000)
     except ArithmeticError:
