@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,19 +68,33 @@ class LiveReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def _available(self) -> int:
+        """Bytes readable now, waiting for some; 0 at the end of the blob."""
         blob = self._blob
         with blob._cond:
             while self._pos >= blob._size and not blob._done:
                 blob._cond.wait()
             if blob._error is not None:
                 raise Aborted(f"download of the layer failed: {blob._error}")
-            available = blob._size - self._pos
+            return blob._size - self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        available = self._available()
         if available <= 0:
             return 0
         n = self._file.readinto(memoryview(buffer)[:available])
         self._pos += n or 0
         return n or 0
+
+    def splice_to(self, fd: int) -> None:
+        """Copy the rest of the blob, as it arrives, into the pipe `fd` inside the kernel: no
+        bytes pass through Python, whose GIL the event loop receiving them needs."""
+        src = self._file.fileno()
+        while (available := self._available()) > 0:
+            n = os.splice(src, fd, available, offset_src=self._pos)
+            if not n:  # the file is shorter than its writer reported
+                raise Aborted("the layer's data ended early")
+            self._pos += n
 
     def close(self) -> None:
         self._file.close()

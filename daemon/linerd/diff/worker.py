@@ -90,6 +90,9 @@ def _is_file(source: BinaryIO) -> bool:
 
 def _pump(source: BinaryIO, pipe: BinaryIO) -> None:
     try:
+        splice_to = getattr(source, "splice_to", None)  # a live blob (linerd.content.live)
+        if splice_to is not None:
+            splice_to(pipe.fileno())
         while chunk := source.read(_CHUNK):
             pipe.write(chunk)
     except BrokenPipeError:
