@@ -536,3 +536,18 @@ def test_native_dir_replaced_by_symlink_then_child(arena: tuple[Path, Path]) -> 
     entries = [E("a", "dir"), E("a/f", data=b"f"), E("a", "symlink", link=str(outside)), E("a/g")]
     with pytest.raises(InvalidArgument, match="symlink"):
         apply(layer(entries), target)
+
+
+def test_a_file_replaces_a_directory_and_a_whiteout(tmp_path: Path) -> None:
+    lower = tmp_path / "lower"
+    apply(layer([E("d", "dir"), E("d/inner", data=b"x"), E("w", data=b"w")]), lower)
+    upper = tmp_path / "upper"
+    # a file over a lower directory, and over this layer's whiteout
+    entries = [E(".wh.w"), E("w", data=b"back"), E("d", data=b"now a file")]
+    apply(layer(entries), upper, overlay=True, parents=[lower])
+    assert (upper / "w").read_bytes() == b"back"
+    assert (upper / "d").read_bytes() == b"now a file"
+    # a file over this layer's own (non-empty) directory
+    same = tmp_path / "same"
+    apply(layer([E("e", "dir"), E("e/in", data=b"i"), E("e", data=b"file")]), same)
+    assert (same / "e").read_bytes() == b"file"

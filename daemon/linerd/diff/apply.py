@@ -174,6 +174,7 @@ class _Applier:
         # Every path this layer created or touched, including implicit parents: whiteouts
         # never hide these, and native opaque directories keep only these.
         self.created: set[Parts] = set()
+        self._created_parent: Parts = ()  # the last parent added to `created` with its own
         self.opaque: list[Parts] = []
         self.dir_times: list[tuple[Parts, int, int]] = []
         self.whiteouts_made: set[Parts] = set()
@@ -370,7 +371,11 @@ class _Applier:
         self.created.add(parts)
         # The directories it went into are this layer's too: a later whiteout or opaque
         # marker must not remove them (overlay mode has copied them up, so keeps them).
-        self.created.update(parts[:i] for i in range(1, len(parts)))
+        # `created` only grows and entries come grouped by directory: once per directory.
+        parent = parts[:-1]
+        if parent != self._created_parent:
+            self.created.update(parent[:i] for i in range(1, len(parts)))
+            self._created_parent = parent
 
     def _replace(self, pfd: int, parts: Parts, make: Callable[[], object]) -> None:
         """Create a non-directory with `make()`, removing whatever is in the way first."""
@@ -396,8 +401,13 @@ class _Applier:
     def _file(self, reader: TarReader | None, m: Entry, pfd: int, parts: Parts) -> None:
         leaf = parts[-1]
         if reader is None:  # staged: the file is complete, only its place is missing
-            self._remove(pfd, parts)
-            os.rename(str(self._index), leaf, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+            staged = str(self._index)
+            self.whiteouts_made.discard(parts)
+            try:  # replaces any non-directory in the way (no lstat first: apply is waited for)
+                os.rename(staged, leaf, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
+            except IsADirectoryError:
+                self._remove(pfd, parts)
+                os.rename(staged, leaf, src_dir_fd=self._staging_fd, dst_dir_fd=pfd)
             return
         try:
             fd = os.open(leaf, _CREATE_FLAGS, 0o600, dir_fd=pfd)
