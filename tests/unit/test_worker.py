@@ -19,17 +19,30 @@ pytestmark = pytest.mark.unit
 GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
-def layer(*members: tuple[str, bytes]) -> bytes:
+def layer(*members: tuple[str, bytes] | tuple[str, bytes, int, int, int]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in members:
+        for name, data, *meta in members:
+            mode, uid, gid = meta or (0o640, 7, 0)
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.mtime = len(data), 0o640, 7, 1_600_000_000
+            info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
+            info.mtime = 1_600_000_000
             tar.addfile(info, io.BytesIO(data))
     return gzip.compress(buf.getvalue(), mtime=0)
 
 
-BLOB = layer(("a", os.urandom(300_000)), (".wh.gone", b""), ("d/b", b"bee"))
+BLOB = layer(
+    ("a", os.urandom(300_000)),
+    (".wh.gone", b""),
+    ("d/b", b"bee"),
+    # the worker creates files with their modes and skips chown where it can: not these
+    ("suid", b"s", 0o4755, 0, 0),
+    ("sgid", b"g", 0o2710, 0, 5),
+    ("sticky", b"t", 0o1644, 0, 0),
+    ("none", b"n", 0o000, 0, 0),
+    ("root", b"r", 0o755, 0, 0),
+    ("group", b"o", 0o600, 0, 9),
+)
 
 
 class Pipe(io.RawIOBase):
@@ -42,11 +55,12 @@ class Pipe(io.RawIOBase):
         return self._src.read(size)
 
 
-def staged_files(directory: Path) -> dict[str, tuple[bytes, int, int]]:
-    return {
-        p.name: (p.read_bytes(), p.stat().st_mode & 0o7777, p.stat().st_uid)
-        for p in directory.iterdir()
-    }
+def staged_files(directory: Path) -> dict[str, tuple[object, ...]]:
+    out: dict[str, tuple[object, ...]] = {}
+    for p in directory.iterdir():
+        st = p.stat()
+        out[p.name] = (p.read_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns)
+    return out
 
 
 @pytest.mark.parametrize("as_file", [True, False], ids=["file", "pipe"])
@@ -61,9 +75,22 @@ def test_worker_stages_what_a_thread_stages(tmp_path: Path, as_file: bool) -> No
         got = stage_in_process(source, tmp_path / "worker", GZIP, "L")  # type: ignore[arg-type]
     assert got == want
     assert got.compressed == "sha256:" + __import__("hashlib").sha256(BLOB).hexdigest()
-    assert [e.name for e in got.entries] == ["a", ".wh.gone", "d/b"]
-    assert staged_files(tmp_path / "worker") == staged_files(tmp_path / "thread")
-    assert sorted(os.listdir(tmp_path / "worker")) == ["0", "2"]  # no file for the whiteout
+    assert [e.name for e in got.entries][:3] == ["a", ".wh.gone", "d/b"]
+    files = staged_files(tmp_path / "worker")
+    assert files == staged_files(tmp_path / "thread")
+    assert "1" not in files  # no file for the whiteout
+    if os.geteuid() == 0:
+        modes = {e.name: files[str(i)][1:4] for i, e in enumerate(got.entries) if str(i) in files}
+        assert modes == {
+            "a": (0o640, 7, 0),
+            "d/b": (0o640, 7, 0),
+            "suid": (0o4755, 0, 0),
+            "sgid": (0o2710, 0, 5),
+            "sticky": (0o1644, 0, 0),
+            "none": (0o000, 0, 0),
+            "root": (0o755, 0, 0),
+            "group": (0o600, 0, 9),
+        }
 
 
 @pytest.mark.parametrize(

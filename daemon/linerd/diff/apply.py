@@ -80,27 +80,37 @@ def apply_tar(
         applier.close()
 
 
-def stage_tar(stream: BinaryIO, staging: Path) -> list[Entry]:
+def stage_tar(stream: BinaryIO, staging: Path, *, umask_zero: bool = False) -> list[Entry]:
     """Phase one of a staged apply, possible before the layer's parents exist: read the tar,
     writing each regular file, complete with owner, mode, xattrs and times, as
     `<staging>/<n>` (n: its index among the entries). Returns the entries for `apply_staged`.
 
     Everything costly (decompression, hashing, data) happens here; what is left needs the
     parents (whiteouts, copy-ups, links) and is cheap. Reads `stream` only up to the tar's end.
+    `umask_zero`: the process's umask is 0, so a file is created with its mode.
     """
     reader = TarReader(stream)
     entries: list[Entry] = []
     dfd = os.open(staging, _DIR_FLAGS)
     try:
+        # A new file is already ours (the directory is not setgid: `staging` is ours too), so
+        # most files of a layer (root's) need no chown; with umask 0 most need no chmod.
+        st = os.fstat(dfd)
+        owner = (os.geteuid(), st.st_gid if st.st_mode & stat.S_ISGID else os.getegid())
         while (entry := reader.next()) is not None:
             parts = clean_name(entry.name)
             if parts is None:  # refused now rather than after all the work
                 raise _bad(entry.name, "path escapes the root")
             whiteout = bool(parts) and parts[-1].startswith(WHITEOUT_PREFIX)
             if entry.type == tarstream.FILE and not whiteout:
-                fd = os.open(str(len(entries)), _CREATE_FLAGS, 0o600, dir_fd=dfd)
+                # Set-id and sticky bits only by chmod after the data: writes would clear them.
+                mode = entry.mode & 0o7777
+                at_create = umask_zero and not mode & 0o7000
+                fd = os.open(
+                    str(len(entries)), _CREATE_FLAGS, mode if at_create else 0o600, dir_fd=dfd
+                )
                 try:
-                    _fill_file(fd, entry, reader)
+                    _fill_file(fd, entry, reader, owner=owner, mode_set=at_create)
                 finally:
                     os.close(fd)
             entries.append(entry)
@@ -723,13 +733,24 @@ def _xattr_error(e: OSError, key: str, entry: str, *, regular: bool) -> None:
     raise _bad(entry, f"cannot set xattr {key}: {e.strerror}") from None
 
 
-def _fill_file(fd: int, m: Entry, reader: TarReader) -> None:
-    """A new regular file's data and metadata, xattrs after chown (which clears caps)."""
+def _fill_file(
+    fd: int,
+    m: Entry,
+    reader: TarReader,
+    *,
+    owner: tuple[int, int] | None = None,
+    mode_set: bool = False,
+) -> None:
+    """A new regular file's data and metadata, xattrs after chown (which clears caps).
+    `owner`: the file's owner as created; `mode_set`: it was created with its mode."""
     if m.size:
         reader.copy_to(fd, m.name)
-    os.fchown(fd, m.uid, m.gid)
-    _xattrs_fd(fd, m, regular=True)
-    os.fchmod(fd, m.mode & 0o7777)
+    if (m.uid, m.gid) != owner:
+        os.fchown(fd, m.uid, m.gid)
+    if m.xattrs:
+        _xattrs_fd(fd, m, regular=True)
+    if not mode_set:
+        os.fchmod(fd, m.mode & 0o7777)
     os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
 
 

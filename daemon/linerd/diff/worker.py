@@ -103,16 +103,18 @@ def _pump(source: BinaryIO, pipe: BinaryIO) -> None:
             pipe.close()
 
 
-def stage_blob(raw: BinaryIO, staging: Path, media_type: str, name: str) -> StagedLayer:
+def stage_blob(
+    raw: BinaryIO, staging: Path, media_type: str, name: str, *, umask_zero: bool = False
+) -> StagedLayer:
     """Stage the blob read from `raw` in this process: what the worker does, and what the
-    daemon does itself for small layers."""
+    daemon does itself for small layers. `umask_zero`: this process's umask is 0."""
     from linerd.diff.apply import stage_tar
     from linerd.diff.compression import HashingReader, ReadAhead, open_layer
 
     compressed = HashingReader(raw)
     hashed = HashingReader(open_layer(compressed, media_type, name=name))  # type: ignore[arg-type]
     with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
-        entries = stage_tar(ahead, staging)  # type: ignore[arg-type]
+        entries = stage_tar(ahead, staging, umask_zero=umask_zero)  # type: ignore[arg-type]
         while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
             pass
     compressed.drain()
@@ -128,6 +130,7 @@ def main(argv: list[str]) -> int:
     staging, media_type, name = argv
     # The entries stay alive to the end and hold no cycles: collections would only walk them.
     gc.disable()
+    os.umask(0)  # files are created with their modes (stage_tar)
     # Die with linerd: a worker left behind by a killed daemon would write into the staging
     # area the next daemon wipes.
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -136,7 +139,7 @@ def main(argv: list[str]) -> int:
     stdin = os.fdopen(0, "rb", buffering=0)
     result: object
     try:
-        result = stage(stdin, Path(staging), media_type, name)
+        result = stage(stdin, Path(staging), media_type, name, umask_zero=True)
     except LinerError as e:
         result = e
     except OSError as e:
