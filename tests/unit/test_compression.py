@@ -167,3 +167,29 @@ def test_read_ahead_close_does_not_wait_for_a_blocked_producer() -> None:
     ahead = ReadAhead(Stalled())  # type: ignore[arg-type]
     ahead.close()  # returns at once: the producer is stopped, not joined
     release.set()
+
+
+def _frames() -> list[bytes]:
+    """Frames of every shape: raw, RLE and compressed blocks, with and without a checksum and
+    a content size, an empty frame, a skippable frame."""
+    plain = zstandard.ZstdCompressor(write_checksum=False, write_content_size=False)
+    skippable = (0x184D2A5F).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"abc"
+    return [
+        compress("zstd", os.urandom(3000) + bytes(300_000) + TAR[:5000]),
+        plain.compress(b""),
+        skippable,
+        plain.compress(b"x" * 70_000),
+    ]
+
+
+def test_zstd_frames_of_every_shape_and_every_truncation() -> None:
+    frames = _frames()
+    blob = b"".join(frames)
+    want = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
+    assert read_all(open_layer(io.BytesIO(blob), OCI + "+zstd")) == want
+    ends = {sum(map(len, frames[: i + 1])) for i in range(len(frames))}
+    for cut in set(range(5, len(blob))) - ends:  # a stream may end after any whole frame
+        stream = open_layer(io.BytesIO(blob[:cut]), OCI + "+zstd")
+        with pytest.raises(InvalidArgument, match="corrupt zstd stream"):
+            read_all(stream)
+            pytest.fail(f"cut at {cut} of {len(blob)} went unnoticed")
