@@ -168,6 +168,9 @@ class _Applier:
         self.target = target
         self.overlay = overlay
         self.parents = parents
+        self._layers = [str(target), *map(str, parents)]  # for lookups in the merged view
+        self._parent_stats: dict[tuple[int, str], os.stat_result | None] = {}
+        self._parent_opaque: dict[tuple[int, str], bool] = {}
         # Staged mode: the regular file of entry n waits, complete, as `<staging>/<n>`.
         self._staging_fd = os.open(staging, _DIR_FLAGS) if staging else -1
         self._index = 0
@@ -290,37 +293,65 @@ class _Applier:
         Returns the topmost layer's path and lstat, or None if absent (or whited out).
         Walks component by component with lstat, so never through a symlink.
         """
-        layers = [self.target, *self.parents]
-        found: tuple[Path, os.stat_result] | None = None
+        layers = list(range(len(self._layers)))  # indices in self._layers, 0 the target
+        found: tuple[int, str, os.stat_result] | None = None
         for i in range(len(parts)):
-            merged: list[Path] = []
+            rel = "/".join(parts[: i + 1])
+            merged: list[int] = []
             found = None
             for layer in layers:
-                path = layer.joinpath(*parts[: i + 1])
-                try:
-                    st = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
+                st = self._lstat(layer, rel)
+                if st is None:
                     continue
                 if _is_whiteout_device(st):
                     break
                 if not stat.S_ISDIR(st.st_mode):
                     if not merged:
-                        found = (path, st)
+                        found = (layer, rel, st)
                     break  # a non-directory ends the stack of merged directories
                 if not merged:
-                    found = (path, st)
+                    found = (layer, rel, st)
                 merged.append(layer)
                 # An opaque marker of this layer hides the lower layers only at the layer's
                 # end, as native mode prunes then: lookups meanwhile still see below.
-                own = layer == self.target and parts[: i + 1] in self.opaque
-                if _has_opaque(path) and not own:
+                own = layer == 0 and parts[: i + 1] in self.opaque
+                if self._opaque(layer, rel) and not own:
                     break
             if found is None:
                 return None
             if not merged:  # a non-directory
-                return found if i == len(parts) - 1 else None
+                if i != len(parts) - 1:
+                    return None
+                break
             layers = merged
-        return found
+        if found is None:
+            return None
+        layer, rel, st = found
+        return Path(self._layers[layer], rel), st
+
+    def _lstat(self, layer: int, rel: str) -> os.stat_result | None:
+        """lstat of `rel` in layer `layer` (0: the target), None if absent. The parents'
+        answers are kept: this apply never changes them, and whiteouts and hard links ask
+        for the same directories again and again (O(depth^2) lstats per lookup)."""
+        key = (layer, rel)
+        if layer and key in self._parent_stats:
+            return self._parent_stats[key]
+        try:
+            st: os.stat_result | None = os.lstat(f"{self._layers[layer]}/{rel}")
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if layer:
+            self._parent_stats[key] = st
+        return st
+
+    def _opaque(self, layer: int, rel: str) -> bool:
+        key = (layer, rel)
+        if layer and key in self._parent_opaque:
+            return self._parent_opaque[key]
+        opaque = _has_opaque(f"{self._layers[layer]}/{rel}")
+        if layer:
+            self._parent_opaque[key] = opaque
+        return opaque
 
     # --- the main loop --------------------------------------------------------------------
 
@@ -754,7 +785,7 @@ def _fill_file(
     os.utime(fd, ns=(m.atime_ns, m.mtime_ns))
 
 
-def _has_opaque(path: Path) -> bool:
+def _has_opaque(path: str) -> bool:
     try:
         return os.getxattr(path, OVERLAY_OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:
