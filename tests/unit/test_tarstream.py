@@ -258,3 +258,14 @@ def test_checksum_off_by_a_modulus_is_refused(off: int) -> None:
 )
 def test_pax_times(value: str, ns: int) -> None:
     assert tarstream._pax_ns(value, "mtime") == ns
+
+
+def test_entries_pickle_with_every_field() -> None:
+    import dataclasses
+    import pickle
+
+    e = tarstream.Entry(
+        "a/b", tarstream.CHAR, 0o4755, 1, 2, 0, 3, 4, "l", 5, 6, [("user.x", b"\0")]
+    )
+    assert len(e.__reduce__()[1]) == len(dataclasses.fields(tarstream.Entry))
+    assert pickle.loads(pickle.dumps(e)) == e

@@ -70,6 +70,27 @@ class Entry:
     devminor: int = 0
     xattrs: list[tuple[str, bytes]] = field(default_factory=list)
 
+    def __reduce__(self) -> tuple[type[Entry], tuple[object, ...]]:
+        # The unpack worker pickles thousands of these: positional fields dump and load in
+        # half the time of the default (slots state dicts), at the end of a staging.
+        return (
+            Entry,
+            (
+                self.name,
+                self.type,
+                self.mode,
+                self.uid,
+                self.gid,
+                self.size,
+                self.mtime_ns,
+                self.atime_ns,
+                self.linkname,
+                self.devmajor,
+                self.devminor,
+                self.xattrs,
+            ),
+        )
+
 
 def _malformed(why: str) -> InvalidArgument:
     return InvalidArgument(f"malformed tar: {why}")
