@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from linerd.diff.apply import apply_staged, apply_tar, stage_tar
+from linerd.diff.apply import apply_staged, apply_tar, clean_name, stage_tar
 from linerd.diff.compare import write_diff
 from linerd.errdefs import InvalidArgument
 
@@ -638,3 +638,23 @@ def test_overlay_hardlink_to_lower_file_in_opaque_dir() -> None:
             pytest.skip("overlay mounts unavailable")
         assert sorted(disk_view(merged)) == ["d", "d/in", "d/in/new", "d/link"]
         assert_same(disk_view(merged), model_view(model_apply({}, layers)))
+
+
+def _clean_name_reference(name: str) -> tuple[str, ...] | None:
+    parts: list[str] = []
+    for comp in name.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(comp)
+    return tuple(parts)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="./a", max_size=12))
+def test_clean_name_fast_path_agrees(name: str) -> None:
+    assert clean_name(name) == _clean_name_reference(name)

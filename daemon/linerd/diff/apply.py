@@ -140,6 +140,10 @@ def apply_staged(
 
 def clean_name(name: str) -> Parts | None:
     """The components of a tar name relative to the root; None if `..` leaves the root."""
+    # Most names are plain ("./usr/bin/", "usr/bin/x"): then splitting is all there is.
+    plain = (name[2:] if name.startswith("./") else name).strip("/").split("/")
+    if "" not in plain and "." not in plain and ".." not in plain:
+        return tuple(plain)
     parts: list[str] = []
     for comp in name.split("/"):
         if comp in ("", "."):
@@ -184,6 +188,7 @@ class _Applier:
         # (fds[0] is the root). Tars are mostly sorted, so most entries reuse it.
         self._chain: list[str] = []
         self._fds: list[int] = [self.root_fd]
+        self._chain_key: Parts | None = ()  # the chain as a tuple, None while it changes
         # Every path this layer created or touched, including implicit parents: whiteouts
         # never hide these, and native opaque directories keep only these.
         self.created: set[Parts] = set()
@@ -203,6 +208,8 @@ class _Applier:
 
     def _truncate(self, depth: int) -> None:
         """Keep only the first `depth` components of the cached chain."""
+        if len(self._chain) > depth:
+            self._chain_key = None
         while len(self._chain) > depth:
             self._chain.pop()
             os.close(self._fds.pop())
@@ -215,6 +222,9 @@ class _Applier:
 
     def _dir(self, parts: Parts, entry: str, *, create: bool = True) -> int:
         """A (cached) fd of the directory `parts`, never through a symlink."""
+        if parts == self._chain_key:  # the previous entry's: most entries of a tar
+            return self._fds[-1]
+        self._chain_key = None
         chain = self._chain
         common = 0
         limit = min(len(chain), len(parts))
@@ -225,6 +235,7 @@ class _Applier:
             fd = self._open_child(self._fds[-1], parts[: i + 1], entry, create=create)
             self._chain.append(parts[i])
             self._fds.append(fd)
+        self._chain_key = parts
         return self._fds[-1]
 
     def _open_child(self, parent_fd: int, parts: Parts, entry: str, *, create: bool) -> int:
