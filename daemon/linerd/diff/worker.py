@@ -151,4 +151,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    sys.stderr.flush()
+    # Without the interpreter's teardown (~25 ms of freeing what staging built): linerd
+    # waits for this process to end before it can apply the layer.
+    os._exit(code)
