@@ -28,6 +28,8 @@ def test_layer_unpacks_while_it_downloads(
     linerd: Linerd, registry: Registry, proxy: ThrottlingProxy, snapshotter: str
 ) -> None:
     # Many files in one plain-tar layer, served slowly: the applier reads them as they come.
+    # ~2 s of download: with 0.5 s, a loaded machine could start the unpack worker after it.
+    proxy.delay = 0.02
     entries = [dir_("data")] + [file(f"data/f{i:04}", os.urandom(16 << 10)) for i in range(400)]
     layer = build_layer(entries, "none")
     config = build_config([layer.diff_id])
