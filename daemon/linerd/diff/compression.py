@@ -16,7 +16,6 @@ import hashlib
 import io
 import queue
 import threading
-from collections.abc import Callable
 from typing import BinaryIO
 
 import zstandard
@@ -185,7 +184,9 @@ class _ZstdReader(io.RawIOBase):
 
     def __init__(self, raw: io.RawIOBase, name: str) -> None:
         self._name = name
-        self._frames = _ZstdFrames(raw, self._fail)
+        # `_frames` must not refer back to this object: the cycle would run through
+        # zstandard's reader, which the garbage collector cannot see into, and leak both.
+        self._frames = _ZstdFrames(raw, name)
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._frames, read_size=_CHUNK, read_across_frames=True
         )
@@ -194,7 +195,7 @@ class _ZstdReader(io.RawIOBase):
         return True
 
     def _fail(self, why: str) -> InvalidArgument:
-        return InvalidArgument(f"{self._name}: corrupt zstd stream: {why}")
+        return _zstd_error(self._name, why)
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -226,9 +227,9 @@ class _ZstdFrames(io.RawIOBase):
     """Passes a zstd stream through, reading only its frame and block headers (RFC 8878)
     and counting over the data, so `ended` says whether it stopped at a frame boundary."""
 
-    def __init__(self, raw: io.RawIOBase, fail: Callable[[str], InvalidArgument]) -> None:
+    def __init__(self, raw: io.RawIOBase, name: str) -> None:
         self._raw = raw
-        self._fail = fail
+        self._name = name
         self._state = _MAGIC
         self._need = 4  # bytes of the next header
         self._header = b""  # of which these arrived
@@ -300,6 +301,13 @@ class _ZstdFrames(io.RawIOBase):
                 self._state, self._need = (_CHECKSUM, 4) if self._checksum else (_MAGIC, 4)
         else:  # _CHECKSUM
             self._state, self._need = _MAGIC, 4
+
+    def _fail(self, why: str) -> InvalidArgument:
+        return _zstd_error(self._name, why)
+
+
+def _zstd_error(name: str, why: str) -> InvalidArgument:
+    return InvalidArgument(f"{name}: corrupt zstd stream: {why}")
 
 
 class HashingReader(io.RawIOBase):
