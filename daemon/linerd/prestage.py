@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from linerd.content.live import LiveBlob, in_reader_thread
+from linerd.topdir import mark_top_directory
 
 if TYPE_CHECKING:
     from linerd.diff.worker import StagedLayer
@@ -56,6 +57,7 @@ class Prestager:
         self.directory = directory
         shutil.rmtree(directory, ignore_errors=True)  # stale: from a previous run
         directory.mkdir(parents=True, mode=0o700)
+        mark_top_directory(directory)  # each staging directory placed like a snapshot's
         self._slots = slots
         self._min_size = min_size
         self._keep = keep

@@ -33,6 +33,7 @@ from linerd.metadata.models import snapshots
 from linerd.metadata.namespaces import ensure
 from linerd.snapshots.backends import Backend
 from linerd.snapshots.usage import disk_usage
+from linerd.topdir import mark_top_directory
 
 # Built once: every Prepare, Commit and Mounts looks snapshots up by key.
 _GET = select(snapshots).where(
@@ -73,6 +74,7 @@ class SnapshotStore:
         # database thread, inside the transactions that read or end the snapshot.
         self._mounts_cache: dict[tuple[str, str], list[Mount]] = {}
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        mark_top_directory(root)  # each snapshot in a block group of its own choosing
 
     # -- helpers that run inside a transaction ----------------------------------------------
 
