@@ -95,10 +95,14 @@ def staged_target(mounts: Sequence[Mount], trusted: Path, staging: Path) -> Targ
 
 
 def apply_staged_to(staged: StagedLayer, staging: Path, target: Target) -> None:
-    """Phase two: move a staged layer onto `target` (from `staged_target`). Blocking."""
-    apply_staged(
-        staged.entries, staging, target.path, overlay=target.overlay, parents=target.parents
-    )
+    """Phase two: move a staged layer onto `target` (from `staged_target`); by the worker
+    that staged it, if one did. Blocking."""
+    if staged.worker is not None:
+        staged.worker.move(target.path, overlay=target.overlay, parents=target.parents)
+    else:
+        apply_staged(
+            staged.entries, staging, target.path, overlay=target.overlay, parents=target.parents
+        )
     faults.point("layer-apply")
 
 
@@ -124,7 +128,10 @@ def apply_to_mounts(
         into = staged_target(mounts, trusted, staging)
         if into is not None:
             staged = stage_in_process(raw, staging, media_type, name)
-            apply_staged_to(staged, staging, into)
+            try:
+                apply_staged_to(staged, staging, into)
+            finally:
+                staged.close()
             return staged.applied
     target = direct_target(mounts, trusted)
     if target is not None:

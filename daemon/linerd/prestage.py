@@ -76,6 +76,12 @@ class Prestager:
         """Blocking."""
         shutil.rmtree(path, ignore_errors=True)
 
+    @staticmethod
+    def drop(prestaged: Prestaged) -> None:
+        """Let a staged layer's worker go and remove its directory. Blocking."""
+        prestaged.staged.close()
+        shutil.rmtree(prestaged.directory, ignore_errors=True)
+
     # --- prestaging -----------------------------------------------------------------------
 
     def feed(self, ref: str, digest: str, data: Path, offset: int, total: int) -> LiveBlob | None:
@@ -131,11 +137,11 @@ class Prestager:
         with contextlib.suppress(Exception):
             prestaged = await task
             if prestaged is not None:
-                await asyncio.to_thread(self.remove_dir, prestaged.directory)
+                await asyncio.to_thread(self.drop, prestaged)
 
     async def take(self, digest: str) -> Prestaged | None:
         """The layer of `digest` staged while it was written (waiting for its stage to end),
-        now the caller's, who removes its directory. None if there is none or it failed."""
+        now the caller's, who drops it (`drop`). None if there is none or it failed."""
         task = self._stages.pop(digest, None)
         if task is None:
             return None
@@ -144,6 +150,6 @@ class Prestager:
         except Exception:
             return None
         if prestaged is not None and prestaged.staged.compressed != digest:
-            await asyncio.to_thread(self.remove_dir, prestaged.directory)
+            await asyncio.to_thread(self.drop, prestaged)
             return None
         return prestaged

@@ -642,7 +642,7 @@ class Puller:
             await self._unpack_into_snapshot(job, store, layer, download, staged)
         finally:
             if staged is not None:
-                await asyncio.to_thread(Prestager.remove_dir, staged.directory)
+                await asyncio.to_thread(Prestager.drop, staged)
         await self._content.update(
             job.namespace,
             desc.digest,

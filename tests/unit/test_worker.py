@@ -1,8 +1,10 @@
-"""Staging a layer in a worker process gives what staging in a thread gives."""
+"""Staging a layer in a worker process, and moving it into place from there, gives what
+doing both in a thread gives."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -12,7 +14,7 @@ import pytest
 
 from linerd.diff.worker import stage_in_process
 from linerd.errdefs import Internal, InvalidArgument
-from linerd.layers import stage_stream
+from linerd.layers import Target, apply_staged_to, stage_stream
 
 pytestmark = pytest.mark.unit
 
@@ -63,24 +65,42 @@ def staged_files(directory: Path) -> dict[str, tuple[object, ...]]:
     return out
 
 
+def tree(root: Path) -> dict[str, tuple[object, ...]]:
+    out: dict[str, tuple[object, ...]] = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = p.read_bytes() if p.is_file() else b""
+        mtime = 0 if p.is_dir() else st.st_mtime_ns  # an implicit directory's is "now"
+        out[str(p.relative_to(root))] = (data, st.st_mode, st.st_uid, st.st_gid, mtime)
+    return out
+
+
 @pytest.mark.parametrize("as_file", [True, False], ids=["file", "pipe"])
-def test_worker_stages_what_a_thread_stages(tmp_path: Path, as_file: bool) -> None:
+def test_worker_stages_and_moves_what_a_thread_does(tmp_path: Path, as_file: bool) -> None:
+    for d in ("thread", "worker", "by-thread", "by-worker"):
+        (tmp_path / d).mkdir()
     (tmp_path / "blob").write_bytes(BLOB)
-    (tmp_path / "thread").mkdir()
-    (tmp_path / "worker").mkdir()
     with open(tmp_path / "blob", "rb") as f:
         want = stage_stream(f, GZIP, tmp_path / "thread", "L", size=0)
     with open(tmp_path / "blob", "rb") as f:
         source = f if as_file else Pipe(BLOB)
         got = stage_in_process(source, tmp_path / "worker", GZIP, "L")  # type: ignore[arg-type]
-    assert got == want
-    assert got.compressed == "sha256:" + __import__("hashlib").sha256(BLOB).hexdigest()
-    assert [e.name for e in got.entries][:3] == ["a", ".wh.gone", "d/b"]
-    files = staged_files(tmp_path / "worker")
-    assert files == staged_files(tmp_path / "thread")
-    assert "1" not in files  # no file for the whiteout
+    try:
+        assert got.applied == want.applied
+        assert got.compressed == "sha256:" + hashlib.sha256(BLOB).hexdigest() == want.compressed
+        assert got.entries == []  # the worker keeps them: they never load in the daemon
+        files = staged_files(tmp_path / "worker")
+        assert files == staged_files(tmp_path / "thread")
+        assert "1" not in files  # no file for the whiteout
+        apply_staged_to(want, tmp_path / "thread", Target(tmp_path / "by-thread", overlay=False))
+        apply_staged_to(got, tmp_path / "worker", Target(tmp_path / "by-worker", overlay=False))
+    finally:
+        got.close()
+    moved = tree(tmp_path / "by-worker")
+    assert moved == tree(tmp_path / "by-thread")
+    assert sorted(moved) == ["a", "d", "d/b", "group", "none", "root", "sgid", "sticky", "suid"]
     if os.geteuid() == 0:
-        modes = {e.name: files[str(i)][1:4] for i, e in enumerate(got.entries) if str(i) in files}
+        modes = {n: (m & 0o7777, u, g) for n, (_, m, u, g, _) in moved.items() if n != "d"}
         assert modes == {
             "a": (0o640, 7, 0),
             "d/b": (0o640, 7, 0),
@@ -91,6 +111,29 @@ def test_worker_stages_what_a_thread_stages(tmp_path: Path, as_file: bool) -> No
             "root": (0o755, 0, 0),
             "group": (0o600, 0, 9),
         }
+
+
+def test_a_worker_let_go_moves_nothing_and_ends(tmp_path: Path) -> None:
+    (tmp_path / "staging").mkdir()
+    got = stage_in_process(Pipe(BLOB), tmp_path / "staging", GZIP, "L")  # type: ignore[arg-type]
+    assert got.worker is not None
+    pid = got.worker._proc.pid  # type: ignore[union-attr]
+    got.close()
+    got.close()  # idempotent
+    assert not os.path.exists(f"/proc/{pid}")  # ended and reaped
+    assert len(staged_files(tmp_path / "staging")) == 8
+    with pytest.raises(Internal, match="let go"):
+        got.worker.move(tmp_path, overlay=False, parents=())
+
+
+def test_errors_of_the_move_reach_the_caller(tmp_path: Path) -> None:
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "d").write_bytes(b"a file where the layer has a directory")
+    got = stage_in_process(Pipe(BLOB), tmp_path / "staging", GZIP, "L")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="d/b"):
+        apply_staged_to(got, tmp_path / "staging", Target(tmp_path / "target", overlay=False))
+    assert got.worker is not None and got.worker._proc is None  # ended with the answer
 
 
 @pytest.mark.parametrize(

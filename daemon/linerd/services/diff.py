@@ -102,7 +102,7 @@ class DiffService(diff_pb2_grpc.DiffServicer):
             if done:
                 log.debug("layer applied from its prestage", digest=digest)
         finally:
-            await asyncio.to_thread(prestager.remove_dir, prestaged.directory)  # type: ignore[union-attr]
+            await asyncio.to_thread(prestager.drop, prestaged)  # type: ignore[union-attr]
         return prestaged.staged.applied if done else None
 
     async def Diff(
