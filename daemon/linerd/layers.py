@@ -23,7 +23,6 @@ import zstandard
 from linerd import faults
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_staged, apply_tar
-from linerd.diff.compare import write_diff
 from linerd.diff.compression import SUPPORTED_MEDIA_TYPES, HashingReader, ReadAhead, open_layer
 from linerd.diff.worker import UNCOMPRESSED_LAYER, StagedLayer, stage_blob, stage_in_process
 from linerd.errdefs import InvalidArgument
@@ -174,6 +173,8 @@ def write_layer(
 ) -> tuple[Descriptor, str]:
     """Write the changes from `left` (may be empty) to `right` as a layer into `out`;
     returns its descriptor and diff ID. Both sides are mounted read-only. Blocking."""
+    from linerd.diff.compare import write_diff  # tarfile: ~0.4 MB a pull never needs
+
     compression = COMPRESSIONS.get(media_type)
     if compression is None:
         raise InvalidArgument(f"cannot write layers of media type {media_type!r}")

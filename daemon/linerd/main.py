@@ -77,6 +77,9 @@ def _tune_process(args: argparse.Namespace) -> None:
             ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENA_MAX)
         except (OSError, AttributeError):  # not glibc
             pass
+    # httpx imports its command line's modules to offer `httpx.main`: click and pygments,
+    # ~2 MB kept for good after the first pull. Without click, it skips them.
+    sys.modules.setdefault("click", None)  # type: ignore[assignment]
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:

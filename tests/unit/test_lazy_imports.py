@@ -125,3 +125,15 @@ def test_daemon_process_tuning_keeps_rich_out_of_json_logging() -> None:
         "import structlog"
     )
     assert "rich" in console
+
+
+def test_a_daemon_pull_leaves_out_httpx_command_line_and_layer_writing() -> None:
+    # What the first pull imports stays for the daemon's lifetime.
+    loaded = _modules_after(
+        "import argparse\nfrom linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import linerd.pull, linerd.remotes.client, linerd.services.diff"
+    )
+    assert "httpx" in loaded
+    for unwanted in ("httpx._main", "pygments", "tarfile", "linerd.diff.compare"):
+        assert unwanted not in loaded
