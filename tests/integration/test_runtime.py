@@ -834,3 +834,54 @@ def test_runtime_state_deleted_once_init_exits(env: Env) -> None:
             env.rt.state(env.ns, "e")
 
     run(body())
+
+
+def test_runc_start_through_the_exec_fifo(env: Env) -> None:
+    """runc's init is released by reading its exec fifo (no `runc start` exec): runc then
+    reports it running and the output arrives. An init that died before start still fails
+    the start with the runtime's own error, without hanging."""
+    calls = env.tmp / "calls"
+    bindir = env.tmp / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "runc"  # named runc: the fifo path applies
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a; do case "$a" in start|create) echo "$a" >> {calls};; esac; done\n'
+        f'exec {RUNC.path} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    logged = RuntimeConfig(str(wrapper), name="runc-named")
+    root = env.rt.runtime_root(logged, env.ns)
+
+    def runc_status(id: str) -> str:
+        out = subprocess.run([RUNC.path, "--root", str(root), "state", id],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return str(json.loads(out.stdout)["status"])
+
+    async def body() -> None:
+        fifos = Fifos(env.tmp / "io", "f")
+        await env.rt.create(env.ns, "f", env.spec("f", "sh", "-c", "read x < /dev/null; "
+                            "echo started; sleep 30"), env.mounts, runtime=logged,
+                            stdout=fifos.stdout, stderr=fifos.stderr)  # fmt: skip
+        assert runc_status("f") == "created"
+        await env.rt.start(env.ns, "f")
+        assert env.rt.state(env.ns, "f").status == TaskStatus.RUNNING
+        assert runc_status("f") == "running"
+        assert not (root / "f" / "exec.fifo").exists()
+        await env.rt.kill(env.ns, "f", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "f")).exit_status == 137
+        await env.rt.delete(env.ns, "f")
+        assert fifos.output()[0] == b"started\n"
+        assert calls.read_text().split() == ["create"]
+
+        pid = await env.rt.create(env.ns, "d", env.spec("d", "true"), env.mounts,
+                                  runtime=logged)  # fmt: skip
+        os.kill(pid, signal.SIGKILL)  # init gone before start; the exit is not seen yet
+        with pytest.raises(FailedPrecondition):
+            await env.rt.start(env.ns, "d")
+        assert calls.read_text().split() == ["create", "create", "start"]  # runc's verdict
+        assert (await env.rt.wait(env.ns, "d")).exit_status == 137
+        assert env.rt.state(env.ns, "d").status == TaskStatus.STOPPED
+        await env.rt.delete(env.ns, "d")
+
+    run(body())
