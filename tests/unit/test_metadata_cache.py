@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from linerd.content.local import LocalStore
 from linerd.content.store import ContentStore
-from linerd.core.types import Container, Descriptor, Encoded, Image
+from linerd.core.types import Container, Descriptor, Encoded, Image, SnapshotKind
 from linerd.errdefs import AlreadyExists, NotFound
 from linerd.gc.collector import Collector
 from linerd.metadata.cache import RecordCache
@@ -21,6 +21,8 @@ from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
 from linerd.metadata.images import ImageStore
 from linerd.metadata.namespaces import NamespaceStore
+from linerd.snapshots.backends import OverlayBackend
+from linerd.snapshots.store import SnapshotStore
 
 pytestmark = pytest.mark.unit
 T = TypeVar("T")
@@ -186,5 +188,31 @@ def test_namespace_labels_cached_until_changed(db: CountingDatabase) -> None:
         assert (await store.get("n")).labels == {"a": "2"}
         await store.delete("n")
         assert (await store.get("n")).labels == {}
+
+    run(body())
+
+
+def test_prepared_snapshot_mounts_cached_until_removed(
+    db: CountingDatabase, tmp_path: Path
+) -> None:
+    store = SnapshotStore(db, OverlayBackend(), tmp_path / "snapshots")
+
+    async def body() -> None:
+        prepared = await store.create("ns", "k", "", {}, SnapshotKind.ACTIVE, None)
+        prepared.clear()  # a caller's copy
+        before = db.transactions
+        got = await store.mounts("ns", "k")
+        assert db.transactions == before
+        assert len(got) == 1 and got[0].type in ("bind", "overlay")
+        with pytest.raises(AlreadyExists):  # a failed Prepare of the same key changes nothing
+            await store.create("ns", "k", "", {}, SnapshotKind.ACTIVE, None)
+        assert await store.mounts("ns", "k") == got
+        with pytest.raises(NotFound):  # rolled back (no such lease): nothing cached
+            await store.create("ns", "x", "", {}, SnapshotKind.ACTIVE, "no-such-lease")
+        with pytest.raises(NotFound):
+            await store.mounts("ns", "x")
+        await store.remove("ns", "k")
+        with pytest.raises(NotFound):
+            await store.mounts("ns", "k")
 
     run(body())

@@ -110,6 +110,9 @@ class SnapshotStore:
             self._mounts_cache[(row["namespace"], row["key"])] = mounts
         return list(mounts)
 
+    def _cache_mounts(self, namespace: str, key: str, mounts: list[Mount]) -> None:
+        self._mounts_cache[(namespace, key)] = mounts
+
     def forget(self, namespace: str, key: str) -> None:
         """The snapshot is ending (commit, remove): drop what is cached of it. Call inside
         the transaction that ends it."""
@@ -180,7 +183,12 @@ class SnapshotStore:
                 row["id"] = inserted[0]
                 tmp.rename(self.root / str(row["id"]))
                 faults.point("snapshot-prepare")
-                return self._mounts(conn, row, cache=False)
+                mounts = self._mounts(conn, row, cache=False)
+                # Cached once the row is committed: ctr asks for these mounts again right
+                # away (Snapshots/Mounts before Tasks/Create), a database round trip each.
+                cached = list(mounts)
+                Database.after_commit(conn, lambda: self._cache_mounts(namespace, key, cached))
+                return mounts
 
             return await self._db.run(record)
         finally:
