@@ -885,3 +885,65 @@ def test_runc_start_through_the_exec_fifo(env: Env) -> None:
         await env.rt.delete(env.ns, "d")
 
     run(body())
+
+
+def test_runc_delete_of_an_exited_init_in_process(env: Env) -> None:
+    """Once init has exited, the runtime state is removed without `runc delete` (its cgroups
+    and state dir go); a container whose delete does more (poststop hooks, the host's pid
+    namespace) still goes through runc, which runs the hooks."""
+    calls = env.tmp / "calls"
+    bindir = env.tmp / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "runc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a; do case "$a" in delete) echo "$a" >> {calls};; esac; done\n'
+        f'exec {RUNC.path} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    logged = RuntimeConfig(str(wrapper), name="runc-named")
+    root = env.rt.runtime_root(logged, env.ns)
+
+    def deletes() -> int:
+        return calls.read_text().split().count("delete") if calls.exists() else 0
+
+    def cgroups(id: str) -> list[Path]:
+        return [d / env.ns / id for d in Path("/sys/fs/cgroup").iterdir()
+                if (d / env.ns / id).exists()]  # fmt: skip
+
+    async def gone(id: str) -> None:
+        for _ in range(300):
+            if not (root / id).exists():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"runtime state of {id} still there")
+
+    async def body() -> None:
+        await env.rt.create(env.ns, "a", env.spec("a", "sh", "-c", "exit 3"), env.mounts,
+                            runtime=logged)  # fmt: skip
+        assert cgroups("a")
+        await env.rt.start(env.ns, "a")
+        assert (await env.rt.wait(env.ns, "a")).exit_status == 3
+        await gone("a")
+        assert cgroups("a") == []
+        assert (await env.rt.delete(env.ns, "a")).exit_status == 3
+        assert deletes() == 0
+
+        hooked = env.spec("h", "true")
+        hook = {"path": "/bin/sh", "args": ["sh", "-c", f"echo ran > {env.tmp}/hook"]}
+        hooked["hooks"] = {"poststop": [hook]}
+        hostpid = env.spec("p", "true")
+        hostpid["linux"]["namespaces"] = [
+            n for n in hostpid["linux"]["namespaces"] if n["type"] != "pid"
+        ]
+        for n, (id, spec) in enumerate([("h", hooked), ("p", hostpid)], start=1):
+            await env.rt.create(env.ns, id, spec, env.mounts, runtime=logged)
+            await env.rt.start(env.ns, id)
+            assert (await env.rt.wait(env.ns, id)).exit_status == 0
+            await gone(id)
+            await env.rt.delete(env.ns, id)
+            assert deletes() == n
+            assert cgroups(id) == []
+        assert (env.tmp / "hook").read_text() == "ran\n"
+
+    run(body())

@@ -53,7 +53,7 @@ from linerd.errdefs import (
     InvalidArgument,
     NotFound,
 )
-from linerd.runtime import cgroups
+from linerd.runtime import cgroups, runcstate
 from linerd.runtime.conmon import (
     RuntimeCommandError,
     Spawned,
@@ -97,14 +97,6 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
-
-
-def _exec_fifo(cmd: list[str], id: str) -> Path | None:
-    """runc's exec fifo of container `id` (`<--root>/<id>/exec.fifo`); None for another
-    runtime, whose start protocol we do not know."""
-    if os.path.basename(cmd[0]) != "runc" or "--root" not in cmd[1:-1]:
-        return None
-    return Path(cmd[cmd.index("--root") + 1]) / id / "exec.fifo"
 
 
 def _mounted_under(path: Path) -> list[str]:
@@ -609,7 +601,7 @@ class TaskRuntime:
         return p.pid
 
     async def _start_init(self, task: _Task) -> None:
-        fifo = _exec_fifo(task.cmd, task.id)
+        fifo = runcstate.exec_fifo(task.cmd, task.id)
         if fifo is None or not await self._release_by_exec_fifo(task.init, fifo):
             await self._runtime(task, "start", task.id)
         faults.point("task-start")
@@ -774,8 +766,16 @@ class TaskRuntime:
 
     async def _runtime_delete(self, task: _Task, force: bool) -> None:
         args = ["delete", *(["--force"] if force else []), task.id]
+        # conmon wrote init's exit code, so init is gone: runc's delete would only remove
+        # the cgroups and its state dir, which runcstate does without a runc exec.
+        exited = not force and task.init.exit is not None and not task.init.monitor_lost
+
+        def delete() -> None:
+            if not (exited and runcstate.delete_stopped(task.cmd, task.id)):
+                run_runtime(task.cmd, *args)
+
         try:
-            await asyncio.to_thread(run_runtime, task.cmd, *args)
+            await asyncio.to_thread(delete)
         except RuntimeCommandError as e:
             if "does not exist" not in e.message:
                 raise FailedPrecondition(f"delete: {e.message}") from e
