@@ -216,3 +216,28 @@ def test_prepared_snapshot_mounts_cached_until_removed(
             await store.mounts("ns", "k")
 
     run(body())
+
+
+def test_snapshot_stat_cached_until_updated_committed_or_removed(
+    db: CountingDatabase, tmp_path: Path
+) -> None:
+    store = SnapshotStore(db, OverlayBackend(), tmp_path / "snapshots")
+
+    async def body() -> None:
+        await store.create("ns", "k", "", {"a": "1"}, SnapshotKind.ACTIVE, None)
+        first = await store.stat("ns", "k")
+        first.labels["a"] = "mutated by a caller"
+        before = db.transactions
+        assert (await store.stat("ns", "k")).labels == {"a": "1"}
+        assert db.transactions == before
+        await store.update("ns", "k", {"a": "2"}, ["labels.a"])
+        assert (await store.stat("ns", "k")).labels == {"a": "2"}
+        await store.commit("ns", "c", "k", {}, None)
+        with pytest.raises(NotFound):
+            await store.stat("ns", "k")
+        assert (await store.stat("ns", "c")).kind is SnapshotKind.COMMITTED
+        await store.remove("ns", "c")
+        with pytest.raises(NotFound):
+            await store.stat("ns", "c")
+
+    run(body())

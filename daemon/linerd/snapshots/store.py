@@ -8,6 +8,7 @@ directory after. `cleanup` removes what a crash left: directories no record name
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import shutil
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ from linerd.errdefs import (
     NotFound,
 )
 from linerd.gc.collector import Cleanup, GcObject, Node
+from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.leases import add_resource_in
 from linerd.metadata.models import snapshots
@@ -56,6 +58,10 @@ def _info(row: Mapping[str, Any]) -> SnapshotInfo:
     )
 
 
+def _copy_info(info: SnapshotInfo) -> SnapshotInfo:
+    return dataclasses.replace(info, labels=dict(info.labels))
+
+
 def _row_of(conn: Connection, snapshotter: str, namespace: str, key: str) -> dict[str, Any] | None:
     params = {"b_snapshotter": snapshotter, "b_namespace": namespace, "b_key": key}
     row = conn.execute(_GET, params).first()
@@ -73,6 +79,9 @@ class SnapshotStore:
         # the snapshot lives (its parents are committed). Filled and dropped only on the
         # database thread, inside the transactions that read or end the snapshot.
         self._mounts_cache: dict[tuple[str, str], list[Mount]] = {}
+        # Stat answers (ctr stats the image's top snapshot before every run), under the
+        # same rules: filled by reads, dropped by the transactions that change the row.
+        self._infos: RecordCache[tuple[str, str], SnapshotInfo] = RecordCache(_copy_info)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         mark_top_directory(root)  # each snapshot in a block group of its own choosing
 
@@ -117,6 +126,7 @@ class SnapshotStore:
         """The snapshot is ending (commit, remove): drop what is cached of it. Call inside
         the transaction that ends it."""
         self._mounts_cache.pop((namespace, key), None)
+        self._infos.drop((namespace, key))
 
     # -- API ----------------------------------------------------------------------------------
 
@@ -288,7 +298,12 @@ class SnapshotStore:
                 shutil.rmtree(doomed, ignore_errors=True)
 
     async def stat(self, namespace: str, key: str) -> SnapshotInfo:
-        return await self._db.run(lambda c: _info(self._get(c, namespace, key)))
+        cached = self._infos.get((namespace, key))
+        if cached is not None:
+            return cached
+        return await self._db.run(
+            lambda c: self._infos.put((namespace, key), _info(self._get(c, namespace, key)))
+        )
 
     async def update(
         self, namespace: str, key: str, labels: dict[str, str], paths: list[str]
@@ -302,6 +317,7 @@ class SnapshotStore:
             masked = validate.apply_label_mask(row["labels"], labels, paths)
             row["labels"] = masked if masked is not None else validate.labels(labels)
             row["updated_at"] = datetime.now(UTC)
+            self._infos.drop((namespace, key))
             conn.execute(
                 update(snapshots)
                 .where(_BY_ID)
