@@ -776,7 +776,7 @@ def images_ls(quiet: bool, filters: tuple[str, ...]) -> None:
             click.echo(image.name)
         return
     docs = imagedocs.Documents(client)
-    here = imagespec.host_platform()
+    here = imagedocs.host_platform()
     rows = []
     for image in found:
         summary = imagedocs.summarize(docs, image, here)
@@ -830,7 +830,7 @@ def images_inspect(name: str) -> None:
 
     client = _client()
     image: Image = client.get_image(name)
-    doc = imagedocs.inspect(imagedocs.Documents(client), image, imagespec.host_platform())
+    doc = imagedocs.inspect(imagedocs.Documents(client), image, imagedocs.host_platform())
     click.echo(json.dumps(doc, indent=2))
 
 

@@ -10,16 +10,12 @@ import contextlib
 import functools
 import queue
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import grpc
-from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
-from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from liner.common import (
     DEFAULT_ADDRESS,
@@ -30,6 +26,32 @@ from liner.common import (
 )
 
 if TYPE_CHECKING:
+    from google.protobuf import any_pb2, field_mask_pb2
+    from google.protobuf.any_pb2 import Any as AnyPb
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from liner.results import containers as _container_types
+    from liner.results import content as _content_types
+    from liner.results import snapshots as _snapshot_types
+    from liner.results import system as _system_types
+    from liner.results.containers import (
+        AnyValue,
+        Container,
+        Event,
+        ExitStatus,
+        Metric,
+        Process,
+        ProcessInfo,
+    )
+    from liner.results.content import (
+        ContentInfo,
+        Descriptor,
+        Image,
+        IngestStatus,
+        PullProgress,
+    )
+    from liner.results.snapshots import Mount, SnapshotInfo, Usage
+    from liner.results.system import Lease, Namespace, Resource, ServerInfo, VersionInfo
     from liner_api.containerd.runc.v1 import options_pb2
     from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
     from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
@@ -74,6 +96,42 @@ else:
     task_pb2 = lazy_module(f"{_API}.types.task.task_pb2")
     transfer_pb2 = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2")
     transfer_pb2_grpc = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2_grpc")
+    any_pb2 = lazy_module("google.protobuf.any_pb2")
+    field_mask_pb2 = lazy_module("google.protobuf.field_mask_pb2")
+    # The result types too: creating a frozen dataclass costs ~1.5 ms, and `liner version`
+    # needs 2 of the 21.
+    _system_types = lazy_module("liner.results.system")
+    _content_types = lazy_module("liner.results.content")
+    _snapshot_types = lazy_module("liner.results.snapshots")
+    _container_types = lazy_module("liner.results.containers")
+
+# Where each result type lives; `from liner.client import Image` keeps working (__getattr__).
+_RESULT_MODULES = {
+    **dict.fromkeys(
+        ("VersionInfo", "ServerInfo", "Namespace", "Lease", "Resource"), "liner.results.system"
+    ),
+    **dict.fromkeys(
+        ("ContentInfo", "IngestStatus", "Descriptor", "Image", "BlobProgress", "PullProgress"),
+        "liner.results.content",
+    ),
+    **dict.fromkeys(("SnapshotInfo", "Usage", "Mount"), "liner.results.snapshots"),
+    **dict.fromkeys(
+        ("AnyValue", "Container", "Process", "ExitStatus", "ProcessInfo", "Metric", "Event"),
+        "liner.results.containers",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _RESULT_MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups skip this function
+    return value
+
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -87,191 +145,6 @@ RUNC_OPTIONS_URL = "containerd.runc.v1.Options"
 _GO_ZERO_SECONDS = -62135596800
 
 
-@dataclass(frozen=True, slots=True)
-class VersionInfo:
-    version: str
-    revision: str
-
-
-@dataclass(frozen=True, slots=True)
-class ServerInfo:
-    uuid: str
-    pid: int
-    pidns: int
-
-
-@dataclass(frozen=True, slots=True)
-class Namespace:
-    name: str
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    id: str
-    created_at: datetime | None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Resource:
-    id: str
-    type: str
-
-
-@dataclass(frozen=True, slots=True)
-class ContentInfo:
-    digest: str
-    size: int
-    created_at: datetime | None
-    updated_at: datetime | None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class IngestStatus:
-    ref: str
-    offset: int
-    total: int
-    expected: str
-    started_at: datetime | None
-    updated_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    media_type: str
-    digest: str
-    size: int
-    annotations: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    name: str
-    target: Descriptor
-    labels: dict[str, str] = field(default_factory=dict)
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    name: str
-    parent: str
-    kind: str  # "committed", "active", "view" or "unknown"
-    created_at: datetime | None
-    updated_at: datetime | None
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    size: int
-    inodes: int
-
-
-@dataclass(frozen=True, slots=True)
-class BlobProgress:
-    descriptor: Descriptor
-    offset: int
-    # "waiting", "downloading", "downloaded", "exists", "unpacking", "unpacked", "failed"
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class PullProgress:
-    """One update of a pull: every blob so far; the last one has `done`, `name` and `target`."""
-
-    blobs: list[BlobProgress]
-    name: str = ""
-    target: Descriptor | None = None
-    done: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class AnyValue:
-    """A protobuf Any as the daemon stores it: a type URL and the encoded bytes."""
-
-    type_url: str
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Mount:
-    type: str
-    source: str
-    options: tuple[str, ...] = ()
-    target: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Container:
-    id: str
-    image: str = ""
-    runtime: str = ""
-    runtime_options: AnyValue | None = None
-    spec: AnyValue | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    snapshotter: str = ""
-    snapshot_key: str = ""
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-    extensions: dict[str, AnyValue] = field(default_factory=dict)
-    sandbox: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Process:
-    """A task (id = container id) or an exec process (id = exec id) as Tasks/Get reports it."""
-
-    container_id: str
-    id: str
-    pid: int
-    status: str  # "created", "running", "stopped", "paused", "pausing" or "unknown"
-    stdin: str = ""
-    stdout: str = ""
-    stderr: str = ""
-    terminal: bool = False
-    exit_status: int = 0
-    exited_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    status: int
-    exited_at: datetime | None
-    pid: int = 0
-    id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    pid: int
-    exec_id: str = ""  # from the runc ProcessDetails in the info, when there is one
-
-
-@dataclass(frozen=True, slots=True)
-class Metric:
-    id: str
-    timestamp: datetime | None
-    data: AnyValue | None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One envelope from Events/Subscribe; `payload` is the event decoded to JSON-able form
-    (None when its type URL is not one liner knows)."""
-
-    timestamp: datetime | None
-    timestamp_text: str  # RFC 3339 with nanoseconds
-    namespace: str
-    topic: str
-    type_url: str
-    value: bytes
-    payload: dict[str, object] | None
-
-
 def _time(ts: Timestamp) -> datetime | None:
     if ts.seconds in (0, _GO_ZERO_SECONDS) and ts.nanos == 0:
         return None
@@ -279,7 +152,7 @@ def _time(ts: Timestamp) -> datetime | None:
 
 
 def _content_info(info: content_pb2.Info) -> ContentInfo:
-    return ContentInfo(
+    return _content_types.ContentInfo(
         digest=info.digest,
         size=info.size,
         created_at=_time(info.created_at),
@@ -289,7 +162,7 @@ def _content_info(info: content_pb2.Info) -> ContentInfo:
 
 
 def _ingest_status(status: content_pb2.Status) -> IngestStatus:
-    return IngestStatus(
+    return _content_types.IngestStatus(
         ref=status.ref,
         offset=status.offset,
         total=status.total,
@@ -300,7 +173,9 @@ def _ingest_status(status: content_pb2.Status) -> IngestStatus:
 
 
 def _descriptor(desc: descriptor_pb2.Descriptor) -> Descriptor:
-    return Descriptor(desc.media_type, desc.digest, desc.size, dict(desc.annotations))
+    return _content_types.Descriptor(
+        desc.media_type, desc.digest, desc.size, dict(desc.annotations)
+    )
 
 
 def _to_descriptor(desc: Descriptor) -> descriptor_pb2.Descriptor:
@@ -313,7 +188,7 @@ def _to_descriptor(desc: Descriptor) -> descriptor_pb2.Descriptor:
 
 
 def _image(image: images_pb2.Image) -> Image:
-    return Image(
+    return _content_types.Image(
         name=image.name,
         target=_descriptor(image.target),
         labels=dict(image.labels),
@@ -324,7 +199,7 @@ def _image(image: images_pb2.Image) -> Image:
 
 def _snapshot_info(info: snapshots_pb2.Info) -> SnapshotInfo:
     kind = snapshots_pb2.Kind.Name(info.kind).lower() if info.kind else "unknown"
-    return SnapshotInfo(
+    return _snapshot_types.SnapshotInfo(
         name=info.name,
         parent=info.parent,
         kind=kind,
@@ -335,8 +210,11 @@ def _snapshot_info(info: snapshots_pb2.Info) -> SnapshotInfo:
 
 
 def _pull_progress(r: transfer_pb2.PullProgress) -> PullProgress:
-    return PullProgress(
-        blobs=[BlobProgress(_descriptor(b.descriptor), b.offset, b.state) for b in r.blobs],
+    return _content_types.PullProgress(
+        blobs=[
+            _content_types.BlobProgress(_descriptor(b.descriptor), b.offset, b.state)
+            for b in r.blobs
+        ],
         name=r.name,
         target=_descriptor(r.target) if r.HasField("target") else None,
         done=r.done,
@@ -344,19 +222,21 @@ def _pull_progress(r: transfer_pb2.PullProgress) -> PullProgress:
 
 
 def _lease(lease: leases_pb2.Lease) -> Lease:
-    return Lease(id=lease.id, created_at=_time(lease.created_at), labels=dict(lease.labels))
+    return _system_types.Lease(
+        id=lease.id, created_at=_time(lease.created_at), labels=dict(lease.labels)
+    )
 
 
 def _any(value: AnyValue | None) -> AnyPb | None:
-    return AnyPb(type_url=value.type_url, value=value.value) if value is not None else None
+    return any_pb2.Any(type_url=value.type_url, value=value.value) if value is not None else None
 
 
 def _any_value(value: AnyPb, present: bool) -> AnyValue | None:
-    return AnyValue(value.type_url, value.value) if present else None
+    return _container_types.AnyValue(value.type_url, value.value) if present else None
 
 
 def _mount(m: mount_pb2.Mount) -> Mount:
-    return Mount(m.type, m.source, tuple(m.options), m.target)
+    return _snapshot_types.Mount(m.type, m.source, tuple(m.options), m.target)
 
 
 def _to_mount(m: Mount) -> mount_pb2.Mount:
@@ -364,7 +244,7 @@ def _to_mount(m: Mount) -> mount_pb2.Mount:
 
 
 def _container(c: containers_pb2.Container) -> Container:
-    return Container(
+    return _container_types.Container(
         id=c.id,
         image=c.image,
         runtime=c.runtime.name,
@@ -375,7 +255,9 @@ def _container(c: containers_pb2.Container) -> Container:
         snapshot_key=c.snapshot_key,
         created_at=_time(c.created_at),
         updated_at=_time(c.updated_at),
-        extensions={k: AnyValue(v.type_url, v.value) for k, v in c.extensions.items()},
+        extensions={
+            k: _container_types.AnyValue(v.type_url, v.value) for k, v in c.extensions.items()
+        },
         sandbox=c.sandbox,
     )
 
@@ -389,14 +271,16 @@ def _to_container(c: Container) -> containers_pb2.Container:
         spec=_any(c.spec),
         snapshotter=c.snapshotter,
         snapshot_key=c.snapshot_key,
-        extensions={k: AnyPb(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()},
+        extensions={
+            k: any_pb2.Any(type_url=v.type_url, value=v.value) for k, v in c.extensions.items()
+        },
         sandbox=c.sandbox,
     )
 
 
 def _process(p: task_pb2.Process) -> Process:
     status = task_pb2.Status.Name(p.status).lower() if p.status else "unknown"
-    return Process(
+    return _container_types.Process(
         container_id=p.container_id,
         id=p.id,
         pid=p.pid,
@@ -415,14 +299,14 @@ def _process_info(p: task_pb2.ProcessInfo) -> ProcessInfo:
     if p.HasField("info") and p.info.type_url.endswith("containerd.runc.v1.ProcessDetails"):
         with contextlib.suppress(Exception):
             exec_id = options_pb2.ProcessDetails.FromString(p.info.value).exec_id
-    return ProcessInfo(pid=p.pid, exec_id=exec_id)
+    return _container_types.ProcessInfo(pid=p.pid, exec_id=exec_id)
 
 
 def runc_options(binary_name: str = "") -> AnyValue:
     """`containerd.runc.v1.Options` (bare type URL, as Go's typeurl wants), optionally naming
     the runtime binary (`ctr run --runc-binary`)."""
     value = options_pb2.Options(binary_name=binary_name).SerializeToString()
-    return AnyValue(RUNC_OPTIONS_URL, value)
+    return _container_types.AnyValue(RUNC_OPTIONS_URL, value)
 
 
 def socket_path(address: str) -> str:
@@ -576,12 +460,12 @@ class Client:
     def version(self) -> VersionInfo:
         with self._errors():
             r = self._version.Version(Empty(), metadata=self._metadata, timeout=self.timeout)
-        return VersionInfo(version=r.version, revision=r.revision)
+        return _system_types.VersionInfo(version=r.version, revision=r.revision)
 
     def server(self) -> ServerInfo:
         with self._errors():
             r = self._introspection.Server(Empty(), metadata=self._metadata, timeout=self.timeout)
-        return ServerInfo(uuid=r.uuid, pid=r.pid, pidns=r.pidns)
+        return _system_types.ServerInfo(uuid=r.uuid, pid=r.pid, pidns=r.pidns)
 
     # -- namespaces --------------------------------------------------------------------------
 
@@ -592,7 +476,7 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return [Namespace(n.name, dict(n.labels)) for n in r.namespaces]
+        return [_system_types.Namespace(n.name, dict(n.labels)) for n in r.namespaces]
 
     def get_namespace(self, name: str) -> Namespace:
         with self._errors():
@@ -601,7 +485,7 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return Namespace(r.namespace.name, dict(r.namespace.labels))
+        return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
         request = namespaces_pb2.CreateNamespaceRequest(
@@ -609,7 +493,7 @@ class Client:
         )
         with self._errors():
             r = self._namespaces.Create(request, metadata=self._metadata, timeout=self.timeout)
-        return Namespace(r.namespace.name, dict(r.namespace.labels))
+        return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def update_namespace(
         self, name: str, labels: Mapping[str, str], paths: Sequence[str] = ()
@@ -617,11 +501,11 @@ class Client:
         """`paths` as an update mask (`labels`, `labels.<key>`); none replaces all labels."""
         request = namespaces_pb2.UpdateNamespaceRequest(
             namespace=namespaces_pb2.Namespace(name=name, labels=dict(labels)),
-            update_mask=FieldMask(paths=list(paths)),
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
         with self._errors():
             r = self._namespaces.Update(request, metadata=self._metadata, timeout=self.timeout)
-        return Namespace(r.namespace.name, dict(r.namespace.labels))
+        return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def set_namespace_labels(self, name: str, labels: Mapping[str, str]) -> Namespace:
         """Set each label; an empty value removes that label."""
@@ -676,7 +560,7 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return [Resource(id=res.id, type=res.type) for res in r.resources]
+        return [_system_types.Resource(id=res.id, type=res.type) for res in r.resources]
 
     # -- content -----------------------------------------------------------------------------
 
@@ -878,7 +762,9 @@ class Client:
         image = images_pb2.Image(name=name, labels=dict(labels or {}))
         if target is not None:
             image.target.CopyFrom(_to_descriptor(target))
-        request = images_pb2.UpdateImageRequest(image=image, update_mask=FieldMask(paths=paths))
+        request = images_pb2.UpdateImageRequest(
+            image=image, update_mask=field_mask_pb2.FieldMask(paths=paths)
+        )
         with self._errors():
             r = self._images.Update(request, metadata=self._metadata, timeout=self.timeout)
         return _image(r.image)
@@ -929,7 +815,7 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return Usage(size=r.size, inodes=r.inodes)
+        return _snapshot_types.Usage(size=r.size, inodes=r.inodes)
 
     # -- pull --------------------------------------------------------------------------------
 
@@ -1128,7 +1014,8 @@ class Client:
     def update_container(self, container: Container, paths: Sequence[str] = ()) -> Container:
         """`paths` as an update mask (`labels`, `labels.<key>`, `image`, `spec`, ...)."""
         request = containers_pb2.UpdateContainerRequest(
-            container=_to_container(container), update_mask=FieldMask(paths=list(paths))
+            container=_to_container(container),
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
         with self._errors():
             r = self._containers.Update(request, metadata=self._metadata, timeout=self.timeout)
@@ -1185,7 +1072,7 @@ class Client:
                 tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
                 metadata=self._metadata,
             )
-        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at))
+        return _container_types.ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at))
 
     def get_task(self, container_id: str, exec_id: str = "") -> Process:
         with self._errors():
@@ -1224,7 +1111,9 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id)
+        return _container_types.ExitStatus(
+            status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id
+        )
 
     def exec_process(
         self,
@@ -1247,7 +1136,7 @@ class Client:
             stdout=stdout,
             stderr=stderr,
             terminal=terminal,
-            spec=AnyPb(type_url=PROCESS_URL, value=json.dumps(process).encode()),
+            spec=any_pb2.Any(type_url=PROCESS_URL, value=json.dumps(process).encode()),
         )
         with self._errors():
             self._tasks.Exec(request, metadata=self._metadata, timeout=self.timeout)
@@ -1259,7 +1148,9 @@ class Client:
                 metadata=self._metadata,
                 timeout=self.timeout,
             )
-        return ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id)
+        return _container_types.ExitStatus(
+            status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id
+        )
 
     def close_io(self, container_id: str, exec_id: str = "", *, stdin: bool = True) -> None:
         with self._errors():
@@ -1312,7 +1203,7 @@ class Client:
                 timeout=self.timeout,
             )
         return [
-            Metric(
+            _container_types.Metric(
                 id=m.id,
                 timestamp=_time(m.timestamp),
                 data=_any_value(m.data, m.HasField("data")),
@@ -1331,7 +1222,7 @@ class Client:
 
         request = tasks_pb2.UpdateTaskRequest(
             container_id=container_id,
-            resources=AnyPb(type_url=RESOURCES_URL, value=json.dumps(resources).encode()),
+            resources=any_pb2.Any(type_url=RESOURCES_URL, value=json.dumps(resources).encode()),
             annotations=dict(annotations or {}),
         )
         with self._errors():
@@ -1350,7 +1241,7 @@ class Client:
             )
             try:
                 for envelope in stream:
-                    yield Event(
+                    yield _container_types.Event(
                         timestamp=_time(envelope.timestamp),
                         timestamp_text=envelope.timestamp.ToJsonString(),
                         namespace=envelope.namespace,

@@ -62,6 +62,57 @@ def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
         assert unwanted not in loaded
     services = {m for m in loaded if m.startswith("liner_api.containerd.services.")}
     assert {m.split(".")[3] for m in services} <= {"version", "introspection"}
+    # The result types of other areas (21 frozen dataclasses in all) stay unloaded.
+    assert {m for m in loaded if m.startswith("liner.results.")} <= {"liner.results.system"}
+
+
+def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> None:
+    loaded = _modules_after(
+        "import liner.images, liner.client\n"
+        "liner.images.host_platform()\n"
+        "liner.client.Image, liner.client.Descriptor"
+    )
+    assert "liner.results.content" in loaded
+    for unwanted in (
+        "linerd.imagespec",
+        "linerd.core.types",
+        "liner.results.containers",
+        "liner.results.snapshots",
+        "liner_api.containerd.services.tasks.v1.tasks_pb2",
+    ):
+        assert unwanted not in loaded
+
+
+@pytest.mark.parametrize(
+    "platform",
+    [("linux", "x86_64"), ("Linux", "aarch64", "v8"), ("linux", "armhf"), ("linux", "arm64", "v8")],
+)
+def test_client_platform_agrees_with_the_daemons(platform: tuple[str, ...]) -> None:
+    from liner import images
+    from linerd import imagespec
+
+    ours, theirs = images.Platform(*platform), imagespec.Platform(*platform)
+    assert tuple(ours.normalized()) == (
+        theirs.normalized().os,
+        theirs.normalized().architecture,
+        theirs.normalized().variant,
+    )
+    assert str(ours.normalized()) == str(theirs.normalized())
+    assert ours.matches(imagespec.parse_platform("linux/arm64")) == theirs.matches(
+        imagespec.parse_platform("linux/arm64")
+    )
+    assert str(images.host_platform()) == str(imagespec.host_platform())
+
+
+def test_client_result_types_resolve_from_liner_client() -> None:
+    from liner import client
+    from liner.results import containers, content, snapshots, system
+
+    for module in (containers, content, snapshots, system):
+        for name in dir(module):
+            value = getattr(module, name)
+            if isinstance(value, type) and value.__module__ == module.__name__:
+                assert getattr(client, name) is value
 
 
 def test_package_names_still_resolve() -> None:
