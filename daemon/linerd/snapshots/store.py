@@ -75,6 +75,7 @@ class SnapshotStore:
         self.root = root
         self._db = db
         self._building: set[str] = set()
+        self._discarding: set[asyncio.Future[None]] = set()
         # Mounts of active and view snapshots, by (namespace, key): they never change while
         # the snapshot lives (its parents are committed). Filled and dropped only on the
         # database thread, inside the transactions that read or end the snapshot.
@@ -265,16 +266,42 @@ class SnapshotStore:
         await asyncio.to_thread(shutil.rmtree, self.root / str(snapshot_id) / "work", True)
 
     async def remove(self, namespace: str, key: str) -> None:
-        def remove(conn: Connection) -> int:
+        moved: list[Path] = []
+
+        def remove(conn: Connection) -> None:
             row = self._get(conn, namespace, key)
             if self._has_children(conn, namespace, key):
                 raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
             self.forget(namespace, key)
             conn.execute(delete(snapshots).where(_BY_ID), {"b_id": row["id"]})
-            return int(row["id"])
+            snapshot_id = int(row["id"])
+            # Moved aside once committed, still on the database thread (no thread hop of its
+            # own); its contents go in the background. A crash leaves an rm- directory no
+            # record names, which the start-up cleanup removes.
+            Database.after_commit(conn, lambda: moved.extend(self._move_aside(snapshot_id)))
 
-        snapshot_id = await self._db.run(remove)
-        await asyncio.to_thread(self.remove_dirs, [snapshot_id])
+        await self._db.run(remove)
+        for doomed in moved:
+            self._discard(doomed)
+
+    def _move_aside(self, snapshot_id: int) -> list[Path]:
+        # A unique name: ids can be reused while an earlier removal is still running.
+        doomed = self.root / f"rm-{snapshot_id}-{secrets.token_hex(4)}"
+        try:
+            (self.root / str(snapshot_id)).rename(doomed)
+        except FileNotFoundError:
+            return []
+        return [doomed]
+
+    def _discard(self, doomed: Path) -> None:
+        future = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, doomed, True)
+        self._discarding.add(future)
+        future.add_done_callback(self._discarding.discard)
+
+    async def settle(self) -> None:
+        """Until the background removals started so far are done (for tests)."""
+        if self._discarding:
+            await asyncio.gather(*self._discarding)
 
     def _has_children(self, conn: Connection, namespace: str, key: str) -> bool:
         return bool(
