@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from liner.client import AnyValue, Client, Image, Process, SnapshotInfo
     from liner.progress import Display
     from linerd import imagespec
+    from linerd import platforms as platformspec
 else:
     # Each command imports what it uses when it runs: grpc and the generated code (through
     # liner.client), rich (progress), the run machinery. `liner version` and `liner --help`
@@ -55,6 +56,7 @@ else:
     imagedocs = lazy_module("liner.images")
     run_mod = lazy_module("liner.run")
     imagespec = lazy_module("linerd.imagespec")
+    platformspec = lazy_module("linerd.platforms")
 
 CLIENT_REVISION = "liner"
 EXPIRE_LABEL = "containerd.io/gc.expire"
@@ -776,7 +778,7 @@ def images_ls(quiet: bool, filters: tuple[str, ...]) -> None:
             click.echo(image.name)
         return
     docs = imagedocs.Documents(client)
-    here = imagedocs.host_platform()
+    here = platformspec.host_platform()
     rows = []
     for image in found:
         summary = imagedocs.summarize(docs, image, here)
@@ -830,7 +832,7 @@ def images_inspect(name: str) -> None:
 
     client = _client()
     image: Image = client.get_image(name)
-    doc = imagedocs.inspect(imagedocs.Documents(client), image, imagedocs.host_platform())
+    doc = imagedocs.inspect(imagedocs.Documents(client), image, platformspec.host_platform())
     click.echo(json.dumps(doc, indent=2))
 
 

@@ -10,12 +10,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any
 
 from liner.client import Client, Descriptor, Image, LinerClientError
-
-if TYPE_CHECKING:
-    from linerd.imagespec import Platform as DaemonPlatform
+from linerd.platforms import Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -27,53 +25,6 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
 MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
 CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
-
-
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", ""),
-    "x86-64": ("amd64", ""),
-    "aarch64": ("arm64", ""),
-    "armhf": ("arm", "v7"),
-    "armel": ("arm", "v6"),
-    "i386": ("386", ""),
-}
-
-
-class Platform(NamedTuple):
-    """linerd.imagespec.Platform's matching rules, without its import (~20 ms: hashlib, the
-    daemon's core types) for `images ls`; test_lazy_imports checks the two agree."""
-
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    def normalized(self) -> Platform:
-        arch, variant = _ARCH_ALIASES.get(self.architecture, (self.architecture, self.variant))
-        variant = variant or self.variant
-        if arch == "arm64" and variant == "v8":
-            variant = ""  # containerd treats arm64 and arm64/v8 alike
-        return Platform(self.os.lower(), arch, variant)
-
-    def matches(self, other: Platform | DaemonPlatform) -> bool:
-        a, b = self.normalized(), other.normalized()
-        return (
-            a.os == b.os
-            and a.architecture == b.architecture
-            and (not a.variant or not b.variant or a.variant == b.variant)
-        )
-
-
-def host_platform() -> Platform:
-    import platform
-
-    machine = platform.machine()
-    arch, variant = _ARCH_ALIASES.get(machine, (machine, ""))
-    if machine.startswith("armv7"):
-        arch, variant = "arm", "v7"
-    return Platform("linux", arch, variant)
 
 
 def kind(media_type: str) -> str:
@@ -142,7 +93,7 @@ class Documents:
                 yield desc, _platform(entry.get("platform"))
 
     def manifest_for(
-        self, target: Descriptor, platform: Platform | DaemonPlatform
+        self, target: Descriptor, platform: Platform
     ) -> tuple[Descriptor, dict[str, Any]] | None:
         """The manifest `target` stands for on `platform`; failing that (the platform was not
         pulled), the first of the index's manifests in the store; None if there is none."""
@@ -182,7 +133,7 @@ class Summary:
     platforms: list[Platform] = field(default_factory=list)
 
 
-def summarize(docs: Documents, image: Image, platform: Platform | DaemonPlatform) -> Summary:
+def summarize(docs: Documents, image: Image, platform: Platform) -> Summary:
     found = docs.manifest_for(image.target, platform)
     size = None
     if found is not None:
@@ -223,7 +174,7 @@ def image_json(image: Image) -> dict[str, Any]:
     }
 
 
-def inspect(docs: Documents, image: Image, platform: Platform | DaemonPlatform) -> dict[str, Any]:
+def inspect(docs: Documents, image: Image, platform: Platform) -> dict[str, Any]:
     """`images inspect`: the record, then the documents in the store (absent ones left out)."""
     out: dict[str, Any] = {"Image": image_json(image)}
     if image.target.media_type in INDEXES:

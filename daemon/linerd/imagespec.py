@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as host
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 from linerd.core import validate
 from linerd.core.types import Descriptor
 from linerd.errdefs import InvalidArgument
+from linerd.platforms import Platform
+from linerd.platforms import host_platform as host_platform  # re-exported
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -38,49 +39,6 @@ LAYERS = frozenset(
         "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    def normalized(self) -> Platform:
-        arch, variant = _ARCH_ALIASES.get(self.architecture, (self.architecture, self.variant))
-        variant = variant or self.variant
-        if arch == "arm64" and variant == "v8":
-            variant = ""  # containerd treats arm64 and arm64/v8 alike
-        return Platform(self.os.lower(), arch, variant)
-
-    def matches(self, other: Platform) -> bool:
-        a, b = self.normalized(), other.normalized()
-        return (
-            a.os == b.os
-            and a.architecture == b.architecture
-            and (not a.variant or not b.variant or a.variant == b.variant)
-        )
-
-
-_ARCH_ALIASES = {
-    "x86_64": ("amd64", ""),
-    "x86-64": ("amd64", ""),
-    "aarch64": ("arm64", ""),
-    "armhf": ("arm", "v7"),
-    "armel": ("arm", "v6"),
-    "i386": ("386", ""),
-}
-
-
-def host_platform() -> Platform:
-    machine = host.machine()
-    arch, variant = _ARCH_ALIASES.get(machine, (machine, ""))
-    if machine.startswith("armv7"):
-        arch, variant = "arm", "v7"
-    return Platform("linux", arch, variant)
 
 
 def parse_platform(text: str) -> Platform:

@@ -68,8 +68,8 @@ def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
 
 def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> None:
     loaded = _modules_after(
-        "import liner.images, liner.client\n"
-        "liner.images.host_platform()\n"
+        "import liner.images, liner.client, linerd.platforms\n"
+        "linerd.platforms.host_platform()\n"
         "liner.client.Image, liner.client.Descriptor"
     )
     assert "liner.results.content" in loaded
@@ -81,27 +81,6 @@ def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> No
         "liner_api.containerd.services.tasks.v1.tasks_pb2",
     ):
         assert unwanted not in loaded
-
-
-@pytest.mark.parametrize(
-    "platform",
-    [("linux", "x86_64"), ("Linux", "aarch64", "v8"), ("linux", "armhf"), ("linux", "arm64", "v8")],
-)
-def test_client_platform_agrees_with_the_daemons(platform: tuple[str, ...]) -> None:
-    from liner import images
-    from linerd import imagespec
-
-    ours, theirs = images.Platform(*platform), imagespec.Platform(*platform)
-    assert tuple(ours.normalized()) == (
-        theirs.normalized().os,
-        theirs.normalized().architecture,
-        theirs.normalized().variant,
-    )
-    assert str(ours.normalized()) == str(theirs.normalized())
-    assert ours.matches(imagespec.parse_platform("linux/arm64")) == theirs.matches(
-        imagespec.parse_platform("linux/arm64")
-    )
-    assert str(images.host_platform()) == str(imagespec.host_platform())
 
 
 def test_client_result_types_resolve_from_liner_client() -> None:
