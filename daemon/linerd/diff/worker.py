@@ -194,7 +194,9 @@ def main(argv: list[str]) -> int:
     gc.disable()
     os.umask(0)  # files are created with their modes (stage_tar)
     # Die with linerd: a worker left behind by a killed daemon would write into the staging
-    # area the next daemon wipes.
+    # area the next daemon wipes. The signal comes when the *thread* that started us ends:
+    # linerd starts workers from executor threads, which live as long as the daemon (a
+    # worker waits for its target after that thread's call returned).
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         return 1
