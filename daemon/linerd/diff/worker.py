@@ -131,8 +131,9 @@ def _answer(proc: subprocess.Popen[bytes], name: str) -> object:
     try:
         result = pickle.load(proc.stdout)  # type: ignore[arg-type]
     except Exception:  # it died: reported below with what it said
-        proc.wait()
+        # stderr first: a worker blocked on a full stderr pipe would never end.
         err = proc.stderr.read() if proc.stderr is not None else b""
+        proc.wait()
         why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise Internal(f"{name}: the unpack worker failed: {why[0]}") from None
     if isinstance(result, BaseException):
