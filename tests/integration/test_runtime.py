@@ -836,21 +836,27 @@ def test_runtime_state_deleted_once_init_exits(env: Env) -> None:
     run(body())
 
 
+def logging_runc(env: Env, *subcommands: str) -> tuple[RuntimeConfig, Path]:
+    """runc behind a wrapper named `runc` (so the in-process shortcuts apply) that logs
+    each of `subcommands` it is run with to the returned file."""
+    calls = env.tmp / "calls"
+    bindir = env.tmp / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "runc"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'for a; do case "$a" in {"|".join(subcommands)}) echo "$a" >> {calls};; esac; done\n'
+        f'exec {RUNC.path} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return RuntimeConfig(str(wrapper), name="runc-named"), calls
+
+
 def test_runc_start_through_the_exec_fifo(env: Env) -> None:
     """runc's init is released by reading its exec fifo (no `runc start` exec): runc then
     reports it running and the output arrives. An init that died before start still fails
     the start with the runtime's own error, without hanging."""
-    calls = env.tmp / "calls"
-    bindir = env.tmp / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "runc"  # named runc: the fifo path applies
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'for a; do case "$a" in start|create) echo "$a" >> {calls};; esac; done\n'
-        f'exec {RUNC.path} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    logged = RuntimeConfig(str(wrapper), name="runc-named")
+    logged, calls = logging_runc(env, "start", "create")
     root = env.rt.runtime_root(logged, env.ns)
 
     def runc_status(id: str) -> str:
@@ -891,17 +897,7 @@ def test_runc_delete_of_an_exited_init_in_process(env: Env) -> None:
     """Once init has exited, the runtime state is removed without `runc delete` (its cgroups
     and state dir go); a container whose delete does more (poststop hooks, the host's pid
     namespace) still goes through runc, which runs the hooks."""
-    calls = env.tmp / "calls"
-    bindir = env.tmp / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "runc"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'for a; do case "$a" in delete) echo "$a" >> {calls};; esac; done\n'
-        f'exec {RUNC.path} "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    logged = RuntimeConfig(str(wrapper), name="runc-named")
+    logged, calls = logging_runc(env, "delete")
     root = env.rt.runtime_root(logged, env.ns)
 
     def deletes() -> int:
