@@ -10,6 +10,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,10 @@ class Daemon:
             finally:
                 await core.runtime.close()
                 core.db.close()
+                # Loaded only if a layer was unpacked (importing it would load the unpacker).
+                zygote = sys.modules.get("linerd.diff.zygote")
+                if zygote is not None:
+                    await asyncio.to_thread(zygote.ZYGOTE.close)
         finally:
             lock.release()
 

@@ -7,6 +7,7 @@ up to a switch interval for the GIL after each MiB). A child process stages the 
 
     python -m linerd.diff.worker <staging dir> <media type> <name> <control fd>
 
+(forked from the warm zygote, linerd.diff.zygote, or started so when there is none)
 reads the blob on stdin and writes one pickled `StagedLayer` (or the error) on stdout,
 without its entries. It keeps those and waits on the control fd for where to move the staged
 files (`apply_staged`); it answers with None (or the error) on stdout. At EOF on the control
@@ -25,6 +26,7 @@ import fcntl
 import gc
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from typing import IO, BinaryIO
 
 from linerd.core.types import Descriptor
 from linerd.diff.tarstream import Entry
+from linerd.diff.zygote import ZYGOTE, ZygoteError
 from linerd.errdefs import Internal, LinerError
 
 _CHUNK = 1 << 20
@@ -59,8 +62,8 @@ class StagedLayer:
 class StagedWorker:
     """A worker that staged a layer and waits to move its files into place."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], control: IO[bytes], name: str) -> None:
-        self._proc: subprocess.Popen[bytes] | None = proc
+    def __init__(self, proc: _Worker, control: IO[bytes], name: str) -> None:
+        self._proc: _Worker | None = proc
         self._control = control
         self._name = name
 
@@ -93,15 +96,8 @@ def stage_in_process(source: BinaryIO, staging: Path, media_type: str, name: str
     thread."""
     direct = _is_file(source)
     control_r, control_w = os.pipe()
-    argv = [sys.executable, "-m", "linerd.diff.worker", str(staging), media_type, name]
     try:
-        proc = subprocess.Popen(
-            [*argv, str(control_r)],
-            stdin=source if direct else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(control_r,),
-        )
+        proc = _start([str(staging), media_type, name], source if direct else None, control_r)
     except BaseException:
         os.close(control_w)
         raise
@@ -126,7 +122,78 @@ def stage_in_process(source: BinaryIO, staging: Path, media_type: str, name: str
     return staged
 
 
-def _answer(proc: subprocess.Popen[bytes], name: str) -> object:
+class _Forked:
+    """A worker forked by the zygote: the part of a Popen that staging uses."""
+
+    def __init__(
+        self, pid: int, pidfd: int, stdin: IO[bytes] | None, stdout: IO[bytes], stderr: IO[bytes]
+    ) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def kill(self) -> None:
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def wait(self) -> None:
+        if self._pidfd >= 0:
+            select.select([self._pidfd], [], [])  # readable once the worker has ended
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+_Worker = subprocess.Popen[bytes] | _Forked
+
+
+def _start(args: list[str], stdin: BinaryIO | None, control: int) -> _Worker:
+    """A worker for `args`, reading `stdin` (a file) or, if None, a pipe to feed."""
+    try:
+        return _fork(args, stdin, control)
+    except ZygoteError:
+        pass  # started the slow way instead
+    return subprocess.Popen(
+        [sys.executable, "-m", "linerd.diff.worker", *args, str(control)],
+        stdin=stdin if stdin is not None else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(control,),
+    )
+
+
+def _fork(args: list[str], stdin: BinaryIO | None, control: int) -> _Forked:
+    ours: list[int] = []
+    theirs: list[int] = []
+    try:
+        if stdin is None:
+            in_r, in_w = os.pipe()
+            theirs.append(in_r)
+            ours.append(in_w)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ours += [out_r, err_r]
+        theirs += [out_w, err_w]
+        child_in = stdin.fileno() if stdin is not None else theirs[0]
+        pid, pidfd = ZYGOTE.spawn(args, (child_in, out_w, err_w, control))
+    except BaseException:
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in theirs:
+            os.close(fd)
+    feed = os.fdopen(ours.pop(0), "wb") if stdin is None else None
+    return _Forked(pid, pidfd, feed, os.fdopen(ours[0], "rb"), os.fdopen(ours[1], "rb"))
+
+
+def preload() -> None:
+    """Import what staging and moving a layer need (the zygote, before it forks)."""
+    import linerd.diff.apply
+    import linerd.diff.compression  # noqa: F401
+
+
+def _answer(proc: _Worker, name: str) -> object:
     """The worker's next answer on its stdout; its error raised as it is."""
     try:
         result = pickle.load(proc.stdout)  # type: ignore[arg-type]
@@ -134,14 +201,14 @@ def _answer(proc: subprocess.Popen[bytes], name: str) -> object:
         # stderr first: a worker blocked on a full stderr pipe would never end.
         err = proc.stderr.read() if proc.stderr is not None else b""
         proc.wait()
-        why = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        why = err.decode(errors="replace").strip().splitlines()[-1:] or ["it ended unasked"]
         raise Internal(f"{name}: the unpack worker failed: {why[0]}") from None
     if isinstance(result, BaseException):
         raise result
     return result
 
 
-def _end(proc: subprocess.Popen[bytes]) -> None:
+def _end(proc: _Worker) -> None:
     proc.wait()
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
@@ -196,8 +263,9 @@ def main(argv: list[str]) -> int:
     os.umask(0)  # files are created with their modes (stage_tar)
     # Die with linerd: a worker left behind by a killed daemon would write into the staging
     # area the next daemon wipes. The signal comes when the *thread* that started us ends:
-    # linerd starts workers from executor threads, which live as long as the daemon (a
-    # worker waits for its target after that thread's call returned).
+    # the zygote's only thread (the zygote ends with linerd), or, started without one,
+    # linerd's executor threads, which live as long as the daemon (a worker waits for its
+    # target after that thread's call returned).
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:
         return 1
