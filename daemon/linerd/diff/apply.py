@@ -34,7 +34,7 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,6 +53,8 @@ _COPY_CHUNK = 1 << 20
 _IGNORED_XATTR_ERRNOS = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 Parts = tuple[str, ...]
+# What a lookup found in the merged view: (layer index, path relative to it, lstat).
+_Found = tuple[int, str, os.stat_result]
 
 _NODE_MODES = {
     tarstream.CHAR: stat.S_IFCHR,
@@ -304,12 +306,23 @@ class _Applier:
         Returns the topmost layer's path and lstat, or None if absent (or whited out).
         Walks component by component with lstat, so never through a symlink.
         """
+        walk = list(self._walk(parts))
+        found = walk[-1] if walk and len(walk) == len(parts) else None
+        if found is None:
+            return None
+        layer, rel, st = found
+        return Path(self._layers[layer], rel), st
+
+    def _walk(self, parts: Parts) -> Iterator[_Found | None]:
+        """What the merged view has at each prefix of `parts`, shortest first: the topmost
+        layer's (index, relative path, lstat), or None (absent or whited out), which ends
+        the walk, as a non-directory does. One walk answers for every prefix: lookups of
+        each prefix in turn cost O(depth^2) lstats."""
         layers = list(range(len(self._layers)))  # indices in self._layers, 0 the target
-        found: tuple[int, str, os.stat_result] | None = None
         for i in range(len(parts)):
             rel = "/".join(parts[: i + 1])
             merged: list[int] = []
-            found = None
+            found: _Found | None = None
             for layer in layers:
                 st = self._lstat(layer, rel)
                 if st is None:
@@ -328,17 +341,10 @@ class _Applier:
                 own = layer == 0 and parts[: i + 1] in self.opaque
                 if self._opaque(layer, rel) and not own:
                     break
-            if found is None:
-                return None
-            if not merged:  # a non-directory
-                if i != len(parts) - 1:
-                    return None
-                break
+            yield found
+            if found is None or not merged:
+                return
             layers = merged
-        if found is None:
-            return None
-        layer, rel, st = found
-        return Path(self._layers[layer], rel), st
 
     def _lstat(self, layer: int, rel: str) -> os.stat_result | None:
         """lstat of `rel` in layer `layer` (0: the target), None if absent. The parents'
@@ -681,11 +687,10 @@ class _Applier:
         """Overlay mode: directory `parts` is absent from the merged view (not created, so
         the upper dir gets no directory native mode would not have). A symlink or other
         non-directory on the way is not "absent": `_dir` refuses it, as native mode does."""
-        for i in range(1, len(parts) + 1):
-            found = self._lower_lookup(parts[:i])
+        for found in self._walk(parts):
             if found is None:
                 return True
-            if not stat.S_ISDIR(found[1].st_mode):
+            if not stat.S_ISDIR(found[2].st_mode):
                 return False
         return False
 
