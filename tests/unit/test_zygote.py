@@ -94,6 +94,26 @@ def test_an_idle_zygote_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     z.close()
 
 
+def test_the_zygote_stays_while_a_worker_waits_for_its_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    z = Zygote(idle=0.1)
+    monkeypatch.setattr(worker, "ZYGOTE", z)
+    got = stage(tmp_path, "a")  # its worker waits to be told where the files go
+    pid = z.pid
+    assert pid is not None
+    time.sleep(0.5)
+    assert z.pid == pid  # its workers would die with it
+    (tmp_path / "target").mkdir()
+    try:
+        apply_staged_to(got, tmp_path / "a", Target(tmp_path / "target", overlay=False))
+    finally:
+        got.close()
+    assert len(list((tmp_path / "target").rglob("*"))) == 9
+    assert eventually(lambda: z.pid is None) and eventually(gone(pid))
+    z.close()
+
+
 class Stalled(io.RawIOBase):
     """Half the blob, then nothing until released."""
 

@@ -37,7 +37,7 @@ from typing import IO, BinaryIO
 
 from linerd.core.types import Descriptor
 from linerd.diff.tarstream import Entry
-from linerd.diff.zygote import ZYGOTE, ZygoteError
+from linerd.diff.zygote import ZYGOTE, Zygote, ZygoteError
 from linerd.errdefs import Internal, LinerError
 
 _CHUNK = 1 << 20
@@ -126,9 +126,16 @@ class _Forked:
     """A worker forked by the zygote: the part of a Popen that staging uses."""
 
     def __init__(
-        self, pid: int, pidfd: int, stdin: IO[bytes] | None, stdout: IO[bytes], stderr: IO[bytes]
+        self,
+        zygote: Zygote,
+        pid: int,
+        pidfd: int,
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
     ) -> None:
         self.pid = pid
+        self._zygote = zygote
         self._pidfd = pidfd
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
 
@@ -142,6 +149,7 @@ class _Forked:
             select.select([self._pidfd], [], [])  # readable once the worker has ended
             os.close(self._pidfd)
             self._pidfd = -1
+            self._zygote.ended()
 
 
 _Worker = subprocess.Popen[bytes] | _Forked
@@ -175,7 +183,8 @@ def _fork(args: list[str], stdin: BinaryIO | None, control: int) -> _Forked:
         ours += [out_r, err_r]
         theirs += [out_w, err_w]
         child_in = stdin.fileno() if stdin is not None else theirs[0]
-        pid, pidfd = ZYGOTE.spawn(args, (child_in, out_w, err_w, control))
+        zygote = ZYGOTE
+        pid, pidfd = zygote.spawn(args, (child_in, out_w, err_w, control))
     except BaseException:
         for fd in ours:
             os.close(fd)
@@ -184,7 +193,7 @@ def _fork(args: list[str], stdin: BinaryIO | None, control: int) -> _Forked:
         for fd in theirs:
             os.close(fd)
     feed = os.fdopen(ours.pop(0), "wb") if stdin is None else None
-    return _Forked(pid, pidfd, feed, os.fdopen(ours[0], "rb"), os.fdopen(ours[1], "rb"))
+    return _Forked(zygote, pid, pidfd, feed, os.fdopen(ours[0], "rb"), os.fdopen(ours[1], "rb"))
 
 
 def preload() -> None:

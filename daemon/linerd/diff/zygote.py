@@ -3,8 +3,9 @@
 A new Python with the worker's modules takes ~0.1 s of CPU to start, and over 0.25 s of wall
 time while a pull keeps both cores busy: the worker of a pull's largest layer began that late
 and finished that late. The zygote imports those modules once; a worker is then a fork of it
-(a few ms). linerd starts the zygote with the first worker and stops it after IDLE seconds
-without one.
+(a few ms). linerd starts the zygote with the first worker and stops it once no worker has
+been alive for IDLE seconds (never before: its workers die with it, and a staged layer's
+worker may wait minutes for its parent layer to be unpacked).
 
     python -m linerd.diff.zygote <socket fd>
 
@@ -45,26 +46,43 @@ class Zygote:
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._timer: threading.Timer | None = None
+        self._alive = 0  # workers forked and not yet reported ended
 
     def spawn(self, args: Sequence[str], fds: Sequence[int]) -> tuple[int, int]:
         """Fork a worker given `args` and (stdin, stdout, stderr, control) `fds`; returns its
-        (pid, pidfd). The fds stay the caller's to close. Blocking."""
+        (pid, pidfd). The fds stay the caller's to close; the caller calls `ended` once the
+        worker has. Blocking."""
         request = pickle.dumps(list(args))
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            try:
-                # A zygote that died (or was killed) since its last fork fails the first try.
-                for _ in range(2):
-                    answer = self._ask(request, fds)
-                    if answer is not None:
-                        return answer
-                    self._stop()
-                raise ZygoteError("the unpack zygote did not answer")
-            finally:
-                self._timer = threading.Timer(self._idle, self.close)
+            self._disarm()
+            # A zygote that died (or was killed) since its last fork fails the first try.
+            for _ in range(2):
+                answer = self._ask(request, fds)
+                if answer is not None:
+                    self._alive += 1
+                    return answer
+                self._stop()
+            raise ZygoteError("the unpack zygote did not answer")
+
+    def ended(self) -> None:
+        """One of the workers has ended: with none left, the idle countdown starts."""
+        with self._lock:
+            self._alive -= 1
+            if not self._alive and self._sock is not None:
+                self._disarm()
+                self._timer = threading.Timer(self._idle, self._stop_if_idle)
                 self._timer.daemon = True
                 self._timer.start()
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if not self._alive:
+                self._stop()
 
     def _ask(self, request: bytes, fds: Sequence[int]) -> tuple[int, int] | None:
         try:
@@ -104,11 +122,10 @@ class Zygote:
                 proc.wait()
 
     def close(self) -> None:
-        """Stop the zygote (a later spawn starts another). Its workers carry on."""
+        """Stop the zygote now, and with it its workers (at shutdown). A later spawn starts
+        another."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._disarm()
             self._stop()
 
     @property
