@@ -337,6 +337,7 @@ class Daemon:
                         snapshotter=store.name,
                         directories=removed,
                     )
+                await store.measure_unmeasured()
             recovered = await core.runtime.recover_all()
             if recovered:
                 log.info(

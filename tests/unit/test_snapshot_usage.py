@@ -92,3 +92,25 @@ def test_usage_measures_a_snapshot_left_unmeasured(tmp_path: Path, db: Database)
         assert recorded(db, "c") == (usage.size, usage.inodes)
 
     asyncio.run(body())
+
+
+def test_start_up_measures_what_a_crash_left_unmeasured(tmp_path: Path, db: Database) -> None:
+    root = tmp_path / "snapshots"
+
+    async def commit() -> None:
+        store = SnapshotStore(db, OverlayBackend(), root)
+        await prepare_with_file(store, root, "k")
+        await store.commit("ns", "c", "k", {}, None)
+        await store.settle()
+
+    asyncio.run(commit())
+    db.run_sync(lambda c: c.execute(update(snapshots).values(size=UNMEASURED, inodes=UNMEASURED)))
+
+    async def restart() -> None:
+        store = SnapshotStore(db, OverlayBackend(), root)
+        await store.measure_unmeasured()
+        await store.settle()
+
+    asyncio.run(restart())
+    size, inodes = recorded(db, "c")
+    assert size >= 10000 and inodes == 1

@@ -6,7 +6,8 @@ directory after. `cleanup` removes what a crash left: directories no record name
 
 A committed snapshot's disk usage is measured after Commit returns, in the background: walking
 a large layer took ~60 ms of each unpack's critical path (containerd walks it inside Commit).
-Until then (or after a crash) the record says UNMEASURED, and Usage measures it on demand.
+Until then the record says UNMEASURED, and Usage measures it on demand; start-up measures what a
+crash left unmeasured.
 """
 
 from __future__ import annotations
@@ -403,6 +404,20 @@ class SnapshotStore:
         if usage.size == UNMEASURED:
             return await self._measure(snapshot_id)
         return usage
+
+    async def measure_unmeasured(self) -> None:
+        """In the background, measure the committed snapshots a crash left unmeasured."""
+        ids = await self._db.run(
+            lambda c: list(
+                c.scalars(
+                    select(snapshots.c.id).where(
+                        snapshots.c.snapshotter == self.name, snapshots.c.size == UNMEASURED
+                    )
+                )
+            )
+        )
+        for snapshot_id in ids:
+            self._in_background(self._measure(int(snapshot_id)))
 
     async def cleanup(self) -> list[str]:
         """Remove directories that no record names (left by a crash); returns their names."""
