@@ -277,6 +277,13 @@ def cmdlines() -> Iterator[tuple[int, list[str]]]:
             yield int(entry.name), raw.decode(errors="replace").rstrip("\0").split("\0")
 
 
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def proc_counts(pid: int, under: Path) -> dict[str, int]:
     """fds, threads, RSS (kB) of a process; mounts of its namespace that involve `under`."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -330,6 +337,10 @@ class Daemon:
 
     def helpers(self) -> list[int]:
         raise NotImplementedError
+
+    def zygotes(self) -> list[int]:
+        """Processes the daemon keeps for unpacking (liner's zygote, around pulls)."""
+        return []
 
     def stop(self) -> None:
         raise NotImplementedError
@@ -397,6 +408,13 @@ class LinerDaemon(Daemon):
             for pid, argv in cmdlines()
             if os.path.basename(argv[0]).startswith("conmon")
             and any(a.startswith(state) for a in argv)
+        ]
+
+    def zygotes(self) -> list[int]:
+        return [
+            pid
+            for pid, argv in cmdlines()
+            if argv[1:3] == ["-m", "linerd.diff.zygote"] and parent_of(pid) == self.pid
         ]
 
     def stop(self) -> None:
@@ -675,9 +693,12 @@ def bench_detached(daemons: list[Daemon], images: Images, res: Results, runs: in
     busy = res.metric("rss_busy", f"(d) daemon RSS with {n} running", "MB")
     h_rss = res.metric("helper_rss", "(d) RSS per helper (conmon / shim)", "MB")
     h_pss = res.metric("helper_pss", "(d) PSS per helper (conmon / shim)", "MB")
+    z_pss = res.metric("zygote_pss", "(d) PSS of liner's unpack zygote, if up", "MB")
     for i in range(runs):
         for d in alternate(daemons, i):
             idle.add(d.name, mem_kb(d.pid)["rss"] / 1024)
+            for pid in d.zygotes():  # not the daemon's RSS, so shown apart
+                z_pss.add(d.name, mem_kb(pid).get("pss", 0) / 1024)
             ids = [f"det-{i}-{k}" for k in range(n)]
             t0 = time.perf_counter()
             for cid in ids:
