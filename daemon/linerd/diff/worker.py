@@ -171,6 +171,8 @@ def _start(args: list[str], stdin: BinaryIO | None, control: int) -> _Worker:
 
 
 def _fork(args: list[str], stdin: BinaryIO | None, control: int) -> _Forked:
+    # Pipe ends: ours (stdin's write end first, when the worker reads no file; then stdout's
+    # and stderr's read ends) and the worker's, which the zygote passes on.
     ours: list[int] = []
     theirs: list[int] = []
     try:
@@ -210,7 +212,7 @@ def _answer(proc: _Worker, name: str) -> object:
         # stderr first: a worker blocked on a full stderr pipe would never end.
         err = proc.stderr.read() if proc.stderr is not None else b""
         proc.wait()
-        why = err.decode(errors="replace").strip().splitlines()[-1:] or ["it ended unasked"]
+        why = err.decode(errors="replace").strip().splitlines()[-1:] or ["no answer"]
         raise Internal(f"{name}: the unpack worker failed: {why[0]}") from None
     if isinstance(result, BaseException):
         raise result

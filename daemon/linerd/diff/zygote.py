@@ -146,12 +146,10 @@ def main(argv: list[str]) -> int:
     gc.freeze()  # the imported objects stay shared with the workers: no collection touches them
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
     while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 4)
-        except InterruptedError:
-            continue
+        msg, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 4)
         if not msg:
             return 0
+        args = pickle.loads(msg)  # before the fork: a child must never run this loop
         if len(fds) != 4:
             for fd in fds:
                 os.close(fd)
@@ -159,7 +157,7 @@ def main(argv: list[str]) -> int:
             continue
         pid = os.fork()
         if pid == 0:
-            _worker(sock, pickle.loads(msg), fds, worker.main)
+            _worker(sock, args, fds, worker.main)
         for fd in fds:
             os.close(fd)
         pidfd = os.pidfd_open(pid)
