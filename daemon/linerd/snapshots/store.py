@@ -271,7 +271,7 @@ class SnapshotStore:
         usage = await asyncio.to_thread(disk_usage, self.root / str(snapshot_id) / "fs")
 
         def record(conn: Connection) -> None:
-            # Only over UNMEASURED: the id may be a new snapshot's if this one was removed.
+            # Ids are never reused (AUTOINCREMENT): a snapshot removed meanwhile matches none.
             conn.execute(
                 update(snapshots)
                 .where(_BY_ID, snapshots.c.size == UNMEASURED)
