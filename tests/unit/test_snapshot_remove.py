@@ -27,7 +27,7 @@ def test_remove_moves_the_directory_aside_and_empties_it_in_the_background(
     async def body() -> None:
         await store.create("ns", "base", "", {}, SnapshotKind.ACTIVE, None)
         await store.commit("ns", "base-c", "base", {}, None)
-        for round in range(3):  # ids may be reused: the aside names must not collide
+        for round in range(3):  # each round moves a directory aside: names must not collide
             await store.create("ns", "k", "base-c", {}, SnapshotKind.ACTIVE, None)
             (snapshot_dir,) = [p for p in root.iterdir() if p.name != "1"]
             (snapshot_dir / "fs" / "file").write_text(str(round))

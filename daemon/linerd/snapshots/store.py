@@ -302,7 +302,7 @@ class SnapshotStore:
             self._discard(doomed)
 
     def _move_aside(self, snapshot_id: int) -> list[Path]:
-        # A unique name: ids can be reused while an earlier removal is still running.
+        # A unique name, whatever an earlier removal (still running, or cut by a crash) left.
         doomed = self.root / f"rm-{snapshot_id}-{secrets.token_hex(4)}"
         try:
             (self.root / str(snapshot_id)).rename(doomed)
