@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # The golang-*-dev packages carry containerd's own .proto files: a test compares ours with them.
 DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-registry skopeo \
 	umoci prometheus systemd golang-github-containerd-containerd-dev \
-	golang-github-containerd-cgroups-dev
+	golang-github-containerd-cgroups-dev containernetworking-plugins \
+	iptables
 STAMP := $(VENV)/.installed
 
 .PHONY: setup deps proto run test test-unit lint install bench clean
