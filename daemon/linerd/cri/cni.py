@@ -4,7 +4,7 @@
   plugin `.conf` is wrapped into a one-plugin list). No usable file = network not ready.
 - A pod gets two attachments: the built-in loopback list on `lo`, then the configured list on
   `eth0`. ADD runs the list's plugins in order, each getting the previous one's result as
-  `prevResult`; DEL runs them in reverse.
+  `prevResult`; DEL runs them all in reverse, even past a failing one.
 - The final ADD result is cached per network, container and interface, in libcni's own format
   (`<cache>/results/<network>-<container>-<ifname>`, kind `cniCacheV1`, with the config used).
   DEL reads it (prevResult, the same config and arguments), so a DEL after a daemon restart or a
@@ -499,8 +499,14 @@ class CNI:
             lo = await asyncio.to_thread(self._read_caches, sandbox_id, "lo")
             if lo is None:
                 lo = (_Attachment(self._loopback, sandbox_id, "lo", args, {}), None)
+            first: LinerError | None = None
             for attachment, result in [x for x in (main, lo) if x is not None]:
-                await self._delete(attachment, path, cached=result)
+                try:
+                    await self._delete(attachment, path, cached=result)
+                except LinerError as e:
+                    first = first or e
+            if first is not None:
+                raise first
 
     async def check(self, sandbox_id: str, netns_path: Path, pod: PodRef) -> None:
         """CHECK the configured network against the cached ADD result (spec 0.4.0+)."""
@@ -561,9 +567,18 @@ class CNI:
         env = self._env("DEL", a, netns_path)
         # prevResult on DEL arrived with spec 0.4.0; older plugins must not see it.
         prev = cached if _version_tuple(a.net.cni_version) >= (0, 4, 0) else None
+        # Unlike libcni, a failing plugin does not stop the others: one broken or missing
+        # plugin must not keep the rest holding addresses and rules. DEL is idempotent, so the
+        # retry (the cache stays until all succeed) repeats the ones that worked harmlessly.
+        first: LinerError | None = None
         for plugin in reversed(a.net.plugins):
             stdin = plugin_stdin(a.net, plugin, prev, a.capability_args)
-            await self._exec(str(plugin["type"]), "DEL", stdin, env)
+            try:
+                await self._exec(str(plugin["type"]), "DEL", stdin, env)
+            except LinerError as e:
+                first = first or e
+        if first is not None:
+            raise first
         await asyncio.to_thread(self._remove_cache, a.net.name, a.container_id, a.ifname)
 
     def _env(self, command: str, a: _Attachment, netns_path: str) -> dict[str, str]:
