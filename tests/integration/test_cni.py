@@ -8,6 +8,7 @@ is left: no netns mount, no lease, no iptables rule naming the sandbox, no bridg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -59,6 +60,7 @@ class Net:
     cache_dir: Path
     ipam_dir: Path
     netns_dir: Path
+    chains: frozenset[str] = frozenset()  # CNI's per-container chains before the test
 
     def client(self, conf_dir: Path | None = None) -> CNI:
         return CNI(conf_dir=conf_dir or self.conf_dir, cache_dir=self.cache_dir)
@@ -134,7 +136,12 @@ def net(tmp_path: Path) -> Iterator[Net]:
     n.conf_dir.mkdir()
     n.write([n.bridge_plugin(), {"type": "portmap", "capabilities": {"portMappings": True}}])
     forward = _ip_forward()  # bridge's isGateway turns forwarding on; give the host its value back
+    n.chains = _cni_chains()
     yield n
+    # A failed test may leave attachments: undo what the cache records before the checks.
+    for sandbox_id in {p.name.rsplit("-", 2)[1] for p in (n.cache_dir / "results").glob("*-*-*")}:
+        with contextlib.suppress(Exception):
+            _run(n.client().teardown(sandbox_id, None, PodRef("", "", "")))
     for path in netns.list_pinned(n.netns_dir):
         netns.remove(path)
     if _link_exists(n.bridge):
@@ -187,11 +194,21 @@ def _iptables() -> str:
     return subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
 
 
+def _cni_chains() -> frozenset[str]:
+    """portmap's CNI-DN-<hash> and bridge's CNI-<hash> chains (the shared CNI-HOSTPORT-* stay)."""
+    return frozenset(
+        line.split()[0][1:]
+        for line in _iptables().splitlines()
+        if line.startswith(":CNI-") and not line.startswith(":CNI-HOSTPORT-")
+    )
+
+
 def _assert_nothing_left(n: Net, ns: Path, sandbox_id: str) -> None:
     assert str(ns) not in Path("/proc/self/mountinfo").read_text()
     assert not ns.exists()
     assert n.leases() == []
     assert sandbox_id not in _iptables()
+    assert _cni_chains() <= n.chains
     assert not list((n.cache_dir / "results").glob(f"*{sandbox_id}*"))
 
 
