@@ -17,19 +17,21 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from linerd.cri import netns
 from linerd.cri.cni import CNI, DEFAULT_BIN_DIRS, PodRef, PortMapping
-from linerd.errdefs import FailedPrecondition
+from linerd.errdefs import FailedPrecondition, NotFound
 
 PLUGINS = ("bridge", "host-local", "portmap", "loopback")
 BUSYBOX = shutil.which("busybox")
+T = TypeVar("T")
 
 
 def _missing() -> str:
@@ -137,19 +139,24 @@ def net(tmp_path: Path) -> Iterator[Net]:
     n.write([n.bridge_plugin(), {"type": "portmap", "capabilities": {"portMappings": True}}])
     forward = _ip_forward()  # bridge's isGateway turns forwarding on; give the host its value back
     n.chains = _cni_chains()
-    yield n
-    # A failed test may leave attachments: undo what the cache records before the checks.
-    for sandbox_id in {p.name.rsplit("-", 2)[1] for p in (n.cache_dir / "results").glob("*-*-*")}:
-        with contextlib.suppress(Exception):
-            _run(n.client().teardown(sandbox_id, None, PodRef("", "", "")))
-    for path in netns.list_pinned(n.netns_dir):
-        netns.remove(path)
-    if _link_exists(n.bridge):
-        subprocess.run(["ip", "link", "del", n.bridge], check=True)
-    Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+    try:
+        yield n
+    finally:
+        # A failed test may leave attachments: undo what the cache records, then the rest.
+        cached = {p.name.rsplit("-", 2)[1] for p in (n.cache_dir / "results").glob("*-*-*")}
+        for sandbox_id in cached:
+            with contextlib.suppress(Exception):
+                _run(n.client().teardown(sandbox_id, None, PodRef("", "", "")))
+        try:
+            for path in netns.list_pinned(n.netns_dir):
+                netns.remove(path)
+            if _link_exists(n.bridge):
+                subprocess.run(["ip", "link", "del", n.bridge], check=True)
+        finally:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
 
 
-def _run(coro):  # type: ignore[no-untyped-def]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -314,3 +321,33 @@ def test_a_plugin_error_carries_the_plugin_message(net: Net) -> None:
         _run(net.client().setup(sandbox_id, ns, pod))
     netns.remove(ns)
     _assert_nothing_left(net, ns, sandbox_id)
+
+
+def test_netns_helpers_leave_the_daemons_threads_in_the_host_namespace(tmp_path: Path) -> None:
+    def own() -> str:
+        return os.readlink("/proc/thread-self/ns/net")
+
+    host = own()
+
+    async def scenario() -> tuple[str, str, str, str]:
+        ns = await asyncio.to_thread(netns.create, tmp_path / "netns")
+        inside = await netns.arun_in(ns, own)
+        sock = await netns.asocket_in(ns)
+        sock.close()
+        pool = await asyncio.to_thread(own)  # a worker thread that may have run the helpers
+        await asyncio.to_thread(netns.remove, ns)
+        return inside, own(), pool, str(ns)
+
+    inside, loop_thread, pool_thread, ns = asyncio.run(scenario())
+    assert inside != host and loop_thread == host and pool_thread == host
+    assert not netns.is_pinned(Path(ns)) and ns not in Path("/proc/self/mountinfo").read_text()
+
+    plain = tmp_path / "plain"
+    plain.touch()
+    with pytest.raises(NotFound, match="not a network namespace"):
+        netns.run_in(plain, own)
+    netns.remove(plain)  # never pinned: just unlinked
+    netns.remove(plain)
+    assert not plain.exists()
+    with pytest.raises(NotFound, match="does not exist"):
+        netns.run_in(plain, own)
