@@ -262,3 +262,24 @@ def test_check_honours_disable_check_and_old_versions(fakes: Fakes) -> None:
 def test_ids_that_would_escape_the_cache_are_refused(fakes: Fakes) -> None:
     with pytest.raises(InvalidArgument, match="invalid container id"):
         asyncio.run(fakes.client().setup("../x", fakes.netns, POD))
+
+
+def test_operations_on_one_sandbox_never_interleave(fakes: Fakes) -> None:
+    fakes.behave("ipam-ish", result=RESULT, sleep={"ADD": 0.2, "DEL": 0.2})
+    cni = fakes.client()
+
+    async def three() -> None:
+        await asyncio.gather(
+            cni.setup(SANDBOX, fakes.netns, POD),
+            cni.teardown(SANDBOX, fakes.netns, POD),
+            cni.setup(SANDBOX, fakes.netns, POD),
+        )
+
+    asyncio.run(three())
+    commands = [c[1] for c in _order(fakes.calls())]
+    # Each operation is 3 plugin runs (loopback + the 2-plugin list), in whichever order the
+    # operations got the lock, but one operation's runs are never mixed with another's.
+    runs = [commands[i : i + 3] for i in range(0, 9, 3)]
+    assert len(commands) == 9 and all(len(set(run)) == 1 for run in runs)
+    assert sorted(run[0] for run in runs) == ["ADD", "ADD", "DEL"]
+    assert cni._locks == {}

@@ -396,7 +396,7 @@ class CNI:
         self.ifname = ifname
         self.timeout = timeout
         self._loopback = parse_config_list(LOOPBACK_CONFIG, "built-in loopback")
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _Gate] = {}
 
     # -- config and status
 
@@ -475,7 +475,8 @@ class CNI:
         config and the given arguments are used. A netns that is gone is passed as "".
         """
         _check_id(sandbox_id)
-        path = str(netns_path) if netns_path is not None and netns.is_pinned(netns_path) else ""
+        pinned = netns_path is not None and await asyncio.to_thread(netns.is_pinned, netns_path)
+        path = str(netns_path) if pinned else ""
         args = cni_args(pod, sandbox_id)
         caps = capability_args(port_mappings, extra_capability_args)
         async with self._lock(sandbox_id):
@@ -540,12 +541,14 @@ class CNI:
     @contextlib.asynccontextmanager
     async def _lock(self, sandbox_id: str) -> AsyncIterator[None]:
         """The spec forbids concurrent operations on one container."""
-        lock = self._locks.setdefault(sandbox_id, asyncio.Lock())
+        gate = self._locks.setdefault(sandbox_id, _Gate())
+        gate.users += 1  # counted, not lock.locked(): a woken waiter has not taken it yet
         try:
-            async with lock:
+            async with gate.lock:
                 yield
         finally:
-            if not lock.locked() and self._locks.get(sandbox_id) is lock:
+            gate.users -= 1
+            if gate.users == 0:
                 del self._locks[sandbox_id]
 
     async def _add(self, a: _Attachment, netns_path: str) -> Mapping[str, Any]:
@@ -687,6 +690,12 @@ class CNI:
             attachment = _Attachment(net, container_id, ifname, args, caps)
             return attachment, result if isinstance(result, dict) else None
         return None
+
+
+@dataclass(slots=True)
+class _Gate:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 def _check_id(container_id: str) -> None:
