@@ -290,6 +290,16 @@ def test_several_signatures_one_valid(world: World) -> None:
     _agree(world, and_reject, f"{host}/pol/multi:v1", digest, False)
     (sigs / "signature-2").unlink()
     _agree(world, policy, f"{host}/pol/multi:v1", digest, False)
+    # A signature in no known format fails the image even next to a valid one.
+    (sigs / "signature-1").write_bytes(b"garbage, not OpenPGP")
+    (sigs / "signature-2").write_bytes(valid)
+    _agree(world, policy, f"{host}/pol/multi:v1", digest, False)
+    # An oversized signature is refused, not read whole. Here liner is deliberately stricter
+    # than skopeo 1.9.3, which reads a file:// lookaside without a size limit (only its HTTP
+    # reads are bounded) and then accepts signature-2.
+    (sigs / "signature-1").write_bytes(b"\xa3" + b"\0" * (5 << 20))
+    _skopeo, liner, message = _verdicts(world, policy, f"{host}/pol/multi:v1", digest)
+    assert not liner and "larger than" in message, message
 
 
 def test_default_reject_with_a_scope_that_accepts(world: World) -> None:

@@ -165,9 +165,12 @@ class Evaluator:
         signatures: _Signatures,
     ) -> str | None:
         """None when ``requirement`` accepts the image, else the reason in words."""
+        if signatures.unreadable:
+            # containers/image fails the image when any signature cannot be parsed, even if
+            # another one would verify: so does liner (skopeo's verdict is the reference).
+            return "; ".join(signatures.unreadable)
         reasons: list[str] = []
         if isinstance(requirement, SignedBy):
-            reasons += signatures.unreadable
             for blob in signatures.simple:
                 reason = await asyncio.to_thread(
                     _simple_signing, requirement, blob, ref, digest, manifest
@@ -176,7 +179,6 @@ class Evaluator:
                     return None
                 reasons.append(reason)
         elif isinstance(requirement, SigstoreSigned):
-            reasons += signatures.unreadable
             for attachment in signatures.sigstore:
                 if attachment.media_type != sigstore.SIGNATURE_MEDIA_TYPE:
                     continue
