@@ -101,6 +101,12 @@ def verify(keyring: Sequence[bytes], signature: bytes) -> Verified:
         )
     statuses = _statuses(result.stderr)
     names = [s[0] for s in statuses]
+    declared = [s[1] for s in statuses if s[0] == "PLAINTEXT_LENGTH" and len(s) > 1]
+    if len(result.stdout) >= MAX_PLAINTEXT_BYTES or any(
+        d.isdigit() and int(d) >= MAX_PLAINTEXT_BYTES for d in declared
+    ):
+        # gpg stops at --max-output: a compressed payload that inflates past the bound.
+        raise GPGError(f"signed payload larger than {MAX_PLAINTEXT_BYTES} bytes")
     for bad in _BAD_STATUSES:
         if bad in names:
             if bad == "ERRSIG" and "NO_PUBKEY" in names:
@@ -116,6 +122,4 @@ def verify(keyring: Sequence[bytes], signature: bytes) -> Verified:
     primary = validsig[10].upper() if len(validsig) > 10 else fingerprint
     if fingerprint not in trusted and primary not in trusted:
         raise GPGError(f"signature by key {fingerprint} is not accepted")
-    if len(result.stdout) > MAX_PLAINTEXT_BYTES:
-        raise GPGError(f"signed payload larger than {MAX_PLAINTEXT_BYTES} bytes")
     return Verified(result.stdout, primary if primary in trusted else fingerprint)
