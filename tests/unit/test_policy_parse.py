@@ -287,3 +287,14 @@ def test_other_transports_are_checked_but_kept_aside() -> None:
     policy = parse_policy(json.dumps(doc).encode())
     assert policy.requirements_for(from_pulled("busybox"))[0] == "default"
     assert "dir" in policy.other_transports
+
+
+def test_load_evaluator(tmp_path: Path) -> None:
+    from linerd.policy import load_evaluator_sync
+
+    assert load_evaluator_sync("", str(tmp_path), 1) is None
+    path = _write(tmp_path, json.dumps({"default": [{"type": "reject"}]}))
+    evaluator = load_evaluator_sync(str(path), str(tmp_path / "no-registries.d"), 7)
+    assert evaluator is not None and evaluator.generation == 7
+    with pytest.raises(PolicyError):
+        load_evaluator_sync(str(_write(tmp_path, "{")), "", 8)

@@ -8,6 +8,7 @@ the reference as pulled and the manifest digest actually fetched.
 
 from linerd.policy.errors import PolicyError
 from linerd.policy.evaluator import Evaluator, Verdict
+from linerd.policy.load import load_evaluator, load_evaluator_sync
 from linerd.policy.policyfile import Policy, load_policy, parse_policy
 from linerd.policy.registriesd import RegistriesD, load_dir, parse_files
 from linerd.policy.sigstore import Attachment, SignatureArtifacts
@@ -21,6 +22,8 @@ __all__ = [
     "SignatureArtifacts",
     "Verdict",
     "load_dir",
+    "load_evaluator",
+    "load_evaluator_sync",
     "load_policy",
     "parse_files",
     "parse_policy",

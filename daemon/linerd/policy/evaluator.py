@@ -182,7 +182,9 @@ class Evaluator:
             for attachment in signatures.sigstore:
                 if attachment.media_type != sigstore.SIGNATURE_MEDIA_TYPE:
                     continue
-                reason = _sigstore(requirement, attachment, ref, digest, manifest)
+                reason = await asyncio.to_thread(
+                    _sigstore, requirement, attachment, ref, digest, manifest
+                )
                 if reason is None:
                     return None
                 reasons.append(reason)

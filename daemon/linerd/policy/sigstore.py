@@ -9,6 +9,7 @@ bounded and a tag that resolves to an index is refused.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -77,6 +78,10 @@ class _Layer:
     annotations: dict[str, str]
 
 
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def attachment_tag(manifest_digest: str) -> str:
     algorithm, _, encoded = manifest_digest.partition(":")
     return f"{algorithm}-{encoded}.sig"
@@ -141,7 +146,8 @@ async def fetch_attachments(
         if layer.size > MAX_PAYLOAD_BYTES:
             raise AttachmentError(f"signature payload larger than {MAX_PAYLOAD_BYTES} bytes")
         blob = await artifacts.blob(repository, layer.digest, layer.size)
-        if len(blob) != layer.size or f"sha256:{hashlib.sha256(blob).hexdigest()}" != layer.digest:
+        actual = await asyncio.to_thread(_sha256_hex, blob)
+        if len(blob) != layer.size or f"sha256:{actual}" != layer.digest:
             raise AttachmentError(f"signature payload {layer.digest} does not match its digest")
         out.append(Attachment(layer.media_type, blob, layer.annotations))
     return out
