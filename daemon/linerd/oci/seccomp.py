@@ -350,7 +350,7 @@ def _convert(
             raise check.fail("defaultErrnoRet", f"not allowed with {out['defaultAction']}")
         out["defaultErrnoRet"] = check.uint(doc["defaultErrnoRet"], "defaultErrnoRet", MAX_ERRNO)
     out["architectures"] = _architectures(doc, check, arch)
-    flags = check.strings(doc.get("flags") or [], "flags", len(FLAGS))
+    flags = check.strings(_opt(doc, "flags", []), "flags", len(FLAGS))
     if flags:
         out["flags"] = [check.one_of(f, "flags", FLAGS) for f in flags]
     for key in ("listenerPath", "listenerMetadata"):
@@ -362,7 +362,7 @@ def _convert(
     if "listenerPath" in out and not os.path.isabs(out["listenerPath"]):
         raise check.fail("listenerPath", "must be absolute")
 
-    rules = check.array(doc.get("syscalls") or [], "syscalls", MAX_RULES)
+    rules = check.array(_opt(doc, "syscalls", []), "syscalls", MAX_RULES)
     total = 0
     syscalls: list[dict[str, Any]] = []
     for i, raw in enumerate(rules):
@@ -383,22 +383,28 @@ def _convert(
     return out
 
 
+def _opt(obj: Mapping[str, Any], key: str, empty: Any) -> Any:
+    """The field's value, ``empty`` when absent or null (a wrong type is still refused)."""
+    value = obj.get(key)
+    return empty if value is None else value
+
+
 def _architectures(doc: Mapping[str, Any], check: _Checker, arch: str) -> list[str]:
-    listed = doc.get("architectures") or []
-    arch_map = doc.get("archMap") or []
+    listed = check.strings(_opt(doc, "architectures", []), "architectures", 64)
+    arch_map = check.array(_opt(doc, "archMap", []), "archMap", 64)
     if listed and arch_map:
         raise check.fail("archMap", "give either architectures or archMap, not both")
     if listed:
         return [check.one_of(a, "architectures", ARCHITECTURES) for a in listed]
     native = seccomp_default.ARCH_MAP.get(arch, [""])[0]
     found: list[str] = []
-    for i, raw in enumerate(check.array(arch_map, "archMap", 64)):
+    for i, raw in enumerate(arch_map):
         field = f"archMap[{i}]"
         entry = check.mapping(raw, field, frozenset({"architecture", "subArchitectures"}))
         main = check.one_of(entry.get("architecture"), field + ".architecture", ARCHITECTURES)
         subs = [
             check.one_of(s, field + ".subArchitectures", ARCHITECTURES)
-            for s in check.strings(entry.get("subArchitectures") or [], field, 64)
+            for s in check.strings(_opt(entry, "subArchitectures", []), field, 64)
         ]
         if main == native and not found:
             found = [main, *subs]
@@ -427,7 +433,7 @@ def _rule(rule: Mapping[str, Any], names: list[str], check: _Checker, field: str
             raise check.fail(field + ".errnoRet", f"not allowed with {action}")
         out["errnoRet"] = check.uint(rule["errnoRet"], field + ".errnoRet", MAX_ERRNO)
     args = []
-    for j, raw in enumerate(check.array(rule.get("args") or [], field + ".args", MAX_ARGS)):
+    for j, raw in enumerate(check.array(_opt(rule, "args", []), field + ".args", MAX_ARGS)):
         where = f"{field}.args[{j}]"
         arg = check.mapping(raw, where, _ARG_KEYS)
         args.append(
@@ -452,12 +458,12 @@ def _applies(
     kernel: tuple[int, int],
 ) -> bool:
     """Docker's semantics: every include must hold, and no exclude may."""
-    inc = check.mapping(rule.get("includes") or {}, field + ".includes", _FILTER_KEYS)
-    exc = check.mapping(rule.get("excludes") or {}, field + ".excludes", _FILTER_KEYS)
-    inc_arches = check.strings(inc.get("arches") or [], field + ".includes.arches", 64)
-    inc_caps = check.strings(inc.get("caps") or [], field + ".includes.caps", 64)
-    exc_arches = check.strings(exc.get("arches") or [], field + ".excludes.arches", 64)
-    exc_caps = check.strings(exc.get("caps") or [], field + ".excludes.caps", 64)
+    inc = check.mapping(_opt(rule, "includes", {}), field + ".includes", _FILTER_KEYS)
+    exc = check.mapping(_opt(rule, "excludes", {}), field + ".excludes", _FILTER_KEYS)
+    inc_arches = check.strings(_opt(inc, "arches", []), field + ".includes.arches", 64)
+    inc_caps = check.strings(_opt(inc, "caps", []), field + ".includes.caps", 64)
+    exc_arches = check.strings(_opt(exc, "arches", []), field + ".excludes.arches", 64)
+    exc_caps = check.strings(_opt(exc, "caps", []), field + ".excludes.caps", 64)
     inc_kernel = _min_kernel(inc.get("minKernel"), check, field + ".includes.minKernel")
     exc_kernel = _min_kernel(exc.get("minKernel"), check, field + ".excludes.minKernel")
     if inc_arches and arch not in inc_arches:
