@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -34,10 +34,16 @@ from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.metadata.namespaces import NamespaceStore
 from linerd.prestage import Prestager
+from linerd.remotes.hosts import HostsConfig
 from linerd.runtime import TaskRuntime
 from linerd.runtime import resolve as runtime_resolve
 from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
+
+if TYPE_CHECKING:
+    from linerd.archive import Archives
+    from linerd.pull import Puller
+    from linerd.push import Pusher
 
 log = structlog.get_logger("linerd")
 
@@ -75,11 +81,21 @@ class Core:
     runtime: TaskRuntime
     runtimes: runtime_resolve.Runtimes
     local: Local
+    # Built on first use (`Deferred`): see there.
+    puller: Puller
+    pusher: Pusher
+    archives: Archives
 
 
-def build_core(config: Config) -> Core:
+def build_core(
+    config: Config,
+    hosts: Callable[[], HostsConfig],
+    on_unpack: Callable[[float], None] | None = None,
+) -> Core:
     """Open the database (migrating it) and build the stores and local services. Cheap
-    otherwise: pull, push and unpack machinery is built on first use (`Deferred`)."""
+    otherwise: pull, push and archive machinery is built on first use (`Deferred`).
+    `hosts` gives the registry configuration of the moment (a reload replaces it);
+    `on_unpack` gets each layer unpack's seconds."""
     root, state = Path(config.root), Path(config.state)
     db = Database(config.metadata.url or sqlite_url(root))
     db.migrate()
@@ -105,6 +121,27 @@ def build_core(config: Config) -> Core:
         {**runtime_resolve.builtin(state), **runtime_resolve.parse(config.runtimes)},
         config.default_runtime,
     )
+    scratch = state / "mnt"
+
+    def build_puller() -> Puller:
+        from linerd.pull import Puller
+
+        built = Puller(content, images, leases, snapshots, default, gc, hosts, scratch)
+        if on_unpack is not None:
+            built.on_unpack = on_unpack
+        return built
+
+    def build_pusher() -> Pusher:
+        from linerd.push import Pusher
+
+        return Pusher(content, images, leases, hosts)
+
+    def build_archives() -> Archives:
+        from linerd.archive import Archives
+
+        return Archives(content, images, leases, gc, cast("Puller", puller))
+
+    puller = Deferred(build_puller)
     return Core(
         root=root,
         state=state,
@@ -130,6 +167,9 @@ def build_core(config: Config) -> Core:
             snapshots=Snapshots(snapshots, default, gc, publisher),
             tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),
         ),
+        puller=cast("Puller", puller),
+        pusher=cast("Pusher", Deferred(build_pusher)),
+        archives=cast("Archives", Deferred(build_archives)),
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 import structlog
@@ -35,7 +35,7 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
-from linerd.assembly import Core, Deferred, build_core
+from linerd.assembly import Core, build_core
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.errdefs import LinerError
 from linerd.gc.collector import Collector
@@ -55,11 +55,6 @@ from linerd.services.snapshots import SnapshotsService
 from linerd.services.tasks import TasksService, encode_cgroup_metrics
 from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
-
-if TYPE_CHECKING:
-    from linerd.archive import Archives
-    from linerd.pull import Puller
-    from linerd.push import Pusher
 
 log = structlog.get_logger("linerd")
 
@@ -243,7 +238,9 @@ class Daemon:
         lock.acquire()
         try:
             _claim_socket(address)
-            core = await asyncio.to_thread(build_core, config)
+            core = await asyncio.to_thread(
+                build_core, config, lambda: self.hosts, self.metrics.unpack_seconds.observe
+            )
             for store in core.snapshots.values():
                 if removed := await store.cleanup():
                     log.warning(
@@ -274,45 +271,12 @@ class Daemon:
     def _table(self, core: Core, uuid: str) -> list[Registration]:
         """What linerd serves and lists, in Introspection's order; servicers are built by
         `_register`, once."""
-        config = self.config
-        scratch = Path(config.state) / "mnt"
+        scratch = core.state / "mnt"
         local = core.local
-
-        def build_puller() -> Puller:
-            from linerd.pull import Puller
-
-            puller = Puller(
-                core.content,
-                core.images,
-                core.leases,
-                core.snapshots,
-                core.default_snapshotter,
-                core.gc,
-                lambda: self.hosts,
-                scratch,
-            )
-            puller.on_unpack = self.metrics.unpack_seconds.observe
-            return puller
-
-        def build_pusher() -> Pusher:
-            from linerd.push import Pusher
-
-            return Pusher(core.content, core.images, core.leases, lambda: self.hosts)
-
-        def build_archives() -> Archives:
-            from linerd.archive import Archives
-
-            return Archives(core.content, core.images, core.leases, core.gc, puller.get())
-
-        puller = Deferred(build_puller)
 
         def transfer() -> TransferService:
             return TransferService(
-                cast("Puller", puller),
-                core.events,
-                self.metrics,
-                cast("Pusher", Deferred(build_pusher)),
-                cast("Archives", Deferred(build_archives)),
+                core.puller, core.events, self.metrics, core.pusher, core.archives
             )
 
         def grpc_plugin(

@@ -38,6 +38,7 @@ from linerd.errdefs import InvalidArgument, NotFound, OutOfRange
 from linerd.events import Event
 from linerd.local.tasks import Stdio
 from linerd.oci import spec as ocispec
+from linerd.remotes.hosts import HostsConfig
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +107,8 @@ async def opened(tmp: Path) -> AsyncIterator[tuple[Core, Observed]]:
     config = Config(root=str(tmp / "root"), state=str(tmp / "state"))
     for directory in (config.root, config.state):
         Path(directory).mkdir()
-    core = await asyncio.to_thread(build_core, config)
+    hosts = HostsConfig.from_dict({})
+    core = await asyncio.to_thread(build_core, config, lambda: hosts)
     observed = Observed(core)
     await observed.start()
     try:
