@@ -3,13 +3,17 @@ labelled reference may be left unreferenced)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from liner_api.containerd.events import container_pb2 as events
-from linerd.core.types import Container
-from linerd.gc.collector import Collector
-from linerd.local.events import Publisher
-from linerd.metadata.containers import ContainerStore
+
+if TYPE_CHECKING:
+    from linerd.core.types import Container
+    from linerd.gc.collector import Collector
+    from linerd.local.events import Publisher
+    from linerd.metadata.containers import ContainerStore
 
 
 class Containers:

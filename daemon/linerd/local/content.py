@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from liner_api.containerd.events import content_pb2 as events
-from linerd.content.store import ContentStore, Writer
-from linerd.core.types import ContentInfo, IngestStatus
 from linerd.errdefs import FailedPrecondition, NotFound, OutOfRange
-from linerd.gc.collector import Collector
-from linerd.local.events import Publisher
+
+if TYPE_CHECKING:
+    from linerd.content.store import ContentStore, Writer
+    from linerd.core.types import ContentInfo, IngestStatus
+    from linerd.gc.collector import Collector
+    from linerd.local.events import Publisher
 
 # Small blobs (manifests, indexes, configs) that clients read again and again are kept in
 # memory: a blob's bytes never change, so only the namespace's record is checked per read.

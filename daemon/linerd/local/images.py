@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from liner_api.containerd.events import image_pb2 as events
-from linerd.core.types import Image
-from linerd.gc.collector import Collector
-from linerd.local.events import Publisher
-from linerd.metadata.images import ImageStore
+
+if TYPE_CHECKING:
+    from linerd.core.types import Image
+    from linerd.gc.collector import Collector
+    from linerd.local.events import Publisher
+    from linerd.metadata.images import ImageStore
 
 
 class Images:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from linerd.core.types import Lease, LeaseResource
-from linerd.gc.collector import Collector
-from linerd.metadata.leases import LeaseStore
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from linerd.core.types import Lease, LeaseResource
+    from linerd.gc.collector import Collector
+    from linerd.metadata.leases import LeaseStore
 
 
 class Leases:

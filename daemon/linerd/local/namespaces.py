@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from liner_api.containerd.events import namespace_pb2 as events
-from linerd.core.types import Namespace
-from linerd.local.events import Publisher
-from linerd.metadata.namespaces import NamespaceStore
+
+if TYPE_CHECKING:
+    from linerd.core.types import Namespace
+    from linerd.local.events import Publisher
+    from linerd.metadata.namespaces import NamespaceStore
 
 
 class Namespaces:

@@ -3,12 +3,16 @@ containerd's snapshot events; a removal schedules GC (parents may be unreference
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from liner_api.containerd.events import snapshot_pb2 as events
 from linerd.core.types import Mount, SnapshotInfo, SnapshotKind, Usage
 from linerd.errdefs import InvalidArgument
-from linerd.gc.collector import Collector
-from linerd.local.events import Publisher
-from linerd.snapshots.store import SnapshotStore
+
+if TYPE_CHECKING:
+    from linerd.gc.collector import Collector
+    from linerd.local.events import Publisher
+    from linerd.snapshots.store import SnapshotStore
 
 
 class Snapshots:

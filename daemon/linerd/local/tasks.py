@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,8 +22,6 @@ from liner_api.containerd.runc.v1 import options_pb2
 from liner_api.containerd.types import mount_pb2
 from linerd.core.types import Container, Mount
 from linerd.errdefs import InvalidArgument, NotFound, NotImplementedYet
-from linerd.local.events import Publisher
-from linerd.metadata.containers import ContainerStore
 from linerd.runtime import (
     ExitInfo,
     PidInfo,
@@ -33,8 +31,12 @@ from linerd.runtime import (
     TaskRuntime,
     TaskStatus,
 )
-from linerd.runtime.resolve import Runtimes
-from linerd.snapshots.store import SnapshotStore
+
+if TYPE_CHECKING:
+    from linerd.local.events import Publisher
+    from linerd.metadata.containers import ContainerStore
+    from linerd.runtime.resolve import Runtimes
+    from linerd.snapshots.store import SnapshotStore
 
 RUNC_OPTIONS = "containerd.runc.v1.Options"
 _ACTIVE = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.CREATED)
