@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from types import ModuleType
+from typing import Any
 
 import grpc
 import structlog
@@ -34,24 +35,13 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
+from linerd.assembly import Core, build_core
 from linerd.config import RELOADABLE, Config, ConfigError
-from linerd.content.local import LocalStore
-from linerd.content.store import ContentStore
 from linerd.errdefs import LinerError
-from linerd.events import Exchange
 from linerd.gc.collector import Collector
 from linerd.log import setup as setup_logging
-from linerd.metadata.containers import ContainerStore
-from linerd.metadata.content import ContentRecords
-from linerd.metadata.db import Database, sqlite_url
-from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import LeaseStore
-from linerd.metadata.namespaces import NamespaceStore
 from linerd.metrics import Metrics, MetricsServer
-from linerd.prestage import Prestager
 from linerd.remotes.hosts import HostsConfig
-from linerd.runtime import TaskRuntime
-from linerd.runtime import resolve as runtime_resolve
 from linerd.services.containers import ContainersService
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
@@ -65,13 +55,6 @@ from linerd.services.snapshots import SnapshotsService
 from linerd.services.tasks import TasksService, encode_cgroup_metrics
 from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
-from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
-from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
-
-if TYPE_CHECKING:
-    from linerd.archive import Archives
-    from linerd.pull import Puller
-    from linerd.push import Pusher
 
 log = structlog.get_logger("linerd")
 
@@ -81,24 +64,6 @@ SHUTDOWN_GRACE = 10.0
 
 class StartupError(Exception):
     """linerd cannot start; the message says why in one line."""
-
-
-@dataclass(slots=True)
-class Core:
-    """Everything the services are built on."""
-
-    db: Database
-    namespaces: NamespaceStore
-    leases: LeaseStore
-    content: ContentStore
-    images: ImageStore
-    containers: ContainerStore
-    snapshots: dict[str, SnapshotStore]
-    default_snapshotter: str
-    gc: Collector
-    events: Exchange
-    runtime: TaskRuntime
-    runtimes: runtime_resolve.Runtimes
 
 
 class RootLock:
@@ -143,83 +108,48 @@ def _claim_socket(path: Path) -> None:
     raise StartupError(f"address {path} is in use by another server")
 
 
-def build_core(config: Config) -> Core:
-    root = Path(config.root)
-    db = Database(config.metadata.url or sqlite_url(root))
-    db.migrate()
-    local = LocalStore(root / "content")
-    for broken in local.remove_broken():
-        log.warning("removed a half-created ingest", path=str(broken))
-    content = ContentStore(local, ContentRecords(db))
-    namespaces = NamespaceStore(db)
-    namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
-    namespaces.register_holder("containers", ContainerStore.holds)
-    snapshots = _snapshotters(db, root)
-    content.prestager = Prestager(root / "snapshots" / "prestage")
-    gc = Collector(db, content)
-    gc.register_kind("snapshots", SnapshotsCollectable(snapshots))
-    for name, store in snapshots.items():
-        namespaces.register_holder(f"{name} snapshots", store.holds())
-    default = config.snapshots.default if config.snapshots.default in snapshots else "native"
-    return Core(
-        db=db,
-        namespaces=namespaces,
-        leases=LeaseStore(db),
-        content=content,
-        images=ImageStore(db),
-        containers=ContainerStore(db),
-        snapshots=snapshots,
-        default_snapshotter=default,
-        gc=gc,
-        events=Exchange(),
-        runtime=TaskRuntime(Path(config.state)),
-        runtimes=runtime_resolve.Runtimes(
-            {
-                **runtime_resolve.builtin(Path(config.state)),
-                **runtime_resolve.parse(config.runtimes),
-            },
-            config.default_runtime,
-        ),
-    )
+# containerd's plugin types, as Introspection lists them.
+GRPC = "io.containerd.grpc.v1"
+METADATA = "io.containerd.metadata.v1"
+CONTENT = "io.containerd.content.v1"
+SNAPSHOTTER = "io.containerd.snapshotter.v1"
+EVENT = "io.containerd.event.v1"
+GC = "io.containerd.gc.v1"
+RUNTIME = "io.containerd.runtime.v2"
 
 
-def _snapshotters(db: Database, root: Path) -> dict[str, SnapshotStore]:
-    base = root / "snapshots"
-    stores = {}
-    if overlay_supported(base / "check"):
-        stores["overlayfs"] = SnapshotStore(db, OverlayBackend(), base / "overlayfs")
-    else:
-        log.warning("overlay mounts fail here: the overlayfs snapshotter is not available")
-    stores["native"] = SnapshotStore(db, NativeBackend(), base / "native")
-    return stores
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A gRPC service: its generated modules, and how to build its servicer (at start-up)."""
+
+    pb2: ModuleType  # its services' full names are the health service's names
+    add: Callable[[Any, grpc.aio.Server], None]
+    build: Callable[[], Any]
 
 
-def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
-    grpc_plugins = [
-        PluginEntry("io.containerd.grpc.v1", name, requires)
-        for name, requires in [
-            ("version", ()),
-            ("introspection", ()),
-            ("namespaces", ("io.containerd.metadata.v1",)),
-            ("leases", ("io.containerd.metadata.v1",)),
-            ("content", ("io.containerd.metadata.v1",)),
-            ("images", ("io.containerd.metadata.v1", "io.containerd.gc.v1")),
-            ("containers", ("io.containerd.metadata.v1",)),
-            ("tasks", ("io.containerd.runtime.v2",)),
-            ("events", ("io.containerd.event.v1",)),
-            ("snapshots", ("io.containerd.snapshotter.v1",)),
-            ("diff", ("io.containerd.content.v1",)),
-        ]
-    ]
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """One entry of the registration table: a plugin as Introspection lists it, serving
+    `service` if it is a gRPC plugin."""
+
+    type: str
+    id: str
+    requires: tuple[str, ...] = ()
+    exports: tuple[tuple[str, str], ...] = ()
+    service: Service | None = None
+
+    @property
+    def plugin(self) -> PluginEntry:
+        return PluginEntry(self.type, self.id, self.requires, self.exports)
+
+
+def health_names(table: list[Registration]) -> list[str]:
+    """The full names of every service the table serves (what the health service answers for)."""
     return [
-        PluginEntry("io.containerd.content.v1", "content"),
-        PluginEntry("io.containerd.metadata.v1", "sqlite", ("io.containerd.content.v1",)),
-        PluginEntry("io.containerd.event.v1", "exchange"),
-        *(PluginEntry("io.containerd.snapshotter.v1", name) for name in snapshotters),
-        PluginEntry("io.containerd.gc.v1", "scheduler", ("io.containerd.metadata.v1",)),
-        PluginEntry("io.containerd.runtime.v2", "task"),
-        PluginEntry("io.containerd.runtime.v2", "task"),
-        *grpc_plugins,
+        s.full_name
+        for entry in table
+        if entry.service is not None
+        for s in entry.service.pb2.DESCRIPTOR.services_by_name.values()
     ]
 
 
@@ -229,27 +159,6 @@ async def _watchdog() -> None:
     while interval:
         systemd.notify("WATCHDOG=1")
         await asyncio.sleep(interval)
-
-
-class _Deferred:
-    """Stands for an object built on first use (attribute access), once.
-
-    Pulls, pushes and archives import the registry client (httpx, ~6 MB and ~0.2 s of
-    imports) and the layer decompressors; a daemon that is never asked for them never loads
-    them.
-    """
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build: Callable[[], Any] | None = build
-        self._target: Any = None
-
-    def get(self) -> Any:
-        if self._build is not None:
-            self._target, self._build = self._build(), None
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)
 
 
 class _HeapTrimmer:
@@ -329,7 +238,9 @@ class Daemon:
         lock.acquire()
         try:
             _claim_socket(address)
-            core = await asyncio.to_thread(build_core, config)
+            core = await asyncio.to_thread(
+                build_core, config, lambda: self.hosts, self.metrics.unpack_seconds.observe
+            )
             for store in core.snapshots.values():
                 if removed := await store.cleanup():
                     log.warning(
@@ -357,112 +268,136 @@ class Daemon:
         finally:
             lock.release()
 
-    async def _register(self, server: grpc.aio.Server, core: Core, uuid: str) -> list[str]:
-        """Add every service; returns their full names (for the health service)."""
-        config = self.config
-        scratch = Path(config.state) / "mnt"
+    def _table(self, core: Core, uuid: str) -> list[Registration]:
+        """What linerd serves and lists, in Introspection's order; servicers are built by
+        `_register`, once."""
+        scratch = core.state / "mnt"
+        local = core.local
 
-        def build_puller() -> Puller:
-            from linerd.pull import Puller
-
-            puller = Puller(
-                core.content,
-                core.images,
-                core.leases,
-                core.snapshots,
-                core.default_snapshotter,
-                core.gc,
-                lambda: self.hosts,
-                scratch,
+        def transfer() -> TransferService:
+            return TransferService(
+                core.puller, core.events, self.metrics, core.pusher, core.archives
             )
-            puller.on_unpack = self.metrics.unpack_seconds.observe
-            return puller
 
-        def build_pusher() -> Pusher:
-            from linerd.push import Pusher
+        def grpc_plugin(
+            id: str,
+            requires: tuple[str, ...],
+            pb2: ModuleType,
+            add: Callable[[Any, grpc.aio.Server], None],
+            build: Callable[[], Any],
+        ) -> Registration:
+            return Registration(GRPC, id, requires, service=Service(pb2, add, build))
 
-            return Pusher(core.content, core.images, core.leases, lambda: self.hosts)
-
-        def build_archives() -> Archives:
-            from linerd.archive import Archives
-
-            return Archives(core.content, core.images, core.leases, core.gc, puller.get())
-
-        puller = _Deferred(build_puller)
-        services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
-            (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
-            (
-                introspection_pb2_grpc.add_IntrospectionServicer_to_server,
-                IntrospectionService(uuid, _plugins(list(core.snapshots))),
+        table = [
+            Registration(CONTENT, "content", exports=(("root", str(core.root / "content")),)),
+            Registration(
+                METADATA,
+                "sqlite",
+                (CONTENT,),
+                exports=(("root", str(core.root)), ("state", str(core.state))),
             ),
-            (
-                namespaces_pb2_grpc.add_NamespacesServicer_to_server,
-                NamespacesService(core.namespaces, core.events),
+            Registration(EVENT, "exchange"),
+            *(
+                Registration(SNAPSHOTTER, name, exports=(("root", str(store.root)),))
+                for name, store in core.snapshots.items()
             ),
-            (leases_pb2_grpc.add_LeasesServicer_to_server, LeasesService(core.leases, core.gc)),
-            (
-                content_pb2_grpc.add_ContentServicer_to_server,
-                ContentService(core.content, core.gc, core.events),
-            ),
-            (events_pb2_grpc.add_EventsServicer_to_server, EventsService(core.events)),
-            (
-                diff_pb2_grpc.add_DiffServicer_to_server,
-                DiffService(core.content, Path(config.root) / "snapshots", scratch),
-            ),
-            (
-                snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
-                SnapshotsService(core.snapshots, core.default_snapshotter, core.gc, core.events),
-            ),
-            (
-                images_pb2_grpc.add_ImagesServicer_to_server,
-                ImagesService(core.images, core.gc, core.events),
-            ),
-            (
-                containers_pb2_grpc.add_ContainersServicer_to_server,
-                ContainersService(core.containers, core.gc, core.events),
-            ),
-            (
-                tasks_pb2_grpc.add_TasksServicer_to_server,
-                TasksService(
-                    core.runtime,
-                    core.runtimes,
-                    core.containers,
-                    core.snapshots,
-                    core.events,
-                    encode_cgroup_metrics,
-                ),
-            ),
-            (
-                transfer_pb2_grpc.add_TransferServicer_to_server,
-                TransferService(
-                    cast("Puller", puller),
-                    core.events,
-                    self.metrics,
-                    cast("Pusher", _Deferred(build_pusher)),
-                    cast("Archives", _Deferred(build_archives)),
-                ),
-            ),
-        ]
-        for add, servicer in services:
-            add(servicer, server)
-        names = [
-            s.full_name
-            for module in (
+            Registration(GC, "scheduler", (METADATA,)),
+            Registration(RUNTIME, "task"),
+            grpc_plugin(
+                "version",
+                (),
                 version_pb2,
+                version_pb2_grpc.add_VersionServicer_to_server,
+                VersionService,
+            ),
+            grpc_plugin(
+                "introspection",
+                (),
                 introspection_pb2,
+                introspection_pb2_grpc.add_IntrospectionServicer_to_server,
+                lambda: IntrospectionService(uuid, [entry.plugin for entry in table]),
+            ),
+            grpc_plugin(
+                "namespaces",
+                (METADATA,),
                 namespaces_pb2,
+                namespaces_pb2_grpc.add_NamespacesServicer_to_server,
+                lambda: NamespacesService(local.namespaces),
+            ),
+            grpc_plugin(
+                "leases",
+                (METADATA,),
                 leases_pb2,
+                leases_pb2_grpc.add_LeasesServicer_to_server,
+                lambda: LeasesService(local.leases),
+            ),
+            grpc_plugin(
+                "content",
+                (METADATA,),
                 content_pb2,
-                events_pb2,
-                diff_pb2,
-                snapshots_pb2,
+                content_pb2_grpc.add_ContentServicer_to_server,
+                lambda: ContentService(local.content),
+            ),
+            grpc_plugin(
+                "images",
+                (METADATA, GC),
                 images_pb2,
+                images_pb2_grpc.add_ImagesServicer_to_server,
+                lambda: ImagesService(local.images),
+            ),
+            grpc_plugin(
+                "containers",
+                (METADATA,),
                 containers_pb2,
+                containers_pb2_grpc.add_ContainersServicer_to_server,
+                lambda: ContainersService(local.containers),
+            ),
+            grpc_plugin(
+                "tasks",
+                (RUNTIME,),
                 tasks_pb2,
+                tasks_pb2_grpc.add_TasksServicer_to_server,
+                lambda: TasksService(local.tasks, encode_cgroup_metrics),
+            ),
+            grpc_plugin(
+                "events",
+                (EVENT,),
+                events_pb2,
+                events_pb2_grpc.add_EventsServicer_to_server,
+                lambda: EventsService(core.events),
+            ),
+            grpc_plugin(
+                "snapshots",
+                (SNAPSHOTTER,),
+                snapshots_pb2,
+                snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
+                lambda: SnapshotsService(local.snapshots),
+            ),
+            grpc_plugin(
+                "diff",
+                (CONTENT,),
+                diff_pb2,
+                diff_pb2_grpc.add_DiffServicer_to_server,
+                lambda: DiffService(core.content, core.root / "snapshots", scratch),
+            ),
+            # liner's own API (pull, push, import, export), not containerd's Transfer.
+            grpc_plugin(
+                "liner.transfer",
+                (CONTENT, METADATA, SNAPSHOTTER),
                 transfer_pb2,
-            )
-            for s in module.DESCRIPTOR.services_by_name.values()
+                transfer_pb2_grpc.add_TransferServicer_to_server,
+                transfer,
+            ),
         ]
+        return table
+
+    async def _register(self, server: grpc.aio.Server, core: Core, uuid: str) -> list[str]:
+        """Add every service of the table; returns their full names (for the health service)."""
+        table = self._table(core, uuid)
+        for entry in table:
+            if entry.service is not None:
+                entry.service.add(entry.service.build(), server)
+        names = health_names(table)
         health = health_aio.HealthServicer()
         for name in ["", *names]:
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,3 +117,12 @@ def test_content_label_and_active(linerd: Linerd) -> None:
     listed = rows(ctr(linerd, "content", "ls").stdout)
     assert listed[0][0] == digest and "containerd.io/gc.root=yes" in listed[0][-1]
     assert rows(ctr(linerd, "content", "active").stdout) == []
+
+
+def test_plugins_ls(linerd: Linerd) -> None:
+    listed = rows(ctr(linerd, "plugins", "ls").stdout)
+    assert ["io.containerd.grpc.v1", "tasks", "-", "ok"] in listed
+    assert len({(r[0], r[1]) for r in listed}) == len(listed)
+    detail = ctr(linerd, "plugins", "ls", "-d", "id==sqlite").stdout.decode()
+    assert re.search(rf"root\s+{re.escape(str(linerd.root))}\n", detail)
+    assert re.search(rf"state\s+{re.escape(str(linerd.state))}\n", detail)

@@ -134,6 +134,23 @@ def test_plugins(chan: grpc.Channel) -> None:
     assert [p.id for p in one] == ["leases"]
 
 
+def test_plugins_are_listed_once_and_export_the_daemons_directories(
+    daemon: Linerd, chan: grpc.Channel
+) -> None:
+    plugins = (
+        introspection_pb2_grpc.IntrospectionStub(chan)
+        .Plugins(introspection_pb2.PluginsRequest())
+        .plugins
+    )
+    keys = [(p.type, p.id) for p in plugins]
+    assert len(keys) == len(set(keys))
+    by_key = {(p.type, p.id): p for p in plugins}
+    metadata = by_key[("io.containerd.metadata.v1", "sqlite")]
+    assert dict(metadata.exports) == {"root": str(daemon.root), "state": str(daemon.state)}
+    content = by_key[("io.containerd.content.v1", "content")]
+    assert dict(content.exports) == {"root": str(daemon.root / "content")}
+
+
 # -- Namespaces ---------------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from linerd.services.content import SmallBlobs
+from linerd.local.content import SmallBlobs
 
 pytestmark = pytest.mark.unit
 

@@ -139,6 +139,7 @@ class Collector:
         self.max_spacing = 1.0
         self._last_end = float("-inf")
         self._last_cost = 0.0
+        self._observers: list[Callable[[str], None]] = []
 
     def register_kind(self, name: str, kind: Kind) -> None:
         self._kinds[name] = kind
@@ -146,8 +147,15 @@ class Collector:
     def register_roots(self, source: RootSource) -> None:
         self._roots.append(source)
 
+    def observe(self, observer: Callable[[str], None]) -> None:
+        """Call `observer("schedule")` on each `schedule()` and `observer("collect")` when a
+        collection starts: what a caller asked of the collector, seen without racing it."""
+        self._observers.append(observer)
+
     def schedule(self) -> None:
         """Ask for a collection soon (after a delete); cheap to call often."""
+        for observer in self._observers:
+            observer("schedule")
         self._wake.set()
 
     def _spacing(self) -> float:
@@ -173,6 +181,8 @@ class Collector:
 
     async def collect(self) -> Stats:
         """One full collection. Holds the content store's gc lock, so no commit interleaves."""
+        for observer in self._observers:
+            observer("collect")
         async with self._content.gc_lock:
             started = time.monotonic()
             stats, recorded, cleanups = await self._db.run(self._sweep_records)

@@ -5,17 +5,13 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.empty_pb2 import Empty
-from google.protobuf.message import Message
 
-from liner_api.containerd.events import container_pb2 as events_pb2
 from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from linerd import context
 from linerd.core import filters
 from linerd.core.types import Container, Encoded
-from linerd.events import Exchange
-from linerd.gc.collector import Collector
-from linerd.metadata.containers import ContainerStore
-from linerd.services.convert import pack, timestamp
+from linerd.local.containers import Containers
+from linerd.services.convert import timestamp
 
 
 def _any(value: Encoded | None) -> AnyPb | None:
@@ -69,23 +65,17 @@ def _adaptor(c: Container) -> filters.Adaptor:
 
 
 class ContainersService(containers_pb2_grpc.ContainersServicer):
-    def __init__(self, store: ContainerStore, gc: Collector, events: Exchange) -> None:
-        self._store = store
-        self._gc = gc
-        self._events = events
-
-    def _publish(self, topic: str, event: Message) -> None:
-        any_ = pack(event)
-        self._events.publish(context.namespace(), topic, any_.type_url, any_.value)
+    def __init__(self, local: Containers) -> None:
+        self._local = local
 
     async def _matching(self, request: containers_pb2.ListContainersRequest) -> list[Container]:
         match = filters.parse_all(list(request.filters))
-        return [c for c in await self._store.list(context.namespace()) if match.match(_adaptor(c))]
+        return [c for c in await self._local.list(context.namespace()) if match.match(_adaptor(c))]
 
     async def Get(
         self, request: containers_pb2.GetContainerRequest, ctx: grpc.aio.ServicerContext
     ) -> containers_pb2.GetContainerResponse:
-        container = await self._store.get(context.namespace(), request.id)
+        container = await self._local.get(context.namespace(), request.id)
         return containers_pb2.GetContainerResponse(container=to_pb(container))
 
     async def List(
@@ -106,41 +96,19 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
     async def Create(
         self, request: containers_pb2.CreateContainerRequest, ctx: grpc.aio.ServicerContext
     ) -> containers_pb2.CreateContainerResponse:
-        container = await self._store.create(context.namespace(), from_pb(request.container))
-        self._publish(
-            "/containers/create",
-            events_pb2.ContainerCreate(
-                id=container.id,
-                image=container.image,
-                runtime=events_pb2.ContainerCreate.Runtime(
-                    name=container.runtime, options=_any(container.runtime_options)
-                ),
-            ),
-        )
+        container = await self._local.create(context.namespace(), from_pb(request.container))
         return containers_pb2.CreateContainerResponse(container=to_pb(container))
 
     async def Update(
         self, request: containers_pb2.UpdateContainerRequest, ctx: grpc.aio.ServicerContext
     ) -> containers_pb2.UpdateContainerResponse:
-        container = await self._store.update(
+        container = await self._local.update(
             context.namespace(), from_pb(request.container), list(request.update_mask.paths)
         )
-        self._publish(
-            "/containers/update",
-            events_pb2.ContainerUpdate(
-                id=container.id,
-                image=container.image,
-                labels=container.labels,
-                snapshot_key=container.snapshot_key,
-            ),
-        )
-        self._gc.schedule()
         return containers_pb2.UpdateContainerResponse(container=to_pb(container))
 
     async def Delete(
         self, request: containers_pb2.DeleteContainerRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        await self._store.delete(context.namespace(), request.id)
-        self._publish("/containers/delete", events_pb2.ContainerDelete(id=request.id))
-        self._gc.schedule()
+        await self._local.delete(context.namespace(), request.id)
         return Empty()

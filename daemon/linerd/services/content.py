@@ -1,50 +1,23 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from liner_api.containerd.events import content_pb2 as events_pb2
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from linerd import context
-from linerd.content.store import ContentStore, Writer
+from linerd.content.store import Writer
 from linerd.core import filters
 from linerd.core.types import ContentInfo, IngestStatus
-from linerd.errdefs import FailedPrecondition, InvalidArgument, NotFound, OutOfRange
-from linerd.events import Exchange
-from linerd.gc.collector import Collector
-from linerd.services.convert import pack, timestamp
+from linerd.errdefs import InvalidArgument
+from linerd.local.content import Content
+from linerd.services.convert import timestamp
 
 STAT = content_pb2.WriteAction.Value("STAT")
 WRITE = content_pb2.WriteAction.Value("WRITE")
 COMMIT = content_pb2.WriteAction.Value("COMMIT")
 _LIST_BATCH = 100
-# Small blobs (manifests, indexes, configs) that clients read again and again are kept in
-# memory: a blob's bytes never change, so only the namespace's record is checked per read.
-SMALL_BLOB = 256 << 10
-SMALL_BLOBS_TOTAL = 4 << 20
-
-
-class SmallBlobs:
-    """Bytes of small blobs by digest, at most `total` bytes (oldest dropped first)."""
-
-    def __init__(self, total: int = SMALL_BLOBS_TOTAL) -> None:
-        self._total = total
-        self._size = 0
-        self._items: dict[str, bytes] = {}
-
-    def get(self, digest: str) -> bytes | None:
-        return self._items.get(digest)
-
-    def put(self, digest: str, data: bytes) -> None:
-        if digest in self._items or len(data) > self._total:
-            return
-        while self._items and self._size + len(data) > self._total:
-            self._size -= len(self._items.pop(next(iter(self._items))))
-        self._items[digest] = data
-        self._size += len(data)
 
 
 def _info(info: ContentInfo) -> content_pb2.Info:
@@ -69,22 +42,19 @@ def _status(status: IngestStatus) -> content_pb2.Status:
 
 
 class ContentService(content_pb2_grpc.ContentServicer):
-    def __init__(self, store: ContentStore, gc: Collector, events: Exchange) -> None:
-        self._store = store
-        self._gc = gc
-        self._events = events
-        self._small = SmallBlobs()
+    def __init__(self, local: Content) -> None:
+        self._local = local
 
     async def Info(
         self, request: content_pb2.InfoRequest, ctx: grpc.aio.ServicerContext
     ) -> content_pb2.InfoResponse:
-        info = await self._store.info(context.namespace(), request.digest)
+        info = await self._local.info(context.namespace(), request.digest)
         return content_pb2.InfoResponse(info=_info(info))
 
     async def Update(
         self, request: content_pb2.UpdateRequest, ctx: grpc.aio.ServicerContext
     ) -> content_pb2.UpdateResponse:
-        info = await self._store.update(
+        info = await self._local.update(
             context.namespace(),
             request.info.digest,
             dict(request.info.labels),
@@ -97,7 +67,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
     ) -> AsyncIterator[content_pb2.ListContentResponse]:
         match = filters.parse_all(list(request.filters))
         batch: list[content_pb2.Info] = []
-        for info in await self._store.list(context.namespace()):
+        for info in await self._local.list(context.namespace()):
             fields = {"digest": info.digest, "size": str(info.size)}
             if match.match(filters.dict_adaptor(fields, info.labels)):
                 batch.append(_info(info))
@@ -110,45 +80,14 @@ class ContentService(content_pb2_grpc.ContentServicer):
     async def Delete(
         self, request: content_pb2.DeleteContentRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        namespace = context.namespace()
-        await self._store.delete(namespace, request.digest)
-        event = pack(events_pb2.ContentDelete(digest=request.digest))
-        self._events.publish(namespace, "/content/delete", event.type_url, event.value)
-        self._gc.schedule()
+        await self._local.delete(context.namespace(), request.digest)
         return Empty()
-
-    async def _small_blob(self, namespace: str, digest: str) -> bytes | None:
-        """The whole blob if it is small (NotFound without this namespace's record)."""
-        info = await self._store.info(namespace, digest)
-        if info.size > SMALL_BLOB:
-            return None
-        data = self._small.get(info.digest)
-        if data is None:
-            try:
-                data = await asyncio.to_thread(self._store.local.read, info.digest, 0, info.size)
-            except FileNotFoundError as e:
-                raise NotFound(f"content digest {digest} not found") from e
-            if len(data) != info.size:
-                raise FailedPrecondition(f"blob {digest} is shorter than its record")
-            self._small.put(info.digest, data)
-        return data
 
     async def Read(
         self, request: content_pb2.ReadContentRequest, ctx: grpc.aio.ServicerContext
     ) -> AsyncIterator[content_pb2.ReadContentResponse]:
-        namespace, offset = context.namespace(), request.offset
-        data = await self._small_blob(namespace, request.digest)
-        if data is not None:
-            # The same answers as the store's chunked read, without a file read per call.
-            if offset < 0 or offset > len(data):
-                raise OutOfRange(
-                    f"offset {offset} is outside blob {request.digest} of {len(data)} bytes"
-                )
-            end = len(data) if request.size <= 0 else min(len(data), offset + request.size)
-            if offset < end:
-                yield content_pb2.ReadContentResponse(offset=offset, data=data[offset:end])
-            return
-        chunks = await self._store.read(namespace, request.digest, offset, request.size)
+        offset = request.offset
+        chunks = await self._local.read(context.namespace(), request.digest, offset, request.size)
         async for data in chunks:
             yield content_pb2.ReadContentResponse(offset=offset, data=data)
             offset += len(data)
@@ -156,7 +95,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
     async def Status(
         self, request: content_pb2.StatusRequest, ctx: grpc.aio.ServicerContext
     ) -> content_pb2.StatusResponse:
-        status = await self._store.status(context.namespace(), request.ref)
+        status = await self._local.status(context.namespace(), request.ref)
         return content_pb2.StatusResponse(status=_status(status))
 
     async def ListStatuses(
@@ -165,7 +104,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         match = filters.parse_all(list(request.filters))
         statuses = [
             _status(s)
-            for s in await self._store.list_statuses(context.namespace())
+            for s in await self._local.list_statuses(context.namespace())
             if match.match(filters.dict_adaptor({"ref": s.ref, "expected": s.expected}))
         ]
         return content_pb2.ListStatusesResponse(statuses=statuses)
@@ -173,7 +112,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
     async def Abort(
         self, request: content_pb2.AbortRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        await self._store.abort(context.namespace(), request.ref)
+        await self._local.abort(context.namespace(), request.ref)
         return Empty()
 
     async def Write(
@@ -191,13 +130,8 @@ class ContentService(content_pb2_grpc.ContentServicer):
                 if writer is None:
                     if not request.ref:
                         raise InvalidArgument("first message must have a reference")
-                    writer = await self._store.writer(
-                        namespace,
-                        request.ref,
-                        request.total,
-                        request.expected,
-                        context.lease(),
-                        prestage=True,
+                    writer = await self._local.writer(
+                        namespace, request.ref, request.total, request.expected, context.lease()
                     )
                 if request.total > 0:
                     total = request.total

@@ -7,8 +7,7 @@ from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from linerd import context
 from linerd.core import filters
 from linerd.core.types import Lease, LeaseResource
-from linerd.gc.collector import Collector
-from linerd.metadata.leases import LeaseStore
+from linerd.local.leases import Leases
 from linerd.services.convert import timestamp
 
 
@@ -23,24 +22,19 @@ def _resource(resource: leases_pb2.Resource) -> LeaseResource:
 
 
 class LeasesService(leases_pb2_grpc.LeasesServicer):
-    def __init__(self, store: LeaseStore, gc: Collector) -> None:
-        self._store = store
-        self._gc = gc
+    def __init__(self, local: Leases) -> None:
+        self._local = local
 
     async def Create(
         self, request: leases_pb2.CreateRequest, ctx: grpc.aio.ServicerContext
     ) -> leases_pb2.CreateResponse:
-        lease = await self._store.create(context.namespace(), request.id, dict(request.labels))
+        lease = await self._local.create(context.namespace(), request.id, dict(request.labels))
         return leases_pb2.CreateResponse(lease=_lease(lease))
 
     async def Delete(
         self, request: leases_pb2.DeleteRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        await self._store.delete(context.namespace(), request.id)
-        if request.sync:
-            await self._gc.collect()
-        else:
-            self._gc.schedule()
+        await self._local.delete(context.namespace(), request.id, request.sync)
         return Empty()
 
     async def List(
@@ -49,7 +43,7 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
         match = filters.parse_all(list(request.filters))
         leases = [
             _lease(lease)
-            for lease in await self._store.list(context.namespace())
+            for lease in await self._local.list(context.namespace())
             if match.match(filters.dict_adaptor({"id": lease.id}, lease.labels))
         ]
         return leases_pb2.ListResponse(leases=leases)
@@ -57,22 +51,21 @@ class LeasesService(leases_pb2_grpc.LeasesServicer):
     async def AddResource(
         self, request: leases_pb2.AddResourceRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        await self._store.add_resource(context.namespace(), request.id, _resource(request.resource))
+        await self._local.add_resource(context.namespace(), request.id, _resource(request.resource))
         return Empty()
 
     async def DeleteResource(
         self, request: leases_pb2.DeleteResourceRequest, ctx: grpc.aio.ServicerContext
     ) -> Empty:
-        await self._store.delete_resource(
+        await self._local.delete_resource(
             context.namespace(), request.id, _resource(request.resource)
         )
-        self._gc.schedule()
         return Empty()
 
     async def ListResources(
         self, request: leases_pb2.ListResourcesRequest, ctx: grpc.aio.ServicerContext
     ) -> leases_pb2.ListResourcesResponse:
-        resources = await self._store.list_resources(context.namespace(), request.id)
+        resources = await self._local.list_resources(context.namespace(), request.id)
         return leases_pb2.ListResourcesResponse(
             resources=[leases_pb2.Resource(id=r.id, type=r.type) for r in resources]
         )

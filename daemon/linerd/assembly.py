@@ -1,0 +1,205 @@
+"""`Core`: the stores, the backends and the local services, built once per daemon.
+
+It lives outside server.py so that a front door other than the containerd gRPC server (the
+CRI, the local layer's own tests) builds the same core without importing grpc: server.py
+only registers servicers over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from linerd.config import Config
+from linerd.content.local import LocalStore
+from linerd.content.store import ContentStore
+from linerd.events import Exchange
+from linerd.gc.collector import Collector
+from linerd.local.containers import Containers
+from linerd.local.content import Content
+from linerd.local.events import Publisher
+from linerd.local.images import Images
+from linerd.local.leases import Leases
+from linerd.local.namespaces import Namespaces
+from linerd.local.snapshots import Snapshots
+from linerd.local.tasks import Tasks
+from linerd.metadata.containers import ContainerStore
+from linerd.metadata.content import ContentRecords
+from linerd.metadata.db import Database, sqlite_url
+from linerd.metadata.images import ImageStore
+from linerd.metadata.leases import LeaseStore
+from linerd.metadata.namespaces import NamespaceStore
+from linerd.prestage import Prestager
+from linerd.remotes.hosts import HostsConfig
+from linerd.runtime import TaskRuntime
+from linerd.runtime import resolve as runtime_resolve
+from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
+from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
+
+if TYPE_CHECKING:
+    from linerd.archive import Archives
+    from linerd.pull import Puller
+    from linerd.push import Pusher
+
+log = structlog.get_logger("linerd")
+
+
+@dataclass(slots=True)
+class Local:
+    """The local services: what every front door calls (see linerd.local)."""
+
+    namespaces: Namespaces
+    leases: Leases
+    content: Content
+    images: Images
+    containers: Containers
+    snapshots: Snapshots
+    tasks: Tasks
+
+
+@dataclass(slots=True)
+class Core:
+    """Everything the front doors are built on: stores and backends, and `local` over them."""
+
+    root: Path
+    state: Path
+    db: Database
+    namespaces: NamespaceStore
+    leases: LeaseStore
+    content: ContentStore
+    images: ImageStore
+    containers: ContainerStore
+    snapshots: dict[str, SnapshotStore]
+    default_snapshotter: str
+    gc: Collector
+    events: Exchange
+    publisher: Publisher
+    runtime: TaskRuntime
+    runtimes: runtime_resolve.Runtimes
+    local: Local
+    # Built on first use (`Deferred`): see there.
+    puller: Puller
+    pusher: Pusher
+    archives: Archives
+
+
+def build_core(
+    config: Config,
+    hosts: Callable[[], HostsConfig],
+    on_unpack: Callable[[float], None] | None = None,
+) -> Core:
+    """Open the database (migrating it) and build the stores and local services. Cheap
+    otherwise: pull, push and archive machinery is built on first use (`Deferred`).
+    `hosts` gives the registry configuration of the moment (a reload replaces it);
+    `on_unpack` gets each layer unpack's seconds."""
+    root, state = Path(config.root), Path(config.state)
+    db = Database(config.metadata.url or sqlite_url(root))
+    db.migrate()
+    blobs = LocalStore(root / "content")
+    for broken in blobs.remove_broken():
+        log.warning("removed a half-created ingest", path=str(broken))
+    content = ContentStore(blobs, ContentRecords(db))
+    namespaces = NamespaceStore(db)
+    namespaces.register_holder("ingests", lambda _session, ns: content.has_ingests(ns))
+    namespaces.register_holder("containers", ContainerStore.holds)
+    snapshots = _snapshotters(db, root)
+    content.prestager = Prestager(root / "snapshots" / "prestage")
+    gc = Collector(db, content)
+    gc.register_kind("snapshots", SnapshotsCollectable(snapshots))
+    for name, store in snapshots.items():
+        namespaces.register_holder(f"{name} snapshots", store.holds())
+    default = config.snapshots.default if config.snapshots.default in snapshots else "native"
+    events = Exchange()
+    publisher = Publisher(events)
+    leases, images, containers = LeaseStore(db), ImageStore(db), ContainerStore(db)
+    runtime = TaskRuntime(state)
+    runtimes = runtime_resolve.Runtimes(
+        {**runtime_resolve.builtin(state), **runtime_resolve.parse(config.runtimes)},
+        config.default_runtime,
+    )
+    scratch = state / "mnt"
+
+    def build_puller() -> Puller:
+        from linerd.pull import Puller
+
+        built = Puller(content, images, leases, snapshots, default, gc, hosts, scratch)
+        if on_unpack is not None:
+            built.on_unpack = on_unpack
+        return built
+
+    def build_pusher() -> Pusher:
+        from linerd.push import Pusher
+
+        return Pusher(content, images, leases, hosts)
+
+    def build_archives() -> Archives:
+        from linerd.archive import Archives
+
+        return Archives(content, images, leases, gc, cast("Puller", puller))
+
+    puller = Deferred(build_puller)
+    return Core(
+        root=root,
+        state=state,
+        db=db,
+        namespaces=namespaces,
+        leases=leases,
+        content=content,
+        images=images,
+        containers=containers,
+        snapshots=snapshots,
+        default_snapshotter=default,
+        gc=gc,
+        events=events,
+        publisher=publisher,
+        runtime=runtime,
+        runtimes=runtimes,
+        local=Local(
+            namespaces=Namespaces(namespaces, publisher),
+            leases=Leases(leases, gc),
+            content=Content(content, gc, publisher),
+            images=Images(images, gc, publisher),
+            containers=Containers(containers, gc, publisher),
+            snapshots=Snapshots(snapshots, default, gc, publisher),
+            tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),
+        ),
+        puller=cast("Puller", puller),
+        pusher=cast("Pusher", Deferred(build_pusher)),
+        archives=cast("Archives", Deferred(build_archives)),
+    )
+
+
+def _snapshotters(db: Database, root: Path) -> dict[str, SnapshotStore]:
+    base = root / "snapshots"
+    stores = {}
+    if overlay_supported(base / "check"):
+        stores["overlayfs"] = SnapshotStore(db, OverlayBackend(), base / "overlayfs")
+    else:
+        log.warning("overlay mounts fail here: the overlayfs snapshotter is not available")
+    stores["native"] = SnapshotStore(db, NativeBackend(), base / "native")
+    return stores
+
+
+class Deferred:
+    """Stands for an object built on first use (attribute access), once.
+
+    Pulls, pushes and archives import the registry client (httpx, ~6 MB and ~0.2 s of
+    imports) and the layer decompressors; a daemon that is never asked for them never loads
+    them.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build: Callable[[], Any] | None = build
+        self._target: Any = None
+
+    def get(self) -> Any:
+        if self._build is not None:
+            self._target, self._build = self._build(), None
+        return self._target
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
