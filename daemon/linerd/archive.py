@@ -50,6 +50,8 @@ from typing import Any, TypeVar
 import structlog
 
 from linerd import imagespec
+from linerd.content import documents
+from linerd.content.documents import MAX_DOCUMENT
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image
 from linerd.errdefs import (
@@ -78,7 +80,6 @@ DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 LAYERS = imagespec.LAYERS | {DOCKER_LAYER}
 
-MAX_DOCUMENT = 8 << 20  # index.json, manifest.json, manifests, configs
 CHUNK = 1 << 20
 _BLOCK = 512
 _DOCUMENTS = frozenset({"oci-layout", "index.json", "manifest.json", "repositories"})
@@ -300,20 +301,7 @@ class Archives:
             raise NotFound(f"image {name!r} not found") from None
 
     async def _read(self, namespace: str, desc: Descriptor, what: str) -> bytes:
-        if desc.size > MAX_DOCUMENT:
-            raise InvalidArgument(f"{what} {desc.digest} is {desc.size} bytes: over the limit")
-        try:
-            info = await self._content.info(namespace, desc.digest)
-        except NotFound:
-            raise NotFound(f"{what} {desc.digest} is not in the content store") from None
-        if info.size != desc.size:
-            raise FailedPrecondition(
-                f"{what} {desc.digest} is {info.size} bytes, its descriptor says {desc.size}"
-            )
-        data = await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
-            raise DataLoss(f"{what} {desc.digest}: the stored bytes do not match the digest")
-        return data
+        return await documents.read_document(self._content, namespace, desc, what)
 
     # -- export ------------------------------------------------------------------------------
 
@@ -575,7 +563,7 @@ class Archives:
                     file = tar.extractfile(member)
                     assert file is not None
                     if path in _DOCUMENTS:
-                        if member.size > MAX_DOCUMENT:
+                        if member.size > MAX_DOCUMENT:  # index.json, manifest.json, ...
                             raise InvalidArgument(f"{path} is {member.size} bytes: over the limit")
                         read.documents[path] = file.read()
                         continue

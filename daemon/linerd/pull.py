@@ -23,6 +23,7 @@ from typing import BinaryIO, TypeVar
 import structlog
 
 from linerd import imagespec
+from linerd.content import documents
 from linerd.content.live import LiveBlob, in_reader_thread
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource, SnapshotKind
@@ -55,7 +56,6 @@ from linerd.snapshots.store import SnapshotStore
 log = structlog.get_logger("linerd.pull")
 
 T = TypeVar("T")
-MAX_CONFIG_SIZE = 8 << 20
 _CONCURRENT_DOWNLOADS = 4
 _WRITE_CHUNK = 1 << 20
 # Layers staged at once while their parents unpack: each keeps about one core busy.
@@ -383,16 +383,17 @@ class Puller:
 
     async def _fetch_small(self, job: _Job, desc: Descriptor, kind: str) -> bytes:
         """A manifest, index or config: from the store if there, else fetched and stored."""
-        if kind == "config" and desc.size > MAX_CONFIG_SIZE:
-            raise InvalidArgument(f"config {desc.digest} is {desc.size} bytes: over the limit")
+        documents.check_size(desc, kind)
         try:
-            await self._content.info(job.namespace, desc.digest)
+            info = await self._content.info(job.namespace, desc.digest)
         except NotFound:
             pass
         else:
-            await self._hold(job, desc)
+            documents.check_record(info, desc, kind)
+            await self._hold(job, desc)  # before reading: the collector keeps what is held
             job.progress.update(desc.digest, offset=desc.size, state="exists")
-            return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
+            path = self._content.local.path(desc.digest)
+            return await asyncio.to_thread(documents.read_verified, path, desc, kind)
         job.progress.update(desc.digest, state="downloading")
         # Concurrent pulls of one image share the fetch (a second writer of the same ref would
         # be refused as locked).
@@ -526,7 +527,7 @@ class Puller:
         job = _Job(namespace, lease, None, None, progress or Progress(), None)  # type: ignore[arg-type]
         desc = target
         if target.media_type in imagespec.INDEXES:
-            body = await self._read_blob(namespace, target)
+            body = await documents.read_document(self._content, namespace, target, "index")
             here = imagespec.host_platform()
             match = next(
                 (
@@ -541,10 +542,10 @@ class Puller:
             if match is None:
                 raise NotFound(f"index {target.digest} has no manifest for platform {here}")
             desc = match
-        manifest = imagespec.parse_manifest(await self._read_blob(namespace, desc), desc.digest)
-        config = imagespec.parse_config(
-            await self._read_blob(namespace, manifest.config), manifest.config.digest
-        )
+        body = await documents.read_document(self._content, namespace, desc, "manifest")
+        manifest = imagespec.parse_manifest(body, desc.digest)
+        body = await documents.read_document(self._content, namespace, manifest.config, "config")
+        config = imagespec.parse_config(body, manifest.config.digest)
         if len(config.diff_ids) != len(manifest.layers):
             raise InvalidArgument(
                 f"manifest {desc.digest} has {len(manifest.layers)} layers but its config "
@@ -558,12 +559,6 @@ class Puller:
             job, snapshotter, manifest, config, {layer.digest: done for layer in manifest.layers}
         )
         return imagespec.chain_ids(config.diff_ids)
-
-    async def _read_blob(self, namespace: str, desc: Descriptor) -> bytes:
-        if desc.size > MAX_CONFIG_SIZE:
-            raise InvalidArgument(f"{desc.digest} is {desc.size} bytes: over the limit")
-        await self._content.info(namespace, desc.digest)
-        return await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
 
     async def _unpack(
         self,

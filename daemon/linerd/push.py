@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from linerd import imagespec
+from linerd.content import documents
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
 from linerd.errdefs import FailedPrecondition, InvalidArgument, NotFound
@@ -49,7 +50,6 @@ from linerd.remotes.push import RepositoryPusher
 log = structlog.get_logger("linerd.push")
 
 SOURCE_LABEL = "containerd.io/distribution.source."
-MAX_MANIFEST_SIZE = 4 << 20
 _CONCURRENT_UPLOADS = 3
 
 
@@ -249,18 +249,10 @@ class Pusher:
         return _Manifest(desc, body, blobs)
 
     async def _read_small(self, namespace: str, desc: Descriptor, kind: str) -> bytes:
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise InvalidArgument(f"{kind} {desc.digest} is {desc.size} bytes: over the limit")
         try:
-            info = await self._content.info(namespace, desc.digest)
-        except NotFound:
-            raise FailedPrecondition(f"{kind} {desc.digest} is not in the content store") from None
-        if info.size != desc.size:
-            raise FailedPrecondition(
-                f"{kind} {desc.digest} is {info.size} bytes, its descriptor says {desc.size}"
-            )
-        chunks = await self._content.read(namespace, desc.digest)
-        return b"".join([c async for c in chunks])
+            return await documents.read_document(self._content, namespace, desc, kind)
+        except NotFound as e:  # for a push, missing content is a precondition unmet
+            raise FailedPrecondition(str(e)) from None
 
     @staticmethod
     def _all(plan: _Plan) -> list[Descriptor]:
