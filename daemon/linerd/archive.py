@@ -61,10 +61,11 @@ from linerd.errdefs import (
     InvalidArgument,
     NotFound,
 )
+from linerd.gc import labels as gc_labels
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.metadata.leases import LeaseStore
 from linerd.pull import Puller
 from linerd.remotes import reference
 
@@ -79,6 +80,7 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 LAYERS = imagespec.LAYERS | {DOCKER_LAYER}
+LEASE_LIFETIME = timedelta(hours=24)
 
 CHUNK = 1 << 20
 _BLOCK = 512
@@ -461,8 +463,7 @@ class Archives:
         if not options.skip_unpack and not self._puller.has_snapshotter(snapshotter):
             raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
         lease = f"import-{time.time_ns()}-{secrets.token_hex(3)}"
-        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         ok = False
         try:
@@ -718,15 +719,8 @@ class Archives:
             present.append(entry)
         if not present:
             raise NotFound(f"index {desc.digest}: none of its manifests is in the archive")
-        await self._content.update(
-            namespace,
-            desc.digest,
-            {
-                f"containerd.io/gc.ref.content.m.{i}": e.descriptor.digest
-                for i, e in enumerate(present)
-            },
-            [f"labels.containerd.io/gc.ref.content.m.{i}" for i in range(len(present))],
-        )
+        labels = gc_labels.index_refs(e.descriptor.digest for e in present)
+        await self._content.update(namespace, desc.digest, labels, gc_labels.field_paths(labels))
         return desc if match is not None and match in present else None
 
     async def _manifest(self, namespace: str, read: _Read, desc: Descriptor) -> None:
@@ -749,14 +743,10 @@ class Archives:
                     f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
                 )
             await self._present(namespace, read, layer, "layer")
-        labels = {"containerd.io/gc.ref.content.config": manifest.config.digest}
-        labels.update(
-            {
-                f"containerd.io/gc.ref.content.l.{i}": lay.digest
-                for i, lay in enumerate(manifest.layers)
-            }
+        labels = gc_labels.manifest_refs(
+            manifest.config.digest, [x.digest for x in manifest.layers]
         )
-        await self._content.update(namespace, desc.digest, labels, [f"labels.{k}" for k in labels])
+        await self._content.update(namespace, desc.digest, labels, gc_labels.field_paths(labels))
 
     # -- import: Docker archives -------------------------------------------------------------
 
@@ -810,12 +800,9 @@ class Archives:
                 imagespec.DOCKER_MANIFEST, "sha256:" + hashlib.sha256(body).hexdigest(), len(body)
             )
             await self._write(namespace, lease, desc, body)
-            labels = {"containerd.io/gc.ref.content.config": config.digest}
-            labels.update(
-                {f"containerd.io/gc.ref.content.l.{i}": lay.digest for i, lay in enumerate(layers)}
-            )
+            labels = gc_labels.manifest_refs(config.digest, [x.digest for x in layers])
             await self._content.update(
-                namespace, desc.digest, labels, [f"labels.{k}" for k in labels]
+                namespace, desc.digest, labels, gc_labels.field_paths(labels)
             )
             if not tags:
                 base = options.base_name or f"import-{datetime.now(UTC):%Y-%m-%d}"

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -36,6 +36,7 @@ from linerd.errdefs import (
     NotFound,
     Unavailable,
 )
+from linerd.gc import labels as gc_labels
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.layers import (
@@ -46,7 +47,7 @@ from linerd.layers import (
     staged_target,
 )
 from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.metadata.leases import LeaseStore
 from linerd.prestage import Prestaged, Prestager
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
@@ -56,6 +57,8 @@ from linerd.snapshots.store import SnapshotStore
 log = structlog.get_logger("linerd.pull")
 
 T = TypeVar("T")
+# A pull's lease outlives a daemon killed mid-pull by this much, then the collector ends it.
+LEASE_LIFETIME = timedelta(hours=24)
 _CONCURRENT_DOWNLOADS = 4
 _WRITE_CHUNK = 1 << 20
 # Layers staged at once while their parents unpack: each keeps about one core busy.
@@ -224,8 +227,7 @@ class Puller:
         if request.unpack and snapshotter not in self._snapshots:
             raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
         lease = f"pull-{time.time_ns()}-{secrets.token_hex(3)}"
-        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         try:
             async with RegistryClient(self._hosts_for(ref, request)) as client:
@@ -236,7 +238,7 @@ class Puller:
                     ref,
                     client,
                     progress,
-                    (f"containerd.io/distribution.source.{host.split(':')[0]}", ref.repository),
+                    (gc_labels.source_key(host), ref.repository),
                 )
                 result = await self._pull(job, request, snapshotter)
         finally:
@@ -292,12 +294,8 @@ class Puller:
     ) -> None:
         """Record one manifest's labels and config; start its downloads (and unpack)."""
         manifest = imagespec.parse_manifest(body, desc.digest)
-        labels = {"containerd.io/gc.ref.content.config": manifest.config.digest}
-        labels.update(
-            {
-                f"containerd.io/gc.ref.content.l.{i}": layer.digest
-                for i, layer in enumerate(manifest.layers)
-            }
+        labels = gc_labels.manifest_refs(
+            manifest.config.digest, [layer.digest for layer in manifest.layers]
         )
         await self._label(job, desc.digest, labels)
         job.progress.add(manifest.config)
@@ -349,11 +347,7 @@ class Puller:
         await self._label(
             job,
             root.digest,
-            {
-                f"containerd.io/gc.ref.content.m.{i}": e.descriptor.digest
-                for i, e in enumerate(chosen)
-                if e is not None
-            },
+            gc_labels.index_refs(e.descriptor.digest for e in chosen if e is not None),
         )
         result = []
         for entry in chosen:
@@ -367,9 +361,7 @@ class Puller:
         """Set `labels` and record the source repository (a comma-separated list, as
         containerd keeps it, so a push can mount the blob from any of them)."""
         if job.source_label is None:
-            await self._content.update(
-                job.namespace, digest, labels, [f"labels.{k}" for k in labels]
-            )
+            await self._content.update(job.namespace, digest, labels, gc_labels.field_paths(labels))
             return
         key, repository = job.source_label
         info = await self._content.info(job.namespace, digest)
@@ -377,7 +369,7 @@ class Puller:
         if repository not in sources:
             sources.append(repository)
         labels = {**labels, key: ",".join(sources)}
-        await self._content.update(job.namespace, digest, labels, [f"labels.{k}" for k in labels])
+        await self._content.update(job.namespace, digest, labels, gc_labels.field_paths(labels))
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -596,7 +588,7 @@ class Puller:
             await self._label(
                 job,
                 manifest.config.digest,
-                {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain[-1]},
+                gc_labels.snapshot_ref(snapshotter, chain[-1]),
             )
 
     async def _layer_reader(
@@ -641,8 +633,8 @@ class Puller:
         await self._content.update(
             job.namespace,
             desc.digest,
-            {"containerd.io/uncompressed": layer.diff_id},
-            ["labels.containerd.io/uncompressed"],
+            {gc_labels.UNCOMPRESSED: layer.diff_id},
+            [f"labels.{gc_labels.UNCOMPRESSED}"],
         )
         job.progress.update(desc.digest, state="unpacked")
 

@@ -30,7 +30,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
@@ -39,9 +39,10 @@ from linerd.content import documents
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
 from linerd.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from linerd.gc import labels as gc_labels
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.metadata.leases import LeaseStore
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig
@@ -49,7 +50,7 @@ from linerd.remotes.push import RepositoryPusher
 
 log = structlog.get_logger("linerd.push")
 
-SOURCE_LABEL = "containerd.io/distribution.source."
+LEASE_LIFETIME = timedelta(hours=24)
 _CONCURRENT_UPLOADS = 3
 
 
@@ -137,8 +138,7 @@ class Pusher:
                 f"{ref}: the digest is not the image's ({image.name} is {target.digest})"
             )
         lease = f"push-{time.time_ns()}-{secrets.token_hex(3)}"
-        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         try:
             await self._lease(namespace, lease, target)
@@ -278,7 +278,7 @@ class Pusher:
         for m in plan.manifests:
             for blob in m.blobs:
                 unique.setdefault(blob.digest, blob)
-        label = SOURCE_LABEL + ref.host.split(":")[0]
+        label = gc_labels.source_key(ref.host)
         try:
             async with asyncio.TaskGroup() as tasks:
                 for blob in unique.values():
