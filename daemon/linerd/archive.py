@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from linerd import imagespec
+from linerd import imagespec, platforms
 from linerd.content import documents
 from linerd.content.documents import MAX_DOCUMENT
 from linerd.content.store import ContentStore
@@ -312,7 +312,7 @@ class Archives:
         the first chunk."""
         if not request.names:
             raise InvalidArgument("nothing to export: no image names given")
-        wanted = request.platforms or [imagespec.host_platform()]
+        wanted = platforms.or_host(request.platforms)
         exported: list[_Exported] = []
         blobs: dict[str, int] = {}
         for name in request.names:
@@ -335,28 +335,17 @@ class Archives:
         if target.media_type in imagespec.INDEXES:
             body = await self._read(namespace, target, "index")
             blobs[target.digest] = target.size
-            entries = [
-                e
-                for e in imagespec.parse_index(body, target.digest)
-                if e.descriptor.media_type in imagespec.MANIFESTS
-            ]
+            entries = imagespec.index_manifests(body, target.digest)
+            matching = platforms.select(entries, imagespec.entry_platform, wanted)
             if not all_platforms:
-                entries = [
-                    e
-                    for e in entries
-                    if e.platform is not None and any(e.platform.matches(p) for p in wanted)
-                ]
+                entries = matching
                 if not entries:
                     raise NotFound(
                         f"image {image.name}: no manifest for platform "
                         f"{', '.join(map(str, wanted))} in its index"
                     )
             # the wanted platform's first: the one manifest.json names
-            entries.sort(
-                key=lambda e: (
-                    not (e.platform is not None and any(e.platform.matches(p) for p in wanted))
-                )
-            )
+            entries = matching + [e for e in entries if e not in matching]
             manifests = [e.descriptor for e in entries]
         elif target.media_type in imagespec.MANIFESTS:
             manifests = [target]
@@ -700,15 +689,8 @@ class Archives:
             raise InvalidArgument(f"index.json: unsupported media type {desc.media_type!r}")
         await self._present(namespace, read, desc, "index")
         body = await self._read(namespace, desc, "index")
-        entries = [
-            e
-            for e in imagespec.parse_index(body, desc.digest)
-            if e.descriptor.media_type in imagespec.MANIFESTS
-        ]
-        here = imagespec.host_platform()
-        match = next(
-            (e for e in entries if e.platform is not None and e.platform.matches(here)), None
-        )
+        entries = imagespec.index_manifests(body, desc.digest)
+        match = platforms.first(entries, imagespec.entry_platform, [platforms.host_platform()])
         # A manifest not in the archive is a platform left out of the export (unless all are
         # wanted); one that is there must be complete.
         present = []

@@ -22,7 +22,7 @@ from typing import BinaryIO, TypeVar
 
 import structlog
 
-from linerd import imagespec
+from linerd import imagespec, platforms
 from linerd.content import documents
 from linerd.content.live import LiveBlob, in_reader_thread
 from linerd.content.store import ContentStore
@@ -325,20 +325,9 @@ class Puller:
     ) -> list[tuple[Descriptor, bytes, bool]]:
         """The index's manifests to fetch, each with whether to unpack it: the first match of
         the wanted platforms (all manifests are fetched with `all_platforms`)."""
-        entries = [
-            e
-            for e in imagespec.parse_index(data, root.digest)
-            if e.descriptor.media_type in imagespec.MANIFESTS
-        ]
-        wanted = request.platforms or [imagespec.host_platform()]
-        match = next(
-            (
-                e
-                for e in entries
-                if e.platform is not None and any(e.platform.matches(p) for p in wanted)
-            ),
-            None,
-        )
+        entries = imagespec.index_manifests(data, root.digest)
+        wanted = platforms.or_host(request.platforms)
+        match = platforms.first(entries, imagespec.entry_platform, wanted)
         if match is None and not request.all_platforms:
             raise NotFound(
                 f"{job.ref}: no manifest for platform {', '.join(map(str, wanted))} in the index"
@@ -520,20 +509,12 @@ class Puller:
         desc = target
         if target.media_type in imagespec.INDEXES:
             body = await documents.read_document(self._content, namespace, target, "index")
-            here = imagespec.host_platform()
-            match = next(
-                (
-                    e.descriptor
-                    for e in imagespec.parse_index(body, target.digest)
-                    if e.descriptor.media_type in imagespec.MANIFESTS
-                    and e.platform is not None
-                    and e.platform.matches(here)
-                ),
-                None,
-            )
+            here = platforms.host_platform()
+            entries = imagespec.index_manifests(body, target.digest)
+            match = platforms.first(entries, imagespec.entry_platform, [here])
             if match is None:
                 raise NotFound(f"index {target.digest} has no manifest for platform {here}")
-            desc = match
+            desc = match.descriptor
         body = await documents.read_document(self._content, namespace, desc, "manifest")
         manifest = imagespec.parse_manifest(body, desc.digest)
         body = await documents.read_document(self._content, namespace, manifest.config, "config")

@@ -43,6 +43,7 @@ from linerd.gc import labels as gc_labels
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
+from linerd.platforms import select
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig
@@ -192,17 +193,9 @@ class Pusher:
     ) -> _Plan:
         if root.media_type in imagespec.INDEXES:
             body = await self._read_small(namespace, root, "index")
-            entries = [
-                e
-                for e in imagespec.parse_index(body, root.digest)
-                if e.descriptor.media_type in imagespec.MANIFESTS
-            ]
+            entries = imagespec.index_manifests(body, root.digest)
             if platforms:
-                entries = [
-                    e
-                    for e in entries
-                    if e.platform is not None and any(e.platform.matches(p) for p in platforms)
-                ]
+                entries = select(entries, imagespec.entry_platform, platforms)
                 if not entries:
                     raise NotFound(
                         f"index {root.digest} has no manifest for {', '.join(map(str, platforms))}"
