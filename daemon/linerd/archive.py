@@ -22,7 +22,7 @@ Import reads a tar stream (plain or gzip) in a thread, entry by entry, as it arr
   for each entry, as containerd does. Every blob an image needs must be in the archive (or
   this namespace's store) before anything is named (NotFound otherwise);
 - GC labels are set as a pull sets them, the images unpacked for this machine's platform
-  (the Puller's unpack) and only then the image records written.
+  (`linerd.unpack`, as a pull unpacks) and only then the image records written.
 
 On any error the lease is deleted and a garbage collection run, so nothing of the import
 remains; its ingests are aborted.
@@ -66,8 +66,8 @@ from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
-from linerd.pull import Puller
 from linerd.remotes import reference
+from linerd.unpack import Unpacker, check_layers
 
 log = structlog.get_logger("linerd.archive")
 
@@ -282,13 +282,15 @@ class Archives:
         images: ImageStore,
         leases: LeaseStore,
         gc: Collector,
-        puller: Puller,
+        unpacker: Unpacker,
+        default_snapshotter: str,
     ) -> None:
         self._content = content
         self._images = images
         self._leases = leases
         self._gc = gc
-        self._puller = puller
+        self._unpacker = unpacker
+        self._default_snapshotter = default_snapshotter
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -448,9 +450,9 @@ class Archives:
         self, namespace: str, options: ImportOptions, chunks: AsyncIterator[bytes]
     ) -> list[tuple[Image, bool]]:
         """Import the archive streamed as `chunks`; returns each image and whether it is new."""
-        snapshotter = options.snapshotter or self._puller.default_snapshotter
-        if not options.skip_unpack and not self._puller.has_snapshotter(snapshotter):
-            raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
+        snapshotter = options.snapshotter or self._default_snapshotter
+        if not options.skip_unpack:
+            self._unpacker.snapshotter(snapshotter)  # InvalidArgument if not loaded
         lease = f"import-{time.time_ns()}-{secrets.token_hex(3)}"
         await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
@@ -473,7 +475,9 @@ class Archives:
                 for item in named:
                     if item.unpack is not None and item.unpack.digest not in done:
                         done.add(item.unpack.digest)
-                        await self._puller.unpack_image(namespace, item.unpack, snapshotter, lease)
+                        await self._unpacker.unpack_image(
+                            namespace, item.unpack, snapshotter, lease
+                        )
             result = []
             for item in named:
                 image = Image(name=item.name, target=item.target)
@@ -714,11 +718,7 @@ class Archives:
         config = imagespec.parse_config(
             await self._read(namespace, manifest.config, "config"), manifest.config.digest
         )
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidArgument(
-                f"manifest {desc.digest} has {len(manifest.layers)} layers but its config "
-                f"lists {len(config.diff_ids)} diff ids"
-            )
+        check_layers(desc, manifest, config)
         for layer in manifest.layers:
             if layer.media_type not in LAYERS:
                 raise InvalidArgument(

@@ -35,6 +35,7 @@ from datetime import timedelta
 import structlog
 
 from linerd import imagespec
+from linerd.asyncutil import first_error
 from linerd.content import documents
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
@@ -63,6 +64,8 @@ class PushRequest:
     plain_http: bool = False
     username: str = ""
     secret: str = field(default="", repr=False)
+    # The caller's registry configuration instead of the daemon's.
+    hosts: HostsConfig | None = None
 
 
 @dataclass(slots=True)
@@ -178,9 +181,8 @@ class Pusher:
             raise NotFound(f"image {name!r} not found") from None
 
     def _hosts_for(self, ref: reference.Reference, request: PushRequest) -> HostsConfig:
-        return self._hosts().for_request(
-            ref.host, request.plain_http, request.username, request.secret
-        )
+        hosts = request.hosts if request.hosts is not None else self._hosts()
+        return hosts.for_request(ref.host, request.plain_http, request.username, request.secret)
 
     async def _lease(self, namespace: str, lease: str, desc: Descriptor) -> None:
         with contextlib.suppress(NotFound):  # reported when read
@@ -277,7 +279,7 @@ class Pusher:
                 for blob in unique.values():
                     tasks.create_task(self._blob(namespace, remote, blob, label, progress))
         except BaseExceptionGroup as group:
-            raise _first(group) from None
+            raise first_error(group) from None
         tag = None if ref.digest is not None and not ref.tag else ref.tag
         for m in plan.manifests:
             is_root = plan.root_body is None
@@ -329,12 +331,3 @@ class Pusher:
 
 def _non_distributable(desc: Descriptor) -> bool:
     return "nondistributable" in desc.media_type or ".foreign." in desc.media_type
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first(error)
-        if not isinstance(error, asyncio.CancelledError):
-            return error
-    return group.exceptions[0]

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import grpc
 import structlog
@@ -40,6 +40,7 @@ from linerd.content.store import ContentStore
 from linerd.errdefs import LinerError
 from linerd.events import Exchange
 from linerd.gc.collector import Collector
+from linerd.local.transfer import build as build_transfer
 from linerd.log import setup as setup_logging
 from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
@@ -67,11 +68,6 @@ from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
 from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_supported
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
-
-if TYPE_CHECKING:
-    from linerd.archive import Archives
-    from linerd.pull import Puller
-    from linerd.push import Pusher
 
 log = structlog.get_logger("linerd")
 
@@ -231,27 +227,6 @@ async def _watchdog() -> None:
         await asyncio.sleep(interval)
 
 
-class _Deferred:
-    """Stands for an object built on first use (attribute access), once.
-
-    Pulls, pushes and archives import the registry client (httpx, ~6 MB and ~0.2 s of
-    imports) and the layer decompressors; a daemon that is never asked for them never loads
-    them.
-    """
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build: Callable[[], Any] | None = build
-        self._target: Any = None
-
-    def get(self) -> Any:
-        if self._build is not None:
-            self._target, self._build = self._build(), None
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)
-
-
 class _HeapTrimmer:
     """Hands the heap's free pages back to the kernel once a burst of bulk calls is over.
 
@@ -362,33 +337,19 @@ class Daemon:
         config = self.config
         scratch = Path(config.state) / "mnt"
 
-        def build_puller() -> Puller:
-            from linerd.pull import Puller
-
-            puller = Puller(
-                core.content,
-                core.images,
-                core.leases,
-                core.snapshots,
-                core.default_snapshotter,
-                core.gc,
-                lambda: self.hosts,
-                scratch,
-            )
-            puller.on_unpack = self.metrics.unpack_seconds.observe
-            return puller
-
-        def build_pusher() -> Pusher:
-            from linerd.push import Pusher
-
-            return Pusher(core.content, core.images, core.leases, lambda: self.hosts)
-
-        def build_archives() -> Archives:
-            from linerd.archive import Archives
-
-            return Archives(core.content, core.images, core.leases, core.gc, puller.get())
-
-        puller = _Deferred(build_puller)
+        transfer, diff = build_transfer(
+            core.content,
+            core.images,
+            core.leases,
+            core.snapshots,
+            core.default_snapshotter,
+            core.gc,
+            core.events,
+            self.metrics,
+            lambda: self.hosts,
+            scratch,
+            Path(config.root) / "snapshots",
+        )
         services: list[tuple[Callable[[Any, grpc.aio.Server], None], Any]] = [
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
             (
@@ -407,7 +368,7 @@ class Daemon:
             (events_pb2_grpc.add_EventsServicer_to_server, EventsService(core.events)),
             (
                 diff_pb2_grpc.add_DiffServicer_to_server,
-                DiffService(core.content, Path(config.root) / "snapshots", scratch),
+                DiffService(diff),
             ),
             (
                 snapshots_pb2_grpc.add_SnapshotsServicer_to_server,
@@ -434,13 +395,7 @@ class Daemon:
             ),
             (
                 transfer_pb2_grpc.add_TransferServicer_to_server,
-                TransferService(
-                    cast("Puller", puller),
-                    core.events,
-                    self.metrics,
-                    cast("Pusher", _Deferred(build_pusher)),
-                    cast("Archives", _Deferred(build_archives)),
-                ),
+                TransferService(transfer),
             ),
         ]
         for add, servicer in services:
