@@ -22,7 +22,7 @@ Import reads a tar stream (plain or gzip) in a thread, entry by entry, as it arr
   for each entry, as containerd does. Every blob an image needs must be in the archive (or
   this namespace's store) before anything is named (NotFound otherwise);
 - GC labels are set as a pull sets them, the images unpacked for this machine's platform
-  (the Puller's unpack) and only then the image records written.
+  (`linerd.unpack`, as a pull unpacks) and only then the image records written.
 
 On any error the lease is deleted and a garbage collection run, so nothing of the import
 remains; its ingests are aborted.
@@ -49,7 +49,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from linerd import imagespec
+from linerd import imagespec, platforms
+from linerd.content import documents
+from linerd.content.documents import MAX_DOCUMENT
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image
 from linerd.errdefs import (
@@ -59,12 +61,13 @@ from linerd.errdefs import (
     InvalidArgument,
     NotFound,
 )
+from linerd.gc import labels as gc_labels
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
-from linerd.pull import Puller
+from linerd.metadata.leases import LeaseStore
 from linerd.remotes import reference
+from linerd.unpack import Unpacker, check_layers
 
 log = structlog.get_logger("linerd.archive")
 
@@ -77,8 +80,8 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 LAYERS = imagespec.LAYERS | {DOCKER_LAYER}
+LEASE_LIFETIME = timedelta(hours=24)
 
-MAX_DOCUMENT = 8 << 20  # index.json, manifest.json, manifests, configs
 CHUNK = 1 << 20
 _BLOCK = 512
 _DOCUMENTS = frozenset({"oci-layout", "index.json", "manifest.json", "repositories"})
@@ -279,13 +282,15 @@ class Archives:
         images: ImageStore,
         leases: LeaseStore,
         gc: Collector,
-        puller: Puller,
+        unpacker: Unpacker,
+        default_snapshotter: str,
     ) -> None:
         self._content = content
         self._images = images
         self._leases = leases
         self._gc = gc
-        self._puller = puller
+        self._unpacker = unpacker
+        self._default_snapshotter = default_snapshotter
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -300,20 +305,7 @@ class Archives:
             raise NotFound(f"image {name!r} not found") from None
 
     async def _read(self, namespace: str, desc: Descriptor, what: str) -> bytes:
-        if desc.size > MAX_DOCUMENT:
-            raise InvalidArgument(f"{what} {desc.digest} is {desc.size} bytes: over the limit")
-        try:
-            info = await self._content.info(namespace, desc.digest)
-        except NotFound:
-            raise NotFound(f"{what} {desc.digest} is not in the content store") from None
-        if info.size != desc.size:
-            raise FailedPrecondition(
-                f"{what} {desc.digest} is {info.size} bytes, its descriptor says {desc.size}"
-            )
-        data = await asyncio.to_thread(self._content.local.path(desc.digest).read_bytes)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
-            raise DataLoss(f"{what} {desc.digest}: the stored bytes do not match the digest")
-        return data
+        return await documents.read_document(self._content, namespace, desc, what)
 
     # -- export ------------------------------------------------------------------------------
 
@@ -322,7 +314,7 @@ class Archives:
         the first chunk."""
         if not request.names:
             raise InvalidArgument("nothing to export: no image names given")
-        wanted = request.platforms or [imagespec.host_platform()]
+        wanted = platforms.or_host(request.platforms)
         exported: list[_Exported] = []
         blobs: dict[str, int] = {}
         for name in request.names:
@@ -345,28 +337,17 @@ class Archives:
         if target.media_type in imagespec.INDEXES:
             body = await self._read(namespace, target, "index")
             blobs[target.digest] = target.size
-            entries = [
-                e
-                for e in imagespec.parse_index(body, target.digest)
-                if e.descriptor.media_type in imagespec.MANIFESTS
-            ]
+            entries = imagespec.index_manifests(body, target.digest)
+            matching = platforms.select(entries, imagespec.entry_platform, wanted)
             if not all_platforms:
-                entries = [
-                    e
-                    for e in entries
-                    if e.platform is not None and any(e.platform.matches(p) for p in wanted)
-                ]
+                entries = matching
                 if not entries:
                     raise NotFound(
                         f"image {image.name}: no manifest for platform "
                         f"{', '.join(map(str, wanted))} in its index"
                     )
             # the wanted platform's first: the one manifest.json names
-            entries.sort(
-                key=lambda e: (
-                    not (e.platform is not None and any(e.platform.matches(p) for p in wanted))
-                )
-            )
+            entries = matching + [e for e in entries if e not in matching]
             manifests = [e.descriptor for e in entries]
         elif target.media_type in imagespec.MANIFESTS:
             manifests = [target]
@@ -469,12 +450,11 @@ class Archives:
         self, namespace: str, options: ImportOptions, chunks: AsyncIterator[bytes]
     ) -> list[tuple[Image, bool]]:
         """Import the archive streamed as `chunks`; returns each image and whether it is new."""
-        snapshotter = options.snapshotter or self._puller.default_snapshotter
-        if not options.skip_unpack and not self._puller.has_snapshotter(snapshotter):
-            raise InvalidArgument(f"snapshotter {snapshotter!r} is not loaded")
+        snapshotter = options.snapshotter or self._default_snapshotter
+        if not options.skip_unpack:
+            self._unpacker.snapshotter(snapshotter)  # InvalidArgument if not loaded
         lease = f"import-{time.time_ns()}-{secrets.token_hex(3)}"
-        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         ok = False
         try:
@@ -495,7 +475,9 @@ class Archives:
                 for item in named:
                     if item.unpack is not None and item.unpack.digest not in done:
                         done.add(item.unpack.digest)
-                        await self._puller.unpack_image(namespace, item.unpack, snapshotter, lease)
+                        await self._unpacker.unpack_image(
+                            namespace, item.unpack, snapshotter, lease
+                        )
             result = []
             for item in named:
                 image = Image(name=item.name, target=item.target)
@@ -575,7 +557,7 @@ class Archives:
                     file = tar.extractfile(member)
                     assert file is not None
                     if path in _DOCUMENTS:
-                        if member.size > MAX_DOCUMENT:
+                        if member.size > MAX_DOCUMENT:  # index.json, manifest.json, ...
                             raise InvalidArgument(f"{path} is {member.size} bytes: over the limit")
                         read.documents[path] = file.read()
                         continue
@@ -711,15 +693,8 @@ class Archives:
             raise InvalidArgument(f"index.json: unsupported media type {desc.media_type!r}")
         await self._present(namespace, read, desc, "index")
         body = await self._read(namespace, desc, "index")
-        entries = [
-            e
-            for e in imagespec.parse_index(body, desc.digest)
-            if e.descriptor.media_type in imagespec.MANIFESTS
-        ]
-        here = imagespec.host_platform()
-        match = next(
-            (e for e in entries if e.platform is not None and e.platform.matches(here)), None
-        )
+        entries = imagespec.index_manifests(body, desc.digest)
+        match = platforms.first(entries, imagespec.entry_platform, [platforms.host_platform()])
         # A manifest not in the archive is a platform left out of the export (unless all are
         # wanted); one that is there must be complete.
         present = []
@@ -730,15 +705,8 @@ class Archives:
             present.append(entry)
         if not present:
             raise NotFound(f"index {desc.digest}: none of its manifests is in the archive")
-        await self._content.update(
-            namespace,
-            desc.digest,
-            {
-                f"containerd.io/gc.ref.content.m.{i}": e.descriptor.digest
-                for i, e in enumerate(present)
-            },
-            [f"labels.containerd.io/gc.ref.content.m.{i}" for i in range(len(present))],
-        )
+        labels = gc_labels.index_refs(e.descriptor.digest for e in present)
+        await self._content.update(namespace, desc.digest, labels, gc_labels.field_paths(labels))
         return desc if match is not None and match in present else None
 
     async def _manifest(self, namespace: str, read: _Read, desc: Descriptor) -> None:
@@ -750,25 +718,17 @@ class Archives:
         config = imagespec.parse_config(
             await self._read(namespace, manifest.config, "config"), manifest.config.digest
         )
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidArgument(
-                f"manifest {desc.digest} has {len(manifest.layers)} layers but its config "
-                f"lists {len(config.diff_ids)} diff ids"
-            )
+        check_layers(desc, manifest, config)
         for layer in manifest.layers:
             if layer.media_type not in LAYERS:
                 raise InvalidArgument(
                     f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
                 )
             await self._present(namespace, read, layer, "layer")
-        labels = {"containerd.io/gc.ref.content.config": manifest.config.digest}
-        labels.update(
-            {
-                f"containerd.io/gc.ref.content.l.{i}": lay.digest
-                for i, lay in enumerate(manifest.layers)
-            }
+        labels = gc_labels.manifest_refs(
+            manifest.config.digest, [x.digest for x in manifest.layers]
         )
-        await self._content.update(namespace, desc.digest, labels, [f"labels.{k}" for k in labels])
+        await self._content.update(namespace, desc.digest, labels, gc_labels.field_paths(labels))
 
     # -- import: Docker archives -------------------------------------------------------------
 
@@ -822,12 +782,9 @@ class Archives:
                 imagespec.DOCKER_MANIFEST, "sha256:" + hashlib.sha256(body).hexdigest(), len(body)
             )
             await self._write(namespace, lease, desc, body)
-            labels = {"containerd.io/gc.ref.content.config": config.digest}
-            labels.update(
-                {f"containerd.io/gc.ref.content.l.{i}": lay.digest for i, lay in enumerate(layers)}
-            )
+            labels = gc_labels.manifest_refs(config.digest, [x.digest for x in layers])
             await self._content.update(
-                namespace, desc.digest, labels, [f"labels.{k}" for k in labels]
+                namespace, desc.digest, labels, gc_labels.field_paths(labels)
             )
             if not tags:
                 base = options.base_name or f"import-{datetime.now(UTC):%Y-%m-%d}"

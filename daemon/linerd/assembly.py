@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -27,6 +27,8 @@ from linerd.local.leases import Leases
 from linerd.local.namespaces import Namespaces
 from linerd.local.snapshots import Snapshots
 from linerd.local.tasks import Tasks
+from linerd.local.transfer import LocalTransfer
+from linerd.local.transfer import build as build_transfer
 from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
@@ -41,9 +43,8 @@ from linerd.snapshots.backends import NativeBackend, OverlayBackend, overlay_sup
 from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
 
 if TYPE_CHECKING:
-    from linerd.archive import Archives
-    from linerd.pull import Puller
-    from linerd.push import Pusher
+    from linerd.local.diff import LocalDiff
+    from linerd.metrics import Metrics
 
 log = structlog.get_logger("linerd")
 
@@ -59,6 +60,8 @@ class Local:
     containers: Containers
     snapshots: Snapshots
     tasks: Tasks
+    transfer: LocalTransfer
+    diff: LocalDiff
 
 
 @dataclass(slots=True)
@@ -81,21 +84,17 @@ class Core:
     runtime: TaskRuntime
     runtimes: runtime_resolve.Runtimes
     local: Local
-    # Built on first use (`Deferred`): see there.
-    puller: Puller
-    pusher: Pusher
-    archives: Archives
 
 
 def build_core(
     config: Config,
     hosts: Callable[[], HostsConfig],
-    on_unpack: Callable[[float], None] | None = None,
+    metrics: Metrics,
 ) -> Core:
     """Open the database (migrating it) and build the stores and local services. Cheap
-    otherwise: pull, push and archive machinery is built on first use (`Deferred`).
-    `hosts` gives the registry configuration of the moment (a reload replaces it);
-    `on_unpack` gets each layer unpack's seconds."""
+    otherwise: the local Transfer service builds the pull, push and archive machinery on
+    first use. `hosts` gives the registry configuration of the moment (a reload replaces
+    it); `metrics` records pulls and unpacks."""
     root, state = Path(config.root), Path(config.state)
     db = Database(config.metadata.url or sqlite_url(root))
     db.migrate()
@@ -121,27 +120,19 @@ def build_core(
         {**runtime_resolve.builtin(state), **runtime_resolve.parse(config.runtimes)},
         config.default_runtime,
     )
-    scratch = state / "mnt"
-
-    def build_puller() -> Puller:
-        from linerd.pull import Puller
-
-        built = Puller(content, images, leases, snapshots, default, gc, hosts, scratch)
-        if on_unpack is not None:
-            built.on_unpack = on_unpack
-        return built
-
-    def build_pusher() -> Pusher:
-        from linerd.push import Pusher
-
-        return Pusher(content, images, leases, hosts)
-
-    def build_archives() -> Archives:
-        from linerd.archive import Archives
-
-        return Archives(content, images, leases, gc, cast("Puller", puller))
-
-    puller = Deferred(build_puller)
+    transfer, diff = build_transfer(
+        content,
+        images,
+        leases,
+        snapshots,
+        default,
+        gc,
+        events,
+        metrics,
+        hosts,
+        state / "mnt",
+        root / "snapshots",
+    )
     return Core(
         root=root,
         state=state,
@@ -166,10 +157,9 @@ def build_core(
             containers=Containers(containers, gc, publisher),
             snapshots=Snapshots(snapshots, default, gc, publisher),
             tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),
+            transfer=transfer,
+            diff=diff,
         ),
-        puller=cast("Puller", puller),
-        pusher=cast("Pusher", Deferred(build_pusher)),
-        archives=cast("Archives", Deferred(build_archives)),
     )
 
 
@@ -182,24 +172,3 @@ def _snapshotters(db: Database, root: Path) -> dict[str, SnapshotStore]:
         log.warning("overlay mounts fail here: the overlayfs snapshotter is not available")
     stores["native"] = SnapshotStore(db, NativeBackend(), base / "native")
     return stores
-
-
-class Deferred:
-    """Stands for an object built on first use (attribute access), once.
-
-    Pulls, pushes and archives import the registry client (httpx, ~6 MB and ~0.2 s of
-    imports) and the layer decompressors; a daemon that is never asked for them never loads
-    them.
-    """
-
-    def __init__(self, build: Callable[[], Any]) -> None:
-        self._build: Callable[[], Any] | None = build
-        self._target: Any = None
-
-    def get(self) -> Any:
-        if self._build is not None:
-            self._target, self._build = self._build(), None
-        return self._target
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.get(), name)

@@ -128,6 +128,16 @@ def parse_index(data: bytes, digest: str) -> list[IndexEntry]:
     ]
 
 
+def index_manifests(data: bytes, digest: str) -> list[IndexEntry]:
+    """The image manifests an index lists, in its order (nested indexes and other
+    artifacts left out); choose among them with `linerd.platforms.select`."""
+    return [e for e in parse_index(data, digest) if e.descriptor.media_type in MANIFESTS]
+
+
+def entry_platform(entry: IndexEntry) -> Platform | None:
+    return entry.platform
+
+
 def parse_manifest(data: bytes, digest: str) -> Manifest:
     what = f"manifest {digest}"
     doc = _json(data, what)

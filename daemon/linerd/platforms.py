@@ -7,7 +7,11 @@ Kept free of the daemon's other modules: the CLI's `images ls` imports it withou
 from __future__ import annotations
 
 import platform as host
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +55,28 @@ def host_platform() -> Platform:
     if machine.startswith("armv7"):
         arch, variant = "arm", "v7"
     return Platform("linux", arch, variant)
+
+
+def or_host(wanted: Sequence[Platform]) -> list[Platform]:
+    """The platforms asked for; none asked for means this machine's."""
+    return list(wanted) or [host_platform()]
+
+
+def matches_any(platform: Platform | None, wanted: Sequence[Platform]) -> bool:
+    """Whether `platform` matches one of `wanted` (an entry without a platform matches none)."""
+    return platform is not None and any(platform.matches(p) for p in wanted)
+
+
+def select(
+    entries: Iterable[T], platform_of: Callable[[T], Platform | None], wanted: Sequence[Platform]
+) -> list[T]:
+    """The entries (an index's manifests) whose platform matches one of `wanted`, in the
+    entries' order: the first is the one a pull of one platform takes."""
+    return [e for e in entries if matches_any(platform_of(e), wanted)]
+
+
+def first(
+    entries: Iterable[T], platform_of: Callable[[T], Platform | None], wanted: Sequence[Platform]
+) -> T | None:
+    """The first entry whose platform matches one of `wanted`, or None."""
+    return next((e for e in entries if matches_any(platform_of(e), wanted)), None)

@@ -30,17 +30,21 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import structlog
 
 from linerd import imagespec
+from linerd.asyncutil import first_error
+from linerd.content import documents
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
 from linerd.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from linerd.gc import labels as gc_labels
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
-from linerd.metadata.leases import EXPIRE_LABEL, LeaseStore
+from linerd.metadata.leases import LeaseStore
+from linerd.platforms import select
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig
@@ -48,8 +52,7 @@ from linerd.remotes.push import RepositoryPusher
 
 log = structlog.get_logger("linerd.push")
 
-SOURCE_LABEL = "containerd.io/distribution.source."
-MAX_MANIFEST_SIZE = 4 << 20
+LEASE_LIFETIME = timedelta(hours=24)
 _CONCURRENT_UPLOADS = 3
 
 
@@ -61,6 +64,8 @@ class PushRequest:
     plain_http: bool = False
     username: str = ""
     secret: str = field(default="", repr=False)
+    # The caller's registry configuration instead of the daemon's.
+    hosts: HostsConfig | None = None
 
 
 @dataclass(slots=True)
@@ -137,8 +142,7 @@ class Pusher:
                 f"{ref}: the digest is not the image's ({image.name} is {target.digest})"
             )
         lease = f"push-{time.time_ns()}-{secrets.token_hex(3)}"
-        expire = (datetime.now(UTC) + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        await self._leases.create(namespace, lease, {EXPIRE_LABEL: expire})
+        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         try:
             await self._lease(namespace, lease, target)
@@ -177,9 +181,8 @@ class Pusher:
             raise NotFound(f"image {name!r} not found") from None
 
     def _hosts_for(self, ref: reference.Reference, request: PushRequest) -> HostsConfig:
-        return self._hosts().for_request(
-            ref.host, request.plain_http, request.username, request.secret
-        )
+        hosts = request.hosts if request.hosts is not None else self._hosts()
+        return hosts.for_request(ref.host, request.plain_http, request.username, request.secret)
 
     async def _lease(self, namespace: str, lease: str, desc: Descriptor) -> None:
         with contextlib.suppress(NotFound):  # reported when read
@@ -192,17 +195,9 @@ class Pusher:
     ) -> _Plan:
         if root.media_type in imagespec.INDEXES:
             body = await self._read_small(namespace, root, "index")
-            entries = [
-                e
-                for e in imagespec.parse_index(body, root.digest)
-                if e.descriptor.media_type in imagespec.MANIFESTS
-            ]
+            entries = imagespec.index_manifests(body, root.digest)
             if platforms:
-                entries = [
-                    e
-                    for e in entries
-                    if e.platform is not None and any(e.platform.matches(p) for p in platforms)
-                ]
+                entries = select(entries, imagespec.entry_platform, platforms)
                 if not entries:
                     raise NotFound(
                         f"index {root.digest} has no manifest for {', '.join(map(str, platforms))}"
@@ -249,18 +244,10 @@ class Pusher:
         return _Manifest(desc, body, blobs)
 
     async def _read_small(self, namespace: str, desc: Descriptor, kind: str) -> bytes:
-        if desc.size > MAX_MANIFEST_SIZE:
-            raise InvalidArgument(f"{kind} {desc.digest} is {desc.size} bytes: over the limit")
         try:
-            info = await self._content.info(namespace, desc.digest)
-        except NotFound:
-            raise FailedPrecondition(f"{kind} {desc.digest} is not in the content store") from None
-        if info.size != desc.size:
-            raise FailedPrecondition(
-                f"{kind} {desc.digest} is {info.size} bytes, its descriptor says {desc.size}"
-            )
-        chunks = await self._content.read(namespace, desc.digest)
-        return b"".join([c async for c in chunks])
+            return await documents.read_document(self._content, namespace, desc, kind)
+        except NotFound as e:  # for a push, missing content is a precondition unmet
+            raise FailedPrecondition(str(e)) from None
 
     @staticmethod
     def _all(plan: _Plan) -> list[Descriptor]:
@@ -286,13 +273,13 @@ class Pusher:
         for m in plan.manifests:
             for blob in m.blobs:
                 unique.setdefault(blob.digest, blob)
-        label = SOURCE_LABEL + ref.host.split(":")[0]
+        label = gc_labels.source_key(ref.host)
         try:
             async with asyncio.TaskGroup() as tasks:
                 for blob in unique.values():
                     tasks.create_task(self._blob(namespace, remote, blob, label, progress))
         except BaseExceptionGroup as group:
-            raise _first(group) from None
+            raise first_error(group) from None
         tag = None if ref.digest is not None and not ref.tag else ref.tag
         for m in plan.manifests:
             is_root = plan.root_body is None
@@ -344,12 +331,3 @@ class Pusher:
 
 def _non_distributable(desc: Descriptor) -> bool:
     return "nondistributable" in desc.media_type or ".foreign." in desc.media_type
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first(error)
-        if not isinstance(error, asyncio.CancelledError):
-            return error
-    return group.exceptions[0]

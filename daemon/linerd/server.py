@@ -238,9 +238,7 @@ class Daemon:
         lock.acquire()
         try:
             _claim_socket(address)
-            core = await asyncio.to_thread(
-                build_core, config, lambda: self.hosts, self.metrics.unpack_seconds.observe
-            )
+            core = await asyncio.to_thread(build_core, config, lambda: self.hosts, self.metrics)
             for store in core.snapshots.values():
                 if removed := await store.cleanup():
                     log.warning(
@@ -271,13 +269,7 @@ class Daemon:
     def _table(self, core: Core, uuid: str) -> list[Registration]:
         """What linerd serves and lists, in Introspection's order; servicers are built by
         `_register`, once."""
-        scratch = core.state / "mnt"
         local = core.local
-
-        def transfer() -> TransferService:
-            return TransferService(
-                core.puller, core.events, self.metrics, core.pusher, core.archives
-            )
 
         def grpc_plugin(
             id: str,
@@ -378,7 +370,7 @@ class Daemon:
                 (CONTENT,),
                 diff_pb2,
                 diff_pb2_grpc.add_DiffServicer_to_server,
-                lambda: DiffService(core.content, core.root / "snapshots", scratch),
+                lambda: DiffService(local.diff),
             ),
             # liner's own API (pull, push, import, export), not containerd's Transfer.
             grpc_plugin(
@@ -386,7 +378,7 @@ class Daemon:
                 (CONTENT, METADATA, SNAPSHOTTER),
                 transfer_pb2,
                 transfer_pb2_grpc.add_TransferServicer_to_server,
-                transfer,
+                lambda: TransferService(local.transfer),
             ),
         ]
         return table

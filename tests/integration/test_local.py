@@ -37,6 +37,7 @@ from linerd.core.types import Container, Descriptor, Encoded, Image, LeaseResour
 from linerd.errdefs import InvalidArgument, NotFound, OutOfRange
 from linerd.events import Event
 from linerd.local.tasks import Stdio
+from linerd.metrics import Metrics
 from linerd.oci import spec as ocispec
 from linerd.remotes.hosts import HostsConfig
 
@@ -108,7 +109,7 @@ async def opened(tmp: Path) -> AsyncIterator[tuple[Core, Observed]]:
     for directory in (config.root, config.state):
         Path(directory).mkdir()
     hosts = HostsConfig.from_dict({})
-    core = await asyncio.to_thread(build_core, config, lambda: hosts)
+    core = await asyncio.to_thread(build_core, config, lambda: hosts, Metrics())
     observed = Observed(core)
     await observed.start()
     try:

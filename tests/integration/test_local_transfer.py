@@ -1,0 +1,107 @@
+"""The local Transfer service without gRPC, called as the CRI will call it: namespace k8s.io,
+no request context. It must give what the Transfer API gives: image events, pull metrics,
+the GC scheduled, the image unpacked and labelled for the collector."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imagebuild import BusyboxLayout
+from registry import Registry
+
+from liner_api.containerd.events import image_pb2 as image_events
+from linerd.assembly import Core, build_core
+from linerd.config import Config
+from linerd.errdefs import NotFound
+from linerd.events import Exchange
+from linerd.local.transfer import build
+from linerd.metrics import Metrics
+from linerd.remotes.hosts import HostsConfig
+
+pytestmark = pytest.mark.integration
+
+NAMESPACE = "k8s.io"
+
+
+class _Recorded(Exchange):
+    """The real exchange, remembering what was published (topic, namespace, payload)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[tuple[str, str, bytes]] = []
+
+    def publish(self, namespace: str, topic: str, type_url: str, payload: bytes) -> None:
+        self.published.append((namespace, topic, payload))
+        super().publish(namespace, topic, type_url, payload)
+
+
+@pytest.fixture
+def core(tmp_path: Path) -> Iterator[tuple[Core, Config]]:
+    config = Config(root=str(tmp_path / "root"), state=str(tmp_path / "state"))
+    for directory in (config.root, config.state):
+        Path(directory).mkdir(mode=0o711)
+    built = build_core(config, lambda: HostsConfig.from_dict({}), Metrics())
+    built.events = _Recorded()
+    yield built, config
+    built.db.close()
+
+
+def _counted(metrics: Metrics, outcome: str) -> float:
+    line = f'liner_pulls_total{{outcome="{outcome}"}}'
+    for text in metrics.render().decode().splitlines():
+        if text.startswith(line):
+            return float(text.split()[-1])
+    return 0.0
+
+
+def test_pull_from_a_second_front_door(
+    core: tuple[Core, Config], registry: Registry, busybox_layout: BusyboxLayout
+) -> None:
+    c, config = core
+    events = c.events
+    assert isinstance(events, _Recorded)
+    metrics = Metrics()
+    scheduled: list[None] = []
+    schedule = c.gc.schedule
+    c.gc.schedule = lambda: (scheduled.append(None), schedule())[1]  # type: ignore[method-assign]
+    ref = registry.ref("library/busybox:latest")
+
+    async def run() -> None:
+        transfer, _ = build(
+            c.content,
+            c.images,
+            c.leases,
+            c.snapshots,
+            c.default_snapshotter,
+            c.gc,
+            c.events,
+            metrics,
+            lambda: HostsConfig.from_dict({}),
+            Path(config.state) / "mnt",
+            Path(config.root) / "snapshots",
+        )
+        first = await transfer.pull(NAMESPACE, ref, plain_http=True)
+        assert first.created and first.image.name == ref and first.fetched > 0
+        assert first.image.target.digest == busybox_layout.latest.manifest.digest
+        config_info = await c.content.info(NAMESPACE, busybox_layout.latest.config.digest)
+        top = config_info.labels[f"containerd.io/gc.ref.snapshot.{c.default_snapshotter}"]
+        await c.snapshots[c.default_snapshotter].stat(NAMESPACE, top)
+
+        again = await transfer.pull(NAMESPACE, ref, plain_http=True)
+        assert not again.created and again.fetched == 0
+
+        with pytest.raises(NotFound):
+            await transfer.pull(NAMESPACE, registry.ref("library/busybox:absent"), plain_http=True)
+
+    asyncio.run(run())
+    assert [(ns, topic) for ns, topic, _ in events.published] == [
+        (NAMESPACE, "/images/create"),
+        (NAMESPACE, "/images/update"),
+    ]
+    created = image_events.ImageCreate.FromString(events.published[0][2])
+    assert created.name == ref
+    assert (_counted(metrics, "success"), _counted(metrics, "failure")) == (2.0, 1.0)
+    assert len(scheduled) == 3  # after each pull, the failed one too: its lease ended
