@@ -1,0 +1,1 @@
+"""The Kubernetes Container Runtime Interface (runtime.v1) served by linerd."""
