@@ -331,7 +331,9 @@ def test_unknown_control_frames_are_handed_up() -> None:
 
 _ids = st.integers(1, spdy.MAX_STREAM_ID)
 _names = st.text("abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=12)
-_values = st.text(st.characters(blacklist_characters="\0"), min_size=1, max_size=20)
+_values = st.text(
+    st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=20
+)
 _headers = st.dictionaries(_names, _values, max_size=5).map(lambda d: tuple(d.items()))
 _u32 = st.integers(0, 0xFFFFFFFF)
 _frames = st.one_of(
