@@ -1,0 +1,224 @@
+"""The SPDY framing module against a client nobody here wrote: crictl 1.29.0 (client-go and
+moby/spdystream, as kubelet's streaming clients).
+
+A throwaway server in the test answers the CRI Version and Exec calls over a unix socket
+and serves the Exec URL: an HTTP upgrade to SPDY/3.1, then frames through
+linerd.cri.streaming.spdy only. What it plays is a process, not a container: it writes
+fixed output or echoes stdin, then reports a v4 exit status. So crictl's own framing,
+header compression and stream handshake meet ours byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from liner_api.runtime.v1 import api_pb2, api_pb2_grpc
+from linerd.cri.streaming import spdy
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _crictl() -> str | None:
+    found = shutil.which("crictl")
+    if found:
+        return found
+    # ../shared beside the checkout (CI, the main checkout); a worktree sits one level deeper.
+    for base in (REPO_ROOT.parent, REPO_ROOT.parent.parent):
+        candidate = base / "shared" / "bin" / "crictl"
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+CRICTL = _crictl()
+pytestmark = [
+    pytest.mark.unit,
+    pytest.mark.skipif(CRICTL is None, reason="crictl not on PATH nor at ../shared/bin/crictl"),
+]
+
+REMOTECOMMAND = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
+
+
+@dataclass
+class Session:
+    """What the SPDY side saw, for the assertions."""
+
+    request_line: str = ""
+    protocol: str = ""
+    stream_types: list[str] = field(default_factory=list)
+    pings: int = 0
+
+
+class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.requests: list[api_pb2.ExecRequest] = []
+
+    async def Version(
+        self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.VersionResponse:
+        return api_pb2.VersionResponse(
+            version="0.1.0", runtime_name="spdy-test", runtime_version="0", runtime_api_version="v1"
+        )
+
+    async def Exec(
+        self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ExecResponse:
+        self.requests.append(request)
+        return api_pb2.ExecResponse(url=self.url)
+
+
+def _status(exit_code: int) -> bytes:
+    if exit_code == 0:
+        return b""  # v4: an empty error stream is success
+    return json.dumps(
+        {
+            "metadata": {},
+            "status": "Failure",
+            "message": f"command terminated with non-zero exit code: {exit_code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
+        }
+    ).encode()
+
+
+async def _serve_spdy(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    runtime: _Runtime,
+    session: Session,
+    output: bytes,
+    exit_code: int,
+) -> None:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    session.request_line = head[0]
+    headers = [line.split(":", 1) for line in head[1:] if line]
+    offered = [
+        p.strip()
+        for name, value in headers
+        if name.strip().lower() == "x-stream-protocol-version"
+        for p in value.split(",")
+    ]
+    session.protocol = next(p for p in offered if p in REMOTECOMMAND)
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        b"X-Stream-Protocol-Version: " + session.protocol.encode() + b"\r\n\r\n"
+    )
+    request = runtime.requests[-1]
+    expected = 1 + request.stdin + request.stdout + (request.stderr and not request.tty)
+    encoder, decoder = spdy.FrameEncoder(), spdy.FrameDecoder()
+    ids: dict[str, int] = {}
+
+    def send(frame: spdy.Frame) -> None:
+        writer.write(encoder.encode(frame))
+
+    def finish() -> None:
+        for kind in ("stdout", "stderr"):
+            if kind in ids:
+                send(spdy.DataFrame(ids[kind], b"", spdy.FLAG_FIN))
+        send(spdy.DataFrame(ids["error"], _status(exit_code), spdy.FLAG_FIN))
+
+    while data := await reader.read(65536):
+        decoder.feed(data)
+        for frame in decoder.frames():
+            match frame:
+                case spdy.SynStream(stream_id, headers):
+                    kind = dict(headers)["streamtype"]
+                    session.stream_types.append(kind)
+                    ids[kind] = stream_id
+                    send(spdy.SynReply(stream_id))
+                    if len(ids) == expected and "stdin" not in ids:
+                        send(spdy.DataFrame(ids["stdout"], output))
+                        finish()
+                case spdy.DataFrame(stream_id, payload, flags) if stream_id == ids.get("stdin"):
+                    if payload:
+                        send(spdy.DataFrame(ids["stdout"], payload))  # echo, like cat
+                    if flags & spdy.FLAG_FIN:
+                        finish()
+                case spdy.Ping():
+                    session.pings += 1
+                    send(frame)
+        await writer.drain()
+    writer.close()
+
+
+async def _run_crictl(
+    tmp_path: Path, args: list[str], stdin: bytes, output: bytes = b"", exit_code: int = 0
+) -> tuple[int, bytes, bytes, Session, _Runtime]:
+    session = Session()
+    runtime = _Runtime("")
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_spdy(reader, writer, runtime, session, output, exit_code)
+
+    http = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    port = http.sockets[0].getsockname()[1]
+    runtime.url = f"http://127.0.0.1:{port}/exec/tok12345"
+    grpc_server = grpc.aio.server()
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, grpc_server)
+    endpoint = f"unix://{tmp_path / 'cri.sock'}"
+    grpc_server.add_insecure_port(endpoint)
+    await grpc_server.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(CRICTL),
+            "--runtime-endpoint",
+            endpoint,
+            "--image-endpoint",
+            endpoint,
+            "--timeout",
+            "20s",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "HOME": str(tmp_path)},  # no user crictl.yaml
+        )
+        out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out, err, session, runtime
+    finally:
+        await grpc_server.stop(None)
+        http.close()
+        await http.wait_closed()
+
+
+def test_crictl_exec_reads_our_frames(tmp_path: Path) -> None:
+    code, out, err, session, runtime = asyncio.run(
+        _run_crictl(tmp_path, ["exec", "c0ffee", "echo", "-n", "hello"], b"", b"hello")
+    )
+    assert code == 0, err
+    assert out == b"hello"
+    assert list(runtime.requests[0].cmd) == ["echo", "-n", "hello"]
+    assert session.request_line.startswith("POST /exec/tok12345 ")
+    assert session.protocol == "v4.channel.k8s.io"
+    assert session.stream_types == ["error", "stdout", "stderr"]
+
+
+def test_crictl_exec_stdin_round_trip(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 1024  # 256 KiB: many DATA frames each way
+    code, out, err, session, runtime = asyncio.run(
+        _run_crictl(tmp_path, ["exec", "-i", "c0ffee", "cat"], data)
+    )
+    assert code == 0, err
+    assert out == data
+    assert runtime.requests[0].stdin
+    assert session.stream_types == ["error", "stdin", "stdout", "stderr"]
+
+
+def test_crictl_exec_sees_the_exit_status(tmp_path: Path) -> None:
+    code, out, err, _, _ = asyncio.run(
+        _run_crictl(tmp_path, ["exec", "c0ffee", "false"], b"", b"partial", exit_code=3)
+    )
+    assert out == b"partial"
+    assert code != 0
+    # client-go found the exit code in our v4 Status JSON.
+    assert b"command terminated with exit code 3" in err
