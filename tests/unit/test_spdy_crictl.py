@@ -1,11 +1,12 @@
 """The SPDY framing module against a client nobody here wrote: crictl 1.29.0 (client-go and
 moby/spdystream, as kubelet's streaming clients).
 
-A throwaway server in the test answers the CRI Version and Exec calls over a unix socket
-and serves the Exec URL: an HTTP upgrade to SPDY/3.1, then frames through
+A throwaway server in the test answers the CRI Version, Exec and PortForward calls over a
+unix socket and serves their URL: an HTTP upgrade to SPDY/3.1, then frames through
 linerd.cri.streaming.spdy only. What it plays is a process, not a container: it writes
-fixed output or echoes stdin, then reports a v4 exit status. So crictl's own framing,
-header compression and stream handshake meet ours byte for byte.
+fixed output or echoes stdin, then reports a v4 exit status; for port-forward, an echo
+server behind every forwarded connection. So crictl's own framing, header compression and
+stream handshake meet ours byte for byte, on many multiplexed streams.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, url: str) -> None:
         self.url = url
         self.requests: list[api_pb2.ExecRequest] = []
+        self.pf_requests: list[api_pb2.PortForwardRequest] = []
 
     async def Version(
         self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext
@@ -68,6 +70,12 @@ class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.VersionResponse(
             version="0.1.0", runtime_name="spdy-test", runtime_version="0", runtime_api_version="v1"
         )
+
+    async def PortForward(
+        self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PortForwardResponse:
+        self.pf_requests.append(request)
+        return api_pb2.PortForwardResponse(url=self.url)
 
     async def Exec(
         self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext
@@ -222,3 +230,109 @@ def test_crictl_exec_sees_the_exit_status(tmp_path: Path) -> None:
     assert code != 0
     # client-go found the exit code in our v4 Status JSON.
     assert b"command terminated with exit code 3" in err
+
+
+async def _serve_port_forward(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: list[tuple[str, str, str]]
+) -> None:
+    """Port-forward's side: each requestID brings an error and a data stream; the "pod"
+    echoes what arrives on a data stream and half-closes it when the client does."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    assert head[0].startswith("POST /portforward/") or head[0].startswith("GET /portforward/")
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
+    )
+    encoder, decoder = spdy.FrameEncoder(), spdy.FrameDecoder()
+    errors: dict[str, int] = {}  # requestID -> its error stream
+    data_request: dict[int, str] = {}  # data stream -> its requestID
+    while data := await reader.read(65536):
+        decoder.feed(data)
+        for frame in decoder.frames():
+            match frame:
+                case spdy.SynStream(stream_id, headers):
+                    h = dict(headers)
+                    seen.append((h["streamtype"], h["port"], h["requestid"]))
+                    if h["streamtype"] == "error":
+                        errors[h["requestid"]] = stream_id
+                    else:
+                        data_request[stream_id] = h["requestid"]
+                    writer.write(encoder.encode(spdy.SynReply(stream_id)))
+                case spdy.DataFrame(stream_id, payload, flags) if stream_id in data_request:
+                    writer.write(encoder.encode(spdy.DataFrame(stream_id, payload, flags)))
+                    if flags & spdy.FLAG_FIN:
+                        error = errors[data_request[stream_id]]
+                        writer.write(encoder.encode(spdy.DataFrame(error, b"", spdy.FLAG_FIN)))
+                case spdy.Ping():
+                    writer.write(encoder.encode(frame))
+        await writer.drain()
+    writer.close()
+
+
+async def _port_forward(
+    tmp_path: Path, connections: int
+) -> tuple[list[bytes], str, list[tuple[str, str, str]]]:
+    seen: list[tuple[str, str, str]] = []
+    runtime = _Runtime("")
+
+    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_port_forward(reader, writer, seen)
+
+    http = await asyncio.start_server(on_connection, "127.0.0.1", 0)
+    runtime.url = f"http://127.0.0.1:{http.sockets[0].getsockname()[1]}/portforward/tok12345"
+    grpc_server = grpc.aio.server()
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(runtime, grpc_server)
+    endpoint = f"unix://{tmp_path / 'cri.sock'}"
+    grpc_server.add_insecure_port(endpoint)
+    await grpc_server.start()
+    proc = await asyncio.create_subprocess_exec(
+        str(CRICTL),
+        "--runtime-endpoint",
+        endpoint,
+        "--image-endpoint",
+        endpoint,
+        "port-forward",
+        "pod0",
+        ":80",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+    try:
+        assert proc.stdout is not None
+        # client-go says where it listens once it does: "Forwarding from 127.0.0.1:N -> 80".
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.startswith(b"Forwarding from 127.0.0.1:"), line
+        local = int(line.split(b":")[1].split()[0])
+
+        async def one(i: int) -> bytes:
+            r, w = await asyncio.open_connection("127.0.0.1", local)
+            payload = f"connection {i} ".encode() * (1000 + i)
+            w.write(payload)
+            await w.drain()
+            w.write_eof()
+            echoed = await r.read()
+            w.close()
+            return echoed if echoed == payload else b"MISMATCH " + echoed[:40]
+
+        echoed = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(connections))), 60)
+        return echoed, runtime.pf_requests[0].pod_sandbox_id, seen
+    finally:
+        proc.terminate()
+        await proc.wait()
+        await grpc_server.stop(None)
+        http.close()
+        await http.wait_closed()
+
+
+def test_crictl_port_forward_multiplexes_streams(tmp_path: Path) -> None:
+    echoed, pod, seen = asyncio.run(_port_forward(tmp_path, 8))
+    assert all(not e.startswith(b"MISMATCH") for e in echoed)
+    assert [len(e) for e in echoed] == [len(f"connection {i} ") * (1000 + i) for i in range(8)]
+    assert pod == "pod0"
+    # Per connection an error stream then a data stream, both naming the port and one
+    # requestID (spdystream's headers, inflated by our decoder).
+    assert sorted(seen) == sorted(
+        (kind, "80", str(i)) for i in range(8) for kind in ("error", "data")
+    )
