@@ -7,6 +7,9 @@ its own compiled copy of the CRI and prints them as JSON, so each value it print
 name must be the one we put in the field of that name: a field number that differs from
 upstream's shows up as a value under the wrong name, or as a field crictl lacks.
 Fields that cri-api added after v0.29 are the only ones crictl may not print.
+
+The other way, crictl reads a pod and a container config from files (its Go structs take
+the proto field names) and sends them: the requests we receive must hold every field.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def _responses() -> dict[str, Message]:
 
 
 RESPONSES = _responses()
+REQUESTS: dict[str, list[Message]] = {}  # what the servicers received, by method name
 
 
 def _servicer(base: type, service: str) -> Any:
@@ -168,6 +172,7 @@ def _servicer(base: type, service: str) -> Any:
             continue
 
         async def answer(self: Any, request: Any, context: Any, name: str = method.name) -> Any:
+            REQUESTS.setdefault(name, []).append(request)
             return RESPONSES[name]
 
         handlers[method.name] = answer
@@ -261,3 +266,56 @@ def test_crictl_version_and_runtime_config(tmp_path: Path) -> None:
     # last enum value, CGROUPFS = 1.
     out = asyncio.run(_crictl_run(tmp_path, "runtime-config"))
     assert out.split() == ["cgroup", "driver:", "CGROUPFS"]
+
+
+def go_json(msg: Message) -> dict[str, Any]:
+    """`msg` as crictl's config files spell it: Go's encoding/json of the generated structs
+    (proto field names, 64-bit integers and enums as numbers, bytes in base64)."""
+    out: dict[str, Any] = {}
+    for f, value in msg.ListFields():
+        is_map = f.message_type is not None and f.message_type.GetOptions().map_entry
+        if is_map:
+            nested = f.message_type.fields_by_name["value"].message_type is not None
+            out[f.name] = {k: go_json(v) if nested else v for k, v in value.items()}
+        elif f.message_type is not None:
+            out[f.name] = [go_json(v) for v in value] if f.is_repeated else go_json(value)
+        elif f.full_name == "runtime.v1.KeyValue.value":
+            # A string in crictl's v0.29 (bytes since v0.35.7): same wire type, so the text
+            # crictl sends arrives as these bytes.
+            out[f.name] = value.decode()
+        elif f.type == FieldDescriptor.TYPE_BYTES:
+            out[f.name] = json_format.MessageToDict(msg, preserving_proto_field_name=True)[f.name]
+        else:
+            out[f.name] = list(value) if f.is_repeated else value
+    return out
+
+
+def test_crictl_sends_every_field_of_our_configs(tmp_path: Path) -> None:
+    pod = fill(api_pb2.PodSandboxConfig())
+    container = fill(api_pb2.ContainerConfig())
+    (tmp_path / "pod.json").write_text(json.dumps(go_json(pod)))
+    (tmp_path / "container.json").write_text(json.dumps(go_json(container)))
+    REQUESTS.clear()
+    asyncio.run(_crictl_run(tmp_path, "runp", "--runtime", "rh", str(tmp_path / "pod.json")))
+    asyncio.run(
+        _crictl_run(
+            tmp_path,
+            "create",
+            "--no-pull",
+            "p1",
+            str(tmp_path / "container.json"),
+            str(tmp_path / "pod.json"),
+        )
+    )
+    [run] = REQUESTS["RunPodSandbox"]
+    assert isinstance(run, api_pb2.RunPodSandboxRequest)
+    assert run.runtime_handler == "rh"
+    sent = json_format.MessageToDict(run.config)
+    assert compare(pod, sent, "RunPodSandbox.config", frozenset()) >= 50
+    [create] = REQUESTS["CreateContainer"]
+    assert isinstance(create, api_pb2.CreateContainerRequest)
+    assert create.pod_sandbox_id == "p1"
+    sent = json_format.MessageToDict(create.config)
+    assert compare(container, sent, "CreateContainer.config", frozenset()) >= 50
+    sent = json_format.MessageToDict(create.sandbox_config)
+    assert compare(pod, sent, "CreateContainer.sandbox_config", frozenset()) >= 50
