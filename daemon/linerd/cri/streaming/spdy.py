@@ -276,7 +276,8 @@ Frame = (
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What a decoder accepts from its peer. Kubernetes' peers send data frames of at most
-    32 KiB (Go's copy buffer) and header blocks of a few short pairs."""
+    32 KiB (Go's copy buffer; measured with crictl 1.29) and header blocks of a few short
+    pairs, so these leave ample room."""
 
     max_data_payload: int = 1 << 20
     max_control_payload: int = 64 << 10  # the spec asks for at least 8192
