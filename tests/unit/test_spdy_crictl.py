@@ -2,8 +2,8 @@
 moby/spdystream, as kubelet's streaming clients).
 
 A throwaway server in the test answers the CRI Version, Exec and PortForward calls over a
-unix socket and serves their URL: an HTTP upgrade to SPDY/3.1, then frames through
-linerd.cri.streaming.spdy only. What it plays is a process, not a container: it writes
+unix socket and serves their URL: an HTTP upgrade to SPDY/3.1 decided by
+linerd.cri.streaming.upgrade, then frames through linerd.cri.streaming.spdy only. What it plays is a process, not a container: it writes
 fixed output or echoes stdin, then reports a v4 exit status; for port-forward, an echo
 server behind every forwarded connection. So crictl's own framing, header compression and
 stream handshake meet ours byte for byte, on many multiplexed streams.
@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from liner_api.runtime.v1 import api_pb2, api_pb2_grpc
-from linerd.cri.streaming import spdy
+from linerd.cri.streaming import spdy, upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,8 +44,6 @@ pytestmark = [
     pytest.mark.unit,
     pytest.mark.skipif(CRICTL is None, reason="crictl not on PATH nor at ../shared/bin/crictl"),
 ]
-
-REMOTECOMMAND = ("v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io")
 
 
 @dataclass
@@ -84,6 +82,19 @@ class _Runtime(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.ExecResponse(url=self.url)
 
 
+async def _upgrade(
+    reader: asyncio.StreamReader, protocols: tuple[str, ...]
+) -> tuple[str, upgrade.Upgrade]:
+    """Read crictl's request head and let the upgrade module decide on it."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = [
+        (name, value.strip()) for name, value in (line.split(":", 1) for line in head[1:] if line)
+    ]
+    decision = upgrade.negotiate(head[0].split()[0], headers, protocols)
+    assert isinstance(decision, upgrade.Upgrade), decision
+    return head[0], decision
+
+
 def _status(exit_code: int) -> bytes:
     if exit_code == 0:
         return b""  # v4: an empty error stream is success
@@ -106,20 +117,9 @@ async def _serve_spdy(
     output: bytes,
     exit_code: int,
 ) -> None:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    session.request_line = head[0]
-    headers = [line.split(":", 1) for line in head[1:] if line]
-    offered = [
-        p.strip()
-        for name, value in headers
-        if name.strip().lower() == "x-stream-protocol-version"
-        for p in value.split(",")
-    ]
-    session.protocol = next(p for p in offered if p in REMOTECOMMAND)
-    writer.write(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-        b"X-Stream-Protocol-Version: " + session.protocol.encode() + b"\r\n\r\n"
-    )
+    session.request_line, decision = await _upgrade(reader, upgrade.REMOTECOMMAND_SPDY)
+    session.protocol = decision.protocol
+    writer.write(decision.response.head())
     request = runtime.requests[-1]
     expected = 1 + request.stdin + request.stdout + (request.stderr and not request.tty)
     encoder, decoder = spdy.FrameEncoder(), spdy.FrameDecoder()
@@ -237,12 +237,10 @@ async def _serve_port_forward(
 ) -> None:
     """Port-forward's side: each requestID brings an error and a data stream; the "pod"
     echoes what arrives on a data stream and half-closes it when the client does."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    assert head[0].startswith("POST /portforward/") or head[0].startswith("GET /portforward/")
-    writer.write(
-        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-        b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
-    )
+    request_line, decision = await _upgrade(reader, upgrade.PORTFORWARD_SPDY)
+    assert request_line.startswith("POST /portforward/tok12345 "), request_line
+    assert decision.protocol == "portforward.k8s.io"
+    writer.write(decision.response.head())
     encoder, decoder = spdy.FrameEncoder(), spdy.FrameDecoder()
     errors: dict[str, int] = {}  # requestID -> its error stream
     data_request: dict[int, str] = {}  # data stream -> its requestID
