@@ -3,10 +3,11 @@ moby/spdystream, as kubelet's streaming clients).
 
 A throwaway server in the test answers the CRI Version, Exec and PortForward calls over a
 unix socket and serves their URL: an HTTP upgrade to SPDY/3.1 decided by
-linerd.cri.streaming.upgrade, then frames through linerd.cri.streaming.spdy only. What it plays is a process, not a container: it writes
-fixed output or echoes stdin, then reports a v4 exit status; for port-forward, an echo
-server behind every forwarded connection. So crictl's own framing, header compression and
-stream handshake meet ours byte for byte, on many multiplexed streams.
+linerd.cri.streaming.upgrade, then frames through linerd.cri.streaming.spdy only. What it
+plays is a process, not a container: it writes fixed output or echoes stdin, then reports
+a v4 exit status; for port-forward, an echo server behind every forwarded connection. So
+crictl's own framing, header compression and stream handshake meet ours byte for byte, on
+many multiplexed streams.
 """
 
 from __future__ import annotations
