@@ -6,9 +6,13 @@ Usage (from the repository root)::
     python api/generate.py            # regenerate api/liner_api
     python api/generate.py --check    # exit 1 if api/liner_api is out of date
 
-Python code is generated for everything under ``api/proto/containerd`` and
-``api/proto/liner`` (liner's own services); gRPC stubs only for the service
-definitions under ``<root>/services``.  Files
+Python code is generated for everything under ``api/proto/containerd``,
+``api/proto/liner`` (liner's own services) and ``api/proto/runtime`` (the
+Kubernetes CRI, package ``runtime.v1``); gRPC stubs only for the service
+definitions under ``containerd/services``, ``liner/services`` and ``runtime``.
+Generated imports are rewritten into the ``liner_api`` package, so the CRI
+lives at ``liner_api.runtime.v1`` and no top-level ``runtime`` module exists.
+Files
 under ``api/proto/google`` are include-only: at runtime their modules come
 from the ``protobuf`` / ``googleapis-common-protos`` distributions.
 """
@@ -29,9 +33,10 @@ API_DIR = Path(__file__).resolve().parent
 PROTO_DIR = API_DIR / "proto"
 OUT_DIR = API_DIR / "liner_api"
 PACKAGE = "liner_api"
-# containerd's API, and liner's own additions (daemon-side pull and push).
-GENERATED_ROOTS = ("containerd", "liner")
-SERVICES_ROOTS = ("containerd/services", "liner/services")
+# containerd's API, liner's own additions (daemon-side pull and push) and the CRI.
+GENERATED_ROOTS = ("containerd", "liner", "runtime")
+# The CRI keeps its services in the same file as its messages.
+SERVICES_ROOTS = ("containerd/services", "liner/services", "runtime")
 TOP_INIT = '"""Generated Python bindings for the containerd-compatible liner API."""\n'
 IGNORED_NAMES = frozenset({"__pycache__"})
 
