@@ -143,9 +143,6 @@ class Collector:
     def register_kind(self, name: str, kind: Kind) -> None:
         self._kinds[name] = kind
 
-    def register_roots(self, source: RootSource) -> None:
-        self._roots.append(source)
-
     def schedule(self) -> None:
         """Ask for a collection soon (after a delete); cheap to call often."""
         self._wake.set()

@@ -255,10 +255,6 @@ def parse_credentials(table: Mapping[str, Any], where: str) -> Credentials:
     return Credentials(username, password, token, preemptive)
 
 
-def _netloc(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc
-
-
 class HostsConfig:
     """Where to pull a registry's content from, with which TLS settings and credentials."""
 
