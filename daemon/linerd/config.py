@@ -80,7 +80,20 @@ class Config:
     runtimes: dict[str, Any] = field(default_factory=dict)
 
 
-_LEVELS = ("debug", "info", "warning", "error", "critical")
+# containerd's (logrus's) level names, and Python's warning and critical, to logging's numbers.
+# Python has no trace level: trace logs what debug does. fatal and panic only filter here (a
+# log call never exits), so they mean critical.
+LOG_LEVELS: dict[str, int] = {
+    "trace": 10,
+    "debug": 10,
+    "info": 20,
+    "warn": 30,
+    "warning": 30,
+    "error": 40,
+    "fatal": 50,
+    "panic": 50,
+    "critical": 50,
+}
 
 
 def _fill(target: Any, values: dict[str, Any], where: str) -> None:
@@ -110,8 +123,8 @@ def validate(config: Config) -> Config:
 
     if config.version != 1:
         raise ConfigError(f"unsupported config version {config.version}; this linerd reads 1")
-    if config.log.level not in _LEVELS:
-        raise ConfigError(f"log.level must be one of {', '.join(_LEVELS)}")
+    if config.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in ("json", "console"):
         raise ConfigError("log.format must be 'json' or 'console'")
     for name in ("root", "state"):
