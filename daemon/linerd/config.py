@@ -59,6 +59,9 @@ class LogConfig:
     level: str = "info"
     # "json" (journald-friendly) or "console".
     format: str = "json"
+    # Bytes a container's log (<state>/logs/<namespace>/<id>.log: the output of a task created
+    # without stdio, such as `liner run -d`) may reach before it starts afresh; 0 = no cap.
+    container_log_size_max: int = 10 << 20
 
 
 @dataclass(slots=True)
@@ -127,6 +130,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in ("json", "console"):
         raise ConfigError("log.format must be 'json' or 'console'")
+    if config.log.container_log_size_max < 0:
+        raise ConfigError("log.container_log_size_max must be 0 (no cap) or a number of bytes")
     for name in ("root", "state"):
         if not Path(getattr(config, name)).is_absolute():
             raise ConfigError(f"{name} must be an absolute path")

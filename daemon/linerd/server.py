@@ -172,7 +172,7 @@ def build_core(config: Config) -> Core:
         default_snapshotter=default,
         gc=gc,
         events=Exchange(),
-        runtime=TaskRuntime(Path(config.state)),
+        runtime=TaskRuntime(Path(config.state), log_size_max=config.log.container_log_size_max),
         runtimes=runtime_resolve.Runtimes(
             {
                 **runtime_resolve.builtin(Path(config.state)),
@@ -315,6 +315,7 @@ class Daemon:
         self.metrics = Metrics()
         self._metrics_server: MetricsServer | None = None
         self._gc: Collector | None = None
+        self._runtime: TaskRuntime | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -503,6 +504,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._gc = core.gc
+        self._runtime = core.runtime
         core.gc.interval, core.gc.delay = config.gc.interval, config.gc.schedule_delay
         gc_task = asyncio.create_task(core.gc.run())
         watchdog = asyncio.create_task(_watchdog())
@@ -560,6 +562,8 @@ class Daemon:
         self.hosts = hosts
         if self._gc is not None:
             self._gc.interval, self._gc.delay = new.gc.interval, new.gc.schedule_delay
+        if self._runtime is not None:
+            self._runtime.log_size_max = new.log.container_log_size_max
         if new.metrics.address != old.metrics.address:
             try:
                 await self._start_metrics(new.metrics.address)

@@ -42,6 +42,7 @@ def test_file_overrides_defaults(tmp_path: Path) -> None:
         ("grpc = 3\n", "'grpc' must be a table"),
         ("[log]\nlevel = 'loud'\n", "log.level must be one of"),
         ("root = 'relative'\n", "root must be an absolute path"),
+        ("[log]\ncontainer_log_size_max = -1\n", "log.container_log_size_max must be 0"),
         ("version = 2\n", "unsupported config version 2"),
         ("[gc\n", "config"),
     ],
@@ -102,3 +103,11 @@ def test_warn_filters_info_and_keeps_warnings(capsys: pytest.CaptureFixture) -> 
         structlog.reset_defaults()
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [line["event"] for line in lines] == ["loud", "louder"]
+
+
+def test_container_log_cap(tmp_path: Path) -> None:
+    assert Config().log.container_log_size_max == 10 << 20
+    assert "container_log_size_max = 10485760" in to_toml(Config())
+    path = tmp_path / "config.toml"
+    path.write_text("[log]\ncontainer_log_size_max = 0\n")  # no cap
+    assert load(path).log.container_log_size_max == 0
