@@ -28,3 +28,9 @@ def test_linerd_version_flag() -> None:
         check=True,
     ).stdout
     assert out.strip() == f"linerd {version('liner')}"
+
+
+def test_registry_requests_carry_the_same_version() -> None:
+    from linerd.remotes import RegistryClient
+
+    assert RegistryClient()._user_agent == f"liner/{version('liner')}"

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import structlog
 
+import linerd
 from linerd import errdefs
 from linerd.core.types import Descriptor
 from linerd.remotes import reference as refs
@@ -138,7 +139,7 @@ class RegistryClient:
         backoff_max: float = 5.0,
         retry_deadline: float = 60.0,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        user_agent: str = "liner/0.1",
+        user_agent: str | None = None,
         min_rate: tuple[int, float] = MIN_RATE,
         trust_env: bool = True,
     ) -> None:
@@ -150,7 +151,8 @@ class RegistryClient:
         self.retry_deadline = retry_deadline
         self._timeout = timeout
         self.min_rate = min_rate
-        self._user_agent = user_agent
+        # The version from the one place it is written (pyproject.toml, see linerd.__init__).
+        self._user_agent = user_agent or f"liner/{linerd.__version__}"
         self._trust_env = trust_env
         self._clients: dict[TLSConfig, httpx.AsyncClient] = {}
         self._plain_hosts: set[str] = set()  # loopback hosts found to speak plain HTTP
