@@ -115,7 +115,7 @@ def build_core(
     events = Exchange()
     publisher = Publisher(events)
     leases, images, containers = LeaseStore(db), ImageStore(db), ContainerStore(db)
-    runtime = TaskRuntime(state)
+    runtime = TaskRuntime(state, log_size_max=config.log.container_log_size_max)
     runtimes = runtime_resolve.Runtimes(
         {**runtime_resolve.builtin(state), **runtime_resolve.parse(config.runtimes)},
         config.default_runtime,
@@ -154,7 +154,7 @@ def build_core(
             leases=Leases(leases, gc),
             content=Content(content, gc, publisher),
             images=Images(images, gc, publisher),
-            containers=Containers(containers, gc, publisher),
+            containers=Containers(containers, gc, publisher, runtime.remove_log),
             snapshots=Snapshots(snapshots, default, gc, publisher),
             tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),
             transfer=transfer,

@@ -59,6 +59,9 @@ class LogConfig:
     level: str = "info"
     # "json" (journald-friendly) or "console".
     format: str = "json"
+    # Bytes a container's log (<state>/logs/<namespace>/<id>.log: the output of a task created
+    # without stdio, such as `liner run -d`) may reach before it starts afresh; 0 = no cap.
+    container_log_size_max: int = 10 << 20
 
 
 @dataclass(slots=True)
@@ -80,7 +83,20 @@ class Config:
     runtimes: dict[str, Any] = field(default_factory=dict)
 
 
-_LEVELS = ("debug", "info", "warning", "error", "critical")
+# containerd's (logrus's) level names, and Python's warning and critical, to logging's numbers.
+# Python has no trace level: trace logs what debug does. fatal and panic only filter here (a
+# log call never exits), so they mean critical.
+LOG_LEVELS: dict[str, int] = {
+    "trace": 10,
+    "debug": 10,
+    "info": 20,
+    "warn": 30,
+    "warning": 30,
+    "error": 40,
+    "fatal": 50,
+    "panic": 50,
+    "critical": 50,
+}
 
 
 def _fill(target: Any, values: dict[str, Any], where: str) -> None:
@@ -110,10 +126,12 @@ def validate(config: Config) -> Config:
 
     if config.version != 1:
         raise ConfigError(f"unsupported config version {config.version}; this linerd reads 1")
-    if config.log.level not in _LEVELS:
-        raise ConfigError(f"log.level must be one of {', '.join(_LEVELS)}")
+    if config.log.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in ("json", "console"):
         raise ConfigError("log.format must be 'json' or 'console'")
+    if config.log.container_log_size_max < 0:
+        raise ConfigError("log.container_log_size_max must be 0 (no cap) or a number of bytes")
     for name in ("root", "state"):
         if not Path(getattr(config, name)).is_absolute():
             raise ConfigError(f"{name} must be an absolute path")

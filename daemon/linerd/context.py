@@ -27,9 +27,5 @@ def namespace() -> str:
     return validate.identifier(ns, "namespace")
 
 
-def namespace_or_none() -> str | None:
-    return _namespace.get() or None
-
-
 def lease() -> str | None:
     return _lease.get() or None

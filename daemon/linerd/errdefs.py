@@ -25,10 +25,6 @@ class FailedPrecondition(LinerError):
     pass
 
 
-class Conflict(FailedPrecondition):
-    """The object changed or is in use in a way that forbids the operation."""
-
-
 class Unavailable(LinerError):
     """Temporarily impossible (a locked ingest ref); clients retry."""
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import structlog
 
+from linerd.config import LOG_LEVELS
+
 
 def setup(level: str, fmt: str) -> None:
-    numeric = logging.getLevelNamesMapping()[level.upper()]
+    numeric = LOG_LEVELS[level.lower()]
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"

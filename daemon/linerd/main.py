@@ -11,7 +11,7 @@ from pathlib import Path
 # Only light modules here: the rest of the daemon is imported in main(), after the process
 # is tuned (which optional modules stay out), so that the tuning applies to those imports.
 from linerd import __version__
-from linerd.config import Config, ConfigError, load, read, to_toml, validate
+from linerd.config import LOG_LEVELS, Config, ConfigError, load, read, to_toml, validate
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
 # glibc gives each thread that contends for malloc an arena of its own (up to 8 per core); the
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="persistent state directory (default /var/lib/liner)")
     p.add_argument("--state", help="runtime state directory (default /run/liner)")
     p.add_argument("-a", "--address", help="gRPC unix socket (default /run/liner/liner.sock)")
-    p.add_argument("-l", "--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("-l", "--log-level", type=str.lower, choices=list(LOG_LEVELS))
     p.add_argument("--log-format", choices=["json", "console"])
     p.add_argument("--metrics-address", help="host:port for Prometheus metrics at /v1/metrics")
     p.add_argument("-v", "--version", action="version", version=f"linerd {__version__}")

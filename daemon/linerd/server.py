@@ -42,6 +42,7 @@ from linerd.gc.collector import Collector
 from linerd.log import setup as setup_logging
 from linerd.metrics import Metrics, MetricsServer
 from linerd.remotes.hosts import HostsConfig
+from linerd.runtime import TaskRuntime
 from linerd.services.containers import ContainersService
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
@@ -224,6 +225,7 @@ class Daemon:
         self.metrics = Metrics()
         self._metrics_server: MetricsServer | None = None
         self._gc: Collector | None = None
+        self._runtime: TaskRuntime | None = None  # its log cap follows a reload
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -430,6 +432,7 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         self._gc = core.gc
+        self._runtime = core.runtime
         core.gc.interval, core.gc.delay = config.gc.interval, config.gc.schedule_delay
         gc_task = asyncio.create_task(core.gc.run())
         watchdog = asyncio.create_task(_watchdog())
@@ -487,6 +490,8 @@ class Daemon:
         self.hosts = hosts
         if self._gc is not None:
             self._gc.interval, self._gc.delay = new.gc.interval, new.gc.schedule_delay
+        if self._runtime is not None:
+            self._runtime.log_size_max = new.log.container_log_size_max
         if new.metrics.address != old.metrics.address:
             try:
                 await self._start_metrics(new.metrics.address)

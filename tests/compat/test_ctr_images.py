@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from imagebuild import BusyboxLayout, build_busybox_layout
@@ -297,3 +298,29 @@ def test_lease_ids_as_ctr_makes_them(daemon: Linerd, suffix: str) -> None:
         leases = leases_pb2_grpc.LeasesStub(channel)
         leases.Create(leases_pb2.CreateRequest(id=lease), metadata=ns("lease-ids"))
         leases.Delete(leases_pb2.DeleteRequest(id=lease), metadata=ns("lease-ids"))
+
+
+def test_images_mount_and_unmount(
+    daemon: Linerd, reg: Registry, layout: BusyboxLayout, tmp_path: Path
+) -> None:
+    # ctr 1.6 names the lease after the target directory: a path is a lease id.
+    namespace = "mount"
+    ref = reg.ref(f"{REPO}:latest")
+    ctr(daemon, "images", "pull", "--plain-http", ref, namespace=namespace)
+    target = tmp_path / "m"
+    target.mkdir()
+    key = str(target)
+    ctr(daemon, "images", "mount", ref, key, namespace=namespace)
+    try:
+        assert os.path.ismount(target)
+        assert (target / "bin" / "busybox").read_bytes()[:4] == b"\x7fELF"
+        leases = ctr(daemon, "leases", "ls", "-q", namespace=namespace).stdout.split()
+        assert key in leases
+        assert snapshots(daemon, namespace)[key] == (expected_chain(layout)[-1], "View")
+    finally:
+        ctr(daemon, "images", "unmount", "--rm", key, namespace=namespace)
+    assert not os.path.ismount(target)
+    assert key not in snapshots(daemon, namespace)
+    assert key not in ctr(daemon, "leases", "ls", "-q", namespace=namespace).stdout.split()
+    # the image's own snapshots stay
+    assert set(snapshots(daemon, namespace)) == set(expected_chain(layout))

@@ -515,3 +515,24 @@ def test_run_with_the_crun_runtime(daemon: Linerd, image: str) -> None:
     wait_status(daemon, cid, "STOPPED")
     ctr(daemon, "tasks", "rm", cid)
     ctr(daemon, "containers", "rm", cid)
+
+
+# ---------------------------------------------------------------------------- logs
+
+
+def test_run_detached_without_io_keeps_output_in_a_log(daemon: Linerd, image: str) -> None:
+    # `ctr run -d --null-io` sends no stdio at all (plain `ctr run -d` sends its own FIFOs,
+    # which nobody reads once ctr has exited): the output goes to the container's log.
+    cid = "logged-1"
+    ctr(daemon, "run", "-d", "--null-io", image, cid, "sh", "-c", "echo out; echo err >&2")
+    wait_status(daemon, cid, "STOPPED")
+    ctr(daemon, "tasks", "rm", cid)  # conmon has ended: the log is complete
+    log = daemon.state / "logs" / NS / f"{cid}.log"
+    records = [line.split(" ", 3) for line in log.read_text().splitlines()]
+    assert sorted((stream, tag, text) for _, stream, tag, text in records) == [
+        ("stderr", "F", "err"),
+        ("stdout", "F", "out"),
+    ]
+    for stamp, *_ in records:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}[+-]\d\d:\d\d", stamp), stamp
+    ctr(daemon, "containers", "rm", cid)

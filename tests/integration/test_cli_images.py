@@ -14,12 +14,13 @@ import pytest
 from click.testing import CliRunner, Result
 from imagebuild import BuiltImage, BusyboxLayout
 from registry import Registry
-from support import Linerd
+from support import Linerd, ns
 
 from liner.cli import cli
 from liner.client import BlobProgress, Descriptor, PullProgress
 from liner.format import human_size, snapshot_tree
 from liner.progress import PlainDisplay
+from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -384,13 +385,26 @@ def test_snapshots_commands(
     assert "Parent" not in json.loads(ok(liner(a, "snapshots", "info", chain[0])))
     assert "does not exist" in failed(liner(a, "snapshots", "info", "nothing"))
 
-    # a parent with children stays; the leaf goes
+    # a parent with children stays; the leaf goes. Removing the leaf schedules a collection,
+    # and the image's label names only the leaf: a lease holds the parents, so the listing
+    # does not race the collector.
+    with linerd.channel() as channel:
+        leases = leases_pb2_grpc.LeasesStub(channel)
+        leases.Create(leases_pb2.CreateRequest(id="hold-parents"), metadata=ns())
+        for key in chain[:2]:
+            resource = leases_pb2.Resource(id=key, type="snapshots/overlayfs")
+            leases.AddResource(
+                leases_pb2.AddResourceRequest(id="hold-parents", resource=resource), metadata=ns()
+            )
     result = liner(a, "snapshots", "rm", chain[0], chain[2], "nothing")
     assert result.exit_code == 1
     assert result.stdout == chain[2] + "\n"
     errors = result.stderr.splitlines()
     assert len(errors) == 2 and all(e.startswith("liner: ") for e in errors)
     assert ok(liner(a, "snapshots", "ls", "-q")).split() == sorted(chain[:2])
+    # once nothing holds them, the parents are garbage
+    assert ok(liner(a, "leases", "rm", "--sync", "hold-parents")) == "hold-parents\n"
+    assert ok(liner(a, "snapshots", "ls", "-q")) == ""
 
 
 # -- errors -------------------------------------------------------------------------------------

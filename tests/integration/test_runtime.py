@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -943,3 +945,135 @@ def test_runc_delete_of_an_exited_init_in_process(env: Env) -> None:
         assert (env.tmp / "hook").read_text() == "ran\n"
 
     run(body())
+
+
+# ---------------------------------------------------------------------------- container logs
+
+_CRI_LINE = re.compile(r"(\S+) (stdout|stderr) ([PF]) (.*)")
+
+
+def cri_records(path: Path) -> list[tuple[datetime, str, str, str]]:
+    """Every line of a CRI log file as (time, stream, tag, text); any other shape fails."""
+    records = []
+    for line in path.read_text().split("\n")[:-1]:  # the file ends with a newline
+        m = _CRI_LINE.fullmatch(line)
+        assert m, line
+        stamp, stream, tag, text = m.groups()
+        # RFC 3339 with nanoseconds: Python parses microseconds, so drop the last three digits.
+        when = datetime.fromisoformat(re.sub(r"(\.\d{6})\d{3}", r"\1", stamp))
+        assert when.tzinfo is not None, stamp
+        records.append((when, stream, tag, text))
+    return records
+
+
+def cri_lines(records: list[tuple[datetime, str, str, str]]) -> dict[str, list[str]]:
+    """Each stream's lines, with P (partial) records joined to the F that ends them."""
+    lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    pending = {"stdout": "", "stderr": ""}
+    for _, stream, tag, text in records:
+        pending[stream] += text
+        if tag == "F":
+            lines[stream].append(pending[stream])
+            pending[stream] = ""
+    assert pending == {"stdout": "", "stderr": ""}, pending
+    return lines
+
+
+def test_task_without_stdio_logs_in_the_cri_format(env: Env) -> None:
+    long = 20000  # longer than conmon reads at once: written as P records, then an F
+    script = (
+        "echo out-1; echo err-1 >&2; "
+        f"head -c {long} /dev/zero | tr '\\0' x; echo; "
+        "echo err-2 >&2; echo out-2; exit 4"
+    )
+    log_path = env.rt.log_path(env.ns, "lg")
+
+    async def body() -> None:
+        await env.create("lg", "sh", "-c", script)
+        await env.rt.start(env.ns, "lg")
+        assert (await env.rt.wait(env.ns, "lg")).exit_status == 4
+        await env.rt.delete(env.ns, "lg")  # conmon has ended: the log is complete
+        assert log_path == env.state / "logs" / env.ns / "lg.log"
+        records = cri_records(log_path)
+        assert cri_lines(records) == {
+            "stdout": ["out-1", "x" * long, "out-2"],
+            "stderr": ["err-1", "err-2"],
+        }
+        assert [r[2] for r in records if r[3].startswith("x")].count("P") >= 1
+        assert all(len(r[3]) < long for r in records)
+        times = [r[0] for r in records]
+        assert times == sorted(times)
+
+        # A second task of the same container appends; remove_log removes it, twice is fine.
+        assert await env.run("lg", "echo", "second") == 0
+        assert cri_lines(cri_records(log_path))["stdout"][-2:] == ["out-2", "second"]
+        await env.rt.remove_log(env.ns, "lg")
+        assert not log_path.exists()
+        await env.rt.remove_log(env.ns, "lg")
+
+    run(body())
+
+
+def test_task_with_stdio_writes_no_log(env: Env) -> None:
+    f = Fifos(env.tmp / "io", "fl")
+
+    async def body() -> None:
+        await env.create("fl", "echo", "to the fifo", **f.kw)
+        await env.rt.start(env.ns, "fl")
+        await env.rt.wait(env.ns, "fl")
+        await env.rt.delete(env.ns, "fl")
+
+    run(body())
+    assert f.output() == (b"to the fifo\n", b"")
+    assert not env.rt.log_path(env.ns, "fl").exists()
+
+
+def test_container_log_starts_afresh_past_its_cap(env: Env) -> None:
+    env.rt.log_size_max = 4096
+    script = 'i=100; while [ $i -lt 400 ]; do echo "line-$i"; i=$((i+1)); done'
+
+    async def body() -> None:
+        assert await env.run("cap", "sh", "-c", script) == 0
+
+    run(body())
+    log_path = env.rt.log_path(env.ns, "cap")
+    assert log_path.stat().st_size <= 4096
+    lines = cri_lines(cri_records(log_path))["stdout"]
+    assert lines[-1] == "line-399"  # the newest output is kept, the oldest dropped
+    assert "line-100" not in lines
+    numbers = [int(line.removeprefix("line-")) for line in lines]
+    assert numbers == list(range(numbers[0], 400))
+
+
+def test_container_log_survives_a_daemon_restart(env: Env) -> None:
+    go = env.rootfs / "tmp" / f"go-{env.ns}"
+    script = f"echo before; while [ ! -e /tmp/{go.name} ]; do sleep 0.02; done; echo after"
+    log_path = env.rt.log_path(env.ns, "rs")
+
+    def logged() -> list[str]:
+        return cri_lines(cri_records(log_path))["stdout"] if log_path.exists() else []
+
+    async def first() -> None:
+        await env.create("rs", "sh", "-c", script)
+        await env.rt.start(env.ns, "rs")
+        deadline = time.monotonic() + 10
+        while logged() != ["before"]:
+            assert time.monotonic() < deadline, "the container never wrote 'before'"
+            await asyncio.sleep(0.02)
+        await env.rt.close()  # the daemon goes away; conmon keeps the log open
+
+    async def second() -> None:
+        rt = env.rt = TaskRuntime(env.state)
+        [st] = await rt.recover_all()
+        assert st.status == TaskStatus.RUNNING
+        assert logged() == ["before"]  # a restarted daemon neither truncates nor rewrites it
+        go.touch()
+        assert (await rt.wait(env.ns, "rs")).exit_status == 0
+        await rt.delete(env.ns, "rs")
+        assert logged() == ["before", "after"]
+
+    try:
+        run(first())
+        run(second())
+    finally:
+        go.unlink(missing_ok=True)

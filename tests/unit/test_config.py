@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import json
+import logging
 import tomllib
 from pathlib import Path
 
 import pytest
+import structlog
 
-from linerd.config import Config, ConfigError, load, to_toml
+from linerd import log
+from linerd.config import LOG_LEVELS, Config, ConfigError, load, to_toml
+from linerd.main import _parser
 
 pytestmark = pytest.mark.unit
 
@@ -37,6 +42,7 @@ def test_file_overrides_defaults(tmp_path: Path) -> None:
         ("grpc = 3\n", "'grpc' must be a table"),
         ("[log]\nlevel = 'loud'\n", "log.level must be one of"),
         ("root = 'relative'\n", "root must be an absolute path"),
+        ("[log]\ncontainer_log_size_max = -1\n", "log.container_log_size_max must be 0"),
         ("version = 2\n", "unsupported config version 2"),
         ("[gc\n", "config"),
     ],
@@ -51,3 +57,57 @@ def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load(tmp_path / "absent.toml")
+
+
+CONTAINERD_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+
+
+@pytest.mark.parametrize(("name", "number"), sorted(CONTAINERD_LEVELS.items()))
+def test_containerd_log_levels_in_the_file(tmp_path: Path, name: str, number: int) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[log]\nlevel = "{name.upper()}"\n')
+    assert load(path).log.level == name.upper()
+    assert LOG_LEVELS[name] == number
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINERD_LEVELS))
+def test_containerd_log_levels_on_the_command_line(name: str) -> None:
+    args = _parser().parse_args(["--log-level", name])
+    assert args.log_level == name
+    assert _parser().parse_args(["--log-level", name.upper()]).log_level == name
+
+
+def test_unknown_log_level_is_refused_on_the_command_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--log-level", "loud"])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
+
+
+def test_warn_filters_info_and_keeps_warnings(capsys: pytest.CaptureFixture) -> None:
+    log.setup("warn", "json")
+    try:
+        logger = structlog.get_logger()
+        logger.info("quiet")
+        logger.warning("loud")
+        logger.error("louder")
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line["event"] for line in lines] == ["loud", "louder"]
+
+
+def test_container_log_cap(tmp_path: Path) -> None:
+    assert Config().log.container_log_size_max == 10 << 20
+    assert "container_log_size_max = 10485760" in to_toml(Config())
+    path = tmp_path / "config.toml"
+    path.write_text("[log]\ncontainer_log_size_max = 0\n")  # no cap
+    assert load(path).log.container_log_size_max == 0

@@ -42,3 +42,24 @@ def test_label_mask_sets_removes_and_replaces() -> None:
 def test_oversized_label_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         validate.labels({"k": "v" * 5000})
+
+
+@pytest.mark.parametrize(
+    "lease",
+    [
+        "/tmp/m",  # ctr images mount names the lease after its target
+        "1700000000000000000-Ab_-x9",
+        "with spaces and ünïcode",
+        "../..",
+        "a\0b",
+        "x" * 32768,
+    ],
+)
+def test_lease_ids_are_what_containerd_accepts(lease: str) -> None:
+    assert validate.lease_id(lease) == lease
+
+
+@pytest.mark.parametrize("lease", ["", "x" * 32769, "é" * 16385])
+def test_lease_ids_refused(lease: str) -> None:
+    with pytest.raises(InvalidArgument):
+        validate.lease_id(lease)

@@ -144,9 +144,6 @@ class Collector:
     def register_kind(self, name: str, kind: Kind) -> None:
         self._kinds[name] = kind
 
-    def register_roots(self, source: RootSource) -> None:
-        self._roots.append(source)
-
     def observe(self, observer: Callable[[str], None]) -> None:
         """Call `observer("schedule")` on each `schedule()` and `observer("collect")` when a
         collection starts: what a caller asked of the collector, seen without racing it."""

@@ -1,8 +1,9 @@
-"""Containers: the container events, and GC after an update or delete (a snapshot or a
-labelled reference may be left unreferenced)."""
+"""Containers: the container events, GC after an update or delete (a snapshot or a
+labelled reference may be left unreferenced), and the kept output of a deleted container."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -16,11 +17,18 @@ if TYPE_CHECKING:
     from linerd.metadata.containers import ContainerStore
 
 
+# Removes what the runtime kept of a container (its log file), given namespace and id.
+Forget = Callable[[str, str], Awaitable[None]]
+
+
 class Containers:
-    def __init__(self, store: ContainerStore, gc: Collector, publisher: Publisher) -> None:
+    def __init__(
+        self, store: ContainerStore, gc: Collector, publisher: Publisher, forget: Forget
+    ) -> None:
         self.store = store
         self._gc = gc
         self._publisher = publisher
+        self._forget = forget
 
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self.store.get(namespace, container_id)
@@ -66,6 +74,7 @@ class Containers:
 
     async def delete(self, namespace: str, container_id: str) -> None:
         await self.store.delete(namespace, container_id)
+        await self._forget(namespace, container_id)
         self._publisher.publish(
             namespace, "/containers/delete", events.ContainerDelete(id=container_id)
         )

@@ -7,7 +7,6 @@ apply in order, each a small function over the spec dict.
 
 from __future__ import annotations
 
-import copy
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -346,7 +345,3 @@ def _read_db(rootfs: Path | None, name: str) -> list[list[str]]:
     except OSError:
         return []
     return [line.split(":") for line in text.splitlines() if line and not line.startswith("#")]
-
-
-def clone(spec: Spec) -> Spec:
-    return copy.deepcopy(spec)

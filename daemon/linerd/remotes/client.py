@@ -31,10 +31,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import structlog
 
+import linerd
 from linerd import errdefs
 from linerd.core.types import Descriptor
 from linerd.remotes import reference as refs
 from linerd.remotes.auth import MAX_TOKEN_RESPONSE, Authorizer, repository_scope
+from linerd.remotes.failures import Retryable as _Retryable
+from linerd.remotes.failures import classify
 from linerd.remotes.hosts import Endpoint, HostsConfig, TLSConfig
 
 if TYPE_CHECKING:
@@ -64,14 +67,6 @@ _ERROR_BODY_LIMIT = 4096
 
 # A request body: bytes, or a factory of an async byte stream (called again on a resend).
 Body = bytes | Callable[[], AsyncIterator[bytes]] | None
-
-
-class _Retryable(Exception):
-    """Internal: an attempt failed in a way another attempt may fix."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def hasher_for(digest: str) -> _Hash:
@@ -126,9 +121,11 @@ def _origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
 class RegistryClient:
     """Talks to registries as `HostsConfig` directs. Use as ``async with RegistryClient(...)``.
 
-    Retries: connection errors, 429 and 5xx are retried with exponential backoff (with
-    jitter, honouring a Retry-After up to ``backoff_max``), at most ``retries`` extra attempts
-    and not past ``retry_deadline`` seconds from the first attempt.
+    Retries: what a retry can fix (see `linerd.remotes.failures`: resets, timeouts, 429 and
+    5xx) is retried with exponential backoff (with jitter, honouring a Retry-After up to
+    ``backoff_max``), at most ``retries`` extra attempts and not past ``retry_deadline``
+    seconds from the first attempt. A loopback endpoint that answers TLS in plain HTTP is
+    switched to plain HTTP (see `Endpoint.http_fallback`), for the rest of this client's life.
     """
 
     def __init__(
@@ -142,7 +139,7 @@ class RegistryClient:
         backoff_max: float = 5.0,
         retry_deadline: float = 60.0,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-        user_agent: str = "liner/0.1",
+        user_agent: str | None = None,
         min_rate: tuple[int, float] = MIN_RATE,
         trust_env: bool = True,
     ) -> None:
@@ -154,9 +151,11 @@ class RegistryClient:
         self.retry_deadline = retry_deadline
         self._timeout = timeout
         self.min_rate = min_rate
-        self._user_agent = user_agent
+        # The version from the one place it is written (pyproject.toml, see linerd.__init__).
+        self._user_agent = user_agent or f"liner/{linerd.__version__}"
         self._trust_env = trust_env
         self._clients: dict[TLSConfig, httpx.AsyncClient] = {}
+        self._plain_hosts: set[str] = set()  # loopback hosts found to speak plain HTTP
         self.auth = Authorizer(
             self.hosts, self._token_transport, max_token_response=max_token_response
         )
@@ -316,7 +315,10 @@ class RegistryClient:
     # -- internals ------------------------------------------------------------------------
 
     def _endpoints(self, r: refs.Reference, capability: str) -> list[Endpoint]:
-        endpoints = self.hosts.endpoints_for(r.host, capability)
+        endpoints = [
+            ep.as_plain_http() if ep.http_fallback and ep.host in self._plain_hosts else ep
+            for ep in self.hosts.endpoints_for(r.host, capability)
+        ]
         if not endpoints:
             raise errdefs.FailedPrecondition(f"no registry endpoint of {r.host} can {capability}")
         return endpoints
@@ -424,20 +426,7 @@ class RegistryClient:
                     detail = await _error_detail(resp)
                     raise _Retryable(f"HTTP {status}{detail}", retry_after)
             except (httpx.TransportError, _Retryable) as e:
-                if _tls_failure(e):
-                    # Retrying cannot fix a certificate the configuration does not trust.
-                    raise errdefs.Unavailable(
-                        f"{what}: TLS verification failed (configure a CA for {ep.host}, "
-                        f"or skip_verify): {_describe(e)}"
-                    ) from None
-                elapsed = time.monotonic() - started
-                if attempt > self.retries or elapsed > self.retry_deadline:
-                    raise errdefs.Unavailable(
-                        f"{what}: {_describe(e)} (after {attempt} attempts)"
-                    ) from None
-                delay = self._delay(attempt, getattr(e, "retry_after", None))
-                log.info("retrying registry request", request=what, error=_describe(e), delay=delay)
-                await asyncio.sleep(delay)
+                ep = await self._after_failure(ep, what, e, attempt, started)
                 continue
             if status in (200, 206):
                 return resp
@@ -458,6 +447,33 @@ class RegistryClient:
             if status == 400:
                 raise errdefs.InvalidArgument(f"{what}: bad request{detail}")
             raise errdefs.FailedPrecondition(f"{what}: unexpected HTTP {status}{detail}")
+
+    async def _after_failure(
+        self,
+        ep: Endpoint,
+        what: str,
+        e: BaseException,
+        attempt: int,
+        started: float,
+        *,
+        retry: bool = True,
+    ) -> Endpoint:
+        """After attempt number ``attempt`` of ``what`` failed with ``e``: the endpoint for the
+        next attempt (after the backoff), or the errdefs error that ends the request."""
+        failure = classify(e, ep.host, what)
+        if failure.plain_http and ep.http_fallback:
+            log.info("registry speaks plain HTTP: falling back", host=ep.host)
+            self._plain_hosts.add(ep.host)
+            return ep.as_plain_http()
+        elapsed = time.monotonic() - started
+        if not (failure.retry and retry):
+            raise errdefs.Unavailable(failure.message) from None
+        if attempt > self.retries or elapsed > self.retry_deadline:
+            raise errdefs.Unavailable(f"{failure.message} (after {attempt} attempts)") from None
+        delay = self._delay(attempt, getattr(e, "retry_after", None))
+        log.info("retrying registry request", request=what, error=failure.message, delay=delay)
+        await asyncio.sleep(delay)
+        return ep
 
     async def _send(
         self,
@@ -543,9 +559,12 @@ class RegistryClient:
                 finally:
                     await resp.aclose()
             except (httpx.TransportError, _Retryable) as e:
+                failure = classify(e, host, f"token server {host}")
+                if not failure.retry:
+                    raise errdefs.Unavailable(failure.message) from None
                 if attempt > self.retries or time.monotonic() - started > self.retry_deadline:
                     raise errdefs.Unavailable(
-                        f"token server {host}: {_describe(e)} (after {attempt} attempts)"
+                        f"{failure.message} (after {attempt} attempts)"
                     ) from None
                 await asyncio.sleep(self._delay(attempt))
 
@@ -703,15 +722,6 @@ def _retry_after(value: str | None) -> float | None:
         return float(value)
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
-
-
-def _tls_failure(e: BaseException) -> bool:
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return "CERTIFICATE_VERIFY_FAILED" in str(e)
 
 
 def _describe(e: BaseException) -> str:

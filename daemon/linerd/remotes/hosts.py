@@ -27,6 +27,11 @@ Two sources, the first that knows a registry wins:
 Liner adds ``plain_http`` (per registry or per host entry) for a scheme-less URL, and
 ``preemptive_basic`` in an auths entry: send basic credentials without waiting for a 401.
 
+A loopback registry (``localhost``, 127.0.0.0/8, ``::1``) reached through a scheme-less URL
+whose plain HTTP nothing configured (no ``plain_http`` anywhere, no ``http://``/``https://``
+server) is tried over HTTPS first and over plain HTTP when it answers TLS in plain HTTP, as
+Docker and nerdctl do. ``plain_http = false`` for that registry keeps it HTTPS only.
+
 `HostsConfig.endpoints_for(host)` gives the mirrors in order, then the server.
 """
 
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import ipaddress
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -104,6 +111,14 @@ class Endpoint:
     credentials: Credentials | None = None
     headers: tuple[tuple[str, str], ...] = ()
     is_mirror: bool = False
+    # HTTPS first, then plain HTTP if the server answers TLS in plain HTTP: an unconfigured
+    # loopback registry, as Docker and nerdctl treat localhost and 127.0.0.0/8.
+    http_fallback: bool = False
+
+    def as_plain_http(self) -> Endpoint:
+        """This endpoint over plain HTTP (its fallback)."""
+        rest = self.base_url.split("://", 1)[1]
+        return dataclasses.replace(self, base_url=f"http://{rest}", http_fallback=False)
 
     @property
     def scheme(self) -> str:
@@ -255,10 +270,6 @@ def parse_credentials(table: Mapping[str, Any], where: str) -> Credentials:
     return Credentials(username, password, token, preemptive)
 
 
-def _netloc(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc
-
-
 class HostsConfig:
     """Where to pull a registry's content from, with which TLS settings and credentials."""
 
@@ -353,7 +364,9 @@ class HostsConfig:
             raise _fail(url, "no host")
         return url
 
-    def _endpoint(self, entry: HostEntry, url: str, *, mirror: bool) -> Endpoint:
+    def _endpoint(
+        self, entry: HostEntry, url: str, *, mirror: bool, fallback: bool = False
+    ) -> Endpoint:
         parts = urllib.parse.urlsplit(url)
         path = parts.path.rstrip("/")
         if not entry.override_path and not path.endswith("/v2"):
@@ -367,21 +380,45 @@ class HostsConfig:
             credentials=self.credentials_for(parts.netloc),
             headers=entry.headers,
             is_mirror=mirror,
+            http_fallback=fallback and parts.scheme == "https" and is_loopback(parts.netloc),
         )
 
     def endpoints_for(self, host: str, capability: str | None = None) -> list[Endpoint]:
         """Mirrors in configured order, then the server; only those with ``capability``."""
         reg = self.registry(host)
         plain = self.plain_http or bool(reg.plain_http)
+        # Nothing said which scheme: a loopback host may fall back to plain HTTP.
+        unsaid = not self.plain_http and reg.plain_http is None
         endpoints = []
         for m in reg.mirrors:
             m_plain = plain if m.plain_http is None else m.plain_http
-            endpoints.append(self._endpoint(m, self._url(m.url, m_plain), mirror=True))
+            fallback = unsaid and m.plain_http is None and "://" not in m.url
+            endpoints.append(
+                self._endpoint(m, self._url(m.url, m_plain), mirror=True, fallback=fallback)
+            )
         server = reg.server or HostEntry(url="")
         default = DOCKER_HUB_API_HOST if host == DEFAULT_HOST else host
+        fallback = unsaid and server.plain_http is None and "://" not in (server.url or default)
         endpoints.append(
-            self._endpoint(server, self._url(server.url or default, plain), mirror=False)
+            self._endpoint(
+                server, self._url(server.url or default, plain), mirror=False, fallback=fallback
+            )
         )
         if capability is not None:
             endpoints = [e for e in endpoints if capability in e.capabilities]
         return endpoints
+
+
+def is_loopback(netloc: str) -> bool:
+    """Whether ``host[:port]`` names this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = netloc
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -53,12 +53,10 @@ from linerd.remotes.client import (
     _RETRY_STATUSES,
     Body,
     RegistryClient,
-    _describe,
     _error_detail,
     _read_capped,
     _retry_after,
     _Retryable,
-    _tls_failure,
 )
 from linerd.remotes.hosts import Endpoint
 
@@ -356,22 +354,13 @@ class RepositoryPusher:
                     await resp.aclose()
                     raise _Retryable(f"HTTP {status}{detail}", retry_after)
             except (httpx.TransportError, _Retryable) as e:
-                if _tls_failure(e):
-                    raise errdefs.Unavailable(
-                        f"{what}: TLS verification failed (configure a CA for {ep.host}, "
-                        f"or skip_verify): {_describe(e)}"
-                    ) from None
-                elapsed = time.monotonic() - started
-                if (
-                    not retry
-                    or attempt > self.client.retries
-                    or elapsed > self.client.retry_deadline
-                ):
-                    err = errdefs.Unavailable(f"{what}: {_describe(e)} (after {attempt} attempts)")
-                    raise err from e
-                delay = self.client._delay(attempt, getattr(e, "retry_after", None))
-                log.info("retrying registry request", request=what, error=_describe(e), delay=delay)
-                await asyncio.sleep(delay)
+                fallback = await self.client._after_failure(
+                    ep, what, e, attempt, started, retry=retry
+                )
+                if fallback is not ep:  # a loopback registry speaking plain HTTP
+                    self.endpoint = ep = fallback
+                    if not isinstance(url, httpx.URL):
+                        target = httpx.URL(ep.url(url))
                 continue
             if status in ok:
                 try:

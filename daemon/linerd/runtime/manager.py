@@ -4,6 +4,7 @@ State layout (all under the daemon's state dir; nothing else on the host is touc
 
     <state>/runtime/<runtime-name>/<namespace>/   the runtime's --root (its own state)
     <state>/s/<uuid>                              conmon's socket-dir symlink → the process dir
+    <state>/logs/<namespace>/<id>.log             output of a task created without stdio
     <state>/tasks/<namespace>/<id>/               the bundle:
         meta.json      what a restarted daemon needs (runtime command, stdio, uuid, pids)
         config.json    the OCI spec
@@ -12,6 +13,12 @@ State layout (all under the daemon's state dir; nothing else on the host is touc
         exit/<id>      exit code written by conmon (mtime = exit time)
         persist/oom    written by conmon on an OOM kill
         x/<exec-id>/   one per exec: meta.json process.json pidfile conmon.pid exit/<id>
+
+Logs: a task created with no stdio at all (no stdin, stdout, stderr, terminal: a detached
+`liner run -d`, `ctr run -d --null-io`) keeps its output in its container's log file, written
+by conmon in the CRI format (`<RFC 3339 time> <stdout|stderr> <P|F> <text>`; P = part of a
+longer line) and started afresh once it would pass `log_size_max`. linerd never reads or
+writes it; the file outlives tasks and daemon restarts, until `remove_log`.
 
 Exit tracking: one inotify fd (IN_MOVED_TO on every exit dir; conmon writes exit files by
 rename) plus a pidfd per live conmon, both registered with the event loop. A conmon that is gone
@@ -79,6 +86,7 @@ log = structlog.get_logger("linerd.runtime")
 RUNC = RuntimeConfig("/usr/sbin/runc", name="runc")
 _ID = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")
 MONITOR_LOST_STATUS = 255
+DEFAULT_LOG_SIZE_MAX = 10 << 20
 
 ExitCallback = Callable[[str, str, str, int, int, datetime], Awaitable[None] | None]
 OomCallback = Callable[[str, str], Awaitable[None] | None]
@@ -131,6 +139,7 @@ class _Proc:
     stdout: str = ""
     stderr: str = ""
     terminal: bool = False
+    log_path: str = ""  # conmon's k8s-file log (a task without stdio), else passthrough
     pid: int = 0
     conmon_pid: int = 0
     started: bool = False
@@ -166,6 +175,7 @@ class _Proc:
             "stdout": self.stdout,
             "stderr": self.stderr,
             "terminal": self.terminal,
+            "log_path": self.log_path,
             "pid": self.pid,
             "conmon_pid": self.conmon_pid,
         }
@@ -204,11 +214,15 @@ class TaskRuntime:
         conmon: str = "/usr/bin/conmon",
         stdio_timeout: float = 10.0,
         create_timeout: float = 60.0,
+        log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.conmon = conmon
         self.stdio_timeout = stdio_timeout
         self.create_timeout = create_timeout
+        # Bytes a container log may reach before conmon starts it afresh; 0 = no cap. Read at
+        # each create, so a reload applies to the tasks created after it.
+        self.log_size_max = log_size_max
         self._tasks: dict[tuple[str, str], _Task] = {}
         self._creating: set[tuple[str, str]] = set()
         self._exit_cbs: list[ExitCallback] = []
@@ -229,6 +243,24 @@ class TaskRuntime:
 
     def runtime_root(self, runtime: RuntimeConfig, namespace: str) -> Path:
         return self.state_dir / "runtime" / runtime.key / namespace
+
+    def log_path(self, namespace: str, id: str) -> Path:
+        """Where a container's tasks without stdio write their output."""
+        return self.state_dir / "logs" / namespace / f"{id}.log"
+
+    async def remove_log(self, namespace: str, container_id: str) -> None:
+        """Remove a container's log file (when its record is deleted); nothing if none."""
+        _validate_id("namespace", namespace)
+        _validate_id("container id", container_id)
+        path = self.log_path(namespace, container_id)
+
+        def remove() -> None:
+            # `.tmp`: conmon's new file for a moment while it starts the log afresh.
+            for p in (path, path.with_name(path.name + ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+        await asyncio.to_thread(remove)
 
     def on_exit(self, cb: ExitCallback) -> None:
         """cb(namespace, id, exec_id, pid, exit_status, exited_at) after every observed exit
@@ -439,6 +471,11 @@ class TaskRuntime:
         if p.terminal:
             # conmon takes the pty master; linerd relays the attach socket to the client FIFOs.
             argv += ["-t", "-i", "-l", "none"]
+        elif p.log_path:
+            # The log lives in the state dir (gone at reboot): syncing it at exit buys nothing.
+            argv += ["-l", f"k8s-file:{p.log_path}", "--no-sync-log"]
+            if self.log_size_max > 0:
+                argv += ["--log-size-max", str(self.log_size_max)]
         else:
             argv += ["-l", "passthrough"]
             if p.stdin:
@@ -508,8 +545,16 @@ class TaskRuntime:
         task = _Task(namespace, id, bundle, [runtime.path, *runtime.args, "--root", str(root)])
         p = task.init = _Proc(task, "", bundle, uuidlib.uuid4().hex[:12], stdin, stdout, stderr,
                               terminal)  # fmt: skip
+        if not (stdin or stdout or stderr or terminal):
+            path = self.log_path(namespace, id)
+            if ":" in str(path):  # conmon splits its -l argument at ':'
+                log.warning("no container log: the state path holds ':'", path=str(path))
+            else:
+                p.log_path = str(path)
         spawned: Spawned | None = None
         try:
+            if p.log_path:
+                Path(p.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             bundle.mkdir(parents=True)
             for d in ("rootfs", "exit", "persist"):
                 (bundle / d).mkdir()
@@ -1056,7 +1101,7 @@ class TaskRuntime:
     def _load_proc(self, task: _Task, d: Path, meta: dict[str, Any]) -> _Proc:
         p = _Proc(task, meta.get("exec_id", ""), d, meta["uuid"], meta.get("stdin", ""),
                   meta.get("stdout", ""), meta.get("stderr", ""), bool(meta.get("terminal")),
-                  pid=int(meta.get("pid", 0)),
+                  log_path=str(meta.get("log_path", "")), pid=int(meta.get("pid", 0)),
                   conmon_pid=int(meta.get("conmon_pid", 0)))  # fmt: skip
         if self._check_exit_sync(p):
             return p

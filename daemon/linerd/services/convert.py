@@ -11,21 +11,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from liner_api.containerd.types import descriptor_pb2
 from linerd.core.types import Descriptor
 
-# Go clients encode an unset time as year 1 (seconds -62135596800): treat it as unset.
-_GO_ZERO_SECONDS = -62135596800
-
 
 def timestamp(value: datetime | None) -> Timestamp:
     ts = Timestamp()
     if value is not None:
         ts.FromDatetime(value.astimezone(UTC))
     return ts
-
-
-def from_timestamp(ts: Timestamp) -> datetime | None:
-    if ts.seconds in (0, _GO_ZERO_SECONDS) and ts.nanos == 0:
-        return None
-    return ts.ToDatetime(tzinfo=UTC)
 
 
 def pack(message: Message) -> AnyPb:
