@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 # Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set, every linerd start (the tests
 # start hundreds) and every `liner` call would otherwise compile ~150 modules (~0.25 s).
 setup: deps $(STAMP)
-	@$(BIN)/python -m compileall -q api daemon client
+	@$(BIN)/python -m compileall -q api common daemon client
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

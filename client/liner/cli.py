@@ -46,8 +46,8 @@ if TYPE_CHECKING:
     from liner import run as run_mod
     from liner.client import AnyValue, Client, Image, Process, SnapshotInfo
     from liner.progress import Display
+    from liner_common import platforms as platformspec
     from linerd import imagespec
-    from linerd import platforms as platformspec
 else:
     # Each command imports what it uses when it runs: grpc and the generated code (through
     # liner.client), rich (progress), the run machinery. `liner version` and `liner --help`
@@ -56,7 +56,7 @@ else:
     imagedocs = lazy_module("liner.images")
     run_mod = lazy_module("liner.run")
     imagespec = lazy_module("linerd.imagespec")
-    platformspec = lazy_module("linerd.platforms")
+    platformspec = lazy_module("liner_common.platforms")
 
 CLIENT_REVISION = "liner"
 EXPIRE_LABEL = "containerd.io/gc.expire"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from liner.client import Client, Descriptor, Image, LinerClientError
-from linerd.platforms import Platform
+from liner_common.platforms import Platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -45,7 +45,7 @@ from liner.client import (
 from liner.common import DEFAULT_RUNTIME, SPEC_URL, RunError
 from liner.format import rfc3339
 from liner.images import Documents
-from linerd.platforms import host_platform
+from liner_common.platforms import host_platform
 
 STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
 EXPIRE_LABEL = "containerd.io/gc.expire"

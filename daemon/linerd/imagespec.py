@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from liner_common.platforms import Platform
+from liner_common.platforms import host_platform as host_platform  # re-exported
 from linerd.core import validate
 from linerd.core.types import Descriptor
 from linerd.errdefs import InvalidArgument
-from linerd.platforms import Platform
-from linerd.platforms import host_platform as host_platform  # re-exported
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -68,8 +68,8 @@ def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
 
 def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> None:
     loaded = _modules_after(
-        "import liner.images, liner.client, linerd.platforms\n"
-        "linerd.platforms.host_platform()\n"
+        "import liner.images, liner.client, liner_common.platforms\n"
+        "liner_common.platforms.host_platform()\n"
         "liner.client.Image, liner.client.Descriptor"
     )
     assert "liner.results.content" in loaded
