@@ -28,6 +28,7 @@ from liner.common import (
     RunError,
     lazy_module,
 )
+from liner.errors import AlreadyExists, NotFound, Unavailable
 from liner.format import (
     age,
     human_size,
@@ -38,7 +39,7 @@ from liner.format import (
     snapshot_tree,
     table,
 )
-from linerd.errdefs import InvalidArgument
+from liner_common.labels import GC_EXPIRE, STOP_SIGNAL
 
 if TYPE_CHECKING:
     from liner import events as eventdocs
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
     from liner import run as run_mod
     from liner.client import AnyValue, Client, Image, Process, SnapshotInfo
     from liner.progress import Display
+    from liner_common import imagespec
     from liner_common import platforms as platformspec
-    from linerd import imagespec
 else:
     # Each command imports what it uses when it runs: grpc and the generated code (through
     # liner.client), rich (progress), the run machinery. `liner version` and `liner --help`
@@ -55,11 +56,10 @@ else:
     eventdocs = lazy_module("liner.events")
     imagedocs = lazy_module("liner.images")
     run_mod = lazy_module("liner.run")
-    imagespec = lazy_module("linerd.imagespec")
+    imagespec = lazy_module("liner_common.imagespec")
     platformspec = lazy_module("liner_common.platforms")
 
 CLIENT_REVISION = "liner"
-EXPIRE_LABEL = "containerd.io/gc.expire"
 
 
 class Failure(click.ClickException):
@@ -156,9 +156,9 @@ def _each(items: Sequence[str], remove: Callable[[str], object]) -> None:
     for item in items:
         try:
             remove(item)
+        except Unavailable:
+            raise
         except LinerClientError as e:
-            if e.code_name == "UNAVAILABLE":
-                raise
             _fail_item(str(e))
             failed = True
         else:
@@ -424,7 +424,7 @@ def leases_create(lease_id: str, expire: str, labels: tuple[str, ...]) -> None:
         raise click.BadParameter("must not be negative", param_hint="--expire")
     values = _labels(labels, "--label")
     if lifetime:
-        values[EXPIRE_LABEL] = rfc3339(datetime.now(UTC) + lifetime)
+        values[GC_EXPIRE] = rfc3339(datetime.now(UTC) + lifetime)
     click.echo(_client().create_lease(lease_id, values).id)
 
 
@@ -528,7 +528,7 @@ def images_pull(
     """Pull an image (in linerd) and unpack it; prints `NAME DIGEST` when done."""
     try:
         wanted = [imagespec.parse_platform(p) for p in platforms]
-    except InvalidArgument as e:
+    except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
     client = _client()
@@ -568,7 +568,7 @@ def images_push(
     `REF DIGEST` when done."""
     try:
         wanted = [imagespec.parse_platform(p) for p in platforms]
-    except InvalidArgument as e:
+    except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     username, secret = _credentials(user)
     client = _client()
@@ -625,7 +625,7 @@ def images_export(
     --dir a directory."""
     try:
         wanted = [imagespec.parse_platform(p) for p in platforms]
-    except InvalidArgument as e:
+    except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--platform") from None
     client = _client()
     chunks = client.export(
@@ -815,8 +815,8 @@ def images_tag(force: bool, source: str, targets: tuple[str, ...]) -> None:
     for target in targets:
         try:
             client.create_image(target, image.target, image.labels)
-        except LinerClientError as e:
-            if not (force and e.code_name == "ALREADY_EXISTS"):
+        except AlreadyExists:
+            if not force:
                 raise
             # An update in place, never delete + create: the old DST's content stays referenced.
             client.update_image(target, target=image.target, labels=image.labels)
@@ -903,8 +903,8 @@ def snapshots_usage(in_bytes: bool, key: str | None) -> None:
     for k in keys:
         try:
             usage = client.snapshot_usage(snapshotter, k)
-        except LinerClientError as e:
-            if key or e.code_name != "NOT_FOUND":
+        except NotFound:
+            if key:
                 raise
             continue  # removed since it was listed
         size = str(usage.size) if in_bytes else human_size(usage.size)
@@ -1142,9 +1142,7 @@ def containers_info(container_id: str) -> None:
 def _task_or_none(client: Client, container_id: str) -> Process | None:
     try:
         return client.get_task(container_id)
-    except LinerClientError as e:
-        if e.code_name != "NOT_FOUND":
-            raise
+    except NotFound:
         return None
 
 
@@ -1171,9 +1169,9 @@ def containers_rm(keep_snapshot: bool, ids: tuple[str, ...]) -> None:
                 client.delete_container(container_id)
             else:
                 run_mod.remove_container(client, container)
+        except Unavailable:
+            raise
         except (LinerClientError, Failure) as e:
-            if isinstance(e, LinerClientError) and e.code_name == "UNAVAILABLE":
-                raise
             _fail_item(e.message)
             failed = True
         else:
@@ -1221,7 +1219,7 @@ def tasks_kill(sig: str, all_: bool, exec_id: str, container_id: str) -> None:
     client = _client()
     container = client.get_container(container_id)
     if not sig:
-        sig = container.labels.get(run_mod.STOP_SIGNAL_LABEL, "SIGTERM")
+        sig = container.labels.get(STOP_SIGNAL, "SIGTERM")
     number = _signal(sig)
     client.get_task(container_id)
     client.kill_task(container_id, number, exec_id=exec_id, all=all_)
