@@ -27,7 +27,7 @@ deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[daemon,dev]'
 	touch $@
 
 proto: setup
@@ -70,7 +70,7 @@ PREFIX_VENV ?= /opt/liner
 install: deps
 	$(PYTHON) -m venv $(PREFIX_VENV)
 	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
-	$(PREFIX_VENV)/bin/pip install -q .
+	$(PREFIX_VENV)/bin/pip install -q '.[daemon]'
 	ln -sf $(PREFIX_VENV)/bin/linerd /usr/local/bin/linerd
 	ln -sf $(PREFIX_VENV)/bin/liner /usr/local/bin/liner
 	install -D -m 0644 deploy/systemd/linerd.service /etc/systemd/system/linerd.service
