@@ -58,13 +58,23 @@ if TYPE_CHECKING:
         PushProgress,
     )
     from liner.results.snapshots import Mount, SnapshotInfo, Usage
-    from liner.results.system import Lease, Namespace, Resource, ServerInfo, VersionInfo
+    from liner.results.system import (
+        Lease,
+        Namespace,
+        PluginInfo,
+        Resource,
+        ServerInfo,
+        VersionInfo,
+    )
     from liner_api.containerd.runc.v1 import options_pb2
     from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
     from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
     from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
     from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
-    from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
+    from liner_api.containerd.services.introspection.v1 import (
+        introspection_pb2,
+        introspection_pb2_grpc,
+    )
     from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
     from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
     from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
@@ -87,6 +97,7 @@ else:
     events_pb2_grpc = lazy_module(f"{_API}.services.events.v1.events_pb2_grpc")
     images_pb2 = lazy_module(f"{_API}.services.images.v1.images_pb2")
     images_pb2_grpc = lazy_module(f"{_API}.services.images.v1.images_pb2_grpc")
+    introspection_pb2 = lazy_module(f"{_API}.services.introspection.v1.introspection_pb2")
     introspection_pb2_grpc = lazy_module(f"{_API}.services.introspection.v1.introspection_pb2_grpc")
     leases_pb2 = lazy_module(f"{_API}.services.leases.v1.leases_pb2")
     leases_pb2_grpc = lazy_module(f"{_API}.services.leases.v1.leases_pb2_grpc")
@@ -115,7 +126,8 @@ else:
 # Where each result type lives; `from liner.client import Image` keeps working (__getattr__).
 _RESULT_MODULES = {
     **dict.fromkeys(
-        ("VersionInfo", "ServerInfo", "Namespace", "Lease", "Resource"), "liner.results.system"
+        ("VersionInfo", "ServerInfo", "PluginInfo", "Namespace", "Lease", "Resource"),
+        "liner.results.system",
     ),
     **dict.fromkeys(
         (
@@ -522,6 +534,21 @@ class Client:
     def server(self) -> ServerInfo:
         r = self._call(self._introspection.Server, Empty())
         return _system_types.ServerInfo(uuid=r.uuid, pid=r.pid, pidns=r.pidns)
+
+    def plugins(self, filters: Sequence[str] = ()) -> list[PluginInfo]:
+        """What the daemon serves, with what each plugin exports (e.g. its directories)."""
+        request = introspection_pb2.PluginsRequest(filters=list(filters))
+        r = self._call(self._introspection.Plugins, request)
+        return [
+            _system_types.PluginInfo(
+                type=p.type,
+                id=p.id,
+                requires=tuple(p.requires),
+                exports=dict(p.exports),
+                init_error=p.init_err.message if p.HasField("init_err") else "",
+            )
+            for p in r.plugins
+        ]
 
     # -- namespaces --------------------------------------------------------------------------
 

@@ -194,7 +194,7 @@ def _snapshotters(db: Database, root: Path) -> dict[str, SnapshotStore]:
     return stores
 
 
-def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
+def _plugins(snapshotters: list[str], root: str = "", state: str = "") -> list[PluginEntry]:
     grpc_plugins = [
         PluginEntry("io.containerd.grpc.v1", name, requires)
         for name, requires in [
@@ -212,8 +212,13 @@ def _plugins(snapshotters: list[str]) -> list[PluginEntry]:
         ]
     ]
     return [
-        PluginEntry("io.containerd.content.v1", "content"),
-        PluginEntry("io.containerd.metadata.v1", "sqlite", ("io.containerd.content.v1",)),
+        PluginEntry("io.containerd.content.v1", "content", (), (("root", f"{root}/content"),)),
+        PluginEntry(
+            "io.containerd.metadata.v1",
+            "sqlite",
+            ("io.containerd.content.v1",),
+            (("root", root), ("state", state)),
+        ),
         PluginEntry("io.containerd.event.v1", "exchange"),
         *(PluginEntry("io.containerd.snapshotter.v1", name) for name in snapshotters),
         PluginEntry("io.containerd.gc.v1", "scheduler", ("io.containerd.metadata.v1",)),
@@ -393,7 +398,9 @@ class Daemon:
             (version_pb2_grpc.add_VersionServicer_to_server, VersionService()),
             (
                 introspection_pb2_grpc.add_IntrospectionServicer_to_server,
-                IntrospectionService(uuid, _plugins(list(core.snapshots))),
+                IntrospectionService(
+                    uuid, _plugins(list(core.snapshots), config.root, config.state)
+                ),
             ),
             (
                 namespaces_pb2_grpc.add_NamespacesServicer_to_server,

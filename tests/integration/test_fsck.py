@@ -91,15 +91,14 @@ def test_unreferenced_objects_are_reported(linerd: Linerd) -> None:
     assert ("unreferenced", f"default/content/{digest}") in kinds(linerd)
 
 
-def test_liner_check_store(linerd: Linerd) -> None:
+def test_linerd_check_store(linerd: Linerd) -> None:
     liner = [
-        str(REPO / ".venv/bin/liner"),
-        "check",
-        "--store",
+        str(REPO / ".venv/bin/linerd"),
         "--root",
         str(linerd.root),
         "--state",
         str(linerd.state),
+        "check-store",
     ]
     clean = subprocess.run(liner, capture_output=True, text=True)
     assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr
