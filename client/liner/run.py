@@ -187,6 +187,22 @@ def image_setup(client: Client, name: str) -> ImageSetup:
     return ImageSetup(name, config, chain[-1] if chain else "")
 
 
+def image_ready(client: Client, opts: RunOptions) -> bool:
+    """Is the image there, with its manifest for this platform and unpacked for the
+    snapshotter? (What `run --pull missing` pulls for when it is not.)"""
+    try:
+        image = image_setup(client, opts.image)
+    except (NotFound, RunError):
+        return False
+    if not image.top_chain:
+        return True
+    try:
+        client.stat_snapshot(opts.snapshotter, image.top_chain)
+    except NotFound:
+        return False
+    return True
+
+
 # -- mounting a view to read /etc/passwd ------------------------------------------------------
 
 

@@ -438,7 +438,9 @@ def test_events_show_a_run(daemon: Linerd, image: str) -> None:
 
 def test_errors_leave_nothing_behind(daemon: Linerd, image: str) -> None:
     before = snapshots(daemon)
-    message = one_error(run(daemon, "run", "--rm", "nothing.example/none:1", "err1", "true"))
+    message = one_error(
+        run(daemon, "run", "--rm", "--pull", "never", "nothing.example/none:1", "err1", "true")
+    )
     assert "not found" in message and "nothing.example/none:1" in message
 
     message = one_error(run(daemon, "run", "--rm", image, "err2", "no-such-command"))
@@ -469,6 +471,45 @@ def test_errors_leave_nothing_behind(daemon: Linerd, image: str) -> None:
     assert result.exit_code == 2 and "--mount" in result.stderr
     message = one_error(run(daemon, "tasks", "exec", "nothing", "true"))
     assert "not found" in message
+
+
+def test_run_pulls_a_missing_image(linerd: Linerd, registry: Registry) -> None:
+    # A daemon of its own: the image is not there until `run` pulls it.
+    ref = registry.ref("library/busybox:latest")
+    never = subprocess.run(
+        [sys.executable, "-m", "liner.cli", "run", "--rm", "--pull", "never", ref, "p0", "true"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=_env(linerd.address),
+        timeout=RUN_TIMEOUT,
+    )
+    assert never.returncode == 1 and "not found" in never.stderr
+    assert ok(liner(linerd.address, "images", "ls", "-q")) == ""
+
+    def run_echo(*flags: str) -> subprocess.CompletedProcess[str]:
+        argv = ["run", "--rm", "--plain-http", "--progress", "plain", *flags, ref, "p1"]
+        return subprocess.run(
+            [sys.executable, "-m", "liner.cli", *argv, "echo", "pulled"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=_env(linerd.address),
+            timeout=RUN_TIMEOUT,
+        )
+
+    first = run_echo()  # --pull missing
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "pulled\n"  # the progress goes to stderr, not the container's stdout
+    assert "downloaded" in first.stderr or "exists" in first.stderr
+    assert ok(liner(linerd.address, "images", "ls", "-q")).split() == [ref]
+
+    again = run_echo()  # there now: no pull
+    assert (again.returncode, again.stdout, again.stderr) == (0, "pulled\n", "")
+
+    always = run_echo("--pull", "always")
+    assert always.returncode == 0 and always.stdout == "pulled\n"
+    assert always.stderr != ""  # pulled again (its blobs already there)
 
 
 # -- terminal ---------------------------------------------------------------------------------

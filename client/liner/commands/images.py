@@ -56,15 +56,17 @@ def _credentials(user: str | None) -> tuple[str, str]:
     return username, secret
 
 
-def _display(mode: str) -> Display:
+def progress_display(mode: str, *, err: bool = False) -> Display:
+    """The progress display on stdout (or stderr, where stdout is a container's output)."""
     from liner.progress import LiveDisplay, NoDisplay, PlainDisplay
 
+    stream = sys.stderr if err else sys.stdout
     if mode == "auto":
-        mode = "tty" if sys.stdout.isatty() else "plain"
+        mode = "tty" if stream.isatty() else "plain"
     if mode == "tty":
-        return LiveDisplay(sys.stdout, force_terminal=True)
+        return LiveDisplay(stream, force_terminal=True)
     if mode == "plain":
-        return PlainDisplay(click.echo)
+        return PlainDisplay(lambda line: click.echo(line, err=err))
     return NoDisplay()
 
 
@@ -134,7 +136,7 @@ def images_pull(
         username=username,
         secret=secret,
     )
-    _follow(updates, _display(progress), f"{ref}: the pull")
+    follow(updates, progress_display(progress), f"{ref}: the pull")
 
 
 @images.command("push")
@@ -167,11 +169,12 @@ def images_push(
     updates = client.push(
         ref, local, wanted, plain_http=plain_http, username=username, secret=secret
     )
-    _follow(updates, _display(progress), f"{ref}: the push")
+    follow(updates, progress_display(progress), f"{ref}: the push")
 
 
-def _follow(updates: Any, display: Display, what: str) -> None:
-    """Show a pull's or push's progress; print `NAME DIGEST` of the result."""
+def follow(updates: Any, display: Display, what: str, *, echo: bool = True) -> Any:
+    """Show a pull's or push's progress; print `NAME DIGEST` of the result (if `echo`);
+    returns the last update (its `name` is the image's name in linerd)."""
     final = None
     try:
         for update in updates:
@@ -182,7 +185,9 @@ def _follow(updates: Any, display: Display, what: str) -> None:
         display.close()
     if final is None or final.target is None:
         raise Failure(f"{what} ended without a result")
-    click.echo(f"{final.name} {final.target.digest}")
+    if echo:
+        click.echo(f"{final.name} {final.target.digest}")
+    return final
 
 
 @images.command("export")

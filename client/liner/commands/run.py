@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from liner.commands.base import label_args, open_client, run_mod
+from liner.commands.images import follow, progress_display
 from liner.common import DEFAULT_RUNTIME
 
 if TYPE_CHECKING:
@@ -85,6 +87,21 @@ def exit_with(code: int) -> NoReturn:
     show_default=True,
     help="seconds after a forwarded Ctrl-C/SIGTERM before the task is killed",
 )
+@click.option(
+    "--pull",
+    type=click.Choice(["missing", "always", "never"]),
+    default="missing",
+    show_default=True,
+    help="pull IMAGE first: if it is not there (or not unpacked), always, or never",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "tty", "plain", "quiet"]),
+    default="auto",
+    show_default=True,
+    help="the pull's progress on stderr: live (tty), one line per state change, or none",
+)
+@click.option("--plain-http", is_flag=True, help="pull over plain HTTP")
 @click.argument("image")
 @click.argument("container_id", metavar="ID")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
@@ -109,11 +126,17 @@ def run_command(
     snapshotter: str,
     labels: tuple[str, ...],
     stop_timeout: float,
+    pull: str,
+    progress: str,
+    plain_http: bool,
     image: str,
     container_id: str,
     command: tuple[str, ...],
 ) -> None:
     """Run CMD (default: the image's) in a new container ID from IMAGE, as `ctr run` does.
+
+    An image that is not there (or not unpacked for --snapshotter) is pulled first, with its
+    progress on stderr, as podman and nerdctl do (--pull never: fail instead).
 
     liner exits with the task's exit status (128+N when signal N ended it). Ctrl-C, SIGTERM,
     SIGHUP, SIGQUIT and SIGUSR1/2 are forwarded to the task; after Ctrl-C or SIGTERM the task
@@ -150,5 +173,12 @@ def run_command(
         labels=label_args(labels, "--label"),
         stop_timeout=stop_timeout,
     )
-    code = run_mod.run(open_client(), opts, run_mod.binary_streams())
+    client = open_client()
+    if pull == "always" or (pull == "missing" and not run_mod.image_ready(client, opts)):
+        updates = client.pull(image, snapshotter=snapshotter, plain_http=plain_http)
+        display = progress_display(progress, err=True)
+        final = follow(updates, display, f"{image}: the pull", echo=False)
+        # The pull names the image as linerd does (a short name normalized); run that one.
+        opts = dataclasses.replace(opts, image=final.name or image)
+    code = run_mod.run(client, opts, run_mod.binary_streams())
     exit_with(code)
