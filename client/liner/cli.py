@@ -87,6 +87,7 @@ def _register() -> None:
         events,
         images,
         leases,
+        logs,
         namespaces,
         run,
         snapshots,
@@ -105,6 +106,7 @@ def _register() -> None:
         containers.containers,
         tasks.tasks,
         events.events,
+        logs.logs,
         check.check,
     ):
         cli.add_command(command)

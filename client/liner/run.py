@@ -753,6 +753,13 @@ def run(client: Client, opts: RunOptions, io: Stdio) -> int:
     attachment: Attachment | None = None
     task_created = False
     try:
+        if opts.detach and not opts.tty and not opts.interactive:
+            # No stdio at all: linerd then keeps the output in the container's log file
+            # (`liner logs`), where FIFOs nobody reads would lose it.
+            client.create_task(opts.id, rootfs=mounts)
+            task_created = True
+            client.start_task(opts.id)
+            return 0
         want_stdin = opts.tty or opts.interactive or (not opts.detach and not io.stdin_is_tty())
         fifos = Fifos.create(opts.id, stdin=want_stdin, stderr=not opts.tty)
         attachment = Attachment(
