@@ -5,9 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the daemon and the test suite use (ctr comes from containerd; its daemon is never started).
 # The golang-*-dev packages carry containerd's own .proto files: a test compares ours with them.
-DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-registry skopeo \
+DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-registry skopeo gnupg \
 	umoci prometheus systemd golang-github-containerd-containerd-dev \
-	golang-github-containerd-cgroups-dev
+	golang-github-containerd-cgroups-dev containernetworking-plugins \
+	iptables
 STAMP := $(VENV)/.installed
 
 .PHONY: setup deps proto run test test-unit lint install bench clean

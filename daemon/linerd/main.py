@@ -60,6 +60,7 @@ _DAEMON_MODULES = (
     "httpx",
     "prometheus_client",
     "grpc_health",
+    "cryptography",
 )
 
 

@@ -1,6 +1,6 @@
 """The Tasks service through its gRPC stubs, against a real linerd with runc and conmon.
 
-Containers are made as ctr makes them: a spec from `linerd.oci.spec.generate`, stored as an Any
+Containers are made as ctr makes them: a spec from `liner_common.ocispec.generate`, stored as an Any
 (`types.containerd.io/opencontainers/runtime-spec/1/Spec`), a snapshot prepared on the pulled
 image, and FIFOs whose client ends are opened (in threads) before Tasks/Create.
 

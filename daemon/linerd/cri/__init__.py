@@ -1,0 +1,1 @@
+"""The CRI (runtime.v1) front door: pod sandboxes, CNI networking, streaming."""

@@ -1,0 +1,4 @@
+"""OCI runtime pieces only the daemon uses (seccomp profiles).
+
+Spec generation, which the CLI needs too, is liner_common.ocispec.
+"""
