@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Byte-compiled once here: where PYTHONDONTWRITEBYTECODE is set, every linerd start (the tests
 # start hundreds) and every `liner` call would otherwise compile ~150 modules (~0.25 s).
 setup: deps $(STAMP)
-	@$(BIN)/python -m compileall -q api daemon client
+	@$(BIN)/python -m compileall -q api common daemon client
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -28,7 +28,7 @@ deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[daemon,dev]'
 	touch $@
 
 proto: setup
@@ -71,7 +71,7 @@ PREFIX_VENV ?= /opt/liner
 install: deps
 	$(PYTHON) -m venv $(PREFIX_VENV)
 	$(PREFIX_VENV)/bin/pip install -q --upgrade pip
-	$(PREFIX_VENV)/bin/pip install -q .
+	$(PREFIX_VENV)/bin/pip install -q '.[daemon]'
 	ln -sf $(PREFIX_VENV)/bin/linerd /usr/local/bin/linerd
 	ln -sf $(PREFIX_VENV)/bin/liner /usr/local/bin/liner
 	install -D -m 0644 deploy/systemd/linerd.service /etc/systemd/system/linerd.service

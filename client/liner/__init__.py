@@ -16,9 +16,19 @@ if TYPE_CHECKING:
         LinerClientError,
         Namespace,
         Process,
+        PushProgress,
         Resource,
         ServerInfo,
+        TaskStatus,
         VersionInfo,
+    )
+    from liner.errors import (
+        AlreadyExists,
+        FailedPrecondition,
+        InvalidArgument,
+        NotFound,
+        PermissionDenied,
+        Unavailable,
     )
     from liner.version import __version__
 
@@ -29,6 +39,10 @@ def __getattr__(name: str) -> Any:
         from liner import version
 
         return version.__version__
+    if name in _ERRORS:
+        from liner import errors
+
+        return getattr(errors, name)
     if name in __all__:
         from liner import client
 
@@ -36,19 +50,37 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Failures, one class per gRPC status (all LinerClientError); light, no grpc.
+_ERRORS = (
+    "AlreadyExists",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Unavailable",
+)
+
 __all__ = [
+    "AlreadyExists",
     "Client",
     "Container",
     "ContentInfo",
     "Event",
     "ExitStatus",
+    "FailedPrecondition",
     "IngestStatus",
+    "InvalidArgument",
     "Lease",
     "LinerClientError",
     "Namespace",
+    "NotFound",
+    "PermissionDenied",
     "Process",
+    "PushProgress",
     "Resource",
     "ServerInfo",
+    "TaskStatus",
+    "Unavailable",
     "VersionInfo",
     "__version__",
 ]

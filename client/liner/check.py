@@ -1,16 +1,21 @@
-"""`liner check`: is this host ready for linerd, and is linerd answering? One row per check."""
+"""`liner check`: is this host ready for linerd, and is linerd answering? One row per check.
+
+What concerns the daemon's files is asked of the daemon (Introspection: its directories, the
+snapshotters it could start), so a check through `-a OTHER.sock` checks that daemon. Reading
+the store itself (records against files) is `linerd check-store`: it needs the daemon's code
+and, to repair, the daemon stopped.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from liner.client import Client, LinerClientError
+from liner.client import Client, LinerClientError, PluginInfo
+from liner.dirs import METADATA, daemon_dirs
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,56 +38,36 @@ def _version(binary: str, *args: str) -> Check:
     return Check(name, True, f"{path}: {first}")
 
 
-def socket_check(address: str, namespace: str) -> Check:
+def _blobs(content: Path | None) -> Check:
+    if content is None:
+        return Check("store", False, "linerd does not report its content directory")
+    blobs = content / "blobs" / "sha256"
     try:
-        with Client(address, namespace, timeout=5) as client:
-            version = client.version()
-            uuid = client.server().uuid
-    except LinerClientError as e:
-        return Check("socket", False, str(e))
-    return Check("socket", True, f"{address}: linerd {version.version} (uuid {uuid})")
+        count = sum(1 for _ in os.scandir(blobs))
+    except OSError as e:
+        return Check("store", False, f"{blobs}: {e.strerror}")
+    return Check("store", True, f"{content}: {count} blobs")
 
 
-def store_check(root: Path) -> Check:
-    blobs = root / "content" / "blobs" / "sha256"
-    if not blobs.is_dir():
-        return Check("store", False, f"{blobs} does not exist")
-    count = sum(1 for _ in os.scandir(blobs))
-    return Check("store", True, f"{root}: {count} blobs")
+def _database(plugins: list[PluginInfo], root: Path | None, state: Path | None) -> Check:
+    metadata = next((p for p in plugins if (p.type, p.id) == METADATA), None)
+    if metadata is None or metadata.init_error:
+        why = metadata.init_error if metadata else "no metadata plugin"
+        return Check("database", False, why)
+    if root is None or state is None:
+        return Check("database", False, "linerd does not report its root and state")
+    missing = [str(d) for d in (root, state) if not d.is_dir()]
+    if missing:
+        return Check("database", False, f"{', '.join(missing)}: not a directory here")
+    return Check("database", True, f"root {root}, state {state} (deep check: linerd check-store)")
 
 
-def database_check(root: Path) -> Check:
-    path = root / "meta.db"
-    if not path.exists():
-        return Check("database", False, f"{path} does not exist")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-            version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        return Check("database", False, f"{path}: {e}")
-    return Check("database", result == "ok", f"{path}: {result}, schema {version}, {mode}")
-
-
-def overlay_check() -> Check:
-    with tempfile.TemporaryDirectory(prefix="liner-check-") as tmp:
-        base = Path(tmp)
-        for name in ("lower", "upper", "work", "merged"):
-            (base / name).mkdir()
-        options = f"lowerdir={base / 'lower'},upperdir={base / 'upper'},workdir={base / 'work'}"
-        result = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", options, str(base / "merged")],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            return Check("overlay", False, result.stderr.strip() or "mount failed")
-        subprocess.run(["umount", str(base / "merged")], check=False)
-    return Check("overlay", True, "overlay mounts work")
+def _overlay(plugins: list[PluginInfo]) -> Check:
+    # linerd probes an overlay mount under its root at start and serves the overlayfs
+    # snapshotter only if it works.
+    if any(p.type == "io.containerd.snapshotter.v1" and p.id == "overlayfs" for p in plugins):
+        return Check("overlay", True, "linerd's overlayfs snapshotter is available")
+    return Check("overlay", False, "overlay mounts fail under linerd's root: only native")
 
 
 def cgroup_check() -> Check:
@@ -101,14 +86,37 @@ def cgroup_check() -> Check:
     return Check("cgroups", False, "no cgroup hierarchy found")
 
 
-def run_checks(address: str, namespace: str, root: Path) -> list[Check]:
+def daemon_checks(address: str, namespace: str) -> list[Check]:
+    """socket, store, database, overlay: what linerd at `address` says about itself."""
+    try:
+        with Client(address, namespace, timeout=5) as client:
+            version = client.version()
+            uuid = client.server().uuid
+            plugins = client.plugins()
+    except LinerClientError as e:
+        unreachable = "needs linerd: " + str(e)
+        return [
+            Check("socket", False, str(e)),
+            *(Check(name, False, unreachable) for name in ("store", "database", "overlay")),
+        ]
+    dirs = daemon_dirs(plugins)
     return [
-        socket_check(address, namespace),
-        store_check(root),
-        database_check(root),
+        Check("socket", True, f"{address}: linerd {version.version} (uuid {uuid})"),
+        _blobs(dirs.content),
+        _database(plugins, dirs.root, dirs.state),
+        _overlay(plugins),
+    ]
+
+
+def run_checks(address: str, namespace: str) -> list[Check]:
+    socket, store, database, overlay = daemon_checks(address, namespace)
+    return [
+        socket,
+        store,
+        database,
         _version("runc", "--version"),
         _version("crun", "--version"),
         _version("conmon", "--version"),
-        overlay_check(),
+        overlay,
         cgroup_check(),
     ]

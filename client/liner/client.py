@@ -1,7 +1,8 @@
 """A small synchronous client for linerd's containerd v1 API.
 
-Every call goes through one error boundary (`Client._errors`) that turns `grpc.RpcError` into
-`LinerClientError`, so callers never see gRPC's exception types.
+Every call goes through one helper (`Client._call`, `Client._stream` for server streams) that
+adds the namespace and lease headers and the deadline, and turns `grpc.RpcError` into the
+`liner.errors` class of its status, so callers never see gRPC's exception types.
 """
 
 from __future__ import annotations
@@ -9,20 +10,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import queue
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
-from liner.common import (
-    DEFAULT_ADDRESS,
-    PROCESS_URL,
-    RESOURCES_URL,
+from liner.common import DEFAULT_ADDRESS, PROCESS_URL, RESOURCES_URL, lazy_module
+from liner.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    Internal,
     LinerClientError,
-    lazy_module,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+    Unimplemented,
+    error_for,
 )
 
 if TYPE_CHECKING:
@@ -49,15 +55,26 @@ if TYPE_CHECKING:
         Image,
         IngestStatus,
         PullProgress,
+        PushProgress,
     )
     from liner.results.snapshots import Mount, SnapshotInfo, Usage
-    from liner.results.system import Lease, Namespace, Resource, ServerInfo, VersionInfo
+    from liner.results.system import (
+        Lease,
+        Namespace,
+        PluginInfo,
+        Resource,
+        ServerInfo,
+        VersionInfo,
+    )
     from liner_api.containerd.runc.v1 import options_pb2
     from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
     from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
     from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
     from liner_api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
-    from liner_api.containerd.services.introspection.v1 import introspection_pb2_grpc
+    from liner_api.containerd.services.introspection.v1 import (
+        introspection_pb2,
+        introspection_pb2_grpc,
+    )
     from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
     from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
     from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
@@ -66,7 +83,7 @@ if TYPE_CHECKING:
     from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
     from liner_api.containerd.types.task import task_pb2
     from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-    from linerd.imagespec import Platform
+    from liner_common.platforms import Platform
 else:
     # The generated modules are imported on first use: building their descriptors is most of
     # the client's import time, and a command talks to one or two services.
@@ -80,6 +97,7 @@ else:
     events_pb2_grpc = lazy_module(f"{_API}.services.events.v1.events_pb2_grpc")
     images_pb2 = lazy_module(f"{_API}.services.images.v1.images_pb2")
     images_pb2_grpc = lazy_module(f"{_API}.services.images.v1.images_pb2_grpc")
+    introspection_pb2 = lazy_module(f"{_API}.services.introspection.v1.introspection_pb2")
     introspection_pb2_grpc = lazy_module(f"{_API}.services.introspection.v1.introspection_pb2_grpc")
     leases_pb2 = lazy_module(f"{_API}.services.leases.v1.leases_pb2")
     leases_pb2_grpc = lazy_module(f"{_API}.services.leases.v1.leases_pb2_grpc")
@@ -108,15 +126,33 @@ else:
 # Where each result type lives; `from liner.client import Image` keeps working (__getattr__).
 _RESULT_MODULES = {
     **dict.fromkeys(
-        ("VersionInfo", "ServerInfo", "Namespace", "Lease", "Resource"), "liner.results.system"
+        ("VersionInfo", "ServerInfo", "PluginInfo", "Namespace", "Lease", "Resource"),
+        "liner.results.system",
     ),
     **dict.fromkeys(
-        ("ContentInfo", "IngestStatus", "Descriptor", "Image", "BlobProgress", "PullProgress"),
+        (
+            "ContentInfo",
+            "IngestStatus",
+            "Descriptor",
+            "Image",
+            "BlobProgress",
+            "PullProgress",
+            "PushProgress",
+        ),
         "liner.results.content",
     ),
     **dict.fromkeys(("SnapshotInfo", "Usage", "Mount"), "liner.results.snapshots"),
     **dict.fromkeys(
-        ("AnyValue", "Container", "Process", "ExitStatus", "ProcessInfo", "Metric", "Event"),
+        (
+            "AnyValue",
+            "Container",
+            "Process",
+            "TaskStatus",
+            "ExitStatus",
+            "ProcessInfo",
+            "Metric",
+            "Event",
+        ),
         "liner.results.containers",
     ),
 }
@@ -132,6 +168,8 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value  # once: later lookups skip this function
     return value
 
+
+R = TypeVar("R")
 
 NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
@@ -221,6 +259,19 @@ def _pull_progress(r: transfer_pb2.PullProgress) -> PullProgress:
     )
 
 
+def _push_progress(r: transfer_pb2.PullProgress) -> PushProgress:
+    # The Transfer API streams a push's progress in the pull's message.
+    return _content_types.PushProgress(
+        blobs=[
+            _content_types.BlobProgress(_descriptor(b.descriptor), b.offset, b.state)
+            for b in r.blobs
+        ],
+        name=r.name,
+        target=_descriptor(r.target) if r.HasField("target") else None,
+        done=r.done,
+    )
+
+
 def _lease(lease: leases_pb2.Lease) -> Lease:
     return _system_types.Lease(
         id=lease.id, created_at=_time(lease.created_at), labels=dict(lease.labels)
@@ -279,7 +330,10 @@ def _to_container(c: Container) -> containers_pb2.Container:
 
 
 def _process(p: task_pb2.Process) -> Process:
-    status = task_pb2.Status.Name(p.status).lower() if p.status else "unknown"
+    try:
+        status = _container_types.TaskStatus(task_pb2.Status.Name(p.status).lower())
+    except ValueError:  # a state this client does not know
+        status = _container_types.TaskStatus.UNKNOWN
     return _container_types.Process(
         container_id=p.container_id,
         id=p.id,
@@ -436,11 +490,27 @@ class Client:
         finally:
             self.lease = previous
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """The error boundary: grpc.RpcError in, LinerClientError out."""
+    def _call(self, method: Callable[..., R], request: object, *, deadline: bool = True) -> R:
+        """One unary call with the headers and (unless `deadline` is False) the deadline."""
         try:
-            yield
+            return method(
+                request, metadata=self._metadata, timeout=self.timeout if deadline else None
+            )
+        except grpc.RpcError as e:
+            raise self._translate(e) from None
+
+    def _stream(
+        self, method: Callable[..., Any], request: object, *, deadline: bool = True
+    ) -> Iterator[Any]:
+        """A server stream's messages; closing the iterator early cancels the call."""
+        try:
+            stream = method(
+                request, metadata=self._metadata, timeout=self.timeout if deadline else None
+            )
+            try:
+                yield from stream
+            finally:
+                stream.cancel()
         except grpc.RpcError as e:
             raise self._translate(e) from None
 
@@ -450,49 +520,51 @@ class Client:
         name = code.name if code is not None else "UNKNOWN"
         if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
             reason = "permission denied" if "Permission denied" in details else "is it running?"
-            return LinerClientError(name, f"cannot connect to linerd at {self.address}: {reason}")
+            return Unavailable(f"cannot connect to linerd at {self.address}: {reason}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and self.timeout:
-            return LinerClientError(name, f"timed out after {self.timeout:g}s ({details})")
-        return LinerClientError(name, details.splitlines()[0] if details else name)
+            return DeadlineExceeded(f"timed out after {self.timeout:g}s ({details})")
+        return error_for(name, details.splitlines()[0] if details else name)
 
     # -- version and introspection -----------------------------------------------------------
 
     def version(self) -> VersionInfo:
-        with self._errors():
-            r = self._version.Version(Empty(), metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._version.Version, Empty())
         return _system_types.VersionInfo(version=r.version, revision=r.revision)
 
     def server(self) -> ServerInfo:
-        with self._errors():
-            r = self._introspection.Server(Empty(), metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._introspection.Server, Empty())
         return _system_types.ServerInfo(uuid=r.uuid, pid=r.pid, pidns=r.pidns)
+
+    def plugins(self, filters: Sequence[str] = ()) -> list[PluginInfo]:
+        """What the daemon serves, with what each plugin exports (e.g. its directories)."""
+        request = introspection_pb2.PluginsRequest(filters=list(filters))
+        r = self._call(self._introspection.Plugins, request)
+        return [
+            _system_types.PluginInfo(
+                type=p.type,
+                id=p.id,
+                requires=tuple(p.requires),
+                exports=dict(p.exports),
+                init_error=p.init_err.message if p.HasField("init_err") else "",
+            )
+            for p in r.plugins
+        ]
 
     # -- namespaces --------------------------------------------------------------------------
 
     def namespaces(self, filter: str = "") -> list[Namespace]:
-        with self._errors():
-            r = self._namespaces.List(
-                namespaces_pb2.ListNamespacesRequest(filter=filter),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._namespaces.List, namespaces_pb2.ListNamespacesRequest(filter=filter))
         return [_system_types.Namespace(n.name, dict(n.labels)) for n in r.namespaces]
 
     def get_namespace(self, name: str) -> Namespace:
-        with self._errors():
-            r = self._namespaces.Get(
-                namespaces_pb2.GetNamespaceRequest(name=name),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._namespaces.Get, namespaces_pb2.GetNamespaceRequest(name=name))
         return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def create_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Namespace:
         request = namespaces_pb2.CreateNamespaceRequest(
             namespace=namespaces_pb2.Namespace(name=name, labels=dict(labels or {}))
         )
-        with self._errors():
-            r = self._namespaces.Create(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._namespaces.Create, request)
         return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def update_namespace(
@@ -503,8 +575,7 @@ class Client:
             namespace=namespaces_pb2.Namespace(name=name, labels=dict(labels)),
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
-        with self._errors():
-            r = self._namespaces.Update(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._namespaces.Update, request)
         return _system_types.Namespace(r.namespace.name, dict(r.namespace.labels))
 
     def set_namespace_labels(self, name: str, labels: Mapping[str, str]) -> Namespace:
@@ -516,117 +587,60 @@ class Client:
         )
 
     def delete_namespace(self, name: str) -> None:
-        with self._errors():
-            self._namespaces.Delete(
-                namespaces_pb2.DeleteNamespaceRequest(name=name),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._namespaces.Delete, namespaces_pb2.DeleteNamespaceRequest(name=name))
 
     # -- leases ------------------------------------------------------------------------------
 
     def leases(self, filters: Sequence[str] = ()) -> list[Lease]:
-        with self._errors():
-            r = self._leases.List(
-                leases_pb2.ListRequest(filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._leases.List, leases_pb2.ListRequest(filters=list(filters)))
         return [_lease(lease) for lease in r.leases]
 
     def create_lease(self, id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         """An empty id lets the daemon pick one."""
-        with self._errors():
-            r = self._leases.Create(
-                leases_pb2.CreateRequest(id=id, labels=dict(labels or {})),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._leases.Create, leases_pb2.CreateRequest(id=id, labels=dict(labels or {}))
+        )
         return _lease(r.lease)
 
     def delete_lease(self, id: str, *, sync: bool = False) -> None:
         """`sync` waits for the garbage collection the delete triggers."""
-        with self._errors():
-            self._leases.Delete(
-                leases_pb2.DeleteRequest(id=id, sync=sync),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._leases.Delete, leases_pb2.DeleteRequest(id=id, sync=sync))
 
     def lease_resources(self, id: str) -> list[Resource]:
-        with self._errors():
-            r = self._leases.ListResources(
-                leases_pb2.ListResourcesRequest(id=id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._leases.ListResources, leases_pb2.ListResourcesRequest(id=id))
         return [_system_types.Resource(id=res.id, type=res.type) for res in r.resources]
 
     # -- content -----------------------------------------------------------------------------
 
     def content(self, filters: Sequence[str] = ()) -> list[ContentInfo]:
-        found: list[ContentInfo] = []
-        with self._errors():
-            for r in self._content.List(
-                content_pb2.ListContentRequest(filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            ):
-                found.extend(_content_info(info) for info in r.info)
-        return found
+        request = content_pb2.ListContentRequest(filters=list(filters))
+        return [_content_info(i) for r in self._stream(self._content.List, request) for i in r.info]
 
     def info(self, digest: str) -> ContentInfo:
-        with self._errors():
-            r = self._content.Info(
-                content_pb2.InfoRequest(digest=digest),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._content.Info, content_pb2.InfoRequest(digest=digest))
         return _content_info(r.info)
 
     def read(self, digest: str, offset: int = 0, size: int = 0) -> Iterator[bytes]:
         """The blob's bytes from `offset` in chunks; `size` <= 0 reads to the end."""
-        with self._errors():
-            stream = self._content.Read(
-                content_pb2.ReadContentRequest(digest=digest, offset=offset, size=size),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
-            try:
-                for r in stream:
-                    yield r.data
-            finally:
-                stream.cancel()
+        request = content_pb2.ReadContentRequest(digest=digest, offset=offset, size=size)
+        for r in self._stream(self._content.Read, request):
+            yield r.data
 
     def delete_content(self, digest: str) -> None:
-        with self._errors():
-            self._content.Delete(
-                content_pb2.DeleteContentRequest(digest=digest),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._content.Delete, content_pb2.DeleteContentRequest(digest=digest))
 
     def ingests(self, filters: Sequence[str] = ()) -> list[IngestStatus]:
-        with self._errors():
-            r = self._content.ListStatuses(
-                content_pb2.ListStatusesRequest(filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._content.ListStatuses, content_pb2.ListStatusesRequest(filters=list(filters))
+        )
         return [_ingest_status(s) for s in r.statuses]
 
     def ingest_status(self, ref: str) -> IngestStatus:
-        with self._errors():
-            r = self._content.Status(
-                content_pb2.StatusRequest(ref=ref), metadata=self._metadata, timeout=self.timeout
-            )
+        r = self._call(self._content.Status, content_pb2.StatusRequest(ref=ref))
         return _ingest_status(r.status)
 
     def abort(self, ref: str) -> None:
-        with self._errors():
-            self._content.Abort(
-                content_pb2.AbortRequest(ref=ref), metadata=self._metadata, timeout=self.timeout
-            )
+        self._call(self._content.Abort, content_pb2.AbortRequest(ref=ref))
 
     def _abort_leftover(self, ref: str) -> None:
         for call, request in [
@@ -634,11 +648,9 @@ class Client:
             (self._content.Abort, content_pb2.AbortRequest(ref=ref)),
         ]:
             try:
-                call(request, metadata=self._metadata, timeout=self.timeout)
-            except grpc.RpcError as e:
-                if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.NOT_FOUND:
-                    return
-                raise
+                self._call(call, request)
+            except NotFound:
+                return
 
     def write(
         self,
@@ -659,8 +671,8 @@ class Client:
 
         hasher = hashlib.sha256()
         requests = _Requests()
-        with self._errors():
-            self._abort_leftover(ref)
+        self._abort_leftover(ref)
+        try:
             responses = self._content.Write(
                 iter(requests), metadata=self._metadata, timeout=self.timeout
             )
@@ -693,17 +705,16 @@ class Client:
                 )
                 committed = next(responses)
                 return committed.digest or "sha256:" + hasher.hexdigest()
-            except grpc.RpcError as e:
-                if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    return expected or "sha256:" + hasher.hexdigest()
-                raise
             except StopIteration:
-                raise LinerClientError(
-                    "INTERNAL", f"write {ref!r}: the daemon ended the stream early"
-                ) from None
+                raise Internal(f"write {ref!r}: the daemon ended the stream early") from None
             finally:
                 requests.close()
                 responses.cancel()
+        except grpc.RpcError as e:
+            error = self._translate(e)
+            if isinstance(error, AlreadyExists):
+                return expected or "sha256:" + hasher.hexdigest()
+            raise error from None
 
     def read_blob(self, digest: str, limit: int = MAX_MESSAGE_SIZE) -> bytes:
         """A whole (small) blob: a manifest, index or config. Over `limit` bytes is an error."""
@@ -711,29 +722,17 @@ class Client:
         for chunk in self.read(digest):
             data += chunk
             if len(data) > limit:
-                raise LinerClientError(
-                    "OUT_OF_RANGE", f"{digest}: larger than {limit} bytes, not a document"
-                )
+                raise OutOfRange(f"{digest}: larger than {limit} bytes, not a document")
         return bytes(data)
 
     # -- images ------------------------------------------------------------------------------
 
     def images(self, filters: Sequence[str] = ()) -> list[Image]:
-        with self._errors():
-            r = self._images.List(
-                images_pb2.ListImagesRequest(filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._images.List, images_pb2.ListImagesRequest(filters=list(filters)))
         return [_image(image) for image in r.images]
 
     def get_image(self, name: str) -> Image:
-        with self._errors():
-            r = self._images.Get(
-                images_pb2.GetImageRequest(name=name),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._images.Get, images_pb2.GetImageRequest(name=name))
         return _image(r.image)
 
     def create_image(
@@ -744,8 +743,7 @@ class Client:
                 name=name, target=_to_descriptor(target), labels=dict(labels or {})
             )
         )
-        with self._errors():
-            r = self._images.Create(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._images.Create, request)
         return _image(r.image)
 
     def update_image(
@@ -765,56 +763,38 @@ class Client:
         request = images_pb2.UpdateImageRequest(
             image=image, update_mask=field_mask_pb2.FieldMask(paths=paths)
         )
-        with self._errors():
-            r = self._images.Update(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._images.Update, request)
         return _image(r.image)
 
     def delete_image(self, name: str, *, sync: bool = False) -> None:
         """`sync` waits for the garbage collection the delete triggers."""
-        with self._errors():
-            self._images.Delete(
-                images_pb2.DeleteImageRequest(name=name, sync=sync),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._images.Delete, images_pb2.DeleteImageRequest(name=name, sync=sync))
 
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshots(self, snapshotter: str, filters: Sequence[str] = ()) -> list[SnapshotInfo]:
-        found: list[SnapshotInfo] = []
-        with self._errors():
-            for r in self._snapshots.List(
-                snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter, filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            ):
-                found.extend(_snapshot_info(info) for info in r.info)
-        return found
+        request = snapshots_pb2.ListSnapshotsRequest(snapshotter=snapshotter, filters=list(filters))
+        return [
+            _snapshot_info(i) for r in self._stream(self._snapshots.List, request) for i in r.info
+        ]
 
     def stat_snapshot(self, snapshotter: str, key: str) -> SnapshotInfo:
-        with self._errors():
-            r = self._snapshots.Stat(
-                snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=key),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._snapshots.Stat,
+            snapshots_pb2.StatSnapshotRequest(snapshotter=snapshotter, key=key),
+        )
         return _snapshot_info(r.info)
 
     def remove_snapshot(self, snapshotter: str, key: str) -> None:
-        with self._errors():
-            self._snapshots.Remove(
-                snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(
+            self._snapshots.Remove,
+            snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+        )
 
     def snapshot_usage(self, snapshotter: str, key: str) -> Usage:
-        with self._errors():
-            r = self._snapshots.Usage(
-                snapshots_pb2.UsageRequest(snapshotter=snapshotter, key=key),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._snapshots.Usage, snapshots_pb2.UsageRequest(snapshotter=snapshotter, key=key)
+        )
         return _snapshot_types.Usage(size=r.size, inodes=r.inodes)
 
     # -- pull --------------------------------------------------------------------------------
@@ -835,7 +815,8 @@ class Client:
         `platforms` empty means the daemon's; `snapshotter` empty the daemon's default. Closing
         the iterator early cancels the pull.
         """
-        from linerd.imagespec import Platform, parse_platform
+        from liner_common.imagespec import parse_platform
+        from liner_common.platforms import Platform
 
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.PullRequest(
@@ -850,13 +831,8 @@ class Client:
             plain_http=plain_http,
             credentials=transfer_pb2.Credentials(username=username, secret=secret),
         )
-        with self._errors():
-            stream = self._transfer.Pull(request, metadata=self._metadata, timeout=self.timeout)
-            try:
-                for r in stream:
-                    yield _pull_progress(r)
-            finally:
-                stream.cancel()
+        for r in self._stream(self._transfer.Pull, request):
+            yield _pull_progress(r)
 
     # -- push, export, import -----------------------------------------------------------------
 
@@ -868,10 +844,11 @@ class Client:
         plain_http: bool = False,
         username: str = "",
         secret: str = "",
-    ) -> Iterator[PullProgress]:
+    ) -> Iterator[PushProgress]:
         """Push image `image` (empty: `ref`) to `ref` from the daemon; yields its progress
         (states "waiting", "uploading", "exists", "mounted", "done"), the last with `done`."""
-        from linerd.imagespec import Platform, parse_platform
+        from liner_common.imagespec import parse_platform
+        from liner_common.platforms import Platform
 
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.PushRequest(
@@ -884,13 +861,8 @@ class Client:
             plain_http=plain_http,
             credentials=transfer_pb2.Credentials(username=username, secret=secret),
         )
-        with self._errors():
-            stream = self._transfer.Push(request, metadata=self._metadata, timeout=self.timeout)
-            try:
-                for r in stream:
-                    yield _pull_progress(r)  # the same shape as a pull's
-            finally:
-                stream.cancel()
+        for r in self._stream(self._transfer.Push, request):
+            yield _push_progress(r)
 
     def export(
         self,
@@ -900,7 +872,8 @@ class Client:
         docker_manifest: bool = True,
     ) -> Iterator[bytes]:
         """The images as an OCI image layout tar, in chunks."""
-        from linerd.imagespec import Platform, parse_platform
+        from liner_common.imagespec import parse_platform
+        from liner_common.platforms import Platform
 
         wanted = [p if isinstance(p, Platform) else parse_platform(p) for p in platforms]
         request = transfer_pb2.ExportRequest(
@@ -912,13 +885,8 @@ class Client:
             all_platforms=all_platforms,
             docker_manifest=docker_manifest,
         )
-        with self._errors():
-            stream = self._transfer.Export(request, metadata=self._metadata, timeout=self.timeout)
-            try:
-                for r in stream:
-                    yield r.data
-            finally:
-                stream.cancel()
+        for r in self._stream(self._transfer.Export, request):
+            yield r.data
 
     def import_archive(
         self,
@@ -943,8 +911,7 @@ class Client:
                 if data:
                     yield transfer_pb2.ImportChunk(data=data)
 
-        with self._errors():
-            r = self._transfer.Import(requests(), metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._transfer.Import, requests())
         return [(i.name, _descriptor(i.target), i.created) for i in r.images]
 
     # -- snapshots: prepare, view, mounts ------------------------------------------------------
@@ -955,8 +922,7 @@ class Client:
         request = snapshots_pb2.PrepareSnapshotRequest(
             snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
         )
-        with self._errors():
-            r = self._snapshots.Prepare(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._snapshots.Prepare, request)
         return [_mount(m) for m in r.mounts]
 
     def view_snapshot(
@@ -965,17 +931,13 @@ class Client:
         request = snapshots_pb2.ViewSnapshotRequest(
             snapshotter=snapshotter, key=key, parent=parent, labels=dict(labels or {})
         )
-        with self._errors():
-            r = self._snapshots.View(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._snapshots.View, request)
         return [_mount(m) for m in r.mounts]
 
     def snapshot_mounts(self, snapshotter: str, key: str) -> list[Mount]:
-        with self._errors():
-            r = self._snapshots.Mounts(
-                snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._snapshots.Mounts, snapshots_pb2.MountsRequest(snapshotter=snapshotter, key=key)
+        )
         return [_mount(m) for m in r.mounts]
 
     # -- containers --------------------------------------------------------------------------
@@ -983,32 +945,22 @@ class Client:
     def containers(self, filters: Sequence[str] = ()) -> list[Container]:
         request = containers_pb2.ListContainersRequest(filters=list(filters))
         found: list[Container] = []
-        with self._errors():
-            try:
-                for r in self._containers.ListStream(
-                    request, metadata=self._metadata, timeout=self.timeout
-                ):
-                    found.append(_container(r.container))
-            except grpc.RpcError as e:
-                if not (isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNIMPLEMENTED):
-                    raise
-                r = self._containers.List(request, metadata=self._metadata, timeout=self.timeout)
-                found = [_container(c) for c in r.containers]
+        try:
+            found.extend(
+                _container(r.container) for r in self._stream(self._containers.ListStream, request)
+            )
+        except Unimplemented:
+            r = self._call(self._containers.List, request)
+            found = [_container(c) for c in r.containers]
         return found
 
     def get_container(self, id: str) -> Container:
-        with self._errors():
-            r = self._containers.Get(
-                containers_pb2.GetContainerRequest(id=id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._containers.Get, containers_pb2.GetContainerRequest(id=id))
         return _container(r.container)
 
     def create_container(self, container: Container) -> Container:
         request = containers_pb2.CreateContainerRequest(container=_to_container(container))
-        with self._errors():
-            r = self._containers.Create(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._containers.Create, request)
         return _container(r.container)
 
     def update_container(self, container: Container, paths: Sequence[str] = ()) -> Container:
@@ -1017,17 +969,11 @@ class Client:
             container=_to_container(container),
             update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
         )
-        with self._errors():
-            r = self._containers.Update(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._containers.Update, request)
         return _container(r.container)
 
     def delete_container(self, id: str) -> None:
-        with self._errors():
-            self._containers.Delete(
-                containers_pb2.DeleteContainerRequest(id=id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._containers.Delete, containers_pb2.DeleteContainerRequest(id=id))
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -1052,65 +998,46 @@ class Client:
             terminal=terminal,
             runtime_path=runtime_path,
         )
-        with self._errors():
-            r = self._tasks.Create(request, metadata=self._metadata, timeout=self.timeout)
+        r = self._call(self._tasks.Create, request)
         return int(r.pid)
 
     def start_task(self, container_id: str, exec_id: str = "") -> int:
-        with self._errors():
-            r = self._tasks.Start(
-                tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._tasks.Start, tasks_pb2.StartRequest(container_id=container_id, exec_id=exec_id)
+        )
         return int(r.pid)
 
     def wait_task(self, container_id: str, exec_id: str = "") -> ExitStatus:
         """Block until the task (or exec process) exits; no deadline applies."""
-        with self._errors():
-            r = self._tasks.Wait(
-                tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
-                metadata=self._metadata,
-            )
+        r = self._call(
+            self._tasks.Wait,
+            tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+            deadline=False,
+        )
         return _container_types.ExitStatus(status=r.exit_status, exited_at=_time(r.exited_at))
 
     def get_task(self, container_id: str, exec_id: str = "") -> Process:
-        with self._errors():
-            r = self._tasks.Get(
-                tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._tasks.Get, tasks_pb2.GetRequest(container_id=container_id, exec_id=exec_id)
+        )
         return _process(r.process)
 
     def tasks(self, filter: str = "") -> list[Process]:
-        with self._errors():
-            r = self._tasks.List(
-                tasks_pb2.ListTasksRequest(filter=filter),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._tasks.List, tasks_pb2.ListTasksRequest(filter=filter))
         return [_process(p) for p in r.tasks]
 
     def kill_task(
         self, container_id: str, signal: int, *, exec_id: str = "", all: bool = False
     ) -> None:
-        with self._errors():
-            self._tasks.Kill(
-                tasks_pb2.KillRequest(
-                    container_id=container_id, exec_id=exec_id, signal=signal, all=all
-                ),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(
+            self._tasks.Kill,
+            tasks_pb2.KillRequest(
+                container_id=container_id, exec_id=exec_id, signal=signal, all=all
+            ),
+        )
 
     def delete_task(self, container_id: str) -> ExitStatus:
-        with self._errors():
-            r = self._tasks.Delete(
-                tasks_pb2.DeleteTaskRequest(container_id=container_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._tasks.Delete, tasks_pb2.DeleteTaskRequest(container_id=container_id))
         return _container_types.ExitStatus(
             status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id
         )
@@ -1138,70 +1065,43 @@ class Client:
             terminal=terminal,
             spec=any_pb2.Any(type_url=PROCESS_URL, value=json.dumps(process).encode()),
         )
-        with self._errors():
-            self._tasks.Exec(request, metadata=self._metadata, timeout=self.timeout)
+        self._call(self._tasks.Exec, request)
 
     def delete_process(self, container_id: str, exec_id: str) -> ExitStatus:
-        with self._errors():
-            r = self._tasks.DeleteProcess(
-                tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(
+            self._tasks.DeleteProcess,
+            tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+        )
         return _container_types.ExitStatus(
             status=r.exit_status, exited_at=_time(r.exited_at), pid=r.pid, id=r.id
         )
 
     def close_io(self, container_id: str, exec_id: str = "", *, stdin: bool = True) -> None:
-        with self._errors():
-            self._tasks.CloseIO(
-                tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=stdin),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(
+            self._tasks.CloseIO,
+            tasks_pb2.CloseIORequest(container_id=container_id, exec_id=exec_id, stdin=stdin),
+        )
 
     def resize_pty(self, container_id: str, width: int, height: int, exec_id: str = "") -> None:
-        with self._errors():
-            self._tasks.ResizePty(
-                tasks_pb2.ResizePtyRequest(
-                    container_id=container_id, exec_id=exec_id, width=width, height=height
-                ),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(
+            self._tasks.ResizePty,
+            tasks_pb2.ResizePtyRequest(
+                container_id=container_id, exec_id=exec_id, width=width, height=height
+            ),
+        )
 
     def pause_task(self, container_id: str) -> None:
-        with self._errors():
-            self._tasks.Pause(
-                tasks_pb2.PauseTaskRequest(container_id=container_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._tasks.Pause, tasks_pb2.PauseTaskRequest(container_id=container_id))
 
     def resume_task(self, container_id: str) -> None:
-        with self._errors():
-            self._tasks.Resume(
-                tasks_pb2.ResumeTaskRequest(container_id=container_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        self._call(self._tasks.Resume, tasks_pb2.ResumeTaskRequest(container_id=container_id))
 
     def list_pids(self, container_id: str) -> list[ProcessInfo]:
-        with self._errors():
-            r = self._tasks.ListPids(
-                tasks_pb2.ListPidsRequest(container_id=container_id),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._tasks.ListPids, tasks_pb2.ListPidsRequest(container_id=container_id))
         return [_process_info(p) for p in r.processes]
 
     def metrics(self, filters: Sequence[str] = ()) -> list[Metric]:
-        with self._errors():
-            r = self._tasks.Metrics(
-                tasks_pb2.MetricsRequest(filters=list(filters)),
-                metadata=self._metadata,
-                timeout=self.timeout,
-            )
+        r = self._call(self._tasks.Metrics, tasks_pb2.MetricsRequest(filters=list(filters)))
         return [
             _container_types.Metric(
                 id=m.id,
@@ -1225,8 +1125,7 @@ class Client:
             resources=any_pb2.Any(type_url=RESOURCES_URL, value=json.dumps(resources).encode()),
             annotations=dict(annotations or {}),
         )
-        with self._errors():
-            self._tasks.Update(request, metadata=self._metadata, timeout=self.timeout)
+        self._call(self._tasks.Update, request)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -1235,20 +1134,14 @@ class Client:
         iterator is closed. No deadline applies."""
         from liner.events import decode
 
-        with self._errors():
-            stream = self._events.Subscribe(
-                events_pb2.SubscribeRequest(filters=list(filters)), metadata=self._metadata
+        request = events_pb2.SubscribeRequest(filters=list(filters))
+        for envelope in self._stream(self._events.Subscribe, request, deadline=False):
+            yield _container_types.Event(
+                timestamp=_time(envelope.timestamp),
+                timestamp_text=envelope.timestamp.ToJsonString(),
+                namespace=envelope.namespace,
+                topic=envelope.topic,
+                type_url=envelope.event.type_url,
+                value=envelope.event.value,
+                payload=decode(envelope.event.type_url, envelope.event.value),
             )
-            try:
-                for envelope in stream:
-                    yield _container_types.Event(
-                        timestamp=_time(envelope.timestamp),
-                        timestamp_text=envelope.timestamp.ToJsonString(),
-                        namespace=envelope.namespace,
-                        topic=envelope.topic,
-                        type_url=envelope.event.type_url,
-                        value=envelope.event.value,
-                        payload=decode(envelope.event.type_url, envelope.event.value),
-                    )
-            finally:
-                stream.cancel()

@@ -1,7 +1,8 @@
 """What the CLI needs before it knows its command: no grpc, no generated code, no rich.
 
 `liner version` must not pay for the modules `liner run` or `liner images pull` use, so the
-errors every command can raise, the defaults its options show, and `lazy_module` live here.
+errors every command can raise (from liner.errors), the defaults its options show, and
+`lazy_module` live here.
 """
 
 from __future__ import annotations
@@ -10,23 +11,13 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from liner.errors import LinerClientError as LinerClientError  # re-exported
+
 DEFAULT_ADDRESS = "/run/liner/liner.sock"
 DEFAULT_RUNTIME = "io.containerd.runc.v2"
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 RESOURCES_URL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
-
-
-class LinerClientError(Exception):
-    """A failed call: the gRPC status code name (e.g. NOT_FOUND) and a one-line message."""
-
-    def __init__(self, code_name: str, message: str) -> None:
-        super().__init__(message)
-        self.code_name = code_name
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class RunError(Exception):

@@ -12,19 +12,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from liner.client import Client, Descriptor, Image, LinerClientError
-from linerd.platforms import Platform
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-
-INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
-MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
+from liner.client import Client, Descriptor, Image
+from liner.errors import NotFound
+from liner_common.mediatypes import CONFIGS, INDEXES, MANIFESTS
+from liner_common.platforms import Platform
 
 
 def kind(media_type: str) -> str:
@@ -72,9 +63,7 @@ class Documents:
         if digest not in self._cache:
             try:
                 data = self._client.read_blob(digest)
-            except LinerClientError as e:
-                if e.code_name != "NOT_FOUND":
-                    raise
+            except NotFound:
                 self._cache[digest] = None
             else:
                 try:

@@ -22,7 +22,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from liner.client import BlobProgress, PullProgress
+from liner.client import BlobProgress, PullProgress, PushProgress
 from liner.format import human_size
 from liner.images import kind
 
@@ -54,13 +54,13 @@ class _Seen:
 
 
 class Display(Protocol):
-    def update(self, progress: PullProgress) -> None: ...
+    def update(self, progress: PullProgress | PushProgress) -> None: ...
 
     def close(self) -> None: ...
 
 
 class NoDisplay:
-    def update(self, progress: PullProgress) -> None:
+    def update(self, progress: PullProgress | PushProgress) -> None:
         pass
 
     def close(self) -> None:
@@ -78,7 +78,7 @@ class PlainDisplay:
         self._clock = clock
         self._seen: dict[str, _Seen] = {}
 
-    def update(self, progress: PullProgress) -> None:
+    def update(self, progress: PullProgress | PushProgress) -> None:
         now = self._clock()
         for blob in progress.blobs:
             digest = blob.descriptor.digest
@@ -122,7 +122,7 @@ class LiveDisplay:
         self._tasks: dict[str, TaskID] = {}
         self._progress.start()
 
-    def update(self, progress: PullProgress) -> None:
+    def update(self, progress: PullProgress | PushProgress) -> None:
         for blob in progress.blobs:
             desc = blob.descriptor
             task = self._tasks.get(desc.digest)

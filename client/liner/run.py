@@ -1,10 +1,10 @@
 """`liner run` and `liner tasks exec`: the client side of running a process, as ctr does it.
 
 The container is made here: the image's manifest and config are read from the content store,
-the OCI spec is generated with linerd's spec generator (containerd's defaults), the writable
-snapshot is prepared on top of the image's chain, and the container record is created, all
-under one lease. Stdio goes through FIFOs this process creates in a fresh 0700 directory and
-holds open; linerd's runtime opens the other ends.
+the OCI spec is generated with the shared generator (liner_common.ocispec: containerd's
+defaults), the writable snapshot is prepared on top of the image's chain, and the container
+record is created, all under one lease. Stdio goes through FIFOs this process creates in a
+fresh 0700 directory and holds open; linerd's runtime opens the other ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -40,15 +39,19 @@ from liner.client import (
     ExitStatus,
     LinerClientError,
     Mount,
+    TaskStatus,
     runc_options,
 )
 from liner.common import DEFAULT_RUNTIME, SPEC_URL, RunError
+from liner.errors import AlreadyExists, NotFound
 from liner.format import rfc3339
 from liner.images import Documents
-from linerd.platforms import host_platform
+from liner_common import errors as spec_errors
+from liner_common import ocispec as oci
+from liner_common.imagespec import chain_ids
+from liner_common.labels import GC_EXPIRE, STOP_SIGNAL
+from liner_common.platforms import host_platform
 
-STOP_SIGNAL_LABEL = "io.containerd.image.config.stop-signal"
-EXPIRE_LABEL = "containerd.io/gc.expire"
 FIFO_ROOT = "/run/liner/fifo"
 FIFO_PREFIX = "liner-"
 # Signals a non-terminal `run`/`exec` forwards to the process (ctr forwards every signal).
@@ -95,13 +98,6 @@ def parse_signal(text: str) -> int:
         return int(signal.Signals[name])
     except KeyError:
         raise ValueError(f"unknown signal {text!r}") from None
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,17 +159,6 @@ def read_env_file(path: str) -> list[str]:
 # -- the image --------------------------------------------------------------------------------
 
 
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        if not chain:
-            chain.append(diff_id)
-        else:
-            joined = f"{chain[-1]} {diff_id}".encode()
-            chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
-    return chain
-
-
 @dataclass(frozen=True, slots=True)
 class ImageSetup:
     name: str
@@ -200,6 +185,22 @@ def image_setup(client: Client, name: str) -> ImageSetup:
     chain = chain_ids(diff_ids)
     config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     return ImageSetup(name, config, chain[-1] if chain else "")
+
+
+def image_ready(client: Client, opts: RunOptions) -> bool:
+    """Is the image there, with its manifest for this platform and unpacked for the
+    snapshotter? (What `run --pull missing` pulls for when it is not.)"""
+    try:
+        image = image_setup(client, opts.image)
+    except (NotFound, RunError):
+        return False
+    if not image.top_chain:
+        return True
+    try:
+        client.stat_snapshot(opts.snapshotter, image.top_chain)
+    except NotFound:
+        return False
+    return True
 
 
 # -- mounting a view to read /etc/passwd ------------------------------------------------------
@@ -614,9 +615,6 @@ def build_spec(
     image: ImageSetup,
     rootfs: Path | None,
 ) -> dict[str, Any]:
-    from linerd.errdefs import LinerError
-    from linerd.oci import spec as oci
-
     steps: list[oci.SpecOpt] = [oci.with_image_config(image.config)]
     user = opts.user or str(image.config.get("User") or "")
     if user:
@@ -644,7 +642,7 @@ def build_spec(
         steps.append(oci.with_pids_limit(opts.pids_limit))
     try:
         spec = oci.generate(namespace, opts.id, steps)
-    except LinerError as e:
+    except (spec_errors.InvalidArgument, spec_errors.NotFound) as e:
         raise RunError(str(e)) from None
     if not spec["process"]["args"]:
         raise RunError(f"image {image.name!r} has no command: give one after the container id")
@@ -665,9 +663,7 @@ def create_container(client: Client, opts: RunOptions) -> tuple[Container, list[
     if image.top_chain:
         try:
             client.stat_snapshot(snapshotter, image.top_chain)
-        except LinerClientError as e:
-            if e.code_name != "NOT_FOUND":
-                raise
+        except NotFound:
             raise RunError(
                 f"image {opts.image!r} is not unpacked for snapshotter {snapshotter}: "
                 f"run liner images pull"
@@ -675,16 +671,14 @@ def create_container(client: Client, opts: RunOptions) -> tuple[Container, list[
                 + f" {opts.image}"
             ) from None
     expire = rfc3339(datetime.now(UTC) + timedelta(hours=24))
-    lease = client.create_lease("", {EXPIRE_LABEL: expire}).id
+    lease = client.create_lease("", {GC_EXPIRE: expire}).id
     prepared = False
     try:
         with client.leased(lease):
             try:
                 mounts = client.prepare_snapshot(snapshotter, opts.id, image.top_chain)
-            except LinerClientError as e:
-                if e.code_name == "ALREADY_EXISTS":
-                    raise RunError(f"container id {opts.id!r} is in use") from None
-                raise
+            except AlreadyExists:
+                raise RunError(f"container id {opts.id!r} is in use") from None
             prepared = True
             # Mounting needs root; without it a bare uid still works (gid 0).
             if _lookup_needed(opts, image) and os.geteuid() == 0:
@@ -701,7 +695,7 @@ def create_container(client: Client, opts: RunOptions) -> tuple[Container, list[
             labels = dict(opts.labels)
             stop_signal = image.config.get("StopSignal")
             if isinstance(stop_signal, str) and stop_signal:
-                labels.setdefault(STOP_SIGNAL_LABEL, stop_signal)
+                labels.setdefault(STOP_SIGNAL, stop_signal)
             record = Container(
                 id=opts.id,
                 image=opts.image,
@@ -714,10 +708,8 @@ def create_container(client: Client, opts: RunOptions) -> tuple[Container, list[
             )
             try:
                 container = client.create_container(record)
-            except LinerClientError as e:
-                if e.code_name == "ALREADY_EXISTS":
-                    raise RunError(f"container id {opts.id!r} is in use") from None
-                raise
+            except AlreadyExists:
+                raise RunError(f"container id {opts.id!r} is in use") from None
             prepared = False  # the container owns the snapshot now
             return container, mounts
     finally:
@@ -731,11 +723,8 @@ def create_container(client: Client, opts: RunOptions) -> tuple[Container, list[
 def remove_container(client: Client, container: Container) -> None:
     """ctr's container cleanup: Snapshots/Remove (NOT_FOUND ignored), Containers/Delete."""
     if container.snapshot_key and container.snapshotter:
-        try:
+        with contextlib.suppress(NotFound):
             client.remove_snapshot(container.snapshotter, container.snapshot_key)
-        except LinerClientError as e:
-            if e.code_name != "NOT_FOUND":
-                raise
     client.delete_container(container.id)
 
 
@@ -764,6 +753,13 @@ def run(client: Client, opts: RunOptions, io: Stdio) -> int:
     attachment: Attachment | None = None
     task_created = False
     try:
+        if opts.detach and not opts.tty and not opts.interactive:
+            # No stdio at all: linerd then keeps the output in the container's log file
+            # (`liner logs`), where FIFOs nobody reads would lose it.
+            client.create_task(opts.id, rootfs=mounts)
+            task_created = True
+            client.start_task(opts.id)
+            return 0
         want_stdin = opts.tty or opts.interactive or (not opts.detach and not io.stdin_is_tty())
         fifos = Fifos.create(opts.id, stdin=want_stdin, stderr=not opts.tty)
         attachment = Attachment(
@@ -844,7 +840,7 @@ def _cleanup(client: Client, container: Container, fifos: Fifos | None) -> None:
     """--rm: task, snapshot and container go (ctr's order)."""
     with contextlib.suppress(LinerClientError):
         process = client.get_task(container.id)
-        if process.status not in ("stopped", "created"):
+        if process.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
             client.kill_task(container.id, signal.SIGKILL)
             client.wait_task(container.id)
         client.delete_task(container.id)
@@ -857,7 +853,7 @@ def _cleanup_failed(client: Client, container: Container, task_created: bool) ->
     if task_created:
         with contextlib.suppress(LinerClientError):
             process = client.get_task(container.id)
-            if process.status not in ("stopped", "created"):
+            if process.status not in (TaskStatus.STOPPED, TaskStatus.CREATED):
                 client.kill_task(container.id, signal.SIGKILL)
                 client.wait_task(container.id)
             client.delete_task(container.id)
@@ -885,9 +881,6 @@ class ExecOptions:
 def exec_process(client: Client, opts: ExecOptions, io: Stdio) -> int:
     """`liner tasks exec`: the container's process as template, args replaced; returns the
     exec's exit status (0 with --detach)."""
-    from linerd.errdefs import LinerError
-    from linerd.oci import spec as oci
-
     container = client.get_container(opts.id)
     if container.spec is None:
         raise RunError(f"container {opts.id!r} has no spec")
@@ -910,7 +903,7 @@ def exec_process(client: Client, opts: ExecOptions, io: Stdio) -> int:
             if not all(p.isdigit() for p in opts.user.split(":") if p):
                 raise RunError("tasks exec --user takes numeric uid[:gid]")
             process["user"] = oci.resolve_user(opts.user, None)
-    except LinerError as e:
+    except (spec_errors.InvalidArgument, spec_errors.NotFound) as e:
         raise RunError(str(e)) from None
     exec_id = opts.exec_id or f"exec-{secrets.token_hex(6)}"
     want_stdin = opts.tty or opts.interactive or (not opts.detach and not io.stdin_is_tty())

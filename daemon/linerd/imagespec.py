@@ -5,50 +5,30 @@ Pure functions over bytes; nothing here talks to a store or a registry.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from liner_common.imagespec import chain_ids as chain_ids  # re-exported
+
+# Re-exported: the daemon's modules read the media types from here.
+from liner_common.mediatypes import (  # noqa: F401
+    CONFIGS,
+    DOCKER_CONFIG,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    INDEXES,
+    LAYERS,
+    MANIFESTS,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+)
+from liner_common.platforms import Platform
+from liner_common.platforms import host_platform as host_platform  # re-exported
 from linerd.core import validate
 from linerd.core.types import Descriptor
 from linerd.errdefs import InvalidArgument
-from linerd.platforms import Platform
-from linerd.platforms import host_platform as host_platform  # re-exported
-
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-
-INDEXES = frozenset({OCI_INDEX, DOCKER_LIST})
-MANIFESTS = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-CONFIGS = frozenset({OCI_CONFIG, DOCKER_CONFIG})
-LAYERS = frozenset(
-    {
-        "application/vnd.oci.image.layer.v1.tar",
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    }
-)
-
-
-def parse_platform(text: str) -> Platform:
-    """`linux/amd64`, `linux/arm64/v8`, or just `arm64` (os linux)."""
-    parts = text.strip().split("/")
-    if not text.strip() or len(parts) > 3 or any(not p for p in parts):
-        raise InvalidArgument(f"invalid platform {text!r}: want os/arch[/variant]")
-    if len(parts) == 1:
-        return Platform("linux", parts[0]).normalized()
-    return Platform(*parts).normalized()
 
 
 @dataclass(slots=True)
@@ -130,7 +110,7 @@ def parse_index(data: bytes, digest: str) -> list[IndexEntry]:
 
 def index_manifests(data: bytes, digest: str) -> list[IndexEntry]:
     """The image manifests an index lists, in its order (nested indexes and other
-    artifacts left out); choose among them with `linerd.platforms.select`."""
+    artifacts left out); choose among them with `liner_common.platforms.select`."""
     return [e for e in parse_index(data, digest) if e.descriptor.media_type in MANIFESTS]
 
 
@@ -164,15 +144,3 @@ def parse_config(data: bytes, digest: str) -> ImageConfig:
     platform = _platform(doc) or Platform("linux", "amd64")
     config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
     return ImageConfig(list(diff_ids), platform, config)
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """C1 = D1; Ci = sha256("C(i-1) Di")."""
-    chain: list[str] = []
-    for diff_id in diff_ids:
-        if not chain:
-            chain.append(diff_id)
-        else:
-            joined = f"{chain[-1]} {diff_id}".encode()
-            chain.append("sha256:" + hashlib.sha256(joined).hexdigest())
-    return chain

@@ -39,7 +39,66 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--version", action="version", version=f"linerd {__version__}")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("config-default", help="print the default configuration")
+    store = sub.add_parser(
+        "check-store", help="check the store: records against files, chains, leaks (exit 1 if any)"
+    )
+    store.add_argument("--verify", action="store_true", help="re-hash every blob")
+    store.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove what is provably orphaned (linerd must be stopped)",
+    )
     return p
+
+
+# The daemon's own dependencies: the `daemon` extra of the package (the base is the client's).
+_DAEMON_MODULES = (
+    "sqlalchemy",
+    "structlog",
+    "zstandard",
+    "isal",
+    "httpx",
+    "prometheus_client",
+    "grpc_health",
+    "cryptography",
+)
+
+
+def _missing_extra() -> str | None:
+    import importlib.util
+
+    missing = [m for m in _DAEMON_MODULES if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"linerd: {', '.join(missing)} not installed: install liner with its daemon extra "
+        "(pip install 'liner[daemon]')"
+    )
+
+
+def _check_store(args: argparse.Namespace) -> int:
+    """`linerd check-store`: one line per inconsistency; the daemon's files, read directly."""
+    from linerd.fsck import RootBusy, check_store, repair
+
+    try:
+        config = _loader(args)()
+    except ConfigError as e:
+        print(f"linerd: {e}", file=sys.stderr)
+        return 2
+    root, state = Path(config.root), Path(config.state)
+    findings = check_store(root, state, verify=args.verify)
+    if args.repair:
+        try:
+            fixed = repair(findings, root)
+        except RootBusy as e:
+            print(f"linerd: {e}", file=sys.stderr)
+            return 1
+        for finding in fixed:
+            print(f"repaired {finding}")
+        findings = check_store(root, state, verify=args.verify)
+    for finding in findings:
+        print(finding)
+    return 1 if findings else 0
 
 
 def _loader(args: argparse.Namespace) -> Callable[[], Config]:
@@ -95,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config-default":
         sys.stdout.write(to_toml(Config()))
         return 0
+    missing = _missing_extra()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
+    if args.command == "check-store":
+        return _check_store(args)
     if argv is None:
         _tune_process(args)
 

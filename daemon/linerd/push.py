@@ -34,6 +34,7 @@ from datetime import timedelta
 
 import structlog
 
+from liner_common.platforms import select
 from linerd import imagespec
 from linerd.asyncutil import first_error
 from linerd.content import documents
@@ -44,7 +45,6 @@ from linerd.gc import labels as gc_labels
 from linerd.imagespec import Platform
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
-from linerd.platforms import select
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig

@@ -101,8 +101,15 @@ def test_version_server_uuid_is_stable(linerd: Linerd) -> None:
     assert ok(liner(linerd.address, "version")) == first
 
 
-def test_config_default() -> None:
-    assert ok(liner(None, "config", "default")) == to_toml(Config())
+def test_config_default_is_the_daemons_command() -> None:
+    # `liner config default` went: the client does not carry the daemon's configuration code.
+    out = subprocess.run(
+        [sys.executable, "-m", "linerd.main", "config-default"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == to_toml(Config())
 
 
 # -- namespaces -------------------------------------------------------------------------------

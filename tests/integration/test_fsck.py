@@ -91,28 +91,27 @@ def test_unreferenced_objects_are_reported(linerd: Linerd) -> None:
     assert ("unreferenced", f"default/content/{digest}") in kinds(linerd)
 
 
-def test_liner_check_store(linerd: Linerd) -> None:
-    liner = [
-        str(REPO / ".venv/bin/liner"),
-        "check",
-        "--store",
+def test_linerd_check_store(linerd: Linerd) -> None:
+    check_store = [
+        str(REPO / ".venv/bin/linerd"),
         "--root",
         str(linerd.root),
         "--state",
         str(linerd.state),
+        "check-store",
     ]
-    clean = subprocess.run(liner, capture_output=True, text=True)
+    clean = subprocess.run(check_store, capture_output=True, text=True)
     assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr
     (linerd.root / "snapshots/native/777").mkdir()
-    dirty = subprocess.run(liner, capture_output=True, text=True)
+    dirty = subprocess.run(check_store, capture_output=True, text=True)
     assert dirty.returncode == 1
     assert dirty.stdout.splitlines() == [
         f"orphan-snapshot-dir: {linerd.root / 'snapshots/native/777'}: "
         "a directory no snapshot records"
     ]
-    busy = subprocess.run([*liner, "--repair"], capture_output=True, text=True)
+    busy = subprocess.run([*check_store, "--repair"], capture_output=True, text=True)
     assert busy.returncode == 1 and "stop it before repairing" in busy.stderr
     linerd.stop()
-    fixed = subprocess.run([*liner, "--repair"], capture_output=True, text=True)
+    fixed = subprocess.run([*check_store, "--repair"], capture_output=True, text=True)
     assert fixed.returncode == 0 and fixed.stdout.startswith("repaired orphan-snapshot-dir")
     linerd.start()

@@ -48,7 +48,7 @@ from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_
 from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.types.task import task_pb2
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-from linerd.oci import spec as ocispec
+from liner_common import ocispec
 
 pytestmark = [
     pytest.mark.integration,

@@ -31,6 +31,7 @@ from liner_api.containerd.events import (
     task_pb2,
 )
 from liner_api.containerd.runc.v1 import options_pb2
+from liner_common import ocispec
 from linerd.assembly import Core, build_core
 from linerd.config import Config
 from linerd.core.types import Container, Descriptor, Encoded, Image, LeaseResource
@@ -38,7 +39,6 @@ from linerd.errdefs import InvalidArgument, NotFound, OutOfRange
 from linerd.events import Event
 from linerd.local.tasks import Stdio
 from linerd.metrics import Metrics
-from linerd.oci import spec as ocispec
 from linerd.remotes.hosts import HostsConfig
 
 pytestmark = pytest.mark.integration

@@ -249,13 +249,17 @@ def test_sighup_reloads_log_level_and_registry(tmp_path: Path, registry: Registr
 
 def test_liner_check(linerd: Linerd) -> None:
     liner = [str(REPO / ".venv/bin/liner")]
+    # No --root: the check asks the daemon behind -a where its files are (not /var/lib/liner).
     ok = subprocess.run(
-        [*liner, "-a", linerd.address, "check", "--root", str(linerd.root)],
+        [*liner, "-a", linerd.address, "check"],
         capture_output=True,
         text=True,
     )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     rows = {line.split()[0]: line.split()[1] for line in ok.stdout.splitlines()[1:]}
+    details = {line.split()[0]: line for line in ok.stdout.splitlines()[1:]}
+    assert f"{linerd.root}/content: " in details["store"]
+    assert f"root {linerd.root}, state {linerd.state}" in details["database"]
     assert {
         k: rows[k] for k in ("socket", "store", "database", "runc", "conmon", "overlay", "cgroups")
     } == dict.fromkeys(
@@ -267,8 +271,6 @@ def test_liner_check(linerd: Linerd) -> None:
             "-a",
             str(linerd.base / "absent.sock"),
             "check",
-            "--root",
-            str(linerd.base / "absent"),
         ],
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from liner_common.ocispec import default_spec
 from linerd.oci import seccomp
-from linerd.oci.spec import default_spec
 from linerd.runtime import RUNC
 
 pytestmark = [

@@ -1,6 +1,6 @@
 """The Tasks service through its gRPC stubs, against a real linerd with runc and conmon.
 
-Containers are made as ctr makes them: a spec from `linerd.oci.spec.generate`, stored as an Any
+Containers are made as ctr makes them: a spec from `liner_common.ocispec.generate`, stored as an Any
 (`types.containerd.io/opencontainers/runtime-spec/1/Spec`), a snapshot prepared on the pulled
 image, and FIFOs whose client ends are opened (in threads) before Tasks/Create.
 
@@ -55,7 +55,7 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.types import mount_pb2
 from liner_api.containerd.types.task import task_pb2
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-from linerd.oci import spec as ocispec
+from liner_common import ocispec
 
 pytestmark = [
     pytest.mark.integration,

@@ -24,7 +24,7 @@ HEAVY_FOR_CLI = [
     "liner.run",
     "liner.progress",
     "liner_api",
-    "linerd.imagespec",
+    "linerd",
     "tarfile",
 ]
 
@@ -68,8 +68,8 @@ def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
 
 def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> None:
     loaded = _modules_after(
-        "import liner.images, liner.client, linerd.platforms\n"
-        "linerd.platforms.host_platform()\n"
+        "import liner.images, liner.client, liner_common.platforms\n"
+        "liner_common.platforms.host_platform()\n"
         "liner.client.Image, liner.client.Descriptor"
     )
     assert "liner.results.content" in loaded
@@ -81,6 +81,25 @@ def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> No
         "liner_api.containerd.services.tasks.v1.tasks_pb2",
     ):
         assert unwanted not in loaded
+
+
+def test_the_client_imports_no_daemon_module() -> None:
+    # Not even lazily: a client-only install has no daemon dependencies to import them with.
+    import ast
+
+    client_dir = Path(__file__).resolve().parents[2] / "client"
+    for path in client_dir.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "lazy_module":
+                names = [a.value for a in node.args if isinstance(a, ast.Constant)]
+            for name in names:
+                top = str(name).split(".")[0]
+                assert top not in ("linerd", "sqlalchemy", "sqlite3", "httpx"), (path, name)
 
 
 def test_client_result_types_resolve_from_liner_client() -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from linerd.errdefs import InvalidArgument, NotFound
-from linerd.oci import spec as oci
+from liner_common import ocispec as oci
+from liner_common.errors import InvalidArgument, NotFound
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from linerd import platforms
-from linerd.platforms import Platform
+from liner_common import platforms
+from liner_common.platforms import Platform
 
 pytestmark = pytest.mark.unit
 

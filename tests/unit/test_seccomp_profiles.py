@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from liner_common.ocispec import DEFAULT_CAPABILITIES
 from linerd.errdefs import InvalidArgument
 from linerd.oci import seccomp
-from linerd.oci.spec import DEFAULT_CAPABILITIES
 
 pytestmark = pytest.mark.unit
 

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    """containerd's task states; the value is the lower-case name ctr prints."""
+
+    UNKNOWN = "unknown"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    PAUSING = "pausing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +49,7 @@ class Process:
     container_id: str
     id: str
     pid: int
-    status: str  # "created", "running", "stopped", "paused", "pausing" or "unknown"
+    status: TaskStatus
     stdin: str = ""
     stdout: str = ""
     stderr: str = ""

@@ -46,13 +46,25 @@ class Image:
 class BlobProgress:
     descriptor: Descriptor
     offset: int
-    # "waiting", "downloading", "downloaded", "exists", "unpacking", "unpacked", "failed"
+    # a pull's: "waiting", "downloading", "downloaded", "exists", "unpacking", "unpacked",
+    # "failed"; a push's: "waiting", "uploading", "exists", "mounted", "done"
     state: str
 
 
 @dataclass(frozen=True, slots=True)
 class PullProgress:
     """One update of a pull: every blob so far; the last one has `done`, `name` and `target`."""
+
+    blobs: list[BlobProgress]
+    name: str = ""
+    target: Descriptor | None = None
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PushProgress:
+    """One update of a push: every blob so far (states "waiting", "uploading", "exists",
+    "mounted", "done"); the last one has `done`, and `name` and `target` of what was pushed."""
 
     blobs: list[BlobProgress]
     name: str = ""

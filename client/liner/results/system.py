@@ -20,6 +20,17 @@ class ServerInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """One entry of Introspection's plugin list (containerd's plugin types and ids)."""
+
+    type: str
+    id: str
+    requires: tuple[str, ...] = ()
+    exports: dict[str, str] = field(default_factory=dict)
+    init_error: str = ""  # empty when the plugin started
+
+
+@dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
     labels: dict[str, str] = field(default_factory=dict)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liner_api.containerd.events import image_pb2 as image_events
+from liner_common.platforms import Platform
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image
 from linerd.events import Exchange
@@ -28,7 +29,6 @@ from linerd.local.diff import LocalDiff
 from linerd.local.events import Publisher
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
-from linerd.platforms import Platform
 from linerd.remotes.hosts import HostsConfig
 from linerd.snapshots.store import SnapshotStore
 

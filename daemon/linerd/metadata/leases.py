@@ -9,14 +9,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, delete, insert, select
 
+from liner_common.labels import GC_EXPIRE as EXPIRE_LABEL
 from linerd.core import validate
 from linerd.core.types import Lease, LeaseResource
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.metadata.db import Database
 from linerd.metadata.models import lease_resources, leases
 from linerd.metadata.namespaces import ensure
-
-EXPIRE_LABEL = "containerd.io/gc.expire"
 
 
 def check_resource(resource: LeaseResource) -> LeaseResource:

@@ -1,1 +1,4 @@
-"""OCI runtime specs: secure defaults, and what an image's config adds to them."""
+"""OCI runtime pieces only the daemon uses (seccomp profiles).
+
+Spec generation, which the CLI needs too, is liner_common.ocispec.
+"""

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import grpc
 
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
+from liner_common.platforms import Platform
 from linerd import context
 from linerd.local.transfer import LocalTransfer
-from linerd.platforms import Platform
 from linerd.services.convert import descriptor
 
 if TYPE_CHECKING:  # imported where used: pulls, pushes and archives load the registry client

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from linerd.errdefs import InvalidArgument, NotFound
+from liner_common.errors import InvalidArgument, NotFound
 
 Spec = dict[str, Any]
 SpecOpt = Callable[[Spec], None]

@@ -1,0 +1,1 @@
+"""The `liner` commands, one module per noun."""
