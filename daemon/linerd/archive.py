@@ -49,7 +49,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from linerd import imagespec, platforms
+from liner_common import platforms
+from linerd import imagespec
 from linerd.content import documents
 from linerd.content.documents import MAX_DOCUMENT
 from linerd.content.store import ContentStore

@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 import structlog
 
-from linerd import imagespec, platforms
+from liner_common import platforms
+from linerd import imagespec
 from linerd.asyncutil import SingleFlight, first_error
 from linerd.content import documents
 from linerd.content.live import LiveBlob

@@ -28,7 +28,8 @@ from typing import BinaryIO
 
 import structlog
 
-from linerd import imagespec, platforms
+from liner_common import platforms
+from linerd import imagespec
 from linerd.asyncutil import SingleFlight, finish_thread, first_error
 from linerd.content import documents
 from linerd.content.store import ContentStore

@@ -481,12 +481,14 @@ def test_logs_of_a_detached_container(daemon: Linerd, image: str) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     try:
         wait_for(lambda: tasks(daemon)["log1"][1] == "STOPPED", 10, "the task to exit")
-        if not (daemon.state / "logs" / "default" / "log1.log").exists():
-            pytest.skip("this linerd does not keep a detached task's output yet (#14, item 10)")
         shown = run(daemon, "logs", "log1")
         assert (shown.returncode, shown.stdout, shown.stderr) == (0, "out1\nout2\n", "err1\n")
         last = run(daemon, "logs", "--tail", "1", "log1")
         assert (last.returncode, last.stdout, last.stderr) == (0, "out2\n", "")
+        ok(liner(daemon.address, "tasks", "rm", "log1"))
+        ok(liner(daemon.address, "containers", "rm", "log1"))
+        # The kept output goes with the container record.
+        assert not (daemon.state / "logs" / "default" / "log1.log").exists()
     finally:
         liner(daemon.address, "tasks", "rm", "-f", "log1")
         liner(daemon.address, "containers", "rm", "log1")
