@@ -483,8 +483,9 @@ def test_logs_of_a_detached_container(daemon: Linerd, image: str) -> None:
         wait_for(lambda: tasks(daemon)["log1"][1] == "STOPPED", 10, "the task to exit")
         shown = run(daemon, "logs", "log1")
         assert (shown.returncode, shown.stdout, shown.stderr) == (0, "out1\nout2\n", "err1\n")
+        # conmon reads stdout and stderr apart: err1 may land before or after out2.
         last = run(daemon, "logs", "--tail", "1", "log1")
-        assert (last.returncode, last.stdout, last.stderr) == (0, "out2\n", "")
+        assert last.returncode == 0 and last.stdout + last.stderr in ("out2\n", "err1\n")
         ok(liner(daemon.address, "tasks", "rm", "log1"))
         ok(liner(daemon.address, "containers", "rm", "log1"))
         # The kept output goes with the container record.
