@@ -6,7 +6,7 @@ bounded before any byte is read, and the bytes are hashed against the digest: a 
 changed or cut on disk is DataLoss, never a silently different image.
 
 The limit, `MAX_DOCUMENT` (4 MiB), is the one the registry client already applies to the
-manifests and indexes it fetches (`linerd.remotes.client.MAX_MANIFEST_SIZE`), itself
+manifests and indexes it fetches (`linerd.remotes.client.MAX_MANIFEST_SIZE` is this one), itself
 containerd's resolver limit for manifests and indexes (`MaxManifestSize`, 4·1048·1048
 bytes), so whatever a pull can fetch the store can read back. containerd reads configs
 without a limit of its own; liner bounds them by the same 4 MiB (they were 8 MiB in pulls):

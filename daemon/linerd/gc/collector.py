@@ -23,6 +23,7 @@ from sqlalchemy import Connection, bindparam, delete, select
 from linerd import faults
 from linerd.content.store import ContentStore
 from linerd.errdefs import InvalidArgument
+from linerd.gc import labels as gclabels
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database
 from linerd.metadata.leases import EXPIRE_LABEL, parse_expire
@@ -31,9 +32,6 @@ from linerd.metadata.models import containers, content, images, lease_resources,
 log = structlog.get_logger("linerd.gc")
 
 Node = tuple[str, str, str]
-ROOT_LABEL = "containerd.io/gc.root"
-CONTENT_REF = "containerd.io/gc.ref.content"
-SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
 
 
 @dataclass(slots=True)
@@ -57,10 +55,10 @@ Cleanup = Callable[[], None]
 
 def label_refs(namespace: str, labels: dict[str, str]) -> Iterable[Node]:
     for key, value in labels.items():
-        if key == CONTENT_REF or key.startswith(CONTENT_REF + "."):
+        if key == gclabels.CONTENT_REF or key.startswith(gclabels.CONTENT_REF + "."):
             yield (namespace, "content", value)
-        elif key.startswith(SNAPSHOT_REF):
-            snapshotter = key[len(SNAPSHOT_REF) :].split("/", 1)[0]
+        elif key.startswith(gclabels.SNAPSHOT_REF):
+            snapshotter = key[len(gclabels.SNAPSHOT_REF) :].split("/", 1)[0]
             if snapshotter:
                 yield (namespace, f"snapshots/{snapshotter}", value)
 
@@ -208,7 +206,7 @@ class Collector:
         for kind in self._kinds.values():
             objects.update(kind.objects(conn))
         pending: list[Node] = [node for source in self._roots for node in source(conn)]
-        pending.extend(node for node, obj in objects.items() if ROOT_LABEL in obj.labels)
+        pending.extend(node for node, obj in objects.items() if gclabels.ROOT in obj.labels)
         marked: set[Node] = set()
         while pending:
             node = pending.pop()

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
+from liner_common.labels import GC_EXPIRE as EXPIRE
+
+ROOT = "containerd.io/gc.root"
 CONTENT_REF = "containerd.io/gc.ref.content"
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot."
-EXPIRE = "containerd.io/gc.expire"
 # Not followed by the collector, but set with them: a layer's diff ID, and the repositories
 # a blob came from (a push mounts it from one of them).
 UNCOMPRESSED = "containerd.io/uncompressed"

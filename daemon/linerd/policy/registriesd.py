@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from linerd.policy.errors import PolicyError
-from linerd.policy.miniyaml import YAMLRefused, loads
 from linerd.policy.refs import DockerRef, scope_candidates
 
 MAX_FILE_BYTES = 1 << 20
@@ -102,6 +103,14 @@ def _section(value: Any, where: str) -> Namespace:
     )
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: what is wrong and where."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    return f"invalid YAML: {' '.join(str(error).split())}"
+
+
 def parse_files(files: list[tuple[str, str]]) -> RegistriesD:
     """Merge ``(path, text)`` pairs; raise PolicyError naming the file and the problem."""
     default: Namespace | None = None
@@ -110,9 +119,9 @@ def parse_files(files: list[tuple[str, str]]) -> RegistriesD:
     docker_from: dict[str, str] = {}
     for path, text in files:
         try:
-            doc = loads(text)
-        except YAMLRefused as e:
-            raise PolicyError(path, str(e)) from None
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise PolicyError(path, _yaml_problem(e)) from None
         if doc is None:
             continue
         if not isinstance(doc, dict):

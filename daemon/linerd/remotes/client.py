@@ -32,7 +32,9 @@ import httpx
 import structlog
 
 import linerd
+from liner_common import mediatypes
 from linerd import errdefs
+from linerd.content.documents import MAX_DOCUMENT
 from linerd.core.types import Descriptor
 from linerd.remotes import reference as refs
 from linerd.remotes.auth import MAX_TOKEN_RESPONSE, Authorizer, repository_scope
@@ -45,10 +47,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("linerd.remotes")
 
-MEDIA_TYPE_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_TYPE_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_TYPE_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_TYPE_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_TYPE_OCI_MANIFEST = mediatypes.OCI_MANIFEST
+MEDIA_TYPE_OCI_INDEX = mediatypes.OCI_INDEX
+MEDIA_TYPE_DOCKER_MANIFEST = mediatypes.DOCKER_MANIFEST
+MEDIA_TYPE_DOCKER_LIST = mediatypes.DOCKER_LIST
 MANIFEST_MEDIA_TYPES = (
     MEDIA_TYPE_OCI_MANIFEST,
     MEDIA_TYPE_OCI_INDEX,
@@ -56,7 +58,7 @@ MANIFEST_MEDIA_TYPES = (
     MEDIA_TYPE_DOCKER_LIST,
 )
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
-MAX_MANIFEST_SIZE = 4 << 20
+MAX_MANIFEST_SIZE = MAX_DOCUMENT  # what the store reads back, it accepts
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A blob transfer must move at least 1 MiB per 64 s (16 KiB/s) or it is given up.
