@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from linerd.gc import labels
-from linerd.gc.collector import CONTENT_REF, SNAPSHOT_REF
+from linerd.gc.collector import label_refs
 
 pytestmark = pytest.mark.unit
 
@@ -35,9 +35,17 @@ def test_snapshot_reference_names_the_snapshotter() -> None:
 
 
 def test_the_collector_follows_what_is_written() -> None:
-    for key in [*labels.manifest_refs("c", ["l"]), *labels.index_refs(["m"])]:
-        assert key.startswith(CONTENT_REF)
-    assert next(iter(labels.snapshot_ref("native", "k"))).startswith(SNAPSHOT_REF)
+    written = {
+        **labels.manifest_refs("c", ["l"]),
+        **labels.index_refs(["m"]),
+        **labels.snapshot_ref("native", "k"),
+    }
+    assert set(label_refs("ns", written)) == {
+        ("ns", "content", "c"),
+        ("ns", "content", "l"),
+        ("ns", "content", "m"),
+        ("ns", "snapshots/native", "k"),
+    }
 
 
 def test_expiry_is_rfc3339_utc() -> None:
