@@ -47,7 +47,17 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 def gone(pid: int) -> Callable[[], bool]:
-    return lambda: not os.path.exists(f"/proc/{pid}")
+    """Dead: no process, or a zombie (its new parent, whoever reparenting made it, reaps it
+    when it gets to it; a loaded machine can take seconds)."""
+
+    def dead() -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+    return dead
 
 
 def stage(tmp_path: Path, name: str, source: io.RawIOBase | None = None) -> worker.StagedLayer:
