@@ -487,3 +487,22 @@ def test_propagation_from_a_private_mount_is_refused(runner: Runner, tmp_path: P
                 runner.bundle("true", SC(), mounts=[m])
     finally:
         subprocess.run(["umount", "-l", str(d)], check=True)
+
+
+def test_recursive_read_only_covers_submounts(runner: Runner, tmp_path: Path) -> None:
+    d = tmp_path / "rro"
+    (d / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "crisec-sub", str(d / "sub")], check=True)
+    try:
+        script = "touch /mnt/v/sub/x && echo wrote"
+        plain = api_pb2.Mount(container_path="/mnt/v", host_path=str(d), readonly=True)
+        res = runner.run(script, SC(), mounts=[plain])
+        assert res.stdout == "wrote\n", res.stderr  # ro alone leaves the submount writable
+        rro = api_pb2.Mount(
+            container_path="/mnt/v", host_path=str(d), readonly=True, recursive_read_only=True
+        )
+        res = runner.run(script, SC(), mounts=[rro])
+        assert res.returncode != 0
+        assert res.stderr == "touch: /mnt/v/sub/x: Read-only file system\n"
+    finally:
+        subprocess.run(["umount", "-l", str(d / "sub")], check=True)

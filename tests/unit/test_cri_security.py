@@ -216,6 +216,13 @@ def test_default_capabilities_without_a_request(rootfs: Path) -> None:
 
 def test_drop_all(rootfs: Path) -> None:
     assert caps(apply(cap_sc(drop=["ALL"]), rootfs)) == []
+    s = spec()
+    s["process"]["capabilities"]["ambient"] = ["CAP_KILL"]
+    s["process"]["capabilities"]["inheritable"] = ["CAP_KILL"]
+    apply_security_context(
+        s, cap_sc(drop=["ALL"]), rootfs=rootfs, image_user="", sandbox_privileged=False
+    )
+    assert all(v == [] for v in s["process"]["capabilities"].values())
 
 
 def test_add_all_is_what_linerd_holds(rootfs: Path) -> None:

@@ -128,6 +128,17 @@ def test_absolute_link_to_a_host_file_is_not_followed_out(tmp_path: Path, host_f
         ImageUsers(root).resolve("hostonly")
 
 
+def test_group_linked_to_a_host_file_gives_no_groups(tmp_path: Path) -> None:
+    host_group = tmp_path / "host-group"
+    host_group.write_text("wheel:x:10:user\n")
+    root = make_rootfs(tmp_path, group=None)
+    (root / "etc" / "group").symlink_to(host_group)
+    db = ImageUsers(root)
+    assert db.member_gids("user") == []
+    with pytest.raises(InvalidArgument, match="no /etc/group"):
+        db.resolve("user:wheel")
+
+
 def test_dotdot_link_stops_at_the_rootfs(tmp_path: Path, host_file: Path) -> None:
     root = make_rootfs(tmp_path, passwd=None)
     climb = "../" * (len(root.parts) + 3)

@@ -189,7 +189,7 @@ def _apply_capabilities(process: dict[str, Any], caps: api_pb2.Capability | None
     result = {**current, **sets}
     for key in ("inheritable", "ambient"):
         if key in result:
-            result[key] = [c for c in result[key] if c not in drop]
+            result[key] = [] if drop_all else [c for c in result[key] if c not in drop]
     if ambient:
         # The kernel raises an ambient capability only if it is permitted and inheritable.
         lacking = [c for c in ambient if c not in sets["permitted"]]
