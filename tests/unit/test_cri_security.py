@@ -512,3 +512,11 @@ def test_oom_score_adj_is_clamped_to_linerds_own(own_oom: Path) -> None:
     assert clamp_oom_score_adj(5000) == 1000
     own_oom.write_text("-1000\n")
     assert clamp_oom_score_adj(-4000) == -1000
+
+
+def test_oom_score_adj_is_not_clamped_with_cap_sys_resource(
+    own_oom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capabilities, "current", lambda: list(capabilities.NAMES))
+    assert resources(oom_score_adj=-998)["process"]["oomScoreAdj"] == -998
+    assert clamp_oom_score_adj(-4000) == -1000

@@ -353,10 +353,12 @@ def _own_oom_score_adj() -> int:
 
 
 def clamp_oom_score_adj(value: int) -> int:
-    """Within -1000..1000 and not below linerd's own score: lowering it needs
-    CAP_SYS_RESOURCE, which linerd may lack, and runc fails then (containerd's
+    """Within -1000..1000 and, where linerd lacks CAP_SYS_RESOURCE, not below its own
+    score: the kernel refuses a lower one then, and runc fails (containerd's
     restrict_oom_score_adj)."""
     value = max(-1000, min(1000, value))
+    if "CAP_SYS_RESOURCE" in capabilities.current():
+        return value
     return max(value, _own_oom_score_adj())
 
 
