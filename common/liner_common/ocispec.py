@@ -7,6 +7,7 @@ apply in order, each a small function over the spec dict.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -337,9 +338,12 @@ def _read_db(rootfs: Path | None, name: str) -> list[list[str]]:
     if rootfs is None:
         return []
     path = rootfs / name
-    # A symlinked /etc/passwd could point anywhere on the host: refuse to follow it.
-    if path.is_symlink() or not path.is_file():
+    # A symlinked /etc or /etc/passwd could point anywhere on the host: read the file only
+    # if it resolves inside the rootfs.
+    real, top = os.path.realpath(path), os.path.realpath(rootfs)
+    if not real.startswith(top.rstrip("/") + "/") or not os.path.isfile(real):
         return []
+    path = Path(real)
     try:
         text = path.read_text(errors="replace")
     except OSError:

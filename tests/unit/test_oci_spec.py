@@ -82,13 +82,26 @@ def test_users_resolve_in_the_rootfs(tmp_path: Path) -> None:
         oci.resolve_user("app:nogroup", tmp_path)
 
 
-def test_symlinked_passwd_is_not_followed(tmp_path: Path) -> None:
+def test_symlinks_out_of_the_rootfs_are_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "host"
+    (outside / "etc").mkdir(parents=True)
+    (outside / "etc/passwd").write_text("evil:x:0:0::/:/bin/sh\n")
+    linked_file, linked_dir = tmp_path / "a", tmp_path / "b"
+    (linked_file / "etc").mkdir(parents=True)
+    (linked_file / "etc/passwd").symlink_to(outside / "etc/passwd")
+    linked_dir.mkdir()
+    (linked_dir / "etc").symlink_to(outside / "etc")
+    for rootfs in (linked_file, linked_dir):
+        with pytest.raises(NotFound):
+            oci.resolve_user("evil", rootfs)
+
+
+def test_symlinks_inside_the_rootfs_are_followed(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/passwd").write_text("app:x:1000:1001::/h:/bin/sh\n")
     (tmp_path / "etc").mkdir()
-    outside = tmp_path / "host-passwd"
-    outside.write_text("evil:x:0:0::/:/bin/sh\n")
-    (tmp_path / "etc/passwd").symlink_to(outside)
-    with pytest.raises(NotFound):
-        oci.resolve_user("evil", tmp_path)
+    (tmp_path / "etc/passwd").symlink_to("../usr/lib/passwd")
+    assert oci.resolve_user("app", tmp_path)["uid"] == 1000
 
 
 def test_privileged_and_host_network() -> None:
