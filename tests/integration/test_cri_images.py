@@ -23,7 +23,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_support import CONTAINERD, CriDaemon, PushedImage, needs_crictl, push_busybox_image
+from cri_support import (
+    CONTAINERD,
+    MIRRORED_HOST,
+    CriDaemon,
+    PushedImage,
+    needs_crictl,
+    push_busybox_image,
+)
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2
@@ -55,6 +62,7 @@ class Pushed:
         self.ctr = push("ctr")
         self.filtered = push("filtered", ("a", "b"))
         self.crictl = push("crictl")
+        self.mirrored = push("mirrored")
         self.users = {tag: push(f"user-{tag}", (tag,), user=u) for tag, (u, _, _) in USERS.items()}
 
 
@@ -262,6 +270,18 @@ def test_image_fs_info(cri: CriDaemon, pushed: Pushed) -> None:
         assert content.fs_id.mountpoint.endswith("/content")
         assert content.used_bytes.value > 0
         assert response.container_filesystems[0].fs_id.mountpoint == fs.fs_id.mountpoint
+
+
+def test_pulls_use_the_registry_hosts_configuration(cri: CriDaemon, pushed: Pushed) -> None:
+    # MIRRORED_HOST resolves nowhere: only its configured mirror (the test registry) has it.
+    ref = f"{MIRRORED_HOST}/cri-images/mirrored:v1"
+    assert _pull(cri, ref) == pushed.mirrored.id
+    status = _image(cri, ref)
+    assert status is not None
+    assert list(status.repo_tags) == [ref]
+    assert list(status.repo_digests) == [
+        f"{MIRRORED_HOST}/cri-images/mirrored@{pushed.mirrored.digest}"
+    ]
 
 
 # ---- credentials ---------------------------------------------------------------------------
