@@ -356,3 +356,19 @@ def test_crictl_pull_images_inspecti_rmi(cri: CriDaemon, pushed: Pushed) -> None
     cri.crictl("rmi", ref)
     assert image.id.removeprefix("sha256:")[:13] not in cri.crictl("images", "-q").stdout
     assert cri.crictl("inspecti", ref, check=False).returncode != 0
+
+
+@needs_crictl
+def test_crictl_pull_with_credentials(cri: CriDaemon, auth_registry: Registry) -> None:
+    user, password = auth_registry.username, auth_registry.password
+    latest = auth_registry.ref("library/busybox:latest")
+    assert cri.crictl("pull", latest, check=False).returncode != 0
+    cri.crictl("pull", "--creds", f"{user}:{password}", latest)
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    cri.crictl("pull", "--auth", encoded, auth_registry.ref("library/busybox:zstd"))
+    tags = {
+        t
+        for i in json.loads(cri.crictl("images", "-o", "json").stdout)["images"]
+        for t in i["repoTags"]
+    }
+    assert {latest, auth_registry.ref("library/busybox:zstd")} <= tags
