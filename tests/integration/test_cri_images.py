@@ -31,6 +31,7 @@ from cri_support import (
     needs_crictl,
     push_busybox_image,
 )
+from imagebuild import BusyboxLayout
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2
@@ -142,6 +143,24 @@ def test_untagged_reference_means_latest(cri: CriDaemon, pushed: Pushed) -> None
     assert status is not None
     assert list(status.repo_tags) == [f"{untagged}:latest"]
     assert _image(cri, f"{untagged}:latest") == status
+
+
+def test_an_index_is_this_platforms_image_and_its_digest_the_indexs(
+    cri: CriDaemon, registry: Registry, busybox_layout: BusyboxLayout
+) -> None:
+    ref = registry.ref("library/busybox:multi")
+    amd64 = busybox_layout.multi.images[0]
+    assert amd64.platform["architecture"] == "amd64"
+    assert _pull(cri, ref) == amd64.config.digest
+    status = _image(cri, ref)
+    assert status is not None
+    assert list(status.repo_digests) == [
+        f"{registry.host}/library/busybox@{busybox_layout.multi.digest}"
+    ]
+    # The index, the platform's manifest, its config and its layers.
+    assert status.size == sum(
+        blob.size for blob in (busybox_layout.multi.index, amd64.manifest, amd64.config)
+    ) + sum(layer.blob.size for layer in amd64.layers)
 
 
 def test_pull_by_digest_has_no_tags(cri: CriDaemon, pushed: Pushed) -> None:
