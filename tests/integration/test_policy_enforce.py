@@ -314,3 +314,30 @@ def test_hostile_signatures_are_bounded(trusted: Trusted, busybox_layout: Busybo
             with pytest.raises(PermissionDenied, match="not a registry reference"):
                 client.create_image(name, Descriptor(**target))
         assert not [i for i in client.images() if i.name.startswith(("sha256:", "UPPER"))]
+
+
+def test_a_bad_policy_stops_linerd_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from linerd.main import main as linerd_main
+
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent.pub"}]}')
+    config = tmp_path / "config.toml"
+    config.write_text(f'[policy]\npath = "{policy}"\nregistries_d = ""\n')
+    code = linerd_main(
+        [
+            "--config",
+            str(config),
+            "--root",
+            str(tmp_path / "root"),
+            "--state",
+            str(tmp_path / "state"),
+            "--address",
+            str(tmp_path / "s.sock"),
+        ]
+    )
+    assert code == 1
+    # The log's JSON line, then the one line for people (as for every start-up failure).
+    *_, line = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"linerd: policy: {policy}: ") and "/nonexistent.pub" in line

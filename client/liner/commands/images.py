@@ -468,9 +468,15 @@ def images_sign(
     username, secret = _credentials(user)
     client = open_client()
     try:
-        image = client.get_image(ref)
+        try:
+            image = client.get_image(ref)
+        except NotFound:
+            image = client.get_image(str(name))  # the stored name is the normalized one
     except NotFound:
-        image = client.get_image(str(name))  # the stored name is the normalized one
+        raise Failure(
+            f"{ref}: not in linerd's image store; pull (or build and push) it first: what is "
+            "signed is the digest of its target there"
+        ) from None
     signed = cosign.payload(
         cosign.docker_reference(name.host, name.repository), image.target.digest
     )
