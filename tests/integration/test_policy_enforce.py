@@ -214,6 +214,13 @@ def test_sign_then_enforce(trusted: Trusted) -> None:
                         trusted.unsigned)  # fmt: skip
     assert cli_refused.exit_code == 1 and "sigstoreSigned" in cli_refused.stderr
     assert trusted.unsigned not in ok(liner(daemon, "images", "ls", "-q"))
+    # What the refused pulls fetched (the index) was left to the collector, which took it.
+    refused_root = trusted.registry.manifest_digest("trust/unsigned:v1")
+    with Client(daemon.address) as client:
+        deadline = time.monotonic() + 20
+        while refused_root in {c.digest for c in client.content()}:
+            assert time.monotonic() < deadline, "the refused image's index was never collected"
+            time.sleep(0.1)
 
     # The signed image passes, twice (the second verdict from the cache), and runs.
     accepted_before = verdicts(trusted.metrics, "accepted")
