@@ -28,7 +28,7 @@ deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[daemon,dev]'
+	$(BIN)/pip install -q -e '.[daemon,dev,sign]'
 	touch $@
 
 proto: setup

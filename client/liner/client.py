@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         Descriptor,
         Image,
         IngestStatus,
+        PolicyVerdict,
         PullProgress,
         PushProgress,
     )
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from liner_api.containerd.services.version.v1 import version_pb2_grpc
     from liner_api.containerd.types import descriptor_pb2, mount_pb2, platform_pb2
     from liner_api.containerd.types.task import task_pb2
+    from liner_api.liner.services.policy.v1 import policy_pb2, policy_pb2_grpc
     from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
     from liner_common.platforms import Platform
 else:
@@ -112,6 +114,8 @@ else:
     mount_pb2 = lazy_module(f"{_API}.types.mount_pb2")
     platform_pb2 = lazy_module(f"{_API}.types.platform_pb2")
     task_pb2 = lazy_module(f"{_API}.types.task.task_pb2")
+    policy_pb2 = lazy_module("liner_api.liner.services.policy.v1.policy_pb2")
+    policy_pb2_grpc = lazy_module("liner_api.liner.services.policy.v1.policy_pb2_grpc")
     transfer_pb2 = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2")
     transfer_pb2_grpc = lazy_module("liner_api.liner.services.transfer.v1.transfer_pb2_grpc")
     any_pb2 = lazy_module("google.protobuf.any_pb2")
@@ -138,6 +142,7 @@ _RESULT_MODULES = {
             "BlobProgress",
             "PullProgress",
             "PushProgress",
+            "PolicyVerdict",
         ),
         "liner.results.content",
     ),
@@ -459,6 +464,10 @@ class Client:
     @functools.cached_property
     def _transfer(self) -> transfer_pb2_grpc.TransferStub:
         return transfer_pb2_grpc.TransferStub(self._channel)
+
+    @functools.cached_property
+    def _policy(self) -> policy_pb2_grpc.PolicyStub:
+        return policy_pb2_grpc.PolicyStub(self._channel)
 
     @functools.cached_property
     def _containers(self) -> containers_pb2_grpc.ContainersStub:
@@ -834,6 +843,43 @@ class Client:
         for r in self._stream(self._transfer.Pull, request):
             yield _pull_progress(r)
 
+    # -- the signature policy ------------------------------------------------------------------
+
+    def verify_image(
+        self,
+        ref: str,
+        *,
+        public_key: bytes = b"",
+        plain_http: bool = False,
+        username: str = "",
+        secret: str = "",
+    ) -> PolicyVerdict:
+        """The daemon's verdict on the image `ref` names at its registry: by its policy, or
+        with `public_key` (PEM) by that cosign key alone. A rejection is a verdict."""
+        request = policy_pb2.VerifyRequest(
+            reference=ref,
+            plain_http=plain_http,
+            credentials=policy_pb2.Credentials(username=username, secret=secret),
+            public_key=public_key,
+        )
+        r = self._call(self._policy.Verify, request)
+        return _content_types.PolicyVerdict(
+            accepted=r.accepted,
+            requirement=r.requirement,
+            reason=r.reason,
+            scope=r.scope,
+            name=r.name,
+            digest=r.digest,
+            policy=r.policy,
+            policy_generation=r.policy_generation,
+        )
+
+    def check_policy(self, data: bytes, name: str = "") -> list[str]:
+        """Have the daemon parse a policy.json as it would load it; one line per scope.
+        InvalidArgument (one line) when it is bad."""
+        r = self._call(self._policy.Check, policy_pb2.CheckRequest(policy=data, name=name))
+        return list(r.scopes)
+
     # -- push, export, import -----------------------------------------------------------------
 
     def push(
@@ -844,9 +890,11 @@ class Client:
         plain_http: bool = False,
         username: str = "",
         secret: str = "",
+        target: Descriptor | None = None,
     ) -> Iterator[PushProgress]:
         """Push image `image` (empty: `ref`) to `ref` from the daemon; yields its progress
-        (states "waiting", "uploading", "exists", "mounted", "done"), the last with `done`."""
+        (states "waiting", "uploading", "exists", "mounted", "done"), the last with `done`.
+        `target`: push that manifest of the content store instead of an image's target."""
         from liner_common.imagespec import parse_platform
         from liner_common.platforms import Platform
 
@@ -861,6 +909,8 @@ class Client:
             plain_http=plain_http,
             credentials=transfer_pb2.Credentials(username=username, secret=secret),
         )
+        if target is not None:
+            request.target.CopyFrom(_to_descriptor(target))
         for r in self._stream(self._transfer.Push, request):
             yield _push_progress(r)
 

@@ -20,6 +20,7 @@ from liner_api.containerd.events import (
     task_pb2,
 )
 from liner_api.containerd.runc.v1 import options_pb2
+from liner_api.liner.events import policy_pb2
 
 _MODULES = (
     container_pb2,
@@ -29,6 +30,7 @@ _MODULES = (
     snapshot_pb2,
     task_pb2,
     options_pb2,
+    policy_pb2,  # liner.events.ImageRefused (topic /images/refused)
 )
 
 EVENT_TYPES: dict[str, type[Message]] = {

@@ -42,7 +42,7 @@ import secrets
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -292,6 +292,9 @@ class Archives:
         self._gc = gc
         self._unpacker = unpacker
         self._default_snapshotter = default_snapshotter
+        # The signature policy (set by the local Transfer service): called with each image
+        # before anything is unpacked or recorded; raising refuses the whole import.
+        self.admit: Callable[[str, Image], Awaitable[None]] | None = None
 
     # -- shared ------------------------------------------------------------------------------
 
@@ -471,6 +474,9 @@ class Archives:
                 )
             if not named:
                 raise InvalidArgument("the archive names no image")
+            if self.admit is not None:
+                for item in named:
+                    await self.admit(namespace, Image(name=item.name, target=item.target))
             if not options.skip_unpack:
                 done: set[str] = set()
                 for item in named:

@@ -25,6 +25,7 @@ from linerd.local.events import Publisher
 from linerd.local.images import Images
 from linerd.local.leases import Leases
 from linerd.local.namespaces import Namespaces
+from linerd.local.policy import PolicyGate
 from linerd.local.snapshots import Snapshots
 from linerd.local.tasks import Tasks
 from linerd.local.transfer import LocalTransfer
@@ -81,6 +82,9 @@ class Core:
     gc: Collector
     events: Exchange
     publisher: Publisher
+    # The signature policy every image entering the store passes; none is loaded until
+    # `policy.load` (the daemon loads [policy] before serving, and again on SIGHUP).
+    policy: PolicyGate
     runtime: TaskRuntime
     runtimes: runtime_resolve.Runtimes
     local: Local
@@ -114,6 +118,7 @@ def build_core(
     default = config.snapshots.default if config.snapshots.default in snapshots else "native"
     events = Exchange()
     publisher = Publisher(events)
+    policy = PolicyGate(metrics, publisher, hosts)
     leases, images, containers = LeaseStore(db), ImageStore(db), ContainerStore(db)
     runtime = TaskRuntime(state, log_size_max=config.log.container_log_size_max)
     runtimes = runtime_resolve.Runtimes(
@@ -132,6 +137,7 @@ def build_core(
         hosts,
         state / "mnt",
         root / "snapshots",
+        policy,
     )
     return Core(
         root=root,
@@ -147,13 +153,14 @@ def build_core(
         gc=gc,
         events=events,
         publisher=publisher,
+        policy=policy,
         runtime=runtime,
         runtimes=runtimes,
         local=Local(
             namespaces=Namespaces(namespaces, publisher),
             leases=Leases(leases, gc),
             content=Content(content, gc, publisher),
-            images=Images(images, gc, publisher),
+            images=Images(images, gc, publisher, policy),
             containers=Containers(containers, gc, publisher, runtime.remove_log),
             snapshots=Snapshots(snapshots, default, gc, publisher),
             tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),

@@ -67,6 +67,15 @@ class LogConfig:
 
 
 @dataclass(slots=True)
+class PolicyConfig:
+    # A containers-policy.json(5) every image entering the store must satisfy (pulls, the
+    # CRI's PullImage, Images/Create and Update); empty = accept anything, as before.
+    path: str = ""
+    # containers-registries.d(5): where signatures live (lookaside, sigstore attachments).
+    registries_d: str = "/etc/containers/registries.d"
+
+
+@dataclass(slots=True)
 class CniConfig:
     # Where the CNI plugins are looked for, in order (Debian's, then upstream's).
     bin_dirs: list[str] = field(default_factory=lambda: ["/usr/lib/cni", "/opt/cni/bin"])
@@ -103,6 +112,7 @@ class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     # Registry hosts, mirrors, TLS and credentials: see linerd.remotes.hosts for the keys.
     registry: dict[str, Any] = field(default_factory=dict)
     # The runtime that containerd's runc shim names (io.containerd.runc.v2) select.
@@ -180,6 +190,10 @@ def validate(config: Config) -> Config:
         host, _, port = config.metrics.address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError("metrics.address must be host:port")
+    for name in ("path", "registries_d"):
+        value = getattr(config.policy, name)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"policy.{name} must be an absolute path")
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
     _validate_cri(config.cri)
@@ -284,4 +298,4 @@ def _scalar(value: object) -> str:
 
 
 # What a SIGHUP can change in a running linerd; everything else needs a restart.
-RELOADABLE = ("log", "registry", "metrics", "gc")
+RELOADABLE = ("log", "registry", "metrics", "gc", "policy")

@@ -1,7 +1,7 @@
 """Prometheus metrics, served at /v1/metrics on the configured address (as containerd's).
 
-Label values are bounded: gRPC service, method and code, pull outcomes, states. Never image
-names, references or container ids.
+Label values are bounded: gRPC service, method and code, pull outcomes, policy verdicts,
+states. Never image names, references or container ids.
 
 Calls and pulls are counted in plain Python objects; prometheus_client (~1 MB, ~0.1 s of
 imports) is loaded only when metrics are rendered, so a daemon without a metrics address never
@@ -236,6 +236,11 @@ class Metrics:
             "liner_unpack_duration_seconds", "Time to unpack one layer", (), _SECONDS_BUCKETS
         )
         self.unpack_seconds = _Histogram(unpack)
+        self.policy_verdicts = _Family(
+            "liner_policy_verdicts",
+            "Signature policy verdicts on images entering the store",
+            ["verdict"],
+        )
         self._families = [
             self.grpc_requests,
             self.grpc_seconds,
@@ -243,6 +248,7 @@ class Metrics:
             self.pull_bytes,
             self.pull_seconds,
             unpack,
+            self.policy_verdicts,
         ]
         self._collectors: list[Any] = []
         self._registry: CollectorRegistry | None = None
@@ -287,6 +293,10 @@ class Metrics:
         if ok:
             self.pull_bytes.observe(fetched)
             self.pull_seconds.observe(seconds)
+
+    def observe_verdict(self, accepted: bool) -> None:
+        """One signature policy verdict: `accepted` or `rejected` (cached ones count too)."""
+        self.policy_verdicts.inc("accepted" if accepted else "rejected")
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest

@@ -14,7 +14,7 @@ import contextlib
 import functools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import BinaryIO
@@ -115,6 +115,11 @@ class _Job:
     source_label: tuple[str, str]  # the distribution source label: key, repository
 
 
+# Judges the image before anything but its root is fetched and before its record exists:
+# (namespace, reference, root descriptor, root bytes, the pull's registry client).
+Admit = Callable[[str, reference.Reference, Descriptor, bytes, RegistryClient], Awaitable[None]]
+
+
 class Puller:
     def __init__(
         self,
@@ -137,6 +142,8 @@ class Puller:
         self._small_fetches = SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
         self._live: dict[tuple[str, str], LiveBlob] = {}
+        # The signature policy (set by the local Transfer service); raising refuses the pull.
+        self.admit: Admit | None = None
 
     async def pull(
         self, namespace: str, request: PullRequest, progress: Progress
@@ -183,6 +190,10 @@ class Puller:
         data = await self._fetch_small(
             job, root, "index" if root.media_type in imagespec.INDEXES else "manifest"
         )
+        if self.admit is not None:
+            # Before layers are fetched or a record made: a refused image costs its root only,
+            # which stays under this pull's lease for the collector.
+            await self.admit(job.namespace, job.ref, root, data, job.client)
         if root.media_type in imagespec.INDEXES:
             manifests = await self._children(job, root, data, request)
         else:

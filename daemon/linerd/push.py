@@ -66,6 +66,9 @@ class PushRequest:
     secret: str = field(default="", repr=False)
     # The caller's registry configuration instead of the daemon's.
     hosts: HostsConfig | None = None
+    # Push this manifest or index of the content store instead of an image's target (a
+    # cosign signature manifest: pushed, never admitted to the image store as an image).
+    target: Descriptor | None = None
 
 
 @dataclass(slots=True)
@@ -135,7 +138,11 @@ class Pusher:
     ) -> tuple[str, Descriptor]:
         """Push the image; returns (the reference pushed, the descriptor it names)."""
         ref = reference.parse(request.reference)
-        image = await self._image(namespace, request.image or request.reference)
+        if request.target is not None:
+            image = Image(name=f"the manifest {request.target.digest}", target=request.target)
+            await self._content.info(namespace, request.target.digest)  # NotFound if absent
+        else:
+            image = await self._image(namespace, request.image or request.reference)
         target = image.target
         if ref.digest is not None and ref.digest != target.digest:
             raise InvalidArgument(

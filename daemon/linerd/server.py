@@ -33,12 +33,14 @@ from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespac
 from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
+from liner_api.liner.services.policy.v1 import policy_pb2, policy_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from linerd import systemd
 from linerd.assembly import Core, build_core
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.errdefs import LinerError
 from linerd.gc.collector import Collector
+from linerd.local.policy import PolicyGate
 from linerd.log import setup as setup_logging
 from linerd.metrics import Metrics, MetricsServer
 from linerd.remotes.hosts import HostsConfig
@@ -52,6 +54,7 @@ from linerd.services.interceptor import RequestInterceptor
 from linerd.services.introspection import IntrospectionService, PluginEntry
 from linerd.services.leases import LeasesService
 from linerd.services.namespaces import NamespacesService
+from linerd.services.policy import PolicyService
 from linerd.services.snapshots import SnapshotsService
 from linerd.services.tasks import TasksService, encode_cgroup_metrics
 from linerd.services.transfer import TransferService
@@ -226,6 +229,7 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._gc: Collector | None = None
         self._runtime: TaskRuntime | None = None  # its log cap follows a reload
+        self._policy: PolicyGate | None = None  # reloaded on SIGHUP
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -241,6 +245,12 @@ class Daemon:
         try:
             _claim_socket(address)
             core = await asyncio.to_thread(build_core, config, lambda: self.hosts, self.metrics)
+            try:
+                await core.policy.load(config.policy.path, config.policy.registries_d)
+            except LinerError as e:
+                core.db.close()
+                raise StartupError(f"policy: {e}") from None
+            self._policy = core.policy
             for store in core.snapshots.values():
                 if removed := await store.cleanup():
                     log.warning(
@@ -374,6 +384,14 @@ class Daemon:
                 diff_pb2_grpc.add_DiffServicer_to_server,
                 lambda: DiffService(local.diff),
             ),
+            # liner's own: the signature policy's verdict on an image, a policy file checked.
+            grpc_plugin(
+                "liner.policy",
+                (),
+                policy_pb2,
+                policy_pb2_grpc.add_PolicyServicer_to_server,
+                lambda: PolicyService(core.policy),
+            ),
             # liner's own API (pull, push, import, export), not containerd's Transfer.
             grpc_plugin(
                 "liner.transfer",
@@ -495,6 +513,17 @@ class Daemon:
                 "reload refused: the configuration is invalid; keeping the old one", error=str(e)
             )
             return
+        if self._policy is not None:
+            # Read again even when [policy] is unchanged: the files it names may have changed.
+            try:
+                await self._policy.load(new.policy.path, new.policy.registries_d)
+            except LinerError as e:
+                log.error(
+                    "reload refused: the signature policy is invalid; keeping the old "
+                    "configuration and policy",
+                    error=str(e),
+                )
+                return
         old = self.config
         fixed = [
             f.name

@@ -122,3 +122,17 @@ def test_linerd_without_its_extra_says_what_to_install(client_venv: Path) -> Non
     assert started.returncode == 1
     assert started.stderr.strip().splitlines() == [started.stderr.strip()]  # one line
     assert "liner[daemon]" in started.stderr and "sqlalchemy" in started.stderr
+
+
+def test_signing_without_its_extra_says_what_to_install(client_venv: Path, tmp_path: Path) -> None:
+    # cryptography and PyNaCl are the `sign` extra: the base client stays small.
+    generated = subprocess.run(
+        [str(client_venv / "bin/liner"), "keys", "generate", str(tmp_path / "keys")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COSIGN_PASSWORD": "x"},
+    )
+    assert generated.returncode == 1
+    assert "liner[sign]" in generated.stderr and len(generated.stderr.splitlines()) == 1
+    assert not (tmp_path / "keys").exists()

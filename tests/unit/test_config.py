@@ -111,3 +111,15 @@ def test_container_log_cap(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[log]\ncontainer_log_size_max = 0\n")  # no cap
     assert load(path).log.container_log_size_max == 0
+
+
+def test_policy_section_as_issue_17_names_it(tmp_path: Path) -> None:
+    config = Config()
+    assert (config.policy.path, config.policy.registries_d) == ("", "/etc/containers/registries.d")
+    assert '[policy]\npath = ""\nregistries_d = "/etc/containers/registries.d"' in to_toml(config)
+    path = tmp_path / "config.toml"
+    path.write_text('[policy]\npath = "/etc/containers/policy.json"\nregistries_d = ""\n')
+    assert load(path).policy.path == "/etc/containers/policy.json"
+    path.write_text('[policy]\npath = "policy.json"\n')
+    with pytest.raises(ConfigError, match=r"policy\.path must be an absolute path"):
+        load(path)

@@ -431,3 +431,136 @@ def images_inspect(name: str) -> None:
     image: Image = client.get_image(name)
     doc = imagedocs.inspect(imagedocs.Documents(client), image, platformspec.host_platform())
     click.echo(json.dumps(doc, indent=2))
+
+
+@images.command("sign")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    metavar="KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="cosign private key (from `liner keys generate` or cosign); its password from "
+    "$COSIGN_PASSWORD or the terminal",
+)
+@_registry_options
+@click.argument("ref")
+def images_sign(
+    key_file: Path, plain_http: bool, user: str | None, progress: str, ref: str
+) -> None:
+    """Sign image REF as cosign does, and push the signature to REF's repository as
+    `sha256-<hex>.sig`. What is signed is REF's target in linerd's image store (the digest
+    the registry has for it once pushed); prints `SIGNATURE-REF DIGEST`."""
+    from liner import cosign
+    from liner.commands.keys import password
+    from liner.errors import NotFound
+
+    try:
+        cosign.require()
+        name = cosign.split_reference(ref)
+        try:
+            key_data = key_file.read_bytes()
+        except OSError as e:
+            raise Failure(f"{key_file}: {e.strerror or e}") from None
+        private = cosign.load_private(key_data, password(confirm=False))
+    except cosign.SignError as e:
+        raise Failure(f"{key_file}: {e}") from None
+    username, secret = _credentials(user)
+    client = open_client()
+    try:
+        try:
+            image = client.get_image(ref)
+        except NotFound:
+            image = client.get_image(str(name))  # the stored name is the normalized one
+    except NotFound:
+        raise Failure(
+            f"{ref}: not in linerd's image store; pull (or build and push) it first: what is "
+            "signed is the digest of its target there"
+        ) from None
+    signed = cosign.payload(
+        cosign.docker_reference(name.host, name.repository), image.target.digest
+    )
+    sig = cosign.signature_image(signed, cosign.sign(private, signed))
+    destination = f"{name.name}:{cosign.attachment_tag(image.target.digest)}"
+    _push_signature(client, sig, destination, plain_http, username, secret, progress)
+
+
+def _push_signature(
+    client: Any,
+    sig: Any,
+    destination: str,
+    plain_http: bool,
+    username: str,
+    secret: str,
+    progress: str,
+) -> None:
+    """Write the signature's blobs through the Content API under a lease (so the collector
+    keeps them until the push holds its own), then have linerd push the manifest."""
+    import io
+    from datetime import UTC, datetime, timedelta
+
+    from liner.client import Descriptor
+
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lease = client.create_lease(labels={"containerd.io/gc.expire": expires})
+    try:
+        with client.leased(lease.id):
+            for blob in (sig.payload, sig.config, sig.manifest):
+                client.write(
+                    f"sign-{blob.digest}",
+                    io.BytesIO(blob.data),
+                    total=len(blob.data),
+                    expected=blob.digest,
+                )
+            target = Descriptor(
+                sig.manifest.media_type, sig.manifest.digest, len(sig.manifest.data)
+            )
+            updates = client.push(
+                destination,
+                plain_http=plain_http,
+                username=username,
+                secret=secret,
+                target=target,
+            )
+            follow(updates, progress_display(progress), f"{destination}: the push")
+    finally:
+        client.delete_lease(lease.id)
+
+
+@images.command("verify")
+@click.option(
+    "--key",
+    "key_file",
+    metavar="PUB",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="judge by this cosign public key alone (default: linerd's policy)",
+)
+@click.option("--plain-http", is_flag=True, help="talk plain HTTP to the registry")
+@click.option(
+    "--user",
+    "-u",
+    metavar="USER[:PASSWORD]",
+    help="registry credentials; without :PASSWORD it is prompted for, or read from stdin",
+)
+@click.argument("ref")
+def images_verify(key_file: Path | None, plain_http: bool, user: str | None, ref: str) -> None:
+    """Print the verdict on the image REF names at its registry, and the requirement that
+    decided it: by linerd's signature policy, or with --key by that cosign key. Exit 1 when
+    it is rejected. Nothing is pulled."""
+    public_key = b""
+    if key_file is not None:
+        try:
+            public_key = key_file.read_bytes()
+        except OSError as e:
+            raise Failure(f"{key_file}: {e.strerror or e}") from None
+    username, secret = _credentials(user)
+    verdict = open_client().verify_image(
+        ref, public_key=public_key, plain_http=plain_http, username=username, secret=secret
+    )
+    word = "accepted" if verdict.accepted else "rejected"
+    scope = f" ({verdict.scope})" if verdict.scope else ""
+    click.echo(f"{verdict.name}@{verdict.digest}: {word}")
+    click.echo(f"  requirement: {verdict.requirement}{scope}")
+    click.echo(f"  reason: {verdict.reason}")
+    if not verdict.accepted:
+        click.get_current_context().exit(1)

@@ -70,3 +70,17 @@ class PushProgress:
     name: str = ""
     target: Descriptor | None = None
     done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVerdict:
+    """The daemon's signature policy on an image at its registry (`liner images verify`)."""
+
+    accepted: bool
+    requirement: str  # the requirement that decided, in words
+    reason: str
+    scope: str
+    name: str  # the reference as resolved
+    digest: str  # its manifest or index
+    policy: bool  # False: linerd has no policy, every image is accepted
+    policy_generation: int

@@ -3,7 +3,10 @@
 The liner Transfer API, the CLI through it, and the CRI's PullImage (namespace `k8s.io`, its
 own credentials) all call here, and all get the same: the image events a new or changed
 image publishes (`/images/create`, `/images/update`), the pull metrics, a lease for the
-work (each operation holds its own until it ends), and the GC scheduled after it.
+work (each operation holds its own until it ends), the GC scheduled after it, and the
+signature policy (`linerd.local.policy`): a pull is judged once its root manifest or index is
+fetched, with the pull's own registry client reading signatures, before any layer is fetched
+or any record made; an import's images before anything is unpacked or recorded.
 
 The machinery (the unpacker, `Puller`, `Pusher`, `Archives`) is built here and only here,
 each on first use: pulls, pushes and archives load the registry client (httpx, ~6 MB and
@@ -27,6 +30,7 @@ from linerd.events import Exchange
 from linerd.gc.collector import Collector
 from linerd.local.diff import LocalDiff
 from linerd.local.events import Publisher
+from linerd.local.policy import PolicyGate, RegistryArtifacts
 from linerd.metadata.images import ImageStore
 from linerd.metadata.leases import LeaseStore
 from linerd.remotes.hosts import HostsConfig
@@ -37,6 +41,8 @@ if TYPE_CHECKING:  # imported where built: they load the registry client and dec
     from linerd.metrics import Metrics
     from linerd.pull import Progress, Puller
     from linerd.push import Pusher, PushProgress
+    from linerd.remotes.client import RegistryClient
+    from linerd.remotes.reference import Reference
     from linerd.unpack import Unpacker
 
 
@@ -73,6 +79,7 @@ class LocalTransfer:
         hosts: Callable[[], HostsConfig],
         scratch: Path,
         snapshots_root: Path,
+        policy: PolicyGate | None = None,
     ) -> None:
         self._content = content
         self._images = images
@@ -85,6 +92,7 @@ class LocalTransfer:
         self._hosts = hosts
         self._scratch = scratch
         self._snapshots_root = snapshots_root
+        self._policy = policy
         self._unpacker: Unpacker | None = None
         self._puller: Puller | None = None
         self._pusher: Pusher | None = None
@@ -105,7 +113,7 @@ class LocalTransfer:
         if self._puller is None:
             from linerd.pull import Puller
 
-            self._puller = Puller(
+            puller = Puller(
                 self._content,
                 self._images,
                 self._leases,
@@ -114,7 +122,23 @@ class LocalTransfer:
                 self._gc,
                 self._hosts,
             )
+            if self._policy is not None:
+                puller.admit = self._admit
+            self._puller = puller
         return self._puller
+
+    async def _admit(
+        self,
+        namespace: str,
+        ref: Reference,
+        root: Descriptor,
+        data: bytes,
+        client: RegistryClient,
+    ) -> None:
+        assert self._policy is not None
+        await self._policy.admit(
+            namespace, ref, root, via="pull", artifacts=RegistryArtifacts(client), manifest=data
+        )
 
     def pusher(self) -> Pusher:
         if self._pusher is None:
@@ -127,7 +151,7 @@ class LocalTransfer:
         if self._archives is None:
             from linerd.archive import Archives
 
-            self._archives = Archives(
+            archives = Archives(
                 self._content,
                 self._images,
                 self._leases,
@@ -135,6 +159,14 @@ class LocalTransfer:
                 self.unpacker(),
                 self.default_snapshotter,
             )
+            if self._policy is not None:
+                policy = self._policy
+
+                async def admit(namespace: str, image: Image) -> None:
+                    await policy.admit(namespace, image.name, image.target, via="import")
+
+                archives.admit = admit
+            self._archives = archives
         return self._archives
 
     # -- operations ---------------------------------------------------------------------------
@@ -193,9 +225,11 @@ class LocalTransfer:
         secret: str = "",
         hosts: HostsConfig | None = None,
         progress: PushProgress | None = None,
+        target: Descriptor | None = None,
     ) -> PushResult:
         """Push the image `image` (default: the one named `reference`) to `reference`: every
-        platform its index lists, or only `platforms`."""
+        platform its index lists, or only `platforms`. `target`: push that manifest of the
+        content store instead (no image record involved)."""
         from linerd.push import PushProgress, PushRequest
 
         request = PushRequest(
@@ -206,6 +240,7 @@ class LocalTransfer:
             username=username,
             secret=secret,
             hosts=hosts,
+            target=target,
         )
         progress = progress if progress is not None else PushProgress()
         name, target = await self.pusher().push(namespace, request, progress)
@@ -277,6 +312,7 @@ def build(
     hosts: Callable[[], HostsConfig],
     scratch: Path,
     snapshots_root: Path,
+    policy: PolicyGate | None = None,
 ) -> tuple[LocalTransfer, LocalDiff]:
     """The local Transfer and Diff services over the stores: one unpacker between them, and
     nothing of the pull machinery imported until a call needs it. `scratch` is where mounts
@@ -293,5 +329,6 @@ def build(
         hosts,
         scratch,
         snapshots_root,
+        policy,
     )
     return transfer, LocalDiff(content, transfer.unpacker, scratch)

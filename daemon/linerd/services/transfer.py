@@ -17,7 +17,7 @@ from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from liner_common.platforms import Platform
 from linerd import context
 from linerd.local.transfer import LocalTransfer
-from linerd.services.convert import descriptor
+from linerd.services.convert import descriptor, from_descriptor
 
 if TYPE_CHECKING:  # imported where used: pulls, pushes and archives load the registry client
     from linerd.pull import Progress
@@ -109,6 +109,7 @@ class TransferService(transfer_pb2_grpc.TransferServicer):
             username=request.credentials.username,
             secret=request.credentials.secret,
             progress=progress,
+            target=from_descriptor(request.target) if request.HasField("target") else None,
         )
         async with contextlib.aclosing(_watch(work, progress)) as steps:
             async for done, result in steps:

@@ -26,7 +26,7 @@ from liner_api.containerd.types import descriptor_pb2 as containerd_dot_types_do
 from liner_api.containerd.types import platform_pb2 as containerd_dot_types_dot_platform__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)liner/services/transfer/v1/transfer.proto\x12\x1aliner.services.transfer.v1\x1a!containerd/types/descriptor.proto\x1a\x1f\x63ontainerd/types/platform.proto\"/\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\xe2\x01\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12-\n\tplatforms\x18\x02 \x03(\x0b\x32\x1a.containerd.types.Platform\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x13\n\x0bsnapshotter\x18\x04 \x01(\t\x12\x13\n\x0bskip_unpack\x18\x05 \x01(\x08\x12\x12\n\nplain_http\x18\x06 \x01(\x08\x12<\n\x0b\x63redentials\x18\x07 \x01(\x0b\x32\'.liner.services.transfer.v1.Credentials\"_\n\x0c\x42lobProgress\x12\x30\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\"\x91\x01\n\x0cPullProgress\x12\x37\n\x05\x62lobs\x18\x01 \x03(\x0b\x32(.liner.services.transfer.v1.BlobProgress\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"\xb0\x01\n\x0bPushRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x12\n\nplain_http\x18\x03 \x01(\x08\x12<\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32\'.liner.services.transfer.v1.Credentials\x12-\n\tplatforms\x18\x05 \x03(\x0b\x32\x1a.containerd.types.Platform\"\x91\x01\n\x0cPushProgress\x12\x37\n\x05\x62lobs\x18\x01 \x03(\x0b\x32(.liner.services.transfer.v1.BlobProgress\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"}\n\rExportRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12-\n\tplatforms\x18\x02 \x03(\x0b\x32\x1a.containerd.types.Platform\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x17\n\x0f\x64ocker_manifest\x18\x04 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"c\n\rImportOptions\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x13\n\x0bskip_unpack\x18\x02 \x01(\x08\x12\x11\n\tbase_name\x18\x03 \x01(\t\x12\x15\n\rall_platforms\x18\x04 \x01(\x08\"W\n\x0bImportChunk\x12:\n\x07options\x18\x01 \x01(\x0b\x32).liner.services.transfer.v1.ImportOptions\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\rImportedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06target\x18\x02 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"K\n\x0eImportResponse\x12\x39\n\x06images\x18\x01 \x03(\x0b\x32).liner.services.transfer.v1.ImportedImage2\x85\x03\n\x08Transfer\x12[\n\x04Pull\x12\'.liner.services.transfer.v1.PullRequest\x1a(.liner.services.transfer.v1.PullProgress0\x01\x12[\n\x04Push\x12\'.liner.services.transfer.v1.PushRequest\x1a(.liner.services.transfer.v1.PushProgress0\x01\x12^\n\x06\x45xport\x12).liner.services.transfer.v1.ExportRequest\x1a\'.liner.services.transfer.v1.ExportChunk0\x01\x12_\n\x06Import\x12\'.liner.services.transfer.v1.ImportChunk\x1a*.liner.services.transfer.v1.ImportResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)liner/services/transfer/v1/transfer.proto\x12\x1aliner.services.transfer.v1\x1a!containerd/types/descriptor.proto\x1a\x1f\x63ontainerd/types/platform.proto\"/\n\x0b\x43redentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\xe2\x01\n\x0bPullRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12-\n\tplatforms\x18\x02 \x03(\x0b\x32\x1a.containerd.types.Platform\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x13\n\x0bsnapshotter\x18\x04 \x01(\t\x12\x13\n\x0bskip_unpack\x18\x05 \x01(\x08\x12\x12\n\nplain_http\x18\x06 \x01(\x08\x12<\n\x0b\x63redentials\x18\x07 \x01(\x0b\x32\'.liner.services.transfer.v1.Credentials\"_\n\x0c\x42lobProgress\x12\x30\n\ndescriptor\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\t\"\x91\x01\n\x0cPullProgress\x12\x37\n\x05\x62lobs\x18\x01 \x03(\x0b\x32(.liner.services.transfer.v1.BlobProgress\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"\xde\x01\n\x0bPushRequest\x12\x11\n\treference\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x12\n\nplain_http\x18\x03 \x01(\x08\x12<\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32\'.liner.services.transfer.v1.Credentials\x12-\n\tplatforms\x18\x05 \x03(\x0b\x32\x1a.containerd.types.Platform\x12,\n\x06target\x18\x06 \x01(\x0b\x32\x1c.containerd.types.Descriptor\"\x91\x01\n\x0cPushProgress\x12\x37\n\x05\x62lobs\x18\x01 \x03(\x0b\x32(.liner.services.transfer.v1.BlobProgress\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\"}\n\rExportRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12-\n\tplatforms\x18\x02 \x03(\x0b\x32\x1a.containerd.types.Platform\x12\x15\n\rall_platforms\x18\x03 \x01(\x08\x12\x17\n\x0f\x64ocker_manifest\x18\x04 \x01(\x08\"\x1b\n\x0b\x45xportChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"c\n\rImportOptions\x12\x13\n\x0bsnapshotter\x18\x01 \x01(\t\x12\x13\n\x0bskip_unpack\x18\x02 \x01(\x08\x12\x11\n\tbase_name\x18\x03 \x01(\t\x12\x15\n\rall_platforms\x18\x04 \x01(\x08\"W\n\x0bImportChunk\x12:\n\x07options\x18\x01 \x01(\x0b\x32).liner.services.transfer.v1.ImportOptions\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\rImportedImage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x06target\x18\x02 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"K\n\x0eImportResponse\x12\x39\n\x06images\x18\x01 \x03(\x0b\x32).liner.services.transfer.v1.ImportedImage2\x85\x03\n\x08Transfer\x12[\n\x04Pull\x12\'.liner.services.transfer.v1.PullRequest\x1a(.liner.services.transfer.v1.PullProgress0\x01\x12[\n\x04Push\x12\'.liner.services.transfer.v1.PushRequest\x1a(.liner.services.transfer.v1.PushProgress0\x01\x12^\n\x06\x45xport\x12).liner.services.transfer.v1.ExportRequest\x1a\'.liner.services.transfer.v1.ExportChunk0\x01\x12_\n\x06Import\x12\'.liner.services.transfer.v1.ImportChunk\x1a*.liner.services.transfer.v1.ImportResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,21 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLPROGRESS']._serialized_start=517
   _globals['_PULLPROGRESS']._serialized_end=662
   _globals['_PUSHREQUEST']._serialized_start=665
-  _globals['_PUSHREQUEST']._serialized_end=841
-  _globals['_PUSHPROGRESS']._serialized_start=844
-  _globals['_PUSHPROGRESS']._serialized_end=989
-  _globals['_EXPORTREQUEST']._serialized_start=991
-  _globals['_EXPORTREQUEST']._serialized_end=1116
-  _globals['_EXPORTCHUNK']._serialized_start=1118
-  _globals['_EXPORTCHUNK']._serialized_end=1145
-  _globals['_IMPORTOPTIONS']._serialized_start=1147
-  _globals['_IMPORTOPTIONS']._serialized_end=1246
-  _globals['_IMPORTCHUNK']._serialized_start=1248
-  _globals['_IMPORTCHUNK']._serialized_end=1335
-  _globals['_IMPORTEDIMAGE']._serialized_start=1337
-  _globals['_IMPORTEDIMAGE']._serialized_end=1429
-  _globals['_IMPORTRESPONSE']._serialized_start=1431
-  _globals['_IMPORTRESPONSE']._serialized_end=1506
-  _globals['_TRANSFER']._serialized_start=1509
-  _globals['_TRANSFER']._serialized_end=1898
+  _globals['_PUSHREQUEST']._serialized_end=887
+  _globals['_PUSHPROGRESS']._serialized_start=890
+  _globals['_PUSHPROGRESS']._serialized_end=1035
+  _globals['_EXPORTREQUEST']._serialized_start=1037
+  _globals['_EXPORTREQUEST']._serialized_end=1162
+  _globals['_EXPORTCHUNK']._serialized_start=1164
+  _globals['_EXPORTCHUNK']._serialized_end=1191
+  _globals['_IMPORTOPTIONS']._serialized_start=1193
+  _globals['_IMPORTOPTIONS']._serialized_end=1292
+  _globals['_IMPORTCHUNK']._serialized_start=1294
+  _globals['_IMPORTCHUNK']._serialized_end=1381
+  _globals['_IMPORTEDIMAGE']._serialized_start=1383
+  _globals['_IMPORTEDIMAGE']._serialized_end=1475
+  _globals['_IMPORTRESPONSE']._serialized_start=1477
+  _globals['_IMPORTRESPONSE']._serialized_end=1552
+  _globals['_TRANSFER']._serialized_start=1555
+  _globals['_TRANSFER']._serialized_end=1944
 # @@protoc_insertion_point(module_scope)

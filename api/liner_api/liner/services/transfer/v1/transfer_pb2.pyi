@@ -57,18 +57,20 @@ class PullProgress(_message.Message):
     def __init__(self, blobs: _Optional[_Iterable[_Union[BlobProgress, _Mapping]]] = ..., name: _Optional[str] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("reference", "image", "plain_http", "credentials", "platforms")
+    __slots__ = ("reference", "image", "plain_http", "credentials", "platforms", "target")
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     PLAIN_HTTP_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     PLATFORMS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     reference: str
     image: str
     plain_http: bool
     credentials: Credentials
     platforms: _containers.RepeatedCompositeFieldContainer[_platform_pb2.Platform]
-    def __init__(self, reference: _Optional[str] = ..., image: _Optional[str] = ..., plain_http: _Optional[bool] = ..., credentials: _Optional[_Union[Credentials, _Mapping]] = ..., platforms: _Optional[_Iterable[_Union[_platform_pb2.Platform, _Mapping]]] = ...) -> None: ...
+    target: _descriptor_pb2.Descriptor
+    def __init__(self, reference: _Optional[str] = ..., image: _Optional[str] = ..., plain_http: _Optional[bool] = ..., credentials: _Optional[_Union[Credentials, _Mapping]] = ..., platforms: _Optional[_Iterable[_Union[_platform_pb2.Platform, _Mapping]]] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ...) -> None: ...
 
 class PushProgress(_message.Message):
     __slots__ = ("blobs", "name", "target", "done")
