@@ -132,7 +132,12 @@ def run(tmp: Path, body: Callable[[Env], Awaitable[None]]) -> None:
 
 
 async def start(
-    env: Env, args: list[str], *, attach_stdin: bool = False, stdin_once: bool = False
+    env: Env,
+    args: list[str],
+    *,
+    attach_stdin: bool = False,
+    stdin_once: bool = False,
+    tty: bool = False,
 ) -> str:
     """A running busybox container (no stdio: its output is logged by conmon); its CRI id."""
     core, ns = env.core, env.namespace
@@ -144,6 +149,7 @@ async def start(
     for applet in APPLETS:
         (rootfs / "bin" / applet).symlink_to("busybox")
     spec = ocispec.generate(ns, cid, [ocispec.with_args(args)])
+    spec["process"]["terminal"] = tty
     await core.local.containers.create(
         ns,
         Container(
@@ -159,7 +165,7 @@ async def start(
         # runtime's `attach_stdin`); local Tasks.create does not take it yet.
         await core.runtime.create(ns, cid, spec, mounts, attach_stdin=True, stdin_once=stdin_once)
     else:
-        await core.local.tasks.create(ns, cid, Stdio())
+        await core.local.tasks.create(ns, cid, Stdio(terminal=tty))
     await core.local.tasks.start(ns, cid)
     env.lookup.containers[cid] = (ns, cid)
     return cid
@@ -400,6 +406,7 @@ def test_crictl_exec_100mb_output_with_bounded_memory(tmp_path: Path) -> None:
             peak = _rss_kib("VmHWM")
         assert proc.returncode == 0
         assert received == size and zeros
+        print(f"RSS before {before} KiB, peak during the session {peak} KiB")
         assert peak - before < 20 * 1024, f"RSS grew by {peak - before} KiB"
 
     run(tmp_path, body)
@@ -478,6 +485,74 @@ def test_crictl_attach_stdout_stderr_and_stdin_left_open(tmp_path: Path) -> None
         assert code == 0, err
         assert out == b"got-one\n"
         assert b"err-one" in err
+        assert (await env.core.local.tasks.wait(env.namespace, cid)).exit_status == 0
+
+    run(tmp_path, body)
+
+
+def test_slow_reader_does_not_grow_memory(tmp_path: Path) -> None:
+    """A client that reads far slower than the process writes: the process is held back
+    (its pipe fills), linerd's memory is not (RSS measured as in the 100 MB test)."""
+    size = 50_000_000
+
+    async def body(env: Env) -> None:
+        cid = await start(env, ["/bin/sleep", "3600"])
+        request = api_pb2.ExecRequest(
+            container_id=cid, cmd=["head", "-c", str(size), "/dev/zero"], stdout=True
+        )
+
+        async def session(slow: bool) -> int:
+            client = SpdyClient()
+            await client.connect((await env.handler.exec(request)).url, ("v4.channel.k8s.io",))
+            await client.open({"streamtype": "error"})
+            out = await client.open({"streamtype": "stdout"})
+            received = 0
+            while (frame := await client.frame()) is not None:
+                if frame["type"] == "DATA" and frame["stream_id"] == out:
+                    received += len(frame["data"])
+                    if slow:
+                        await asyncio.sleep(0.001)  # a slow client, not a synchronization
+            client.close()
+            return received
+
+        request.cmd[:] = ["head", "-c", "1000000", "/dev/zero"]
+        assert await session(slow=False) == 1_000_000
+        request.cmd[:] = ["head", "-c", str(size), "/dev/zero"]
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _rss_kib("VmRSS")
+        assert await session(slow=True) == size
+        peak = _rss_kib("VmHWM")
+        print(f"RSS before {before} KiB, peak during the session {peak} KiB")
+        assert peak - before < 20 * 1024, f"RSS grew by {peak - before} KiB"
+        await env.handler.server.idle()
+
+    run(tmp_path, body)
+
+
+def test_attach_to_a_tty_container(tmp_path: Path) -> None:
+    """A TTY container's pty is conmon's; the attach socket takes a client beside the
+    runtime's own relay."""
+
+    async def body(env: Env) -> None:
+        cid = await start(env, ["sh"], tty=True)
+        request = api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, tty=True)
+        client = SpdyClient()
+        await client.connect((await env.handler.attach(request)).url, ("v4.channel.k8s.io",))
+        await client.open({"streamtype": "error"})
+        stdin = await client.open({"streamtype": "stdin"})
+        out = await client.open({"streamtype": "stdout"})
+        await client.open({"streamtype": "resize"})
+        await client.data(stdin, b"echo hi-$((20+22))\n")
+        seen = b""
+        while b"hi-42" not in seen:
+            frame = await client.frame()
+            assert frame is not None, seen
+            if frame["type"] == "DATA" and frame["stream_id"] == out:
+                seen += frame["data"]
+        await client.data(stdin, b"exit 0\n")
+        while (frame := await client.frame()) is not None:
+            pass
+        client.close()
         assert (await env.core.local.tasks.wait(env.namespace, cid)).exit_status == 0
 
     run(tmp_path, body)
