@@ -187,11 +187,13 @@ async def remove(env: Env, cid: str) -> None:
 # -- the kubernetes package's WebSocket client --------------------------------------------------
 
 
-def _wsclient(url: str) -> Any:
+def _wsclient(url: str, protocol: str | None = None) -> Any:
+    """The package's client; it offers v5.channel.k8s.io then v4 unless told one."""
     ws_client = pytest.importorskip("kubernetes.stream.ws_client")
     from kubernetes.client import Configuration
 
-    return ws_client.WSClient(Configuration(), url.replace("http://", "ws://"), None, True)
+    headers = {"sec-websocket-protocol": protocol} if protocol else None
+    return ws_client.WSClient(Configuration(), url.replace("http://", "ws://"), headers, True)
 
 
 def _ws_until_closed(client: Any) -> tuple[str, str, int | None]:
@@ -239,9 +241,45 @@ def test_exec_through_the_kubernetes_websocket_client(tmp_path: Path) -> None:
 
         assert await asyncio.to_thread(with_stdin) == ("hello", "", 0)
 
+        # v5: the client closes stdin, the process sees EOF.
+        url = await ws_exec(["cat"], stdin=True)
+
+        def closing_stdin() -> tuple[str, str, int | None, str]:
+            client = _wsclient(url)
+            client.write_stdin("abc")
+            client.close_channel(0)
+            return (*_ws_until_closed(client), client.subprotocol)
+
+        assert await asyncio.to_thread(closing_stdin) == ("abc", "", 0, "v5.channel.k8s.io")
+
+        # v4 alone: the same Status on the error channel.
+        url = await ws_exec(["sh", "-c", "exit 9"])
+        assert await asyncio.to_thread(
+            lambda: _ws_until_closed(_wsclient(url, "v4.channel.k8s.io"))
+        ) == ("", "", 9)
+
         # The URL was used: it is gone.
         with pytest.raises(Exception):  # noqa: B017 (the client's own handshake error)
             await asyncio.to_thread(_wsclient, url)
+
+    run(tmp_path, body)
+
+
+def test_attach_through_the_kubernetes_websocket_client(tmp_path: Path) -> None:
+    pytest.importorskip("kubernetes")
+
+    async def body(env: Env) -> None:
+        cid = await start(env, ["sh", "-c", "read x; echo got-$x; echo err-$x >&2"],
+                          attach_stdin=True)  # fmt: skip
+        request = api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
+        url = (await env.handler.attach(request)).url
+
+        def session() -> tuple[str, str, int | None]:
+            client = _wsclient(url)
+            client.write_stdin("one\n")
+            return _ws_until_closed(client)
+
+        assert await asyncio.to_thread(session) == ("got-one\n", "err-one\n", 0)
 
     run(tmp_path, body)
 
