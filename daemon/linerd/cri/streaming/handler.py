@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from liner_api.runtime.v1 import api_pb2
 from linerd.cri.streaming import channels, portforward, upgrade
+from linerd.cri.streaming.lookup import RecordLookup
 from linerd.cri.streaming.process import AttachSession, ExecSession
 from linerd.cri.streaming.remotecommand import Options, Runner, serve_spdy
 from linerd.cri.streaming.server import Headers, StreamServer
@@ -24,6 +25,8 @@ from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError
 from linerd.runtime import TaskStatus
 
 if TYPE_CHECKING:
+    from linerd.assembly import Core
+    from linerd.config import Config
     from linerd.local.containers import Containers
     from linerd.local.tasks import Tasks
 
@@ -63,6 +66,19 @@ class StreamingHandler:
         self.server = StreamServer(address, port)
         # One directory of FIFOs per exec session, removed when the session ends.
         self.fifo_dir = Path(state_dir) / "cri-streams"
+
+    @classmethod
+    def of(cls, core: Core, config: Config, lookup: Lookup | None = None) -> StreamingHandler:
+        """The group as the daemon builds it: `[cri] stream_server_*`, CRI objects read from
+        their records in k8s.io unless `lookup` is given."""
+        return cls(
+            core.local.tasks,
+            core.local.containers,
+            lookup or RecordLookup(core.local.containers, core.local.tasks),
+            config.state,
+            config.cri.stream_server_address,
+            config.cri.stream_server_port,
+        )
 
     async def start(self) -> None:
         await self.server.start()
