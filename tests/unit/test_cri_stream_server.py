@@ -295,3 +295,54 @@ def test_handler_validates_requests(tmp_path: Any) -> None:
         await handler.close()
 
     run(main())
+
+
+def test_record_lookup_reads_kind_and_netns_from_the_records() -> None:
+    from linerd.core.types import Container, Encoded
+    from linerd.cri.streaming.lookup import RecordLookup
+    from linerd.runtime import ProcessState, TaskStatus
+
+    def record(cid: str, kind: str, namespaces: list[dict[str, str]] | None = None) -> Container:
+        spec = {"linux": {"namespaces": namespaces or []}}
+        return Container(
+            id=cid,
+            runtime="io.containerd.runc.v2",
+            spec=Encoded("spec", json.dumps(spec).encode()),
+            labels={"io.cri-containerd.kind": kind},
+        )
+
+    records = {
+        "c1": record("c1", "container"),
+        "pinned": record("pinned", "sandbox", [{"type": "network", "path": "/run/netns/cni-1"}]),
+        "own": record("own", "sandbox", [{"type": "pid"}, {"type": "network"}]),
+        "host": record("host", "sandbox", [{"type": "pid"}]),
+    }
+
+    class Containers:
+        async def get(self, namespace: str, cid: str) -> Container:
+            assert namespace == "k8s.io"
+            try:
+                return records[cid]
+            except KeyError:
+                raise NotFound(cid) from None
+
+    class Tasks:
+        def state(self, namespace: str, cid: str) -> ProcessState:
+            if cid != "own":
+                raise NotFound(cid)
+            return ProcessState(namespace, cid, "", 4242, TaskStatus.RUNNING)
+
+    lookup = RecordLookup(Containers(), Tasks())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        assert await lookup.container("c1") == ("k8s.io", "c1")
+        for missing in ("pinned", "nosuch", ""):
+            with pytest.raises(NotFound):
+                await lookup.container(missing)
+        assert await lookup.sandbox_netns("pinned") == "/run/netns/cni-1"
+        assert await lookup.sandbox_netns("own") == "/proc/4242/ns/net"
+        assert await lookup.sandbox_netns("host") is None
+        with pytest.raises(NotFound):
+            await lookup.sandbox_netns("c1")
+
+    run(main())

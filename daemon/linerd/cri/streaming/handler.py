@@ -9,6 +9,7 @@ CRI objects (which task runs a container, a pod's network namespace) are found t
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from linerd.cri.streaming import channels, portforward, upgrade
 from linerd.cri.streaming.lookup import RecordLookup
 from linerd.cri.streaming.process import AttachSession, ExecSession
 from linerd.cri.streaming.remotecommand import Options, Runner, serve_spdy
-from linerd.cri.streaming.server import Headers, StreamServer
+from linerd.cri.streaming.server import Headers, Session, StreamServer
 from linerd.cri.streaming.wsconn import serve_websocket
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError
 from linerd.runtime import TaskStatus
@@ -66,6 +67,14 @@ class StreamingHandler:
         self.server = StreamServer(address, port)
         # One directory of FIFOs per exec session, removed when the session ends.
         self.fifo_dir = Path(state_dir) / "cri-streams"
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def _url(self, kind: str, session: Session) -> str:
+        if self._sweep is None:
+            # What a previous daemon's sessions left (they ended with it), before any new one.
+            self._sweep = asyncio.create_task(asyncio.to_thread(shutil.rmtree, self.fifo_dir, True))
+        await asyncio.shield(self._sweep)
+        return await self.server.url(kind, session)
 
     @classmethod
     def of(cls, core: Core, config: Config, lookup: Lookup | None = None) -> StreamingHandler:
@@ -111,7 +120,7 @@ class StreamingHandler:
             )
             return session.run
 
-        url = await self.server.url("exec", partial(self._remote, options, runner))
+        url = await self._url("exec", partial(self._remote, options, runner))
         return api_pb2.ExecResponse(url=url)
 
     async def attach(self, request: api_pb2.AttachRequest) -> api_pb2.AttachResponse:
@@ -122,7 +131,7 @@ class StreamingHandler:
         def runner() -> Runner:
             return AttachSession(self.tasks, namespace, task_id, sock).run
 
-        url = await self.server.url("attach", partial(self._remote, options, runner))
+        url = await self._url("attach", partial(self._remote, options, runner))
         return api_pb2.AttachResponse(url=url)
 
     async def port_forward(
@@ -131,7 +140,7 @@ class StreamingHandler:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod sandbox id must not be empty")
         path = await self.lookup.sandbox_netns(request.pod_sandbox_id)
-        url = await self.server.url("portforward", partial(self._portforward, path))
+        url = await self._url("portforward", partial(self._portforward, path))
         return api_pb2.PortForwardResponse(url=url)
 
     async def _remote(
