@@ -346,3 +346,60 @@ def test_record_lookup_reads_kind_and_netns_from_the_records() -> None:
             await lookup.sandbox_netns("c1")
 
     run(main())
+
+
+def test_spdy_port_forward_pairs_streams_and_reports_dial_errors() -> None:
+    from linerd.cri.streaming import portforward, upgrade
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read())
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = backend.sockets[0].getsockname()[1]
+        closed = await asyncio.start_server(echo, "127.0.0.1", 0)
+        closed_port = closed.sockets[0].getsockname()[1]
+        closed.close()
+        await closed.wait_closed()
+        server = StreamServer("127.0.0.1", 0)
+
+        async def session(method: str, headers: Any, reader: Any, writer: Any) -> None:
+            decision = upgrade.negotiate(method, headers, upgrade.PORTFORWARD_SPDY)
+            assert isinstance(decision, upgrade.Upgrade)
+            writer.write(decision.response.head())
+            await portforward.serve(reader, writer, None)
+
+        client = SpdyClient()
+        url = await server.url("portforward", session)
+        assert (await client.connect(url, ("portforward.k8s.io",)))[0] == 101
+        streams: dict[int, tuple[str, int]] = {}
+        for request_id, target in enumerate((port, closed_port, port)):
+            common = {"port": str(target), "requestid": str(request_id)}
+            error = await client.open({"streamtype": "error", **common}, fin=True)
+            data = await client.open({"streamtype": "data", **common})
+            streams[error] = ("error", request_id)
+            streams[data] = ("data", request_id)
+            if target == port:
+                await client.data(data, f"payload {request_id} ".encode() * 5000, fin=True)
+        got: dict[tuple[str, int], bytes] = {k: b"" for k in streams.values()}
+        fins: set[tuple[str, int]] = set()
+        while len(fins) < 5:  # both streams of 0 and 2, the error stream of 1
+            frame = await client.frame()
+            assert frame is not None
+            if frame["type"] == "DATA":
+                key = streams[frame["stream_id"]]
+                got[key] += frame["data"]
+                if frame["flags"] & 1:
+                    fins.add(key)
+        for request_id in (0, 2):
+            assert got[("data", request_id)] == f"payload {request_id} ".encode() * 5000
+            assert got[("error", request_id)] == b""
+        assert got[("error", 1)].startswith(b"an error occurred forwarding")
+        client.close()
+        await server.idle()
+        await server.close()
+        backend.close()
+
+    run(main())
