@@ -467,29 +467,39 @@ def test_crictl_exec_it_with_a_terminal(tmp_path: Path) -> None:
             )
             os.close(slave)
 
-            def converse() -> bytes:
+            def until(marker: bytes) -> bytes:
                 seen = b""
-                os.write(master, b"stty size; echo done-$((6*7))\n")
-                while b"done-42" not in seen:
-                    try:
-                        chunk = os.read(master, 4096)
-                    except OSError:
-                        break
-                    if not chunk:
-                        break
+                while marker not in seen:
+                    chunk = os.read(master, 4096)
+                    assert chunk, seen
                     seen += chunk
+                return seen
+
+            def converse() -> tuple[bytes, bytes]:
+                os.write(master, b"stty size; echo done-$((6*7))\n")
+                first = until(b"done-42")
+                # The terminal changes size: crictl hears SIGWINCH (it has no controlling
+                # terminal here, so the test sends it) and sends the new size.
+                fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 120, 0, 0))
+                os.kill(proc.pid, signal.SIGWINCH)
+                later = b""
+                for n in range(100):
+                    os.write(master, f"stty size; echo mark-$(({n}+1000))\n".encode())
+                    later += until(f"mark-{n + 1000}".encode())
+                    if b"50 120" in later:
+                        break
                 os.write(master, b"exit 4\n")
                 with contextlib.suppress(OSError):
                     while os.read(master, 4096):
                         pass
-                return seen
+                return first, later
 
-            seen = await asyncio.to_thread(converse)
+            first, later = await asyncio.to_thread(converse)
             await proc.wait()
             os.close(master)
         # The size crictl read from its terminal reached the process's pty before it ran.
-        assert b"33 77" in seen
-        assert b"done-42" in seen
+        assert b"33 77" in first
+        assert b"50 120" in later
         assert proc.returncode != 0  # exit 4 reported back
 
     run(tmp_path, body)
