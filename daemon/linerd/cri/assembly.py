@@ -22,6 +22,7 @@ from linerd.cri.cni import CNI
 from linerd.cri.images import CriImages
 from linerd.cri.info import Info
 from linerd.cri.service import ImageService, RuntimeService
+from linerd.cri.streaming.handler import StreamingHandler
 
 if TYPE_CHECKING:
     from linerd.assembly import Core
@@ -88,5 +89,6 @@ def build_cri(core: Core, config: Config, hosts: Callable[[], HostsConfig]) -> C
     groups: dict[str, Any] = {
         "info": Info(cni, config.cri.cgroup_driver, __version__),
         "images": images,
+        "streaming": StreamingHandler.of(core, config),
     }
     return Cri(groups, paths, cni)

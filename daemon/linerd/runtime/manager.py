@@ -140,6 +140,10 @@ class _Proc:
     stderr: str = ""
     terminal: bool = False
     log_path: str = ""  # conmon's k8s-file log (a task without stdio), else passthrough
+    # A logged task's stdin through conmon's attach socket (CRI stdin); `stdin_once`: closed
+    # when the first attached client closes it or leaves.
+    attach_stdin: bool = False
+    stdin_once: bool = False
     pid: int = 0
     conmon_pid: int = 0
     started: bool = False
@@ -261,6 +265,14 @@ class TaskRuntime:
                     p.unlink()
 
         await asyncio.to_thread(remove)
+
+    def attach_socket(self, namespace: str, id: str, exec_id: str = "") -> Path:
+        """conmon's attach socket of a process. A client gets its output (frames of one
+        stream byte, 2 stdout or 3 stderr, then data) when conmon holds it: a TTY process, or
+        a task without stdio (logged); what a client writes is its stdin, for a TTY or a task
+        created with `attach_stdin`. TTY resizes go through `resize_pty`."""
+        p = self._get(namespace, id).proc(exec_id)
+        return self.sock_dir / p.uuid / "attach"
 
     def on_exit(self, cb: ExitCallback) -> None:
         """cb(namespace, id, exec_id, pid, exit_status, exited_at) after every observed exit
@@ -474,6 +486,9 @@ class TaskRuntime:
         elif p.log_path:
             # The log lives in the state dir (gone at reboot): syncing it at exit buys nothing.
             argv += ["-l", f"k8s-file:{p.log_path}", "--no-sync-log"]
+            if p.attach_stdin:
+                # conmon keeps a pipe to the process's stdin and feeds it from attach clients.
+                argv += ["-i"] if p.stdin_once else ["-i", "--leave-stdin-open"]
             if self.log_size_max > 0:
                 argv += ["--log-size-max", str(self.log_size_max)]
         else:
@@ -501,8 +516,15 @@ class TaskRuntime:
         stderr: str = "",
         terminal: bool = False,
         runtime: RuntimeConfig = RUNC,
+        *,
+        attach_stdin: bool = False,
+        stdin_once: bool = False,
     ) -> int:
         """Create the task's init process (runtime `create`: not started). Returns its pid.
+
+        `attach_stdin` (a task without stdio, whose output goes to its log): the process gets
+        a stdin that clients of its attach socket write (`attach_socket`); with `stdin_once`
+        it sees EOF when the first such client closes its stdin or leaves.
 
         With rootfs mounts, they are mounted in order on `<bundle>/rootfs` and the spec's
         `root.path` is set to "rootfs". On any failure nothing is left behind."""
@@ -518,7 +540,7 @@ class TaskRuntime:
             task = await asyncio.to_thread(
                 self._create_sync,
                 namespace, id, bundle_spec, rootfs_mounts,
-                stdin, stdout, stderr, terminal, runtime,
+                stdin, stdout, stderr, terminal, runtime, attach_stdin, stdin_once,
             )  # fmt: skip
             self._tasks[key] = task
         finally:
@@ -537,6 +559,8 @@ class TaskRuntime:
         stderr: str,
         terminal: bool,
         runtime: RuntimeConfig,
+        attach_stdin: bool = False,
+        stdin_once: bool = False,
     ) -> _Task:
         bundle = self.bundle_dir(namespace, id)
         if bundle.exists():
@@ -551,6 +575,7 @@ class TaskRuntime:
                 log.warning("no container log: the state path holds ':'", path=str(path))
             else:
                 p.log_path = str(path)
+                p.attach_stdin, p.stdin_once = attach_stdin, stdin_once
         spawned: Spawned | None = None
         try:
             if p.log_path:

@@ -23,8 +23,10 @@ _REASONS = {
     101: "Switching Protocols",
     400: "Bad Request",
     403: "Forbidden",
+    404: "Not Found",
     405: "Method Not Allowed",
     426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
 }
 
 
