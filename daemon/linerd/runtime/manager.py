@@ -140,6 +140,8 @@ class _Proc:
     stderr: str = ""
     terminal: bool = False
     log_path: str = ""  # conmon's k8s-file log (a task without stdio), else passthrough
+    kept_log: bool = False  # log_path is the caller's (the CRI's), not the state dir's
+    stdin_pipe: bool = False  # with kept_log: conmon opens a stdin pipe for attach
     pid: int = 0
     conmon_pid: int = 0
     started: bool = False
@@ -176,6 +178,7 @@ class _Proc:
             "stderr": self.stderr,
             "terminal": self.terminal,
             "log_path": self.log_path,
+            "kept_log": self.kept_log,
             "pid": self.pid,
             "conmon_pid": self.conmon_pid,
         }
@@ -468,9 +471,19 @@ class TaskRuntime:
         # (in passthrough mode its stderr is the client's FIFO).
         for a in [*task.cmd[1:], "--log", str(p.dir / "runtime.log"), "--log-format", "json"]:
             argv += ["--runtime-arg", a]
-        if p.terminal:
+        if p.terminal and p.log_path and p.kept_log:
+            # A CRI TTY container: conmon holds the pty and writes what it reads to the log.
+            argv += ["-t", "-l", f"k8s-file:{p.log_path}"]
+            if p.stdin_pipe:
+                argv += ["-i"]
+        elif p.terminal:
             # conmon takes the pty master; linerd relays the attach socket to the client FIFOs.
             argv += ["-t", "-i", "-l", "none"]
+        elif p.log_path and p.kept_log:
+            # The caller's log file (kubelet's): its owner rotates it, so no size cap.
+            argv += ["-l", f"k8s-file:{p.log_path}"]
+            if p.stdin_pipe:
+                argv += ["-i"]
         elif p.log_path:
             # The log lives in the state dir (gone at reboot): syncing it at exit buys nothing.
             argv += ["-l", f"k8s-file:{p.log_path}", "--no-sync-log"]
@@ -501,11 +514,19 @@ class TaskRuntime:
         stderr: str = "",
         terminal: bool = False,
         runtime: RuntimeConfig = RUNC,
+        *,
+        log_path: str = "",
+        stdin_pipe: bool = False,
     ) -> int:
         """Create the task's init process (runtime `create`: not started). Returns its pid.
 
         With rootfs mounts, they are mounted in order on `<bundle>/rootfs` and the spec's
-        `root.path` is set to "rootfs". On any failure nothing is left behind."""
+        `root.path` is set to "rootfs". On any failure nothing is left behind.
+
+        `log_path` (absolute; no stdio then): conmon writes the output there in the CRI log
+        format (with `terminal`, what the pty shows), never capped (the caller rotates it,
+        then calls `reopen_log`); `stdin_pipe` gives the process a stdin pipe fed through
+        conmon's attach socket."""
         _validate_id("namespace", namespace)
         _validate_id("container id", id)
         _validate_spec(bundle_spec)
@@ -513,12 +534,16 @@ class TaskRuntime:
         key = (namespace, id)
         if key in self._tasks or key in self._creating:
             raise AlreadyExists(f"task {id}: already exists")
+        if log_path and (stdin or stdout or stderr or not os.path.isabs(log_path)):
+            raise InvalidArgument("a log path must be absolute and comes without stdio")
+        if ":" in log_path:
+            raise InvalidArgument(f"log path {log_path!r}: conmon cannot take a ':' in it")
         self._creating.add(key)
         try:
             task = await asyncio.to_thread(
                 self._create_sync,
                 namespace, id, bundle_spec, rootfs_mounts,
-                stdin, stdout, stderr, terminal, runtime,
+                stdin, stdout, stderr, terminal, runtime, log_path, stdin_pipe,
             )  # fmt: skip
             self._tasks[key] = task
         finally:
@@ -537,6 +562,8 @@ class TaskRuntime:
         stderr: str,
         terminal: bool,
         runtime: RuntimeConfig,
+        log_path: str = "",
+        stdin_pipe: bool = False,
     ) -> _Task:
         bundle = self.bundle_dir(namespace, id)
         if bundle.exists():
@@ -545,7 +572,9 @@ class TaskRuntime:
         task = _Task(namespace, id, bundle, [runtime.path, *runtime.args, "--root", str(root)])
         p = task.init = _Proc(task, "", bundle, uuidlib.uuid4().hex[:12], stdin, stdout, stderr,
                               terminal)  # fmt: skip
-        if not (stdin or stdout or stderr or terminal):
+        if log_path:
+            p.log_path, p.kept_log, p.stdin_pipe = log_path, True, stdin_pipe
+        elif not (stdin or stdout or stderr or terminal):
             path = self.log_path(namespace, id)
             if ":" in str(path):  # conmon splits its -l argument at ':'
                 log.warning("no container log: the state path holds ':'", path=str(path))
@@ -576,7 +605,7 @@ class TaskRuntime:
                 task.mounts += 1
                 self._write_meta(task, "creating")
                 faults.point("task-create-mounted")
-            if terminal:
+            if terminal and not p.kept_log:
                 p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", stdin, stdout)
             else:
                 p.stdio = open_stdio(stdin, stdout, stderr, self.stdio_timeout)
@@ -877,6 +906,32 @@ class TaskRuntime:
             return  # start_exec applies it
         await self._send_winsize(p, (height, width))
 
+    async def reopen_log(self, namespace: str, id: str) -> None:
+        """Have conmon reopen the task's log file at its path (after the caller renamed it
+        away for rotation): the `2 0 0` line on its ctl FIFO. Returns once the file exists
+        again."""
+        task = self._get(namespace, id)
+        p = task.init
+        if not p.log_path or not p.kept_log:
+            raise FailedPrecondition(f"task {id} has no log file of its caller's")
+        if p.exit is not None:
+            raise FailedPrecondition(f"task {id} is not running")
+        async with p.ctl_lock:
+            await asyncio.to_thread(_write_ctl, p.dir / "ctl", "2 0 0\n")
+        path = Path(p.log_path)
+
+        def reopened() -> bool:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if path.exists():
+                    return True
+                time.sleep(0.01)
+            return path.exists()
+
+        # conmon reads the FIFO on its own loop: the new file appears a moment later.
+        if not await asyncio.to_thread(reopened):
+            raise Internal(f"conmon did not reopen the log {path}")
+
     async def _send_winsize(self, p: _Proc, size: tuple[int, int]) -> None:
         async with p.ctl_lock:
             await asyncio.to_thread(_write_ctl, p.dir / "ctl", f"1 {size[0]} {size[1]}\n")
@@ -1101,7 +1156,8 @@ class TaskRuntime:
     def _load_proc(self, task: _Task, d: Path, meta: dict[str, Any]) -> _Proc:
         p = _Proc(task, meta.get("exec_id", ""), d, meta["uuid"], meta.get("stdin", ""),
                   meta.get("stdout", ""), meta.get("stderr", ""), bool(meta.get("terminal")),
-                  log_path=str(meta.get("log_path", "")), pid=int(meta.get("pid", 0)),
+                  log_path=str(meta.get("log_path", "")), kept_log=bool(meta.get("kept_log")),
+                  pid=int(meta.get("pid", 0)),
                   conmon_pid=int(meta.get("conmon_pid", 0)))  # fmt: skip
         if self._check_exit_sync(p):
             return p
@@ -1109,7 +1165,7 @@ class TaskRuntime:
             p.monitor_lost = True
             p.exit = ExitInfo(p.pid, MONITOR_LOST_STATUS, _now())
             return p
-        if p.terminal:
+        if p.terminal and not p.kept_log:
             p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", p.stdin, p.stdout)
             with contextlib.suppress(Exception):
                 p.relay.start(1.0)

@@ -1,0 +1,241 @@
+"""Containers through the `containers` handler group, in process, in real pods
+(cri_pods_support.py): create/start/stop/remove, statuses with exit codes and reasons, the
+log in kubelet's CRI format, ExecSync (output, exit code, timeout), the pod's hostname and
+DNS seen inside, hostPort over 127.0.0.1, ReopenContainerLog, and nothing left behind.
+
+containerd differences: on an ExecSync timeout containerd answers an error (DeadlineExceeded
+here as there); CRI-O would answer exit code -1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cri_pods_support import Images, Net, Pods, drop_net, leftovers, make_net, missing, pods, push_images
+from registry import Registry
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from linerd.cri import meta
+from linerd.errdefs import DeadlineExceeded, FailedPrecondition, NotFound
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
+
+LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) (F|P) (.*)$")
+
+
+@pytest.fixture(scope="session")
+def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = make_net(tmp_path / "net")
+    try:
+        yield n
+    finally:
+        drop_net(n)
+
+
+def run(
+    tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        async with pods(tmp_path / "pods", net, images) as p:
+            await body(p)
+
+    asyncio.run(main())
+
+
+def parse_log(path: Path) -> list[tuple[str, str, bytes]]:
+    out = []
+    for line in path.read_bytes().splitlines():
+        m = LOG_LINE.match(line)
+        assert m is not None, f"not a CRI log line: {line!r}"
+        out.append((m.group(2).decode(), m.group(3).decode(), m.group(4)))
+    return out
+
+
+def test_container_lifecycle(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    async def body(p: Pods) -> None:
+        dns = cri.DNSConfig(servers=["10.10.10.10"], searches=["example.com"], options=["ndots:8"])
+        pod_config = p.sandbox_config("app", hostname="app-host", dns=dns)
+        pod = await p.run_pod(pod_config)
+        config = p.container_config(
+            "main",
+            ["-c", "echo out; echo err >&2; exec sleep 1000"],
+            command=["/bin/sh"],
+            envs=[cri.KeyValue(key="GREETING", value=b"hi there")],
+        )
+        cid = await p.create(pod, pod_config, config)
+        status = await p.status(cid)
+        assert status.state == cri.CONTAINER_CREATED and status.created_at > 0
+        assert status.image.image == p.images.busybox and status.image_ref.startswith(
+            p.images.busybox.rsplit(":", 1)[0] + "@sha256:"
+        )
+        log_path = Path(pod_config.log_directory) / "main/0.log"
+        assert status.log_path == str(log_path)
+        assert dict(status.labels) == {"c": "main"}
+
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        status = await p.status(cid)
+        assert status.state == cri.CONTAINER_RUNNING and status.started_at >= status.created_at
+
+        out = await p.exec(cid, "sh", "-c", "echo -n hello")
+        assert (out.stdout, out.stderr, out.exit_code) == (b"hello", b"", 0)
+        out = await p.exec(cid, "sh", "-c", "echo -n oops >&2; exit 3")
+        assert (out.stdout, out.stderr, out.exit_code) == (b"", b"oops", 3)
+        assert (await p.exec(cid, "hostname")).stdout == b"app-host\n"
+        assert (await p.exec(cid, "sh", "-c", "echo $HOSTNAME $GREETING")).stdout == (
+            b"app-host hi there\n"
+        )
+        assert (await p.exec(cid, "cat", "/etc/resolv.conf")).stdout == (
+            b"search example.com\nnameserver 10.10.10.10\noptions ndots:8\n"
+        )
+        # pid POD: the pause is pid 1 in the container's view.
+        ps = (await p.exec(cid, "cat", "/proc/1/cmdline")).stdout
+        assert ps.split(b"\0")[0] == b"/bin/sleep"
+        # A timeout kills the exec.
+        with pytest.raises(DeadlineExceeded):
+            await p.exec(cid, "sleep", "4321", timeout=1)
+        assert b"4321" not in (await p.exec(cid, "ps")).stdout
+
+        listed = await p.containers.list_containers(
+            cri.ListContainersRequest(
+                filter=cri.ContainerFilter(
+                    pod_sandbox_id=pod,
+                    state=cri.ContainerStateValue(state=cri.CONTAINER_RUNNING),
+                    label_selector={"c": "main"},
+                )
+            )
+        )
+        assert [c.id for c in listed.containers] == [cid]
+
+        await p.containers.stop_container(cri.StopContainerRequest(container_id=cid, timeout=10))
+        status = await p.status(cid)
+        assert status.state == cri.CONTAINER_EXITED
+        assert status.exit_code == 143 and status.reason == "Error"  # SIGTERM
+        assert status.finished_at >= status.started_at
+        await p.containers.stop_container(cri.StopContainerRequest(container_id=cid, timeout=10))
+        lines = parse_log(log_path)
+        assert ("stdout", "F", b"out") in lines and ("stderr", "F", b"err") in lines
+
+        await p.containers.remove_container(cri.RemoveContainerRequest(container_id=cid))
+        await p.containers.remove_container(cri.RemoveContainerRequest(container_id=cid))
+        with pytest.raises(NotFound):
+            await p.status(cid)
+        assert log_path.exists()  # kubelet's file: kubelet removes it
+        await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, cid]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    async def body(p: Pods) -> None:
+        pod_config = p.sandbox_config()
+        pod = await p.run_pod(pod_config)
+        ok = await p.create(pod, pod_config, p.container_config("ok", ["-c", "printf 'a\\nb'"]))
+        bad = await p.create(pod, pod_config, p.container_config("bad", ["-c", "exit 7"]))
+        for cid in (ok, bad):
+            await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        done = await p.wait_exited(ok)
+        assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 0, "Completed")
+        failed = await p.wait_exited(bad)
+        assert (failed.exit_code, failed.reason) == (7, "Error")
+        # A last line without a newline is a partial one.
+        log = parse_log(Path(pod_config.log_directory) / "ok/0.log")
+        assert log == [("stdout", "F", b"a"), ("stdout", "P", b"b")]
+        # A start of an exited container is refused; so is an exec.
+        with pytest.raises(FailedPrecondition):
+            await p.containers.start_container(cri.StartContainerRequest(container_id=ok))
+        with pytest.raises(FailedPrecondition):
+            await p.exec(ok, "true")
+        # An unknown image.
+        with pytest.raises(NotFound):
+            await p.create(
+                pod,
+                pod_config,
+                cri.ContainerConfig(
+                    metadata=cri.ContainerMetadata(name="x"),
+                    image=cri.ImageSpec(image="127.0.0.1:1/none:1"),
+                ),
+            )
+        # Removing the pod removes its containers.
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        for cid in (ok, bad):
+            with pytest.raises(NotFound):
+                await p.status(cid)
+        assert leftovers(p, [pod, ok, bad]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"GET /index.html HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def test_host_port_and_log_reopen(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    async def body(p: Pods) -> None:
+        host_port = _free_port()
+        pod_config = p.sandbox_config(
+            port_mappings=[cri.PortMapping(container_port=80, host_port=host_port)]
+        )
+        pod = await p.run_pod(pod_config)
+        config = p.container_config(
+            "web",
+            [
+                "-c",
+                "mkdir -p /www && echo served > /www/index.html && "
+                "httpd -p 80 -h /www && exec sleep 100000",
+            ],
+        )
+        cid = await p.create(pod, pod_config, config)
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        ip = (await p.sandbox_status(pod)).network.ip
+        # httpd daemonizes once it listens: until then the probe sees a refused connection.
+        out = await p.exec(
+            cid, "sh", "-c", "for i in $(seq 100); do wget -q -O- http://127.0.0.1/index.html "
+            "&& exit 0; sleep 0.1; done; exit 1", timeout=30,
+        )
+        assert out.exit_code == 0 and out.stdout == b"served\n"
+        assert b"served" in await asyncio.to_thread(_get, ip, 80)
+        assert b"served" in await asyncio.to_thread(_get, "127.0.0.1", host_port)
+
+        # ReopenContainerLog: kubelet renames the file, then asks for a new one.
+        log_path = Path(pod_config.log_directory) / "web/0.log"
+        rotated = log_path.with_name("0.log.1")
+        log_path.rename(rotated)
+        await p.containers.reopen_container_log(cri.ReopenContainerLogRequest(container_id=cid))
+        assert log_path.exists()
+
+        await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+        status = await p.status(cid)
+        assert status.state == cri.CONTAINER_EXITED and status.exit_code == 137
+        with pytest.raises(FailedPrecondition):
+            await p.containers.reopen_container_log(
+                cri.ReopenContainerLogRequest(container_id=cid)
+            )
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, cid]) == []
+        assert meta.NAMESPACE  # the records are gone with the pod
+        assert not await p.core.local.containers.list(meta.NAMESPACE)
+
+    run(tmp_path, net, cri_images, body)
