@@ -463,11 +463,7 @@ class Containers:
         assert record.spec is not None
         spec = json.loads(record.spec.value)
         probe: dict[str, Any] = {"process": {}, "linux": {"resources": {}}}
-        security = specs._security()
-        if security is not None:
-            security.apply_resources(probe, req.linux)
-        else:
-            specs._fallback_resources(probe, req.linux)
+        specs.apply_resources(probe, req.linux)
         resources = probe["linux"]["resources"]
         spec["linux"].setdefault("resources", {}).update(resources)
         st = self.task_state(record.id)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from liner_common import ocispec
 from linerd.cri import meta
-from linerd.errdefs import InvalidArgument
+from linerd.errdefs import InvalidArgument, NotImplementedYet
 
 Spec = dict[str, Any]
 
@@ -83,12 +83,29 @@ def _sandbox_annotations(sandbox_id: str, config: cri.PodSandboxConfig) -> dict[
 
 
 def _security() -> Any:
-    """cri-sec's transforms, when present (`linerd.cri.security`)."""
+    """cri-sec's transforms (`linerd.cri.security`), when present."""
     try:
         from linerd.cri import security
     except ImportError:
         return None
     return security
+
+
+def _call(name: str, fallback: Any, *args: Any, **kwargs: Any) -> None:
+    """cri-sec's transform `name`, or the minimal one here while that one is not written."""
+    security = _security()
+    if security is not None:
+        try:
+            getattr(security, name)(*args, **kwargs)
+            return
+        except NotImplementedYet:
+            pass
+    if fallback is not None:
+        fallback(*args, **kwargs)
+
+
+def apply_resources(spec: Spec, resources: cri.LinuxContainerResources) -> None:
+    _call("apply_resources", _fallback_resources, spec, resources)
 
 
 def pause_spec(
@@ -127,13 +144,10 @@ def pause_spec(
     spec["linux"]["resources"]["cpu"] = {"shares": PAUSE_CPU_SHARES}
     spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(PAUSE_OOM_SCORE_ADJ)
     spec["linux"]["cgroupsPath"] = cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id)
-    security = _security()
     sc = linux.security_context
     image_user = str(image_config.get("User") or "")
-    if security is not None:
-        security.apply_sandbox_security_context(spec, sc, rootfs=rootfs, image_user=image_user)
-    else:
-        _fallback_sandbox_security(spec, sc, rootfs, image_user)
+    _call("apply_sandbox_security_context", _fallback_sandbox_security, spec, sc,
+          rootfs=rootfs, image_user=image_user)  # fmt: skip
     spec["annotations"] = {
         meta.A_CONTAINER_TYPE: "sandbox",
         **_sandbox_annotations(sandbox_id, config),
@@ -246,18 +260,11 @@ def container_spec(
     sandbox_privileged = sandbox_config.linux.security_context.privileged
     if privileged and not sandbox_privileged:
         raise InvalidArgument("no privileged container allowed in a sandbox that is not privileged")
-    security = _security()
-    if security is not None:
-        security.apply_security_context(
-            spec, sc, rootfs=rootfs, image_user=image_user, sandbox_privileged=sandbox_privileged
-        )
-        security.apply_resources(spec, linux.resources)
-        security.apply_mounts(spec, config.mounts)
-        security.apply_devices(spec, config.devices, privileged=privileged)
-    else:
-        _fallback_security(spec, sc, rootfs, image_user)
-        _fallback_resources(spec, linux.resources)
-        _fallback_mounts(spec, config)
+    _call("apply_security_context", _fallback_security, spec, sc, rootfs=rootfs,
+          image_user=image_user, sandbox_privileged=sandbox_privileged)  # fmt: skip
+    apply_resources(spec, linux.resources)
+    _call("apply_mounts", _fallback_mounts, spec, config.mounts)
+    _call("apply_devices", None, spec, config.devices, privileged=privileged)
     spec["annotations"] = {
         meta.A_CONTAINER_TYPE: "container",
         **_sandbox_annotations(sandbox_id, sandbox_config),
@@ -271,7 +278,7 @@ def container_spec(
 
 
 def _fallback_sandbox_security(
-    spec: Spec, sc: cri.LinuxSandboxSecurityContext, rootfs: Path, image_user: str
+    spec: Spec, sc: cri.LinuxSandboxSecurityContext, *, rootfs: Path, image_user: str
 ) -> None:
     if sc.privileged:
         ocispec.with_privileged(spec)
@@ -282,7 +289,12 @@ def _fallback_sandbox_security(
 
 
 def _fallback_security(
-    spec: Spec, sc: cri.LinuxContainerSecurityContext, rootfs: Path, image_user: str
+    spec: Spec,
+    sc: cri.LinuxContainerSecurityContext,
+    *,
+    rootfs: Path,
+    image_user: str,
+    sandbox_privileged: bool,
 ) -> None:
     if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
         raise InvalidArgument("user group is specified without user")
@@ -318,8 +330,8 @@ def _fallback_resources(spec: Spec, r: cri.LinuxContainerResources) -> None:
         spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(r.oom_score_adj)
 
 
-def _fallback_mounts(spec: Spec, config: cri.ContainerConfig) -> None:
-    for m in config.mounts:
+def _fallback_mounts(spec: Spec, mounts: Sequence[cri.Mount]) -> None:
+    for m in mounts:
         dest = posixpath.normpath(m.container_path)
         if not posixpath.isabs(dest):
             raise InvalidArgument(f"mount destination {m.container_path!r} must be absolute")
