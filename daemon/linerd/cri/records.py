@@ -19,7 +19,14 @@ class Records:
         self.containers = containers
 
     async def list(self, kind: str) -> list[Container]:
-        return [r for r in await self.containers.list(meta.NAMESPACE) if meta.kind(r) == kind]
+        """The records of that kind with CRI metadata (a record someone made with ctr and
+        labelled alike is not the CRI's)."""
+        ext = meta.SANDBOX_EXTENSION if kind == meta.KIND_SANDBOX else meta.CONTAINER_EXTENSION
+        return [
+            r
+            for r in await self.containers.list(meta.NAMESPACE)
+            if meta.kind(r) == kind and ext in r.extensions
+        ]
 
     async def find(self, kind: str, id_or_prefix: str) -> Container:
         what = "sandbox" if kind == meta.KIND_SANDBOX else "container"
@@ -29,7 +36,8 @@ class Records:
             record = await self.containers.get(meta.NAMESPACE, id_or_prefix)
         except (NotFound, InvalidArgument):
             record = None
-        if record is not None and meta.kind(record) == kind:
+        ext = meta.SANDBOX_EXTENSION if kind == meta.KIND_SANDBOX else meta.CONTAINER_EXTENSION
+        if record is not None and meta.kind(record) == kind and ext in record.extensions:
             return record
         found = [r for r in await self.list(kind) if r.id.startswith(id_or_prefix)]
         if len(found) == 1:
