@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from imagebuild import OCILayout, build_config, build_layer, build_manifest, busybox_layer_entries, symlink
+from imagebuild import (
+    OCILayout,
+    build_config,
+    build_layer,
+    build_manifest,
+    busybox_layer_entries,
+    symlink,
+)
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
@@ -208,9 +215,7 @@ class Pods:
         self, pod: str, pod_config: cri.PodSandboxConfig, config: cri.ContainerConfig
     ) -> str:
         resp = await self.containers.create_container(
-            cri.CreateContainerRequest(
-                pod_sandbox_id=pod, config=config, sandbox_config=pod_config
-            )
+            cri.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=pod_config)
         )
         return resp.container_id
 
@@ -372,7 +377,9 @@ def child_main(base: str, net_json: str, images_json: str, what: str) -> None:
     asyncio.run(main())
 
 
-def run_child(base: Path, net: Net, images: Images, what: str, crash_at: str) -> subprocess.CompletedProcess[str]:
+def run_child(
+    base: Path, net: Net, images: Images, what: str, crash_at: str
+) -> subprocess.CompletedProcess[str]:
     import sys
 
     here = Path(__file__).resolve().parent
@@ -381,10 +388,17 @@ def run_child(base: Path, net: Net, images: Images, what: str, crash_at: str) ->
         "import sys; import cri_pods_support as s; "
         "s.child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])"
     )
-    env = {**os.environ, "LINERD_CRASH_AT": crash_at,
-           "PYTHONPATH": os.pathsep.join([str(here), str(here.parent),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "LINERD_CRASH_AT": crash_at,
+        "PYTHONPATH": os.pathsep.join(
+            [str(here), str(here.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     return subprocess.run(
         [sys.executable, "-c", code, str(base), net_json, json.dumps(images.__dict__), what],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )

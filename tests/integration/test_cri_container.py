@@ -16,7 +16,17 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cri_pods_support import Images, Net, Pods, drop_net, leftovers, make_net, missing, pods, push_images
+from cri_pods_support import (
+    Images,
+    Net,
+    Pods,
+    drop_net,
+    leftovers,
+    make_net,
+    missing,
+    pods,
+    push_images,
+)
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
@@ -42,9 +52,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         drop_net(n)
 
 
-def run(
-    tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]
-) -> None:
+def run(tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]) -> None:
     async def main() -> None:
         async with pods(tmp_path / "pods", net, images) as p:
             await body(p)
@@ -212,8 +220,12 @@ def test_host_port_and_log_reopen(tmp_path: Path, net: Net, cri_images: Images) 
         ip = (await p.sandbox_status(pod)).network.ip
         # httpd daemonizes once it listens: until then the probe sees a refused connection.
         out = await p.exec(
-            cid, "sh", "-c", "for i in $(seq 100); do wget -q -O- http://127.0.0.1/index.html "
-            "&& exit 0; sleep 0.1; done; exit 1", timeout=30,
+            cid,
+            "sh",
+            "-c",
+            "for i in $(seq 100); do wget -q -O- http://127.0.0.1/index.html "
+            "&& exit 0; sleep 0.1; done; exit 1",
+            timeout=30,
         )
         assert out.exit_code == 0 and out.stdout == b"served\n"
         assert b"served" in await asyncio.to_thread(_get, ip, 80)
@@ -230,12 +242,38 @@ def test_host_port_and_log_reopen(tmp_path: Path, net: Net, cri_images: Images) 
         status = await p.status(cid)
         assert status.state == cri.CONTAINER_EXITED and status.exit_code == 137
         with pytest.raises(FailedPrecondition):
-            await p.containers.reopen_container_log(
-                cri.ReopenContainerLogRequest(container_id=cid)
-            )
+            await p.containers.reopen_container_log(cri.ReopenContainerLogRequest(container_id=cid))
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         assert leftovers(p, [pod, cid]) == []
         assert meta.NAMESPACE  # the records are gone with the pod
         assert not await p.core.local.containers.list(meta.NAMESPACE)
+
+    run(tmp_path, net, cri_images, body)
+
+
+def test_oom_killed(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    async def body(p: Pods) -> None:
+        pod_config = p.sandbox_config()
+        pod = await p.run_pod(pod_config)
+        limit = 15 << 20
+        config = p.container_config(
+            "hog",
+            ["-c", "dd if=/dev/zero of=/dev/null bs=64M count=1"],
+            linux=cri.LinuxContainerConfig(
+                resources=cri.LinuxContainerResources(
+                    memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=limit
+                )
+            ),
+        )
+        cid = await p.create(pod, pod_config, config)
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        status = await p.wait_exited(cid)
+        assert (status.state, status.exit_code, status.reason) == (
+            cri.CONTAINER_EXITED,
+            137,
+            "OOMKilled",
+        )
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, cid]) == []
 
     run(tmp_path, net, cri_images, body)

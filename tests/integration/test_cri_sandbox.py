@@ -14,7 +14,17 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
-from cri_pods_support import Images, Net, Pods, drop_net, leftovers, make_net, missing, pods, push_images
+from cri_pods_support import (
+    Images,
+    Net,
+    Pods,
+    drop_net,
+    leftovers,
+    make_net,
+    missing,
+    pods,
+    push_images,
+)
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
@@ -39,9 +49,7 @@ def net(tmp_path: Path) -> Iterator[Net]:
         drop_net(n)
 
 
-def run(
-    tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]
-) -> None:
+def run(tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]) -> None:
     async def main() -> None:
         async with pods(tmp_path / "pods", net, images) as p:
             await body(p)

@@ -191,8 +191,7 @@ def test_oom_score_adj_is_clamped_to_our_own() -> None:
 def test_resolv_conf() -> None:
     dns = sandbox_files.DNS(["10.10.10.10", "1.1.1.1"], ["a.example", "b.example"], ["ndots:8"])
     assert sandbox_files.resolv_conf(dns) == (
-        b"search a.example b.example\nnameserver 10.10.10.10\nnameserver 1.1.1.1\n"
-        b"options ndots:8\n"
+        b"search a.example b.example\nnameserver 10.10.10.10\nnameserver 1.1.1.1\noptions ndots:8\n"
     )
     assert sandbox_files.resolv_conf(sandbox_files.DNS()) == b""
 

@@ -158,7 +158,9 @@ class Containers:
 
     # -- create -----------------------------------------------------------------------------
 
-    async def create_container(self, req: cri.CreateContainerRequest) -> cri.CreateContainerResponse:
+    async def create_container(
+        self, req: cri.CreateContainerRequest
+    ) -> cri.CreateContainerResponse:
         await self.load()
         config = req.config
         if not config.metadata.name:

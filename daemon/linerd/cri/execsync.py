@@ -120,9 +120,7 @@ async def run(
                 await tasks.kill(namespace, container_id, signal.SIGKILL, exec_id=exec_id)
             info = await waiting
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(r.done for r in readers)), DRAIN_TIMEOUT
-            )
+            await asyncio.wait_for(asyncio.gather(*(r.done for r in readers)), DRAIN_TIMEOUT)
         return ExecResult(bytes(readers[0].data), bytes(readers[1].data), info.exit_status,
                           timed_out)  # fmt: skip
     finally:

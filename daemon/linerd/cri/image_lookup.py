@@ -110,7 +110,11 @@ class ImageLookup:
                 digests.append(record.name)
             elif not record.name.startswith("sha256:"):
                 tags.append(record.name)
-                repo = record.name.rsplit(":", 1)[0] if ":" in record.name.rsplit("/", 1)[-1] else record.name
+                repo = (
+                    record.name.rsplit(":", 1)[0]
+                    if ":" in record.name.rsplit("/", 1)[-1]
+                    else record.name
+                )
                 digest_name = f"{repo}@{target.digest}"
                 if digest_name not in digests:
                     digests.append(digest_name)

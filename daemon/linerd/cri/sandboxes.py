@@ -267,9 +267,7 @@ class Sandboxes:
             await asyncio.shield(self._unwind(sandbox_id, record, m))
             raise
 
-    async def _unwind(
-        self, sandbox_id: str, record: Container | None, m: meta.SandboxMeta
-    ) -> None:
+    async def _unwind(self, sandbox_id: str, record: Container | None, m: meta.SandboxMeta) -> None:
         try:
             if record is None:
                 with contextlib.suppress(LinerError):

@@ -179,7 +179,9 @@ def command_line(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -
 def env_of(config: cri.ContainerConfig) -> list[str]:
     out = []
     for kv in config.envs:
-        value = kv.value.decode("utf-8", "surrogateescape") if isinstance(kv.value, bytes) else kv.value
+        value = (
+            kv.value.decode("utf-8", "surrogateescape") if isinstance(kv.value, bytes) else kv.value
+        )
         out.append(f"{kv.key}={value}")
     return out
 
