@@ -80,6 +80,7 @@ class Containers:
         self.exec_dir = core.state / "cri" / "exec"
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
+        self._load_lock = asyncio.Lock()
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -87,13 +88,18 @@ class Containers:
         return self._locks.setdefault(container_id, asyncio.Lock())
 
     async def load(self) -> None:
-        """Take the names of what the records hold (after a restart); once."""
+        """Once, before the first create: the names the records hold, and the leases of
+        creates a crash interrupted (none can be in flight yet)."""
         if self._loaded:
             return
-        self._loaded = True
-        for record in await self.records.list(meta.KIND_CONTAINER):
-            with contextlib.suppress(LinerError):
-                self.names.reserve(meta.container_meta(record).name, record.id)
+        async with self._load_lock:
+            if self._loaded:
+                return
+            for record in await self.records.list(meta.KIND_CONTAINER):
+                with contextlib.suppress(LinerError):
+                    self.names.reserve(meta.container_meta(record).name, record.id)
+            await self.records.drop_leases(self.core.local.leases, "cri-create-")
+            self._loaded = True
 
     def task_state(self, container_id: str) -> ProcessState | None:
         try:

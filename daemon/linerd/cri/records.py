@@ -4,6 +4,7 @@ truncindex allows), with their metadata saved back through the local Containers 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from linerd.core.types import Container
@@ -12,6 +13,7 @@ from linerd.errdefs import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from linerd.local.containers import Containers
+    from linerd.local.leases import Leases
 
 
 class Records:
@@ -57,3 +59,10 @@ class Records:
         return await self.containers.update(
             meta.NAMESPACE, record, [f"extensions.{meta.CONTAINER_EXTENSION}"]
         )
+
+    async def drop_leases(self, leases: Leases, prefix: str) -> None:
+        """Delete the CRI's own leases of calls a crash interrupted (ids `<prefix>...`)."""
+        for lease in await leases.list(meta.NAMESPACE):
+            if lease.id.startswith(prefix):
+                with contextlib.suppress(NotFound):
+                    await leases.delete(meta.NAMESPACE, lease.id)

@@ -95,24 +95,21 @@ class Sandboxes:
         self.scratch = core.state / "cri" / "mnt"
         self._locks: dict[str, asyncio.Lock] = {}
         self._pulling: asyncio.Lock = asyncio.Lock()
-        self._loaded: asyncio.Future[None] | None = None
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
 
     # -- restart ----------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Once: names from the records, and the netns files no record names reaped (a crash
-        between their creation and the record's update)."""
-        if self._loaded is None:
-            self._loaded = asyncio.get_running_loop().create_future()
-            try:
-                await self._load()
-            except BaseException as e:
-                self._loaded.set_exception(e)
-                self._loaded = None
-                raise
-            self._loaded.set_result(None)
-        else:
-            await asyncio.shield(self._loaded)
+        """Once, before the first call that changes pods: names from the records, the netns
+        files no record names reaped (a crash between their creation and the record's
+        update) and the leases of runs a crash interrupted."""
+        if not self._loaded:
+            async with self._load_lock:
+                if not self._loaded:
+                    await self._load()
+                    await self.records.drop_leases(self.core.local.leases, "cri-run-")
+                    self._loaded = True
         await self.containers.load()
 
     async def _load(self) -> None:
