@@ -136,6 +136,8 @@ def test_crash_points_leave_nothing_after_cleanup(
             await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
             assert leftovers(p, ids) == []
             assert await p.core.local.containers.list(meta.NAMESPACE) == []
+            leases = await p.core.local.leases.list(meta.NAMESPACE)
+            assert [x.id for x in leases if x.id.startswith("cri-")] == []
             # A new pod runs beside what the crash left.
             again = await p.run_pod(p.sandbox_config("crashing"))
             await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=again))
