@@ -96,6 +96,7 @@ class Net:
     conf_dir: Path
     cache_dir: Path
     ipam_dir: Path
+    ip_forward: str = ""  # the host's value, given back at the end (isGateway turns it on)
 
     def leases(self) -> list[str]:
         d = self.ipam_dir / self.name
@@ -121,6 +122,7 @@ def make_net(base: Path) -> Net:
         conf_dir=base / "net.d",
         cache_dir=base / "cni-cache",
         ipam_dir=base / "ipam",
+        ip_forward=Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
     )
     n.conf_dir.mkdir(parents=True)
     conf = {
@@ -150,6 +152,8 @@ def make_net(base: Path) -> Net:
 def drop_net(n: Net) -> None:
     if subprocess.run(["ip", "link", "show", n.bridge], capture_output=True).returncode == 0:
         subprocess.run(["ip", "link", "del", n.bridge], check=False)
+    if n.ip_forward:
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(n.ip_forward)
 
 
 @dataclass
@@ -383,7 +387,7 @@ def run_child(
     import sys
 
     here = Path(__file__).resolve().parent
-    net_json = json.dumps({k: str(v) for k, v in net.__dict__.items()})
+    net_json = json.dumps({k: str(v) for k, v in net.__dict__.items() if k != "ip_forward"})
     code = (
         "import sys; import cri_pods_support as s; "
         "s.child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])"
