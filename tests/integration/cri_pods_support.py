@@ -208,7 +208,7 @@ class Pods:
         return cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name=name),
             image=cri.ImageSpec(image=self.images.busybox),
-            command=command or [],
+            command=command if command is not None else ["/bin/sh"],
             args=args,
             log_path=f"{name}/0.log",
             labels={"c": name},

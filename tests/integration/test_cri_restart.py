@@ -10,7 +10,6 @@ is a second process SIGKILLed at a `linerd.faults` point (LINERD_CRASH_AT).
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,4 +146,3 @@ def test_crash_points_leave_nothing_after_cleanup(
             await close_core(p.core)
 
     asyncio.run(after())
-    assert not child.stdout.strip() or json.loads(child.stdout)  # it died before printing
