@@ -31,6 +31,7 @@ from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta
+from linerd.cri.stats import Stats
 from linerd.errdefs import DeadlineExceeded, FailedPrecondition, NotFound
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
@@ -275,5 +276,87 @@ def test_oom_killed(tmp_path: Path, net: Net, cri_images: Images) -> None:
         )
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         assert leftovers(p, [pod, cid]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+def test_stop_escalates_namespaces_and_resources(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    async def body(p: Pods) -> None:
+        pod_config = p.sandbox_config()
+        pod_config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+        pod = await p.run_pod(pod_config)
+        # A shell that ignores SIGTERM: StopContainer's timeout ends in SIGKILL.
+        stubborn = p.container_config(
+            "stubborn", ["-c", "trap '' TERM; while true; do sleep 1; done"]
+        )
+        own_pid = p.container_config(
+            "own",
+            ["-c", "exec sleep 1000"],
+            linux=cri.LinuxContainerConfig(
+                security_context=cri.LinuxContainerSecurityContext(
+                    namespace_options=cri.NamespaceOption(pid=cri.CONTAINER)
+                )
+            ),
+        )
+        tty = p.container_config("tty", ["-c", "echo on a tty; exec sleep 1000"], tty=True)
+        ids = [await p.create(pod, pod_config, c) for c in (stubborn, own_pid, tty)]
+        for cid in ids:
+            await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        stub, own, tid = ids
+        # The pod's sysctl is seen through the shared IPC namespace.
+        out = await p.exec(stub, "cat", "/proc/sys/kernel/shm_rmid_forced")
+        assert out.stdout == b"1\n"
+        # pid CONTAINER: the container's own process is pid 1.
+        assert (await p.exec(own, "cat", "/proc/1/cmdline")).stdout.split(b"\0")[0] == b"sleep"
+        # A TTY container's output reaches the log as stdout lines.
+        await p.exec(tid, "true")
+        log = parse_log(Path(pod_config.log_directory) / "tty/0.log")
+        assert ("stdout", "F", b"on a tty\r") in log or ("stdout", "F", b"on a tty") in log
+
+        # UpdateContainerResources reaches the cgroup.
+        await p.containers.update_container_resources(
+            cri.UpdateContainerResourcesRequest(
+                container_id=own,
+                linux=cri.LinuxContainerResources(memory_limit_in_bytes=64 << 20),
+            )
+        )
+        pid = p.core.local.tasks.state(meta.NAMESPACE, own).pid
+        cg = Path(f"/proc/{pid}/cgroup").read_text()
+        mem = next(line.split(":", 2)[2] for line in cg.splitlines() if ":memory:" in line)
+        limit = Path(f"/sys/fs/cgroup/memory{mem}/memory.limit_in_bytes").read_text()
+        assert int(limit) == 64 << 20
+        status = await p.status(own)
+        assert status.resources.linux.memory_limit_in_bytes == 64 << 20
+
+        # Stats of the running containers and of the pod.
+        stats = Stats(p.sandboxes, p.containers)
+        listed = await stats.list_container_stats(cri.ListContainerStatsRequest())
+        by_id = {s.attributes.id: s for s in listed.stats}
+        assert set(by_id) == set(ids)
+        one = by_id[own]
+        assert one.cpu.timestamp > 0 and one.memory.timestamp > 0
+        assert one.memory.working_set_bytes.value > 0 and one.attributes.metadata.name == "own"
+        assert one.writable_layer.used_bytes.value >= 0
+        again = (await stats.container_stats(cri.ContainerStatsRequest(container_id=own))).stats
+        assert again.cpu.HasField("usage_nano_cores")
+        pod_stats = await stats.pod_sandbox_stats(cri.PodSandboxStatsRequest(pod_sandbox_id=pod))
+        assert len(pod_stats.stats.linux.containers) == 3
+        assert pod_stats.stats.linux.process.process_count.value >= 1
+
+        await p.containers.stop_container(cri.StopContainerRequest(container_id=stub, timeout=1))
+        status = await p.status(stub)
+        assert (status.state, status.exit_code) == (cri.CONTAINER_EXITED, 137)
+        listed = await p.containers.list_containers(
+            cri.ListContainersRequest(
+                filter=cri.ContainerFilter(
+                    state=cri.ContainerStateValue(state=cri.CONTAINER_EXITED)
+                )
+            )
+        )
+        assert [c.id for c in listed.containers] == [stub]
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, *ids]) == []
 
     run(tmp_path, net, cri_images, body)
