@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,32 @@ class LogConfig:
 
 
 @dataclass(slots=True)
+class CniConfig:
+    # Where the CNI plugins are looked for, in order (Debian's, then upstream's).
+    bin_dirs: list[str] = field(default_factory=lambda: ["/usr/lib/cni", "/opt/cni/bin"])
+    # The lexically first *.conf, *.conflist or *.json here is the pod network.
+    conf_dir: str = "/etc/cni/net.d"
+
+
+@dataclass(slots=True)
+class CriConfig:
+    """Kubernetes' CRI (runtime.v1) on the daemon's socket. Pods' network namespaces are
+    pinned under <state>/cri/netns and CNI results cached under <root>/cri/cni."""
+
+    enabled: bool = True
+    # The pause image every pod sandbox runs (containerd's `sandbox_image`).
+    sandbox_image: str = "registry.k8s.io/pause:3.9"
+    # Where Exec, Attach and PortForward URLs point; port 0 = a free port.
+    stream_server_address: str = "127.0.0.1"
+    stream_server_port: int = 0
+    # "cgroupfs" or "systemd"; RuntimeConfig reports it so kubelet uses the same.
+    cgroup_driver: str = "cgroupfs"
+    # Longer container log lines are split into partial (P) lines; -1 = no limit.
+    max_container_log_line_size: int = 16384
+    cni: CniConfig = field(default_factory=CniConfig)
+
+
+@dataclass(slots=True)
 class Config:
     version: int = 1
     root: str = "/var/lib/liner"
@@ -81,6 +109,7 @@ class Config:
     default_runtime: str = "runc"
     # More runtimes: [runtimes.<name>] path = "...", args = [...]; runc and crun are built in.
     runtimes: dict[str, Any] = field(default_factory=dict)
+    cri: CriConfig = field(default_factory=CriConfig)
 
 
 # containerd's (logrus's) level names, and Python's warning and critical, to logging's numbers.
@@ -116,6 +145,8 @@ def _fill(target: Any, values: dict[str, Any], where: str) -> None:
             value = float(value)
         if type(value) is not expected:
             raise ConfigError(f"{name!r} must be {expected.__name__}, not {type(value).__name__}")
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name!r} must be a list of strings")
         setattr(target, key, value)
 
 
@@ -151,7 +182,48 @@ def validate(config: Config) -> Config:
             raise ConfigError("metrics.address must be host:port")
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
+    _validate_cri(config.cri)
     return config
+
+
+def _validate_cri(cri: CriConfig) -> None:
+    from linerd.remotes import reference
+
+    try:
+        reference.parse(cri.sandbox_image)
+    except InvalidArgument as e:
+        raise ConfigError(f"cri.sandbox_image: {e}") from None
+    address = cri.stream_server_address
+    if not address or (not _HOST_NAME.match(address) and not _is_ip(address)):
+        raise ConfigError("cri.stream_server_address must be an IP address or a host name")
+    if not 0 <= cri.stream_server_port <= 65535:
+        raise ConfigError("cri.stream_server_port must be 0 (a free port) to 65535")
+    if cri.cgroup_driver not in ("cgroupfs", "systemd"):
+        raise ConfigError("cri.cgroup_driver must be 'cgroupfs' or 'systemd'")
+    if cri.max_container_log_line_size == 0 or cri.max_container_log_line_size < -1:
+        raise ConfigError(
+            "cri.max_container_log_line_size must be a number of bytes, or -1 for no limit"
+        )
+    if not cri.cni.bin_dirs:
+        raise ConfigError("cri.cni.bin_dirs must name at least one directory")
+    for directory in cri.cni.bin_dirs:
+        if not Path(directory).is_absolute():
+            raise ConfigError(f"cri.cni.bin_dirs: {directory!r} is not an absolute path")
+    if not Path(cri.cni.conf_dir).is_absolute():
+        raise ConfigError("cri.cni.conf_dir must be an absolute path")
+
+
+_HOST_NAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load(path: Path | None) -> Config:
@@ -176,24 +248,30 @@ def read(path: Path | None) -> Config:
 
 
 def to_toml(config: Config) -> str:
-    """Render a config as TOML (the shapes used here only: scalars and one table level)."""
-    top: list[str] = []
-    tables: list[str] = []
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
+    """Render a config as TOML: scalars, lists of scalars and nested tables (as `[a.b]`)."""
+    lines = _table(config, "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _table(table: Any, path: str) -> list[str]:
+    """`table`'s scalars, then its sub-tables, each under its dotted header."""
+    scalars: list[str] = []
+    subtables: list[str] = []
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        name = f"{path}.{f.name}" if path else f.name
         if isinstance(value, dict):
             if value:  # only the defaults are rendered, and their tables are empty
-                raise ValueError(f"cannot render the non-empty table [{f.name}]")
-            tables.append(f"\n[{f.name}]")
-            continue
-        if dataclasses.is_dataclass(value):
-            tables.append(f"\n[{f.name}]")
-            tables.extend(
-                f"{g.name} = {_scalar(getattr(value, g.name))}" for g in dataclasses.fields(value)
-            )
+                raise ValueError(f"cannot render the non-empty table [{name}]")
+            subtables.append(f"\n[{name}]")
+        elif dataclasses.is_dataclass(value):
+            subtables.append(f"\n[{name}]")
+            subtables.extend(_table(value, name))
+        elif isinstance(value, list):
+            scalars.append(f"{f.name} = [{', '.join(_scalar(v) for v in value)}]")
         else:
-            top.append(f"{f.name} = {_scalar(value)}")
-    return "\n".join(top + tables) + "\n"
+            scalars.append(f"{f.name} = {_scalar(value)}")
+    return scalars + subtables
 
 
 def _scalar(value: object) -> str:

@@ -382,8 +382,26 @@ class Daemon:
                 transfer_pb2_grpc.add_TransferServicer_to_server,
                 lambda: TransferService(local.transfer),
             ),
+            # Kubernetes' CRI (runtime.v1 RuntimeService and ImageService) on this socket.
+            *([self._cri(core)] if self.config.cri.enabled else []),
         ]
         return table
+
+    def _cri(self, core: Core) -> Registration:
+        # Imported only where the CRI is served.
+        from liner_api.runtime.v1 import api_pb2 as cri_pb2
+        from linerd.cri.assembly import build_cri
+
+        return Registration(
+            GRPC,
+            "cri",
+            (EVENT, METADATA, SNAPSHOTTER, RUNTIME),
+            service=Service(
+                cri_pb2,
+                lambda cri, server: cri.add_to(server),
+                lambda: build_cri(core, self.config, lambda: self.hosts),
+            ),
+        )
 
     async def _register(self, server: grpc.aio.Server, core: Core, uuid: str) -> list[str]:
         """Add every service of the table; returns their full names (for the health service)."""

@@ -126,6 +126,8 @@ class Authorizer:
     async def authorization(self, endpoint: Endpoint, scopes: tuple[str, ...]) -> str | None:
         """The ``Authorization`` header value for a request to ``endpoint``, if any."""
         creds = endpoint.credentials
+        if creds is not None and creds.registrytoken:
+            return f"Bearer {creds.registrytoken}"
         challenge = self._challenges.get(endpoint.host)
         if challenge is None:
             if creds is not None and creds.preemptive_basic and creds.has_basic:

@@ -63,6 +63,8 @@ class Credentials:
     identitytoken: str = field(default="", repr=False)
     # Send basic auth on the first request instead of waiting for a 401 asking for it.
     preemptive_basic: bool = False
+    # A bearer token for the registry itself, sent as is (the CRI's AuthConfig.registry_token).
+    registrytoken: str = field(default="", repr=False)
 
     @property
     def has_basic(self) -> bool:

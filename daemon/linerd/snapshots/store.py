@@ -456,6 +456,20 @@ class SnapshotStore:
 
         return self._db.run_sync(totals)
 
+    def usage_totals_sync(self) -> tuple[int, int]:
+        """(bytes, inodes) of every measured snapshot, for the CRI's ImageFsInfo. Blocks."""
+
+        def totals(conn: Connection) -> tuple[int, int]:
+            used, inodes = conn.execute(
+                select(
+                    func.coalesce(func.sum(case((snapshots.c.size > 0, snapshots.c.size))), 0),
+                    func.coalesce(func.sum(case((snapshots.c.inodes > 0, snapshots.c.inodes))), 0),
+                ).where(snapshots.c.snapshotter == self.name)
+            ).one()
+            return int(used), int(inodes)
+
+        return self._db.run_sync(totals)
+
     def holds(self) -> Callable[[Connection, str], bool]:
         """For the namespace store: does a namespace have snapshots here?"""
 
