@@ -69,10 +69,11 @@ class Containers:
         *,
         cgroup_driver: str = "cgroupfs",
         scratch: Path | None = None,
+        images: Any = None,
     ) -> None:
         self.core = core
         self.records = Records(core.local.containers)
-        self.images = ImageLookup(core.local.images, core.content)
+        self.images = ImageLookup(core.local.images, core.content, images)
         self.names = Names()
         self.cgroup_driver = cgroup_driver
         # Where a new container's rootfs is mounted for a moment (user and group lookups).

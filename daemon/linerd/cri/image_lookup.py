@@ -45,9 +45,13 @@ class ResolvedImage:
 
 
 class ImageLookup:
-    def __init__(self, images: Images, content: ContentStore) -> None:
+    """`cri_images`: the `images` group (cri/images.py), when there is one, so a container
+    reports the same id, tags and digests as ImageStatus; else this module's own reading."""
+
+    def __init__(self, images: Images, content: ContentStore, cri_images: Any = None) -> None:
         self._images = images
         self._content = content
+        self._cri_images = cri_images
         # target digest -> (config digest, config object, chain id)
         self._cache: dict[str, tuple[str, dict[str, Any], str]] = {}
 
@@ -77,6 +81,17 @@ class ImageLookup:
         """The image `name` names: NotFound if `k8s.io` has none."""
         if not name:
             raise InvalidArgument("image not specified")
+        if self._cri_images is not None:
+            found = await self._cri_images.lookup(name)
+            if found is None:
+                raise NotFound(f"image {name!r} not found")
+            return ResolvedImage(
+                found.id,
+                dict(found.config),
+                found.chain_id,
+                list(found.repo_tags),
+                list(found.repo_digests),
+            )
         records = await self._images.list(NAMESPACE)
         wanted_id = ""
         if name.startswith("sha256:"):

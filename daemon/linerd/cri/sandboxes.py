@@ -79,6 +79,7 @@ class Sandboxes:
         sandbox_image: str,
         cgroup_driver: str = "cgroupfs",
         pull: Pull | None = None,
+        images: Any = None,
     ) -> None:
         self.core = core
         self.containers = containers
@@ -86,7 +87,7 @@ class Sandboxes:
         self.sandbox_image = sandbox_image
         self.cgroup_driver = cgroup_driver
         self.records = Records(core.local.containers)
-        self.images = ImageLookup(core.local.images, core.content)
+        self.images = ImageLookup(core.local.images, core.content, images)
         self.names = Names()
         self._pull = pull or (lambda ref: core.local.transfer.pull(meta.NAMESPACE, ref))
         self.files_dir = core.root / "cri" / "sandboxes"
