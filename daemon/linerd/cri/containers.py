@@ -5,9 +5,10 @@ A container is a record in `k8s.io` (kind `container`, its snapshot keyed by its
 CRI metadata in an extension) and, from StartContainer on, a task (containerd's order: the
 task is created at start). Its output goes to kubelet's log path, written by conmon's
 `k8s-file` driver. Once the task has exited, the exit (code, time, reason, OOM) is recorded
-in the metadata and the task deleted: on the first look after the exit (a status, a list, a
-stop, a removal) or through the exit event, whichever comes first, so a restarted linerd
-answers from the records and the runtime's recovered tasks alone.
+in the metadata and the task deleted on the first look after the exit (a status, a list, a
+stop, a removal; kubelet lists every second), so a restarted linerd answers from the records
+and the runtime's recovered tasks alone. (Not on the exit event: conmon may write its OOM
+file after the exit file, and a later look sees it.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import signal as signals
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -527,31 +527,6 @@ class Containers:
         return cri.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
-
-    # -- exit events --------------------------------------------------------------------------
-
-    def watch(self, spawn: Callable[[Awaitable[None]], object]) -> None:
-        """Record exits as they come (so a dead container's rootfs does not stay mounted
-        until someone looks); `spawn` runs the background loop."""
-        spawn(self._watch())
-
-    async def _watch(self) -> None:
-        async for event in self.core.events.subscribe(
-            lambda e: e.namespace == meta.NAMESPACE and e.topic == "/tasks/exit"
-        ):
-            from liner_api.containerd.events import task_pb2
-
-            exit_event = task_pb2.TaskExit.FromString(event.payload)
-            if exit_event.id != exit_event.container_id:
-                continue  # an exec
-            try:
-                record = await self.core.local.containers.get(
-                    meta.NAMESPACE, exit_event.container_id
-                )
-                if meta.kind(record) == meta.KIND_CONTAINER:
-                    await self.finalize(record)
-            except LinerError as e:
-                log.debug("exit not recorded", id=exit_event.container_id, error=str(e))
 
 
 def _readonly(mounts: list[Any]) -> list[Any]:
