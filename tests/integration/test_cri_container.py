@@ -308,6 +308,12 @@ def test_stop_escalates_namespaces_and_resources(
         # The pod's sysctl is seen through the shared IPC namespace.
         out = await p.exec(stub, "cat", "/proc/sys/kernel/shm_rmid_forced")
         assert out.stdout == b"1\n"
+        # ExecSync keeps 16 MiB of each stream and drops the rest.
+        big = await p.exec(stub, "dd", "if=/dev/zero", "bs=1048576", "count=17")
+        assert big.exit_code == 0 and len(big.stdout) == 16 << 20
+        # A backgrounded child holding stdout open does not hold the answer (bounded drain).
+        bg = await p.exec(stub, "sh", "-c", "sleep 30 & echo -n parent")
+        assert (bg.stdout, bg.exit_code) == (b"parent", 0)
         # pid CONTAINER: the container's own process is pid 1.
         assert (await p.exec(own, "cat", "/proc/1/cmdline")).stdout.split(b"\0")[0] == b"sleep"
         # A TTY container's output reaches the log as stdout lines.
