@@ -82,6 +82,8 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
         self._load_lock = asyncio.Lock()
+        # container id -> pids its stop signal went to (a StopContainer in progress)
+        self._signalled: dict[str, set[int]] = {}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -343,8 +345,13 @@ class Containers:
                     sig = signals.Signals[m.stop_signal]
                 except KeyError:
                     sig = signals.SIGTERM
-            with contextlib.suppress(NotFound):
-                await tasks.kill(meta.NAMESPACE, record.id, sig)
+            # A repeated StopContainer does not send the stop signal again (a process may
+            # take a second SIGTERM as "now"; containerd/containerd#5021), but its deadline
+            # counts.
+            if sig == signals.SIGKILL or st.pid not in self._signalled.get(record.id, ()):
+                self._signalled.setdefault(record.id, set()).add(st.pid)
+                with contextlib.suppress(NotFound):
+                    await tasks.kill(meta.NAMESPACE, record.id, sig)
             if sig != signals.SIGKILL:
                 try:
                     await asyncio.wait_for(tasks.wait(meta.NAMESPACE, record.id), timeout)
@@ -354,6 +361,7 @@ class Containers:
             with contextlib.suppress(NotFound):
                 await tasks.wait(meta.NAMESPACE, record.id)
         await self.finalize(record)
+        self._signalled.pop(record.id, None)
 
     async def remove_container(
         self, req: cri.RemoveContainerRequest
