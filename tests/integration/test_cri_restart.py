@@ -146,3 +146,90 @@ def test_crash_points_leave_nothing_after_cleanup(
             await close_core(p.core)
 
     asyncio.run(after())
+
+
+def test_a_killed_daemon_comes_back_with_its_pods(
+    tmp_path: Path, pause_image: str, registry: Registry
+) -> None:
+    """The real daemon, SIGKILLed and started again on the same root and state: its pods and
+    containers answer with their states and exit codes, and go away cleanly after."""
+    from cri_support import liner_config, new_pod_network, push_busybox_image
+    from support import Linerd
+
+    from liner_api.runtime.v1 import api_pb2_grpc
+
+    image = push_busybox_image(registry, tmp_path / "img", "liner-test/cri-restart").ref()
+    net = new_pod_network(tmp_path / "net")
+    config = tmp_path / "linerd.toml"
+    config.write_text(liner_config(net, pause_image, registry.host))
+    daemon = Linerd(tmp_path / "linerd", extra_args=["--config", str(config)])
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    before = forward.read_text()  # bridge's isGateway turns forwarding on
+    daemon.start()
+    try:
+        with daemon.channel() as channel:
+            rt = api_pb2_grpc.RuntimeServiceStub(channel)
+            api_pb2_grpc.ImageServiceStub(channel).PullImage(
+                cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120
+            )
+            pod_config = cri.PodSandboxConfig(
+                metadata=cri.PodSandboxMetadata(name="p", namespace="default", uid="u-restart"),
+                hostname="restarted",
+                log_directory=str(tmp_path / "logs"),
+            )
+            pod = rt.RunPodSandbox(
+                cri.RunPodSandboxRequest(config=pod_config), timeout=120
+            ).pod_sandbox_id
+            ip = rt.PodSandboxStatus(
+                cri.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30
+            ).status.network.ip
+
+            def container(name: str, script: str) -> str:
+                cid = rt.CreateContainer(
+                    cri.CreateContainerRequest(
+                        pod_sandbox_id=pod,
+                        sandbox_config=pod_config,
+                        config=cri.ContainerConfig(
+                            metadata=cri.ContainerMetadata(name=name),
+                            image=cri.ImageSpec(image=image),
+                            command=["/bin/sh", "-c", script],
+                            log_path=f"{name}.log",
+                        ),
+                    ),
+                    timeout=60,
+                ).container_id
+                rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=60)
+                return cid
+
+            running = container("run", "exec sleep 1000")
+            quits = container("quit", "exit 3")
+        daemon.kill()
+        daemon.start()
+        with daemon.channel() as channel:
+            rt = api_pb2_grpc.RuntimeServiceStub(channel)
+            status = rt.PodSandboxStatus(
+                cri.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30
+            )
+            assert status.status.state == cri.SANDBOX_READY and status.status.network.ip == ip
+            st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=running), timeout=30)
+            assert st.status.state == cri.CONTAINER_RUNNING
+            st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=quits), timeout=30)
+            assert (st.status.state, st.status.exit_code, st.status.reason) == (
+                cri.CONTAINER_EXITED,
+                3,
+                "Error",
+            )
+            out = rt.ExecSync(
+                cri.ExecSyncRequest(container_id=running, cmd=["hostname"]), timeout=30
+            )
+            assert out.stdout == b"restarted\n"
+            rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+            rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+            assert not rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items
+        info = Path("/proc/self/mountinfo").read_text()
+        assert str(daemon.state / "cri") not in info
+        assert not list((net.ipam_dir / net.name).glob("10.*"))
+    finally:
+        daemon.stop()
+        net.remove()
+        forward.write_text(before)
