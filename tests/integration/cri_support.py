@@ -385,7 +385,7 @@ def liner_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterator[Cr
 
 
 def containerd_config(base: Path, net: PodNetwork, sandbox_image: str, registry_host: str) -> str:
-    cri = '[plugins."io.containerd.grpc.v1.cri"]'
+    cri = 'plugins."io.containerd.grpc.v1.cri"'
     return "\n".join(
         [
             "version = 2",
@@ -399,7 +399,7 @@ def containerd_config(base: Path, net: PodNetwork, sandbox_image: str, registry_
             f"  address = {_toml_str(str(base / 'debug.sock'))}",
             '[plugins."io.containerd.internal.v1.opt"]',
             f"  path = {_toml_str(str(base / 'opt'))}",
-            cri,
+            f"[{cri}]",
             f"  sandbox_image = {_toml_str(sandbox_image)}",
             "  netns_mounts_under_state_dir = true",
             '  stream_server_address = "127.0.0.1"',
@@ -408,15 +408,15 @@ def containerd_config(base: Path, net: PodNetwork, sandbox_image: str, registry_
             # linerd's rule too: this machine may lack CAP_SYS_RESOURCE (no score below ours).
             "  restrict_oom_score_adj = true",
             "  enable_selinux = false",
-            f"{cri}.containerd",
+            f"[{cri}.containerd]",
             '  snapshotter = "overlayfs"',
             '  default_runtime_name = "runc"',
-            f"{cri}.containerd.runtimes.runc",
+            f"[{cri}.containerd.runtimes.runc]",
             '  runtime_type = "io.containerd.runc.v2"',
-            f"{cri}.cni",
+            f"[{cri}.cni]",
             f"  bin_dir = {_toml_str(CNI_BIN_DIR)}",
             f"  conf_dir = {_toml_str(str(net.conf_dir))}",
-            f"{cri}.registry.mirrors.{_toml_str(registry_host)}",
+            f"[{cri}.registry.mirrors.{_toml_str(registry_host)}]",
             f"  endpoint = [{_toml_str('http://' + registry_host)}]",
             "",
         ]
@@ -428,6 +428,7 @@ class ContainerdCri:
 
     def __init__(self, base: Path, net: PodNetwork, sandbox_image: str, registry_host: str):
         self.base = base
+        base.mkdir(parents=True, exist_ok=True)
         self.socket = str(base / "containerd.sock")
         config = base / "containerd.toml"
         config.write_text(containerd_config(base, net, sandbox_image, registry_host))

@@ -290,7 +290,10 @@ def test_basic_credentials_serve_that_pull_only(cri: CriDaemon, auth_registry: R
         username=user, password=password, server_address="https://elsewhere.invalid"
     )
     _auth_fails(cri, uncompressed, other)
-    mine = api_pb2.AuthConfig(username=user, password=password, server_address=auth_registry.host)
+    # With a scheme: containerd 1.6 cannot parse a bare host:port (liner takes both).
+    mine = api_pb2.AuthConfig(
+        username=user, password=password, server_address=f"http://{auth_registry.host}"
+    )
     assert _pull(cri, uncompressed, mine)
 
 

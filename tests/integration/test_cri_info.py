@@ -10,7 +10,6 @@ Differences from containerd, each where it shows:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -56,13 +55,16 @@ def test_status_is_ready_with_a_cni_config(cri: CriDaemon) -> None:
 @pytest.fixture
 def without_cni_config(cri: CriDaemon) -> Iterator[None]:
     # The file moves, not the directory: containerd watches the directory with inotify.
+    # It comes back written, not renamed: containerd 1.6 reloads on write, rename and remove
+    # events, never on create (what a rename into the directory is).
     conflist = cri.network.conflist
-    hidden = conflist.parent.parent / conflist.name
-    shutil.move(conflist, hidden)
+    text = conflist.read_text()
+    conflist.rename(conflist.parent.parent / conflist.name)
     try:
         yield
     finally:
-        shutil.move(hidden, conflist)
+        conflist.write_text(text)
+        (conflist.parent.parent / conflist.name).unlink()
         _until(lambda: _conditions(cri)["NetworkReady"].status, "the network is ready again")
 
 
