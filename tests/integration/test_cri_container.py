@@ -161,6 +161,15 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
         # A last line without a newline is a partial one.
         log = parse_log(Path(pod_config.log_directory) / "ok/0.log")
         assert log == [("stdout", "F", b"a"), ("stdout", "P", b"b")]
+        # A long line comes in parts: P... then F.
+        long = await p.create(
+            pod, pod_config, p.container_config("long", ["-c", "printf '%20000s\\n' x"])
+        )
+        await p.containers.start_container(cri.StartContainerRequest(container_id=long))
+        assert (await p.wait_exited(long)).exit_code == 0
+        parts = parse_log(Path(pod_config.log_directory) / "long/0.log")
+        assert [tag for _, tag, _ in parts][-1] == "F" and {t for _, t, _ in parts[:-1]} == {"P"}
+        assert len(parts) > 1 and b"".join(text for _, _, text in parts) == b" " * 19999 + b"x"
         # A start of an exited container is refused; so is an exec.
         with pytest.raises(FailedPrecondition):
             await p.containers.start_container(cri.StartContainerRequest(container_id=ok))
