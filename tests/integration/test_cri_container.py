@@ -32,7 +32,7 @@ from registry import Registry
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta
 from linerd.cri.stats import Stats
-from linerd.errdefs import DeadlineExceeded, FailedPrecondition, NotFound
+from linerd.errdefs import AlreadyExists, DeadlineExceeded, FailedPrecondition, NotFound
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
 
@@ -185,12 +185,28 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
                     image=cri.ImageSpec(image="127.0.0.1:1/none:1"),
                 ),
             )
+        # The same container name (and attempt) again in the pod is refused.
+        with pytest.raises(AlreadyExists, match="reserved"):
+            await p.create(pod, pod_config, p.container_config("ok", ["-c", "true"]))
+        # No container in a stopped pod; unknown ids are NotFound, removals idempotent.
+        await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+        with pytest.raises(FailedPrecondition, match="not ready"):
+            await p.create(pod, pod_config, p.container_config("late", ["-c", "true"]))
+        with pytest.raises(NotFound):
+            await p.create("f" * 64, pod_config, p.container_config("lost", ["-c", "true"]))
+        with pytest.raises(NotFound):
+            await p.containers.stop_container(cri.StopContainerRequest(container_id="f" * 64))
+        await p.containers.remove_container(cri.RemoveContainerRequest(container_id="f" * 64))
         # Removing the pod removes its containers.
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         for cid in (ok, bad):
             with pytest.raises(NotFound):
                 await p.status(cid)
         assert leftovers(p, [pod, ok, bad]) == []
+        # No active snapshot is left (failed creates included), no record either.
+        snaps = await p.core.local.snapshots.list(meta.NAMESPACE, "")
+        assert [s.name for s in snaps if s.kind.name == "ACTIVE"] == []
+        assert await p.core.local.containers.list(meta.NAMESPACE) == []
 
     run(tmp_path, net, cri_images, body)
 
