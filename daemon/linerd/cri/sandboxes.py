@@ -115,7 +115,8 @@ class Sandboxes:
 
     async def _load(self) -> None:
         known = set()
-        for record in await self.records.list(meta.KIND_SANDBOX):
+        sandboxes = await self.records.list(meta.KIND_SANDBOX)
+        for record in sandboxes:
             with contextlib.suppress(LinerError):
                 m = meta.sandbox_meta(record)
                 self.names.reserve(m.name, record.id)
@@ -126,6 +127,17 @@ class Sandboxes:
                 log.warning("removing an orphan network namespace", path=str(path))
                 with contextlib.suppress(LinerError):
                     await asyncio.to_thread(netns.remove, path)
+        ids = {r.id for r in sandboxes}
+
+        def reap_dirs() -> None:
+            # A pod's /dev/shm mounted before a crash cut its run short of the record update.
+            for base in (self.state_dir, self.files_dir):
+                for d in sorted(base.iterdir()) if base.is_dir() else []:
+                    if d.name not in ids:
+                        sandbox_files.unmount_shm(d / "shm")
+                        sandbox_files.remove_files(d)
+
+        await asyncio.to_thread(reap_dirs)
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
