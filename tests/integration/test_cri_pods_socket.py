@@ -235,6 +235,9 @@ def test_crictl_runp_create_start_exec_stop_rm(
         assert cri.crictl("exec", "-s", cid, "hostname").stdout.strip() == "crictl-host"
         pods = json.loads(cri.crictl("pods", "-o", "json").stdout)["items"]
         assert [p["state"] for p in pods if p["id"] == pod] == ["SANDBOX_READY"]
+        stats = json.loads(cri.crictl("stats", "-o", "json", "--id", cid).stdout)["stats"]
+        assert [s["attributes"]["id"] for s in stats] == [cid]
+        assert int(stats[0]["memory"]["workingSetBytes"]["value"]) > 0
         cri.crictl("stop", cid)
         assert "hi from crictl" in cri.crictl("logs", cid).stdout
         cri.crictl("rm", cid)
