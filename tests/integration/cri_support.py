@@ -59,6 +59,9 @@ PAUSE_REPO = "liner-test/pause"
 PAUSE_TAG = "3.9"
 LINER = "liner"
 CONTAINERD = "containerd"
+# A registry name that exists only in the daemons' registry configuration: a mirror on the
+# test registry serves it (CRI pulls go through the hosts configuration every pull uses).
+MIRRORED_HOST = "registry.liner.test"
 
 # PID 1 of every sandbox: waits forever, exits 0 on SIGTERM/SIGINT; `wait` reaps children,
 # including processes of the pod's containers it inherits in a shared pid namespace.
@@ -348,6 +351,7 @@ def _toml_str(value: str) -> str:
 
 
 def liner_config(net: PodNetwork, sandbox_image: str, registry_host: str) -> str:
+    mirror = f"http://{registry_host}"
     return "\n".join(
         [
             "[cri]",
@@ -357,6 +361,8 @@ def liner_config(net: PodNetwork, sandbox_image: str, registry_host: str) -> str
             f"conf_dir = {_toml_str(str(net.conf_dir))}",
             f"[registry.hosts.{_toml_str(registry_host)}]",
             "plain_http = true",
+            f"[registry.hosts.{_toml_str(MIRRORED_HOST)}.host.{_toml_str(mirror)}]",
+            'capabilities = ["pull", "resolve"]',
             "",
         ]
     )
@@ -417,6 +423,8 @@ def containerd_config(base: Path, net: PodNetwork, sandbox_image: str, registry_
             f"  bin_dir = {_toml_str(CNI_BIN_DIR)}",
             f"  conf_dir = {_toml_str(str(net.conf_dir))}",
             f"[{cri}.registry.mirrors.{_toml_str(registry_host)}]",
+            f"  endpoint = [{_toml_str('http://' + registry_host)}]",
+            f"[{cri}.registry.mirrors.{_toml_str(MIRRORED_HOST)}]",
             f"  endpoint = [{_toml_str('http://' + registry_host)}]",
             "",
         ]

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cri_support import CONTAINERD, CriDaemon, PushedImage, needs_crictl, push_busybox_image
+from cri_support import (
+    CONTAINERD,
+    MIRRORED_HOST,
+    CriDaemon,
+    PushedImage,
+    needs_crictl,
+    push_busybox_image,
+)
+from imagebuild import BusyboxLayout
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2
@@ -55,6 +63,7 @@ class Pushed:
         self.ctr = push("ctr")
         self.filtered = push("filtered", ("a", "b"))
         self.crictl = push("crictl")
+        self.mirrored = push("mirrored")
         self.users = {tag: push(f"user-{tag}", (tag,), user=u) for tag, (u, _, _) in USERS.items()}
 
 
@@ -134,6 +143,24 @@ def test_untagged_reference_means_latest(cri: CriDaemon, pushed: Pushed) -> None
     assert status is not None
     assert list(status.repo_tags) == [f"{untagged}:latest"]
     assert _image(cri, f"{untagged}:latest") == status
+
+
+def test_an_index_is_this_platforms_image_and_its_digest_the_indexs(
+    cri: CriDaemon, registry: Registry, busybox_layout: BusyboxLayout
+) -> None:
+    ref = registry.ref("library/busybox:multi")
+    amd64 = busybox_layout.multi.images[0]
+    assert amd64.platform["architecture"] == "amd64"
+    assert _pull(cri, ref) == amd64.config.digest
+    status = _image(cri, ref)
+    assert status is not None
+    assert list(status.repo_digests) == [
+        f"{registry.host}/library/busybox@{busybox_layout.multi.digest}"
+    ]
+    # The index, the platform's manifest, its config and its layers.
+    assert status.size == sum(
+        blob.size for blob in (busybox_layout.multi.index, amd64.manifest, amd64.config)
+    ) + sum(layer.blob.size for layer in amd64.layers)
 
 
 def test_pull_by_digest_has_no_tags(cri: CriDaemon, pushed: Pushed) -> None:
@@ -264,6 +291,18 @@ def test_image_fs_info(cri: CriDaemon, pushed: Pushed) -> None:
         assert response.container_filesystems[0].fs_id.mountpoint == fs.fs_id.mountpoint
 
 
+def test_pulls_use_the_registry_hosts_configuration(cri: CriDaemon, pushed: Pushed) -> None:
+    # MIRRORED_HOST resolves nowhere: only its configured mirror (the test registry) has it.
+    ref = f"{MIRRORED_HOST}/cri-images/mirrored:v1"
+    assert _pull(cri, ref) == pushed.mirrored.id
+    status = _image(cri, ref)
+    assert status is not None
+    assert list(status.repo_tags) == [ref]
+    assert list(status.repo_digests) == [
+        f"{MIRRORED_HOST}/cri-images/mirrored@{pushed.mirrored.digest}"
+    ]
+
+
 # ---- credentials ---------------------------------------------------------------------------
 
 
@@ -336,3 +375,19 @@ def test_crictl_pull_images_inspecti_rmi(cri: CriDaemon, pushed: Pushed) -> None
     cri.crictl("rmi", ref)
     assert image.id.removeprefix("sha256:")[:13] not in cri.crictl("images", "-q").stdout
     assert cri.crictl("inspecti", ref, check=False).returncode != 0
+
+
+@needs_crictl
+def test_crictl_pull_with_credentials(cri: CriDaemon, auth_registry: Registry) -> None:
+    user, password = auth_registry.username, auth_registry.password
+    latest = auth_registry.ref("library/busybox:latest")
+    assert cri.crictl("pull", latest, check=False).returncode != 0
+    cri.crictl("pull", "--creds", f"{user}:{password}", latest)
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    cri.crictl("pull", "--auth", encoded, auth_registry.ref("library/busybox:zstd"))
+    tags = {
+        t
+        for i in json.loads(cri.crictl("images", "-o", "json").stdout)["images"]
+        for t in i["repoTags"]
+    }
+    assert {latest, auth_registry.ref("library/busybox:zstd")} <= tags
