@@ -18,7 +18,9 @@ Logs: a task created with no stdio at all (no stdin, stdout, stderr, terminal: a
 `liner run -d`, `ctr run -d --null-io`) keeps its output in its container's log file, written
 by conmon in the CRI format (`<RFC 3339 time> <stdout|stderr> <P|F> <text>`; P = part of a
 longer line) and started afresh once it would pass `log_size_max`. linerd never reads or
-writes it; the file outlives tasks and daemon restarts, until `remove_log`.
+writes it; the file outlives tasks and daemon restarts, until `remove_log`. A caller may name
+the log file instead (`create(log_path=...)`, the CRI's containers at kubelet's path): no size
+cap then (its owner rotates it and calls `reopen_log`), synced at exit, with a TTY too.
 
 Exit tracking: one inotify fd (IN_MOVED_TO on every exit dir; conmon writes exit files by
 rename) plus a pidfd per live conmon, both registered with the event loop. A conmon that is gone
