@@ -391,3 +391,28 @@ def test_stop_escalates_namespaces_and_resources(
         assert leftovers(p, [pod, *ids]) == []
 
     run(tmp_path, net, cri_images, body)
+
+
+def test_stdin_container_waits_for_input(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    """stdin (and stdin_once): conmon holds a pipe for attach, so `cat` waits on it instead of
+    reading EOF from /dev/null."""
+
+    async def body(p: Pods) -> None:
+        pod_config = p.sandbox_config()
+        pod = await p.run_pod(pod_config)
+        ids = []
+        for name, once in (("keep", False), ("once", True)):
+            config = p.container_config(name, ["-c", "cat; echo stdin closed"])
+            config.stdin, config.stdin_once = True, once
+            cid = await p.create(pod, pod_config, config)
+            await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+            ids.append(cid)
+        # Both `cat`s wait (the pod's pid namespace is shared: each container sees both).
+        out = await p.exec(ids[0], "sh", "-c", "ps -o comm | grep -c '^cat$'")
+        assert out.stdout == b"2\n"
+        for cid in ids:
+            assert (await p.status(cid)).state == cri.CONTAINER_RUNNING
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, *ids]) == []
+
+    run(tmp_path, net, cri_images, body)

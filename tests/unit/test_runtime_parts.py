@@ -123,5 +123,8 @@ def test_conmon_argv_for_a_callers_log(tmp_path: Path) -> None:
     assert "--log-size-max" not in plain and "--no-sync-log" not in plain and "-i" not in plain
     tty = argv(log_path="/l/0.log", kept_log=True, terminal=True, stdin_pipe=True)
     assert "-t" in tty and "-i" in tty and tty[tty.index("-l") + 1] == "k8s-file:/l/0.log"
+    assert "--leave-stdin-open" in tty
+    once = argv(log_path="/l/0.log", kept_log=True, stdin_pipe=True, stdin_once=True)
+    assert "-i" in once and "--leave-stdin-open" not in once
     own = argv(log_path=str(tmp_path / "logs/x.log"))
     assert "--log-size-max" in own and "--no-sync-log" in own

@@ -304,6 +304,7 @@ class Containers:
                     Stdio(terminal=config.tty),
                     log_path=m.log_path,
                     stdin_pipe=config.stdin,
+                    stdin_once=config.stdin_once,
                 )
                 try:
                     await tasks.start(meta.NAMESPACE, record.id)

@@ -142,6 +142,7 @@ class Tasks:
         *,
         log_path: str = "",
         stdin_pipe: bool = False,
+        stdin_once: bool = False,
     ) -> int:
         """Create the task (not started); returns its pid. Without `rootfs`, the container's
         snapshot is mounted. `log_path`: the output goes to that file in the CRI log format
@@ -165,6 +166,7 @@ class Tasks:
             runtime,
             log_path=log_path,
             stdin_pipe=stdin_pipe,
+            stdin_once=stdin_once,
         )
         self._publisher.publish(
             namespace,

@@ -144,6 +144,7 @@ class _Proc:
     log_path: str = ""  # conmon's k8s-file log (a task without stdio), else passthrough
     kept_log: bool = False  # log_path is the caller's (the CRI's), not the state dir's
     stdin_pipe: bool = False  # with kept_log: conmon opens a stdin pipe for attach
+    stdin_once: bool = False  # and closes it when the first attached client goes
     pid: int = 0
     conmon_pid: int = 0
     started: bool = False
@@ -475,17 +476,13 @@ class TaskRuntime:
             argv += ["--runtime-arg", a]
         if p.terminal and p.log_path and p.kept_log:
             # A CRI TTY container: conmon holds the pty and writes what it reads to the log.
-            argv += ["-t", "-l", f"k8s-file:{p.log_path}"]
-            if p.stdin_pipe:
-                argv += ["-i"]
+            argv += ["-t", "-l", f"k8s-file:{p.log_path}", *self._stdin_args(p)]
         elif p.terminal:
             # conmon takes the pty master; linerd relays the attach socket to the client FIFOs.
             argv += ["-t", "-i", "-l", "none"]
         elif p.log_path and p.kept_log:
             # The caller's log file (kubelet's): its owner rotates it, so no size cap.
-            argv += ["-l", f"k8s-file:{p.log_path}"]
-            if p.stdin_pipe:
-                argv += ["-i"]
+            argv += ["-l", f"k8s-file:{p.log_path}", *self._stdin_args(p)]
         elif p.log_path:
             # The log lives in the state dir (gone at reboot): syncing it at exit buys nothing.
             argv += ["-l", f"k8s-file:{p.log_path}", "--no-sync-log"]
@@ -505,6 +502,14 @@ class TaskRuntime:
             argv += ["--persist-dir", str(p.dir / "persist")]
         return argv
 
+    @staticmethod
+    def _stdin_args(p: _Proc) -> list[str]:
+        if not p.stdin_pipe:
+            return []
+        # conmon closes the process's stdin when an attached client detaches, unless told
+        # to keep it (the CRI's stdin without stdin_once).
+        return ["-i"] if p.stdin_once else ["-i", "--leave-stdin-open"]
+
     async def create(
         self,
         namespace: str,
@@ -519,6 +524,7 @@ class TaskRuntime:
         *,
         log_path: str = "",
         stdin_pipe: bool = False,
+        stdin_once: bool = False,
     ) -> int:
         """Create the task's init process (runtime `create`: not started). Returns its pid.
 
@@ -528,7 +534,8 @@ class TaskRuntime:
         `log_path` (absolute; no stdio then): conmon writes the output there in the CRI log
         format (with `terminal`, what the pty shows), never capped (the caller rotates it,
         then calls `reopen_log`); `stdin_pipe` gives the process a stdin pipe fed through
-        conmon's attach socket."""
+        conmon's attach socket (closed when the first attached client goes, with
+        `stdin_once`)."""
         _validate_id("namespace", namespace)
         _validate_id("container id", id)
         _validate_spec(bundle_spec)
@@ -545,7 +552,7 @@ class TaskRuntime:
             task = await asyncio.to_thread(
                 self._create_sync,
                 namespace, id, bundle_spec, rootfs_mounts,
-                stdin, stdout, stderr, terminal, runtime, log_path, stdin_pipe,
+                stdin, stdout, stderr, terminal, runtime, log_path, stdin_pipe, stdin_once,
             )  # fmt: skip
             self._tasks[key] = task
         finally:
@@ -566,6 +573,7 @@ class TaskRuntime:
         runtime: RuntimeConfig,
         log_path: str = "",
         stdin_pipe: bool = False,
+        stdin_once: bool = False,
     ) -> _Task:
         bundle = self.bundle_dir(namespace, id)
         if bundle.exists():
@@ -575,7 +583,8 @@ class TaskRuntime:
         p = task.init = _Proc(task, "", bundle, uuidlib.uuid4().hex[:12], stdin, stdout, stderr,
                               terminal)  # fmt: skip
         if log_path:
-            p.log_path, p.kept_log, p.stdin_pipe = log_path, True, stdin_pipe
+            p.log_path, p.kept_log = log_path, True
+            p.stdin_pipe, p.stdin_once = stdin_pipe, stdin_once
         elif not (stdin or stdout or stderr or terminal):
             path = self.log_path(namespace, id)
             if ":" in str(path):  # conmon splits its -l argument at ':'
