@@ -135,7 +135,7 @@ async def start(
     env: Env,
     args: list[str],
     *,
-    attach_stdin: bool = False,
+    stdin_pipe: bool = False,
     stdin_once: bool = False,
     tty: bool = False,
 ) -> str:
@@ -160,12 +160,10 @@ async def start(
             snapshot_key=cid,
         ),
     )
-    if attach_stdin:
-        # What the CRI's container create passes for a container with stdin (see the
-        # runtime's `attach_stdin`); local Tasks.create does not take it yet.
-        await core.runtime.create(ns, cid, spec, mounts, attach_stdin=True, stdin_once=stdin_once)
-    else:
-        await core.local.tasks.create(ns, cid, Stdio(terminal=tty))
+    # A container with stdin gets a pipe fed through conmon's attach socket, as the CRI's.
+    await core.local.tasks.create(
+        ns, cid, Stdio(terminal=tty), stdin_pipe=stdin_pipe, stdin_once=stdin_once
+    )
     await core.local.tasks.start(ns, cid)
     env.lookup.containers[cid] = (ns, cid)
     return cid
@@ -270,7 +268,7 @@ def test_attach_through_the_kubernetes_websocket_client(tmp_path: Path) -> None:
 
     async def body(env: Env) -> None:
         cid = await start(env, ["sh", "-c", "read x; echo got-$x; echo err-$x >&2"],
-                          attach_stdin=True)  # fmt: skip
+                          stdin_pipe=True)  # fmt: skip
         request = api_pb2.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
         url = (await env.handler.attach(request)).url
 
@@ -508,7 +506,7 @@ def test_crictl_exec_it_with_a_terminal(tmp_path: Path) -> None:
 @needs_crictl
 def test_crictl_attach_to_a_container_with_stdin(tmp_path: Path) -> None:
     async def body(env: Env) -> None:
-        cid = await start(env, ["/bin/sh"], attach_stdin=True, stdin_once=True)
+        cid = await start(env, ["/bin/sh"], stdin_pipe=True, stdin_once=True)
         async with cri_endpoint(env) as endpoint:
             code, out, err = await crictl(env, endpoint, "attach", "-i", cid,
                                           stdin=b"echo -n hello\n")  # fmt: skip
@@ -527,7 +525,7 @@ def test_crictl_attach_stdout_stderr_and_stdin_left_open(tmp_path: Path) -> None
         # Without stdin_once, conmon leaves the shell's stdin open when the client closes
         # its own: the script ends by itself after one line.
         cid = await start(env, ["sh", "-c", "read x; echo got-$x; echo err-$x >&2"],
-                          attach_stdin=True)  # fmt: skip
+                          stdin_pipe=True)  # fmt: skip
         async with cri_endpoint(env) as endpoint:
             code, out, err = await crictl(env, endpoint, "attach", "-i", cid, stdin=b"one\n")
         assert code == 0, err

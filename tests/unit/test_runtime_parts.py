@@ -103,3 +103,28 @@ def test_open_stdio_errors(tmp_path: Path) -> None:
     os.write(io.stdout, b"line\n")
     io.close_all()
     assert log.read_bytes() == b"line\n"
+
+
+def test_conmon_argv_for_a_callers_log(tmp_path: Path) -> None:
+    """A CRI container's log: kubelet's path, no size cap (kubelet rotates), synced at exit;
+    with a TTY conmon holds the pty and logs it; stdin_pipe adds conmon's stdin pipe."""
+    from linerd.runtime.manager import TaskRuntime, _Proc, _Task
+
+    rt = TaskRuntime(tmp_path, log_size_max=1 << 20)
+    task = _Task("k8s.io", "c1", tmp_path / "b", ["/usr/sbin/runc", "--root", "/r"])
+
+    def argv(**kw: object) -> list[str]:
+        p = _Proc(task, "", task.bundle, "u1", **kw)  # type: ignore[arg-type]
+        return rt._conmon_argv(task, p)
+
+    plain = argv(log_path="/var/log/pods/x/c/0.log", kept_log=True)
+    i = plain.index("-l")
+    assert plain[i + 1] == "k8s-file:/var/log/pods/x/c/0.log"
+    assert "--log-size-max" not in plain and "--no-sync-log" not in plain and "-i" not in plain
+    tty = argv(log_path="/l/0.log", kept_log=True, terminal=True, stdin_pipe=True)
+    assert "-t" in tty and "-i" in tty and tty[tty.index("-l") + 1] == "k8s-file:/l/0.log"
+    assert "--leave-stdin-open" in tty
+    once = argv(log_path="/l/0.log", kept_log=True, stdin_pipe=True, stdin_once=True)
+    assert "-i" in once and "--leave-stdin-open" not in once
+    own = argv(log_path=str(tmp_path / "logs/x.log"))
+    assert "--log-size-max" in own and "--no-sync-log" in own

@@ -19,9 +19,12 @@ import grpc
 from liner_api.runtime.v1 import api_pb2_grpc
 from linerd.cri import NAMESPACE as NAMESPACE  # re-exported
 from linerd.cri.cni import CNI
+from linerd.cri.containers import Containers
 from linerd.cri.images import CriImages
 from linerd.cri.info import Info
+from linerd.cri.sandboxes import Sandboxes
 from linerd.cri.service import ImageService, RuntimeService
+from linerd.cri.stats import Stats
 from linerd.cri.streaming.handler import StreamingHandler
 
 if TYPE_CHECKING:
@@ -86,9 +89,22 @@ def build_cri(core: Core, config: Config, hosts: Callable[[], HostsConfig]) -> C
         hosts,
         config.cri.sandbox_image,
     )
+    containers = Containers(core, cgroup_driver=config.cri.cgroup_driver, images=images)
+    sandboxes = Sandboxes(
+        core,
+        containers,
+        cni=cni,
+        sandbox_image=config.cri.sandbox_image,
+        cgroup_driver=config.cri.cgroup_driver,
+        pull=images.ensure,
+        images=images,
+    )
     groups: dict[str, Any] = {
         "info": Info(cni, config.cri.cgroup_driver, __version__),
         "images": images,
         "streaming": StreamingHandler.of(core, config),
+        "sandboxes": sandboxes,
+        "containers": containers,
+        "stats": Stats(sandboxes, containers),
     }
     return Cri(groups, paths, cni)

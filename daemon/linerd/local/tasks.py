@@ -139,9 +139,14 @@ class Tasks:
         rootfs: list[Mount] | None = None,
         runtime_path: str = "",
         checkpoint: str = "",
+        *,
+        log_path: str = "",
+        stdin_pipe: bool = False,
+        stdin_once: bool = False,
     ) -> int:
         """Create the task (not started); returns its pid. Without `rootfs`, the container's
-        snapshot is mounted."""
+        snapshot is mounted. `log_path`: the output goes to that file in the CRI log format
+        (the CRI's containers; see TaskRuntime.create)."""
         if checkpoint:
             raise NotImplementedYet("restoring from a checkpoint is not supported")
         container = await self._containers.get(namespace, container_id)
@@ -159,6 +164,9 @@ class Tasks:
             stdio.stderr,
             stdio.terminal,
             runtime,
+            log_path=log_path,
+            stdin_pipe=stdin_pipe,
+            stdin_once=stdin_once,
         )
         self._publisher.publish(
             namespace,
@@ -313,6 +321,10 @@ class Tasks:
                 continue
             found.append((state.container_id, data))
         return found
+
+    async def reopen_log(self, namespace: str, container_id: str) -> None:
+        """Reopen the task's log file at its path (after a rotation renamed it)."""
+        await self.runtime.reopen_log(namespace, container_id)
 
     async def wait(self, namespace: str, container_id: str, exec_id: str = "") -> ExitInfo:
         return await self.runtime.wait(namespace, container_id, exec_id)

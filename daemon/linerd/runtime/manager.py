@@ -18,7 +18,9 @@ Logs: a task created with no stdio at all (no stdin, stdout, stderr, terminal: a
 `liner run -d`, `ctr run -d --null-io`) keeps its output in its container's log file, written
 by conmon in the CRI format (`<RFC 3339 time> <stdout|stderr> <P|F> <text>`; P = part of a
 longer line) and started afresh once it would pass `log_size_max`. linerd never reads or
-writes it; the file outlives tasks and daemon restarts, until `remove_log`.
+writes it; the file outlives tasks and daemon restarts, until `remove_log`. A caller may name
+the log file instead (`create(log_path=...)`, the CRI's containers at kubelet's path): no size
+cap then (its owner rotates it and calls `reopen_log`), synced at exit, with a TTY too.
 
 Exit tracking: one inotify fd (IN_MOVED_TO on every exit dir; conmon writes exit files by
 rename) plus a pidfd per live conmon, both registered with the event loop. A conmon that is gone
@@ -140,10 +142,9 @@ class _Proc:
     stderr: str = ""
     terminal: bool = False
     log_path: str = ""  # conmon's k8s-file log (a task without stdio), else passthrough
-    # A logged task's stdin through conmon's attach socket (CRI stdin); `stdin_once`: closed
-    # when the first attached client closes it or leaves.
-    attach_stdin: bool = False
-    stdin_once: bool = False
+    kept_log: bool = False  # log_path is the caller's (the CRI's), not the state dir's
+    stdin_pipe: bool = False  # with kept_log: conmon opens a stdin pipe for attach
+    stdin_once: bool = False  # and closes it when the first attached client goes
     pid: int = 0
     conmon_pid: int = 0
     started: bool = False
@@ -180,6 +181,7 @@ class _Proc:
             "stderr": self.stderr,
             "terminal": self.terminal,
             "log_path": self.log_path,
+            "kept_log": self.kept_log,
             "pid": self.pid,
             "conmon_pid": self.conmon_pid,
         }
@@ -270,7 +272,7 @@ class TaskRuntime:
         """conmon's attach socket of a process. A client gets its output (frames of one
         stream byte, 2 stdout or 3 stderr, then data) when conmon holds it: a TTY process, or
         a task without stdio (logged); what a client writes is its stdin, for a TTY or a task
-        created with `attach_stdin`. TTY resizes go through `resize_pty`."""
+        created with `stdin_pipe`. TTY resizes go through `resize_pty`."""
         p = self._get(namespace, id).proc(exec_id)
         return self.sock_dir / p.uuid / "attach"
 
@@ -480,15 +482,19 @@ class TaskRuntime:
         # (in passthrough mode its stderr is the client's FIFO).
         for a in [*task.cmd[1:], "--log", str(p.dir / "runtime.log"), "--log-format", "json"]:
             argv += ["--runtime-arg", a]
-        if p.terminal:
+        if p.terminal and p.log_path and p.kept_log:
+            # A CRI TTY container: conmon holds the pty and writes what it reads to the log.
+            argv += ["-t", "-l", f"k8s-file:{p.log_path}", *self._stdin_args(p)]
+        elif p.terminal:
             # conmon takes the pty master; linerd relays the attach socket to the client FIFOs.
             argv += ["-t", "-i", "-l", "none"]
+        elif p.log_path and p.kept_log:
+            # The caller's log file (kubelet's): its owner rotates it, so no size cap.
+            argv += ["-l", f"k8s-file:{p.log_path}", *self._stdin_args(p)]
         elif p.log_path:
             # The log lives in the state dir (gone at reboot): syncing it at exit buys nothing.
             argv += ["-l", f"k8s-file:{p.log_path}", "--no-sync-log"]
-            if p.attach_stdin:
-                # conmon keeps a pipe to the process's stdin and feeds it from attach clients.
-                argv += ["-i"] if p.stdin_once else ["-i", "--leave-stdin-open"]
+            argv += self._stdin_args(p)
             if self.log_size_max > 0:
                 argv += ["--log-size-max", str(self.log_size_max)]
         else:
@@ -505,6 +511,14 @@ class TaskRuntime:
             argv += ["--persist-dir", str(p.dir / "persist")]
         return argv
 
+    @staticmethod
+    def _stdin_args(p: _Proc) -> list[str]:
+        if not p.stdin_pipe:
+            return []
+        # conmon closes the process's stdin when an attached client detaches, unless told
+        # to keep it (the CRI's stdin without stdin_once).
+        return ["-i"] if p.stdin_once else ["-i", "--leave-stdin-open"]
+
     async def create(
         self,
         namespace: str,
@@ -517,17 +531,20 @@ class TaskRuntime:
         terminal: bool = False,
         runtime: RuntimeConfig = RUNC,
         *,
-        attach_stdin: bool = False,
+        log_path: str = "",
+        stdin_pipe: bool = False,
         stdin_once: bool = False,
     ) -> int:
         """Create the task's init process (runtime `create`: not started). Returns its pid.
 
-        `attach_stdin` (a task without stdio, whose output goes to its log): the process gets
-        a stdin that clients of its attach socket write (`attach_socket`); with `stdin_once`
-        it sees EOF when the first such client closes its stdin or leaves.
-
         With rootfs mounts, they are mounted in order on `<bundle>/rootfs` and the spec's
-        `root.path` is set to "rootfs". On any failure nothing is left behind."""
+        `root.path` is set to "rootfs". On any failure nothing is left behind.
+
+        `log_path` (absolute; no stdio then): conmon writes the output there in the CRI log
+        format (with `terminal`, what the pty shows), never capped (the caller rotates it,
+        then calls `reopen_log`); `stdin_pipe` gives the process a stdin pipe fed through
+        conmon's attach socket (`attach_socket`; closed when the first attached client
+        goes, with `stdin_once`), for a logged task: the caller's log or one without stdio."""
         _validate_id("namespace", namespace)
         _validate_id("container id", id)
         _validate_spec(bundle_spec)
@@ -535,12 +552,16 @@ class TaskRuntime:
         key = (namespace, id)
         if key in self._tasks or key in self._creating:
             raise AlreadyExists(f"task {id}: already exists")
+        if log_path and (stdin or stdout or stderr or not os.path.isabs(log_path)):
+            raise InvalidArgument("a log path must be absolute and comes without stdio")
+        if ":" in log_path:
+            raise InvalidArgument(f"log path {log_path!r}: conmon cannot take a ':' in it")
         self._creating.add(key)
         try:
             task = await asyncio.to_thread(
                 self._create_sync,
                 namespace, id, bundle_spec, rootfs_mounts,
-                stdin, stdout, stderr, terminal, runtime, attach_stdin, stdin_once,
+                stdin, stdout, stderr, terminal, runtime, log_path, stdin_pipe, stdin_once,
             )  # fmt: skip
             self._tasks[key] = task
         finally:
@@ -559,7 +580,8 @@ class TaskRuntime:
         stderr: str,
         terminal: bool,
         runtime: RuntimeConfig,
-        attach_stdin: bool = False,
+        log_path: str = "",
+        stdin_pipe: bool = False,
         stdin_once: bool = False,
     ) -> _Task:
         bundle = self.bundle_dir(namespace, id)
@@ -569,13 +591,16 @@ class TaskRuntime:
         task = _Task(namespace, id, bundle, [runtime.path, *runtime.args, "--root", str(root)])
         p = task.init = _Proc(task, "", bundle, uuidlib.uuid4().hex[:12], stdin, stdout, stderr,
                               terminal)  # fmt: skip
-        if not (stdin or stdout or stderr or terminal):
+        if log_path:
+            p.log_path, p.kept_log = log_path, True
+            p.stdin_pipe, p.stdin_once = stdin_pipe, stdin_once
+        elif not (stdin or stdout or stderr or terminal):
             path = self.log_path(namespace, id)
             if ":" in str(path):  # conmon splits its -l argument at ':'
                 log.warning("no container log: the state path holds ':'", path=str(path))
             else:
                 p.log_path = str(path)
-                p.attach_stdin, p.stdin_once = attach_stdin, stdin_once
+                p.stdin_pipe, p.stdin_once = stdin_pipe, stdin_once
         spawned: Spawned | None = None
         try:
             if p.log_path:
@@ -601,7 +626,7 @@ class TaskRuntime:
                 task.mounts += 1
                 self._write_meta(task, "creating")
                 faults.point("task-create-mounted")
-            if terminal:
+            if terminal and not p.kept_log:
                 p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", stdin, stdout)
             else:
                 p.stdio = open_stdio(stdin, stdout, stderr, self.stdio_timeout)
@@ -902,6 +927,32 @@ class TaskRuntime:
             return  # start_exec applies it
         await self._send_winsize(p, (height, width))
 
+    async def reopen_log(self, namespace: str, id: str) -> None:
+        """Have conmon reopen the task's log file at its path (after the caller renamed it
+        away for rotation): the `2 0 0` line on its ctl FIFO. Returns once the file exists
+        again."""
+        task = self._get(namespace, id)
+        p = task.init
+        if not p.log_path or not p.kept_log:
+            raise FailedPrecondition(f"task {id} has no log file of its caller's")
+        if p.exit is not None:
+            raise FailedPrecondition(f"task {id} is not running")
+        async with p.ctl_lock:
+            await asyncio.to_thread(_write_ctl, p.dir / "ctl", "2 0 0\n")
+        path = Path(p.log_path)
+
+        def reopened() -> bool:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if path.exists():
+                    return True
+                time.sleep(0.01)
+            return path.exists()
+
+        # conmon reads the FIFO on its own loop: the new file appears a moment later.
+        if not await asyncio.to_thread(reopened):
+            raise Internal(f"conmon did not reopen the log {path}")
+
     async def _send_winsize(self, p: _Proc, size: tuple[int, int]) -> None:
         async with p.ctl_lock:
             await asyncio.to_thread(_write_ctl, p.dir / "ctl", f"1 {size[0]} {size[1]}\n")
@@ -1126,7 +1177,8 @@ class TaskRuntime:
     def _load_proc(self, task: _Task, d: Path, meta: dict[str, Any]) -> _Proc:
         p = _Proc(task, meta.get("exec_id", ""), d, meta["uuid"], meta.get("stdin", ""),
                   meta.get("stdout", ""), meta.get("stderr", ""), bool(meta.get("terminal")),
-                  log_path=str(meta.get("log_path", "")), pid=int(meta.get("pid", 0)),
+                  log_path=str(meta.get("log_path", "")), kept_log=bool(meta.get("kept_log")),
+                  pid=int(meta.get("pid", 0)),
                   conmon_pid=int(meta.get("conmon_pid", 0)))  # fmt: skip
         if self._check_exit_sync(p):
             return p
@@ -1134,7 +1186,7 @@ class TaskRuntime:
             p.monitor_lost = True
             p.exit = ExitInfo(p.pid, MONITOR_LOST_STATUS, _now())
             return p
-        if p.terminal:
+        if p.terminal and not p.kept_log:
             p.relay = TtyRelay(self.sock_dir / p.uuid / "attach", p.stdin, p.stdout)
             with contextlib.suppress(Exception):
                 p.relay.start(1.0)

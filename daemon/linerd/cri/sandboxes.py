@@ -1,0 +1,427 @@
+"""The CRI's pod sandboxes (the `sandboxes` handler group): Run, Stop, Remove, Status, List.
+
+A sandbox is a record in `k8s.io` (kind `sandbox`) whose task is the pod's pause process,
+always one (containerd's way; critest wants pid 1 = pause under a shared pid namespace).
+RunPodSandbox, as containerd 1.7 with the record first so every later step leaves a trace a
+restarted linerd can undo:
+
+    reserve the name -> sandbox image (pulled on demand) -> snapshot + record ("creating")
+    -> netns (path saved) -> CNI ADD (result cached by the CNI client) -> hostname, hosts,
+    resolv.conf, /dev/shm -> pause spec -> pause task started ("ready")
+
+A failure unwinds in reverse. StopPodSandbox stops every container and the pause, then CNI
+DEL (while the netns still exists: bridge's ipMasq needs it) and the netns, idempotently and
+from the saved state alone. Orphans of a crash (a netns file no record names) are reaped the
+first time the group is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal as signals
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from linerd import faults
+from linerd import mounts as mountlib
+from linerd.core.types import Container
+from linerd.cri import meta, netns, sandbox_files, specs
+from linerd.cri.cni import CNI, PodRef, PortMapping
+from linerd.cri.containers import Containers, _readonly, spec_encoded
+from linerd.cri.image_lookup import ImageLookup
+from linerd.cri.names import Names
+from linerd.cri.records import Records
+from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError, NotFound
+from linerd.local.tasks import Stdio
+from linerd.runtime import TaskStatus
+
+if TYPE_CHECKING:
+    from linerd.assembly import Core
+
+log = structlog.get_logger("linerd.cri")
+
+Pull = Callable[[str], Awaitable[Any]]
+_PROTOCOLS = {cri.TCP: "tcp", cri.UDP: "udp", cri.SCTP: "sctp"}
+
+
+def pod_ref(config: cri.PodSandboxConfig) -> PodRef:
+    md = config.metadata
+    return PodRef(namespace=md.namespace, name=md.name, uid=md.uid)
+
+
+def port_mappings(config: cri.PodSandboxConfig) -> list[PortMapping]:
+    # containerd skips mappings without a host port.
+    return [
+        PortMapping(
+            host_port=p.host_port,
+            container_port=p.container_port,
+            protocol=_PROTOCOLS.get(p.protocol, "tcp"),
+            host_ip=p.host_ip,
+        )
+        for p in config.port_mappings
+        if p.host_port > 0
+    ]
+
+
+class Sandboxes:
+    def __init__(
+        self,
+        core: Core,
+        containers: Containers,
+        *,
+        cni: CNI | None,
+        sandbox_image: str,
+        cgroup_driver: str = "cgroupfs",
+        pull: Pull | None = None,
+        images: Any = None,
+    ) -> None:
+        self.core = core
+        self.containers = containers
+        self.cni = cni
+        self.sandbox_image = sandbox_image
+        self.cgroup_driver = cgroup_driver
+        self.records = Records(core.local.containers)
+        self.images = ImageLookup(core.local.images, core.content, images)
+        self.names = Names()
+        self._pull = pull or (lambda ref: core.local.transfer.pull(meta.NAMESPACE, ref))
+        self.files_dir = core.root / "cri" / "sandboxes"
+        self.state_dir = core.state / "cri" / "sandboxes"
+        self.netns_dir = core.state / "cri" / "netns"
+        self.scratch = core.state / "cri" / "mnt"
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pulling: asyncio.Lock = asyncio.Lock()
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+
+    # -- restart ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Once, before the first call that changes pods: names from the records, the netns
+        files no record names reaped (a crash between their creation and the record's
+        update) and the leases of runs a crash interrupted."""
+        if not self._loaded:
+            async with self._load_lock:
+                if not self._loaded:
+                    await self._load()
+                    await self.records.drop_leases(self.core.local.leases, "cri-run-")
+                    self._loaded = True
+        await self.containers.load()
+
+    async def _load(self) -> None:
+        known = set()
+        sandboxes = await self.records.list(meta.KIND_SANDBOX)
+        for record in sandboxes:
+            with contextlib.suppress(LinerError):
+                m = meta.sandbox_meta(record)
+                self.names.reserve(m.name, record.id)
+                if m.netns:
+                    known.add(m.netns)
+        for path in await asyncio.to_thread(netns.list_pinned, self.netns_dir):
+            if str(path) not in known:
+                log.warning("removing an orphan network namespace", path=str(path))
+                with contextlib.suppress(LinerError):
+                    await asyncio.to_thread(netns.remove, path)
+        ids = {r.id for r in sandboxes}
+
+        def reap_dirs() -> None:
+            # A pod's /dev/shm mounted before a crash cut its run short of the record update.
+            for base in (self.state_dir, self.files_dir):
+                for d in sorted(base.iterdir()) if base.is_dir() else []:
+                    if d.name not in ids:
+                        sandbox_files.unmount_shm(d / "shm")
+                        sandbox_files.remove_files(d)
+
+        await asyncio.to_thread(reap_dirs)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    def _pause(self, sandbox_id: str) -> Any:
+        try:
+            return self.core.local.tasks.state(meta.NAMESPACE, sandbox_id)
+        except NotFound:
+            return None
+
+    def ready(self, record: Container, m: meta.SandboxMeta) -> bool:
+        st = self._pause(record.id)
+        return m.state == "ready" and st is not None and st.status == TaskStatus.RUNNING
+
+    # -- run --------------------------------------------------------------------------------
+
+    async def _ensure_image(self) -> Any:
+        try:
+            return await self.images.resolve(self.sandbox_image)
+        except NotFound:
+            pass
+        async with self._pulling:  # one pull for pods started together
+            try:
+                return await self.images.resolve(self.sandbox_image)
+            except NotFound:
+                await self._pull(self.sandbox_image)
+            return await self.images.resolve(self.sandbox_image)
+
+    async def run_pod_sandbox(self, req: cri.RunPodSandboxRequest) -> cri.RunPodSandboxResponse:
+        await self.load()
+        config = req.config
+        md = config.metadata
+        if not (md.name and md.namespace and md.uid):
+            raise InvalidArgument("sandbox config must include metadata name, namespace and uid")
+        if req.runtime_handler not in ("", "runc"):
+            raise NotFound(f"no runtime for {req.runtime_handler!r} is configured")
+        sandbox_id = meta.new_id()
+        name = "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
+        self.names.reserve(name, sandbox_id)
+        try:
+            async with self._lock(sandbox_id):
+                await self._run(req, sandbox_id, name)
+        except BaseException:
+            self.names.release_by_key(sandbox_id)
+            raise
+        return cri.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    async def _run(self, req: cri.RunPodSandboxRequest, sandbox_id: str, name: str) -> None:
+        config = req.config
+        opts = specs.namespace_options(config)
+        image = await self._ensure_image()
+        local = self.core.local
+        snapshotter = self.core.default_snapshotter
+        m = meta.SandboxMeta(
+            config=config.SerializeToString(),
+            name=name,
+            created_at=meta.now_ns(),
+            runtime_handler=req.runtime_handler,
+            cgroup_parent=config.linux.cgroup_parent,
+            image=self.sandbox_image,
+        )
+        lease = f"cri-run-{sandbox_id}"
+        await local.leases.create(meta.NAMESPACE, lease, {})
+        record: Container | None = None
+        try:
+            try:
+                mounts = await local.snapshots.prepare(
+                    meta.NAMESPACE, snapshotter, sandbox_id, image.chain_id, {}, lease
+                )
+                record = await local.containers.create(
+                    meta.NAMESPACE,
+                    Container(
+                        id=sandbox_id,
+                        runtime=meta.RUNTIME,
+                        spec=spec_encoded({}),
+                        image=image.first_tag or self.sandbox_image,
+                        labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},
+                        snapshotter=snapshotter,
+                        snapshot_key=sandbox_id,
+                        extensions=meta.sandbox_extension(m),
+                    ),
+                )
+            finally:
+                with contextlib.suppress(LinerError):
+                    await local.leases.delete(meta.NAMESPACE, lease)
+            if opts.network != specs.NODE:
+                if self.cni is None:
+                    raise FailedPrecondition("pod networking is not configured (no CNI)")
+                path = await asyncio.to_thread(netns.create, self.netns_dir)
+                m.netns = str(path)
+                record = await self.records.save_sandbox(record, m)
+                faults.point("cri-sandbox-netns-created")
+                network = await self.cni.setup(
+                    sandbox_id, path, pod_ref(config), port_mappings(config)
+                )
+                m.ip, m.additional_ips = network.ip, list(network.additional_ips)
+                faults.point("cri-sandbox-cni-added")
+            files = self.files_dir / sandbox_id
+            dns = None
+            if config.HasField("dns_config"):
+                d = config.dns_config
+                dns = sandbox_files.DNS(list(d.servers), list(d.searches), list(d.options))
+            m.files = str(files)
+            m.hostname = await asyncio.to_thread(
+                sandbox_files.write_files, files, config.hostname, dns
+            )
+            if opts.ipc != specs.NODE:
+                shm = self.state_dir / sandbox_id / "shm"
+                m.shm = str(shm)
+                await asyncio.to_thread(sandbox_files.mount_shm, shm)
+
+            def build() -> dict[str, Any]:
+                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                    return specs.pause_spec(
+                        sandbox_id=sandbox_id,
+                        config=config,
+                        image_config=image.config,
+                        netns=m.netns,
+                        hostname=m.hostname,
+                        shm=m.shm,
+                        cgroup_driver=self.cgroup_driver,
+                        rootfs=rootfs,
+                    )
+
+            spec = await asyncio.to_thread(build)
+            record.spec = spec_encoded(spec)
+            record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
+            record = await local.containers.update(
+                meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
+            )
+            await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
+            await local.tasks.start(meta.NAMESPACE, sandbox_id)
+            faults.point("cri-sandbox-started")
+            m.state = "ready"
+            await self.records.save_sandbox(record, m)
+        except BaseException:
+            await asyncio.shield(self._unwind(sandbox_id, record, m))
+            raise
+
+    async def _unwind(self, sandbox_id: str, record: Container | None, m: meta.SandboxMeta) -> None:
+        try:
+            if record is None:
+                with contextlib.suppress(LinerError):
+                    await self.core.local.snapshots.remove(
+                        meta.NAMESPACE, self.core.default_snapshotter, sandbox_id
+                    )
+                return
+            await self._stop(record, m)
+            await self._remove(record)
+        except Exception as e:
+            log.warning("sandbox cleanup after a failed run", id=sandbox_id, error=str(e))
+
+    # -- stop / remove ------------------------------------------------------------------------
+
+    async def stop_pod_sandbox(self, req: cri.StopPodSandboxRequest) -> cri.StopPodSandboxResponse:
+        await self.load()
+        try:
+            record = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
+        except NotFound:
+            # containerd: NotFound for an unknown sandbox; kubelet treats it as stopped.
+            raise
+        async with self._lock(record.id):
+            record = await self.core.local.containers.get(meta.NAMESPACE, record.id)
+            await self._stop(record, meta.sandbox_meta(record))
+        return cri.StopPodSandboxResponse()
+
+    async def _stop(self, record: Container, m: meta.SandboxMeta) -> None:
+        """Idempotent and restart-safe: every step works from the saved state."""
+        for c in await self.containers.containers_of(record.id):
+            await self.containers.stop(c, 0)
+        tasks = self.core.local.tasks
+        st = self._pause(record.id)
+        if st is not None:
+            if st.status in (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.CREATED):
+                with contextlib.suppress(NotFound):
+                    await tasks.kill(meta.NAMESPACE, record.id, signals.SIGKILL, all=False)
+                with contextlib.suppress(NotFound):
+                    await tasks.wait(meta.NAMESPACE, record.id)
+            with contextlib.suppress(NotFound):
+                await tasks.delete(meta.NAMESPACE, record.id)
+        if m.shm:
+            await asyncio.to_thread(sandbox_files.unmount_shm, Path(m.shm))
+        config = cri.PodSandboxConfig.FromString(m.config)
+        if specs.namespace_options(config).network != specs.NODE and self.cni is not None:
+            path = Path(m.netns) if m.netns else None
+            await self.cni.teardown(record.id, path, pod_ref(config), port_mappings(config))
+        if m.netns:
+            await asyncio.to_thread(netns.remove, Path(m.netns))
+        if m.state != "stopped":
+            m.state = "stopped"
+            await self.records.save_sandbox(record, m)
+
+    async def remove_pod_sandbox(
+        self, req: cri.RemovePodSandboxRequest
+    ) -> cri.RemovePodSandboxResponse:
+        await self.load()
+        try:
+            record = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
+        except NotFound:
+            return cri.RemovePodSandboxResponse()  # idempotent
+        async with self._lock(record.id):
+            try:
+                record = await self.core.local.containers.get(meta.NAMESPACE, record.id)
+            except NotFound:
+                return cri.RemovePodSandboxResponse()
+            m = meta.sandbox_meta(record)
+            if m.state != "stopped" or self._pause(record.id) is not None:
+                await self._stop(record, m)  # force, as containerd
+            await self._remove(record)
+        self._locks.pop(record.id, None)
+        return cri.RemovePodSandboxResponse()
+
+    async def _remove(self, record: Container) -> None:
+        for c in await self.containers.containers_of(record.id):
+            await self.containers.remove(c)
+        local = self.core.local
+        with contextlib.suppress(NotFound):
+            await local.containers.delete(meta.NAMESPACE, record.id)
+        with contextlib.suppress(NotFound):
+            await local.snapshots.remove(meta.NAMESPACE, record.snapshotter, record.snapshot_key)
+        await asyncio.to_thread(sandbox_files.remove_files, self.files_dir / record.id)
+        await asyncio.to_thread(sandbox_files.remove_files, self.state_dir / record.id)
+        self.names.release_by_key(record.id)
+
+    # -- status / list ------------------------------------------------------------------------
+
+    async def pod_sandbox_status(
+        self, req: cri.PodSandboxStatusRequest
+    ) -> cri.PodSandboxStatusResponse:
+        record = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
+        m = meta.sandbox_meta(record)
+        config = cri.PodSandboxConfig.FromString(m.config)
+        ready = self.ready(record, m)
+        status = cri.PodSandboxStatus(
+            id=record.id,
+            metadata=config.metadata,
+            state=cri.SANDBOX_READY if ready else cri.SANDBOX_NOTREADY,
+            created_at=m.created_at,
+            labels=config.labels,
+            annotations=config.annotations,
+            runtime_handler=m.runtime_handler,
+        )
+        if m.ip:
+            status.network.ip = m.ip
+            status.network.additional_ips.extend(cri.PodIP(ip=ip) for ip in m.additional_ips)
+        status.linux.namespaces.options.CopyFrom(specs.namespace_options(config))
+        info = {}
+        if req.verbose:
+            st = self._pause(record.id)
+            info["info"] = json.dumps(
+                {
+                    "pid": st.pid if st is not None else 0,
+                    "netNamespacePath": m.netns,
+                    "image": m.image,
+                    "state": m.state,
+                    "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
+                }
+            )
+        return cri.PodSandboxStatusResponse(status=status, info=info, timestamp=meta.now_ns())
+
+    async def list_pod_sandbox(self, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
+        f = req.filter
+        out = []
+        for record in await self.records.list(meta.KIND_SANDBOX):
+            if f.id and not record.id.startswith(f.id):
+                continue
+            m = meta.sandbox_meta(record)
+            config = cri.PodSandboxConfig.FromString(m.config)
+            if f.label_selector and not meta.matches_labels(
+                dict(config.labels), dict(f.label_selector)
+            ):
+                continue
+            state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
+            if f.HasField("state") and f.state.state != state:
+                continue
+            out.append(
+                cri.PodSandbox(
+                    id=record.id,
+                    metadata=config.metadata,
+                    state=state,
+                    created_at=m.created_at,
+                    labels=config.labels,
+                    annotations=config.annotations,
+                    runtime_handler=m.runtime_handler,
+                )
+            )
+        return cri.ListPodSandboxResponse(items=out)

@@ -1,0 +1,343 @@
+"""OCI specs for a pod's pause process and for its containers, as containerd 1.7's CRI makes
+them (`sandbox_run_linux.go`, `container_create_linux.go`); pure functions over the request
+messages. The security context, resources, CRI mounts and devices are `cri/security.py`'s."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from liner_common import ocispec
+from linerd.cri import meta
+from linerd.errdefs import InvalidArgument, NotImplementedYet
+
+Spec = dict[str, Any]
+
+POD, CONTAINER, NODE, TARGET = (
+    cri.NamespaceMode.POD,
+    cri.NamespaceMode.CONTAINER,
+    cri.NamespaceMode.NODE,
+    cri.NamespaceMode.TARGET,
+)
+PAUSE_OOM_SCORE_ADJ = -998
+PAUSE_CPU_SHARES = 2
+SYSTEMD_PREFIX = "cri-containerd"
+
+
+def own_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def clamp_oom_score_adj(value: int) -> int:
+    """Without CAP_SYS_RESOURCE a process may not go below its parent's score: runc would
+    fail. containerd clamps the same way when restricted (`RestrictOOMScoreAdj`)."""
+    return max(min(value, 1000), own_oom_score_adj(), -1000)
+
+
+def cgroups_path(driver: str, parent: str, container_id: str) -> str:
+    """`<parent>/<id>` (cgroupfs); `<slice>:cri-containerd:<id>` (systemd, parent a slice);
+    `/k8s.io/<id>` without a parent."""
+    if not parent:
+        return f"/{meta.NAMESPACE}/{container_id}"
+    if driver == "systemd" or parent.endswith(".slice"):
+        return f"{posixpath.basename(parent)}:{SYSTEMD_PREFIX}:{container_id}"
+    return posixpath.join(parent, container_id)
+
+
+def namespace_options(config: cri.PodSandboxConfig) -> cri.NamespaceOption:
+    return config.linux.security_context.namespace_options
+
+
+def _set_namespace(spec: Spec, kind: str, path: str | None) -> None:
+    """`path` None: no namespace of that kind (the host's); "": a new one; else join it."""
+    namespaces = [n for n in spec["linux"]["namespaces"] if n["type"] != kind]
+    if path is not None:
+        entry: dict[str, str] = {"type": kind}
+        if path:
+            entry["path"] = path
+        namespaces.append(entry)
+    spec["linux"]["namespaces"] = namespaces
+
+
+def _replace_mount(spec: Spec, destination: str, mount: dict[str, Any] | None) -> None:
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != destination]
+    if mount is not None:
+        spec["mounts"].append(mount)
+
+
+def _sandbox_annotations(sandbox_id: str, config: cri.PodSandboxConfig) -> dict[str, str]:
+    md = config.metadata
+    return {
+        meta.A_SANDBOX_ID: sandbox_id,
+        meta.A_SANDBOX_NAMESPACE: md.namespace,
+        meta.A_SANDBOX_UID: md.uid,
+        meta.A_SANDBOX_NAME: md.name,
+    }
+
+
+def _security() -> Any:
+    """cri-sec's transforms (`linerd.cri.security`), when present."""
+    try:
+        from linerd.cri import security
+    except ImportError:
+        return None
+    return security
+
+
+def _call(name: str, fallback: Any, *args: Any, **kwargs: Any) -> None:
+    """cri-sec's transform `name`, or the minimal one here while that one is not written."""
+    security = _security()
+    if security is not None:
+        try:
+            getattr(security, name)(*args, **kwargs)
+            return
+        except NotImplementedYet:
+            pass
+    if fallback is not None:
+        fallback(*args, **kwargs)
+
+
+def apply_resources(spec: Spec, resources: cri.LinuxContainerResources) -> None:
+    _call("apply_resources", _fallback_resources, spec, resources)
+
+
+def pause_spec(
+    *,
+    sandbox_id: str,
+    config: cri.PodSandboxConfig,
+    image_config: Mapping[str, Any],
+    netns: str,
+    hostname: str,
+    shm: str,
+    cgroup_driver: str,
+    rootfs: Path,
+) -> Spec:
+    spec = ocispec.generate(meta.NAMESPACE, sandbox_id, [ocispec.with_image_config(image_config)])
+    if not spec["process"]["args"]:
+        raise InvalidArgument("the sandbox image has no entrypoint or command")
+    spec["root"]["readonly"] = True
+    opts = namespace_options(config)
+    if opts.network == NODE:
+        # Host network: no net namespace and no UTS one (runc refuses a hostname then).
+        _set_namespace(spec, "network", None)
+        _set_namespace(spec, "uts", None)
+    else:
+        _set_namespace(spec, "network", netns)
+        spec["hostname"] = hostname
+    if opts.pid == NODE:
+        _set_namespace(spec, "pid", None)
+    if opts.ipc == NODE:
+        _set_namespace(spec, "ipc", None)
+        _replace_mount(spec, "/dev/shm", _bind("/dev/shm", "/dev/shm", readonly=False))
+    elif shm:
+        _replace_mount(spec, "/dev/shm", _bind(shm, "/dev/shm", readonly=False))
+    linux = config.linux
+    if linux.sysctls:
+        spec["linux"]["sysctl"] = dict(linux.sysctls)
+    spec["linux"]["resources"]["cpu"] = {"shares": PAUSE_CPU_SHARES}
+    spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(PAUSE_OOM_SCORE_ADJ)
+    spec["linux"]["cgroupsPath"] = cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id)
+    sc = linux.security_context
+    image_user = str(image_config.get("User") or "")
+    _call("apply_sandbox_security_context", _fallback_sandbox_security, spec, sc,
+          rootfs=rootfs, image_user=image_user)  # fmt: skip
+    spec["annotations"] = {
+        meta.A_CONTAINER_TYPE: "sandbox",
+        **_sandbox_annotations(sandbox_id, config),
+        meta.A_SANDBOX_LOG_DIR: config.log_directory,
+    }
+    return spec
+
+
+def _bind(source: str, destination: str, *, readonly: bool) -> dict[str, Any]:
+    return {
+        "destination": destination,
+        "type": "bind",
+        "source": source,
+        "options": ["rbind", "rprivate", "ro" if readonly else "rw"],
+    }
+
+
+def command_line(config: cri.ContainerConfig, image_config: Mapping[str, Any]) -> list[str]:
+    """command replaces ENTRYPOINT (and drops CMD), args replaces CMD (containerd's rule)."""
+    entrypoint = list(image_config.get("Entrypoint") or [])
+    cmd = list(image_config.get("Cmd") or [])
+    if config.command:
+        return [*config.command, *config.args]
+    if config.args:
+        return [*entrypoint, *config.args]
+    return [*entrypoint, *cmd]
+
+
+def env_of(config: cri.ContainerConfig) -> list[str]:
+    out = []
+    for kv in config.envs:
+        value = (
+            kv.value.decode("utf-8", "surrogateescape") if isinstance(kv.value, bytes) else kv.value
+        )
+        out.append(f"{kv.key}={value}")
+    return out
+
+
+def container_spec(
+    *,
+    container_id: str,
+    config: cri.ContainerConfig,
+    sandbox_id: str,
+    sandbox_config: cri.PodSandboxConfig,
+    image_config: Mapping[str, Any],
+    image_name: str,
+    pause_pid: int,
+    target_pid: int,
+    files: str,
+    shm: str,
+    hostname: str,
+    cgroup_driver: str,
+    rootfs: Path,
+) -> Spec:
+    spec = ocispec.generate(meta.NAMESPACE, container_id, [ocispec.with_image_config(image_config)])
+    process = spec["process"]
+    args = command_line(config, image_config)
+    if not args:
+        raise InvalidArgument("no command specified")
+    process["args"] = args
+    if config.working_dir:
+        process["cwd"] = ocispec.clean_workdir(config.working_dir)
+    if config.tty:
+        ocispec.with_tty(spec)
+    process["env"] = ocispec.merge_env(process["env"], [f"HOSTNAME={hostname}", *env_of(config)])
+    linux = config.linux
+    sc = linux.security_context
+    pod = namespace_options(sandbox_config)
+    mine = sc.namespace_options
+    proc = f"/proc/{pause_pid}/ns"
+    if pod.network == NODE:
+        _set_namespace(spec, "network", None)
+        _set_namespace(spec, "uts", None)
+    else:
+        _set_namespace(spec, "network", f"{proc}/net")
+        _set_namespace(spec, "uts", f"{proc}/uts")
+    if pod.ipc == NODE:
+        _set_namespace(spec, "ipc", None)
+    else:
+        _set_namespace(spec, "ipc", f"{proc}/ipc")
+    pid_mode = mine.pid
+    if pid_mode == NODE:
+        _set_namespace(spec, "pid", None)
+    elif pid_mode == POD:
+        _set_namespace(spec, "pid", f"{proc}/pid")
+    elif pid_mode == TARGET:
+        if target_pid <= 0:
+            raise InvalidArgument(f"target container {mine.target_id!r} is not running")
+        _set_namespace(spec, "pid", f"/proc/{target_pid}/ns/pid")
+    else:
+        _set_namespace(spec, "pid", "")
+    # The pod's files, unless a CRI mount targets the same path.
+    taken = {posixpath.normpath(m.container_path) for m in config.mounts}
+    readonly = sc.readonly_rootfs
+    if files:
+        for name, dest in (
+            ("hostname", "/etc/hostname"),
+            ("hosts", "/etc/hosts"),
+            ("resolv.conf", "/etc/resolv.conf"),
+        ):
+            if dest not in taken:
+                _replace_mount(spec, dest, _bind(f"{files}/{name}", dest, readonly=readonly))
+    if "/dev/shm" not in taken:
+        source = "/dev/shm" if pod.ipc == NODE else shm
+        if source:
+            _replace_mount(spec, "/dev/shm", _bind(source, "/dev/shm", readonly=False))
+    spec["linux"]["cgroupsPath"] = cgroups_path(
+        cgroup_driver, sandbox_config.linux.cgroup_parent, container_id
+    )
+    image_user = str(image_config.get("User") or "")
+    privileged = sc.privileged
+    sandbox_privileged = sandbox_config.linux.security_context.privileged
+    if privileged and not sandbox_privileged:
+        raise InvalidArgument("no privileged container allowed in a sandbox that is not privileged")
+    _call("apply_security_context", _fallback_security, spec, sc, rootfs=rootfs,
+          image_user=image_user, sandbox_privileged=sandbox_privileged)  # fmt: skip
+    apply_resources(spec, linux.resources)
+    _call("apply_mounts", _fallback_mounts, spec, config.mounts)
+    _call("apply_devices", None, spec, config.devices, privileged=privileged)
+    spec["annotations"] = {
+        meta.A_CONTAINER_TYPE: "container",
+        **_sandbox_annotations(sandbox_id, sandbox_config),
+        meta.A_CONTAINER_NAME: config.metadata.name,
+        meta.A_IMAGE_NAME: image_name,
+    }
+    return spec
+
+
+# -- until cri-sec's module lands: the least the lifecycle needs ----------------------------
+
+
+def _fallback_sandbox_security(
+    spec: Spec, sc: cri.LinuxSandboxSecurityContext, *, rootfs: Path, image_user: str
+) -> None:
+    if sc.privileged:
+        ocispec.with_privileged(spec)
+    if sc.HasField("run_as_user"):
+        spec["process"]["user"] = ocispec.resolve_user(str(sc.run_as_user.value), rootfs)
+    elif image_user:
+        spec["process"]["user"] = ocispec.resolve_user(image_user, rootfs)
+
+
+def _fallback_security(
+    spec: Spec,
+    sc: cri.LinuxContainerSecurityContext,
+    *,
+    rootfs: Path,
+    image_user: str,
+    sandbox_privileged: bool,
+) -> None:
+    if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
+        raise InvalidArgument("user group is specified without user")
+    if sc.privileged:
+        ocispec.with_privileged(spec)
+    if sc.readonly_rootfs:
+        ocispec.with_readonly_rootfs(spec)
+    user = image_user
+    if sc.HasField("run_as_user"):
+        user = str(sc.run_as_user.value)
+    elif sc.run_as_username:
+        user = sc.run_as_username
+    if sc.HasField("run_as_group"):
+        user = f"{user.partition(':')[0]}:{sc.run_as_group.value}"
+    if user:
+        spec["process"]["user"] = ocispec.resolve_user(user, rootfs)
+
+
+def _fallback_resources(spec: Spec, r: cri.LinuxContainerResources) -> None:
+    res = spec["linux"]["resources"]
+    cpu: dict[str, int] = {}
+    if r.cpu_shares:
+        cpu["shares"] = r.cpu_shares
+    if r.cpu_quota:
+        cpu["quota"] = r.cpu_quota
+    if r.cpu_period:
+        cpu["period"] = r.cpu_period
+    if cpu:
+        res["cpu"] = cpu
+    if r.memory_limit_in_bytes:
+        res["memory"] = {"limit": r.memory_limit_in_bytes}
+    if r.oom_score_adj:
+        spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(r.oom_score_adj)
+
+
+def _fallback_mounts(spec: Spec, mounts: Sequence[cri.Mount]) -> None:
+    for m in mounts:
+        dest = posixpath.normpath(m.container_path)
+        if not posixpath.isabs(dest):
+            raise InvalidArgument(f"mount destination {m.container_path!r} must be absolute")
+        source = os.path.realpath(m.host_path)
+        if not os.path.exists(source):
+            os.makedirs(source, exist_ok=True)
+        _replace_mount(spec, dest, _bind(source, dest, readonly=m.readonly))

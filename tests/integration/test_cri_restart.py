@@ -1,0 +1,235 @@
+"""Pods and containers outlive a restart of linerd, and a crash at each named point of
+RunPodSandbox and CreateContainer leaves a state the CRI calls finish or clean up, with no
+leaked netns mount, host-local lease, iptables rule, conmon or cgroup.
+
+A restart is simulated in process (the Core closed and built again on the same root and
+state: the runtime recovers its tasks from the state dir, the CRI its records); a crash
+is a second process SIGKILLed at a `linerd.faults` point (LINERD_CRASH_AT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cri_pods_support import (
+    Images,
+    Net,
+    Pods,
+    build,
+    close_core,
+    drop_net,
+    leftovers,
+    make_net,
+    missing,
+    open_core,
+    push_images,
+    run_child,
+)
+from registry import Registry
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from linerd.cri import meta
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
+
+
+@pytest.fixture(scope="session")
+def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = make_net(tmp_path / "net")
+    try:
+        yield n
+    finally:
+        drop_net(n)
+
+
+async def _opened(base: Path, net: Net, images: Images) -> Pods:
+    core = await open_core(base)
+    sandboxes, containers = build(core, net, images)
+    return Pods(core, sandboxes, containers, net, images, base)
+
+
+def test_pods_and_containers_outlive_a_restart(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    base = tmp_path / "pods"
+
+    async def before() -> tuple[str, str, str, str]:
+        p = await _opened(base, net, cri_images)
+        await p.core.local.transfer.pull(meta.NAMESPACE, cri_images.busybox, plain_http=True)
+        config = p.sandbox_config("survivor", hostname="survivor")
+        pod = await p.run_pod(config)
+        ip = (await p.sandbox_status(pod)).network.ip
+        running = await p.create(pod, config, p.container_config("run", ["-c", "exec sleep 1000"]))
+        quits = await p.create(pod, config, p.container_config("quit", ["-c", "exec sleep 1000"]))
+        for cid in (running, quits):
+            await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        await close_core(p.core)  # linerd goes away; conmons and containers stay
+        return pod, ip, running, quits
+
+    pod, ip, running, quits = asyncio.run(before())
+
+    async def after() -> None:
+        p = await _opened(base, net, cri_images)
+        try:
+            status = await p.sandbox_status(pod)
+            assert status.state == cri.SANDBOX_READY and status.network.ip == ip
+            assert (await p.status(running)).state == cri.CONTAINER_RUNNING
+            # The exit of a process that ends after the restart is seen with its code.
+            st = p.core.local.tasks.state(meta.NAMESPACE, quits)
+            assert st.status.name == "RUNNING"
+            await p.core.local.tasks.kill(meta.NAMESPACE, quits, signal.SIGKILL)
+            done = await p.wait_exited(quits)
+            assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 137, "Error")
+            out = await p.exec(running, "hostname")
+            assert out.stdout == b"survivor\n"
+            await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+            await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+            assert leftovers(p, [pod, running, quits]) == []
+        finally:
+            await p.remove_all()
+            await close_core(p.core)
+
+    asyncio.run(after())
+
+
+@pytest.mark.parametrize(
+    "point,what",
+    [
+        ("cri-sandbox-netns-created", "sandbox"),
+        ("cri-sandbox-cni-added", "sandbox"),
+        ("cri-sandbox-started", "sandbox"),
+        ("cri-container-created", "container"),
+    ],
+)
+def test_crash_points_leave_nothing_after_cleanup(
+    point: str, what: str, tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    base = tmp_path / "pods"
+    base.mkdir()
+    child = run_child(base, net, cri_images, what, point)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+
+    async def after() -> None:
+        p = await _opened(base, net, cri_images)
+        try:
+            listed = await p.sandboxes.list_pod_sandbox(cri.ListPodSandboxRequest())
+            assert len(listed.items) == 1
+            pod = listed.items[0].id
+            ready = point in ("cri-container-created",)
+            assert (listed.items[0].state == cri.SANDBOX_READY) == ready
+            ids = [pod]
+            if what == "container":
+                cs = await p.containers.list_containers(cri.ListContainersRequest())
+                assert [c.state for c in cs.containers] == [cri.CONTAINER_CREATED]
+                ids.append(cs.containers[0].id)
+            await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+            await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+            assert leftovers(p, ids) == []
+            assert await p.core.local.containers.list(meta.NAMESPACE) == []
+            leases = await p.core.local.leases.list(meta.NAMESPACE)
+            assert [x.id for x in leases if x.id.startswith("cri-")] == []
+            # A new pod runs beside what the crash left.
+            again = await p.run_pod(p.sandbox_config("crashing"))
+            await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=again))
+            assert leftovers(p, [again]) == []
+        finally:
+            await p.remove_all()
+            await close_core(p.core)
+
+    asyncio.run(after())
+
+
+def test_a_killed_daemon_comes_back_with_its_pods(
+    tmp_path: Path, pause_image: str, registry: Registry
+) -> None:
+    """The real daemon, SIGKILLed and started again on the same root and state: its pods and
+    containers answer with their states and exit codes, and go away cleanly after."""
+    from cri_support import liner_config, new_pod_network, push_busybox_image
+    from support import Linerd
+
+    from liner_api.runtime.v1 import api_pb2_grpc
+
+    image = push_busybox_image(registry, tmp_path / "img", "liner-test/cri-restart").ref()
+    net = new_pod_network(tmp_path / "net")
+    config = tmp_path / "linerd.toml"
+    config.write_text(liner_config(net, pause_image, registry.host))
+    daemon = Linerd(tmp_path / "linerd", extra_args=["--config", str(config)])
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    before = forward.read_text()  # bridge's isGateway turns forwarding on
+    daemon.start()
+    try:
+        with daemon.channel() as channel:
+            rt = api_pb2_grpc.RuntimeServiceStub(channel)
+            api_pb2_grpc.ImageServiceStub(channel).PullImage(
+                cri.PullImageRequest(image=cri.ImageSpec(image=image)), timeout=120
+            )
+            pod_config = cri.PodSandboxConfig(
+                metadata=cri.PodSandboxMetadata(name="p", namespace="default", uid="u-restart"),
+                hostname="restarted",
+                log_directory=str(tmp_path / "logs"),
+            )
+            pod = rt.RunPodSandbox(
+                cri.RunPodSandboxRequest(config=pod_config), timeout=120
+            ).pod_sandbox_id
+            ip = rt.PodSandboxStatus(
+                cri.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30
+            ).status.network.ip
+
+            def container(name: str, script: str) -> str:
+                cid = rt.CreateContainer(
+                    cri.CreateContainerRequest(
+                        pod_sandbox_id=pod,
+                        sandbox_config=pod_config,
+                        config=cri.ContainerConfig(
+                            metadata=cri.ContainerMetadata(name=name),
+                            image=cri.ImageSpec(image=image),
+                            command=["/bin/sh", "-c", script],
+                            log_path=f"{name}.log",
+                        ),
+                    ),
+                    timeout=60,
+                ).container_id
+                rt.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=60)
+                return cid
+
+            running = container("run", "exec sleep 1000")
+            quits = container("quit", "exit 3")
+        daemon.kill()
+        daemon.start()
+        with daemon.channel() as channel:
+            rt = api_pb2_grpc.RuntimeServiceStub(channel)
+            status = rt.PodSandboxStatus(
+                cri.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=30
+            )
+            assert status.status.state == cri.SANDBOX_READY and status.status.network.ip == ip
+            st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=running), timeout=30)
+            assert st.status.state == cri.CONTAINER_RUNNING
+            st = rt.ContainerStatus(cri.ContainerStatusRequest(container_id=quits), timeout=30)
+            assert (st.status.state, st.status.exit_code, st.status.reason) == (
+                cri.CONTAINER_EXITED,
+                3,
+                "Error",
+            )
+            out = rt.ExecSync(
+                cri.ExecSyncRequest(container_id=running, cmd=["hostname"]), timeout=30
+            )
+            assert out.stdout == b"restarted\n"
+            rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+            rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+            assert not rt.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=30).items
+        info = Path("/proc/self/mountinfo").read_text()
+        assert str(daemon.state / "cri") not in info
+        assert not list((net.ipam_dir / net.name).glob("10.*"))
+    finally:
+        daemon.stop()
+        net.remove()
+        forward.write_text(before)

@@ -1,0 +1,219 @@
+"""The pure parts of pods and containers: the pause and container specs, cgroup paths, the
+command line rule, the OOM score clamp, resolv.conf, the metadata round trip, names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from linerd.core.types import Container
+from linerd.cri import meta, sandbox_files, specs
+from linerd.cri.names import Names
+from linerd.errdefs import AlreadyExists, InvalidArgument
+
+pytestmark = pytest.mark.unit
+
+SID = "a" * 64
+CID = "b" * 64
+
+
+def _pod(**ns: int) -> cri.PodSandboxConfig:
+    return cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name="web", namespace="default", uid="u1"),
+        hostname="web-host",
+        log_directory="/var/log/pods/x",
+        linux=cri.LinuxPodSandboxConfig(
+            cgroup_parent="/kubepods/pod1",
+            sysctls={"kernel.shm_rmid_forced": "1"},
+            security_context=cri.LinuxSandboxSecurityContext(
+                namespace_options=cri.NamespaceOption(**ns)
+            ),
+        ),
+    )
+
+
+def _pause(config: cri.PodSandboxConfig, tmp_path: Path) -> dict:
+    return specs.pause_spec(
+        sandbox_id=SID,
+        config=config,
+        image_config={"Entrypoint": ["/pause"]},
+        netns="/run/netns/cni-x",
+        hostname="web-host",
+        shm="/state/shm",
+        cgroup_driver="cgroupfs",
+        rootfs=tmp_path,
+    )
+
+
+def _types(spec: dict) -> dict[str, str]:
+    return {n["type"]: n.get("path", "") for n in spec["linux"]["namespaces"]}
+
+
+def test_pause_spec_pod_network(tmp_path: Path) -> None:
+    spec = _pause(_pod(), tmp_path)
+    assert spec["process"]["args"] == ["/pause"]
+    assert spec["root"]["readonly"] is True and spec["hostname"] == "web-host"
+    ns = _types(spec)
+    assert ns["network"] == "/run/netns/cni-x" and "uts" in ns and "pid" in ns and "ipc" in ns
+    assert spec["linux"]["sysctl"] == {"kernel.shm_rmid_forced": "1"}
+    assert spec["linux"]["cgroupsPath"] == f"/kubepods/pod1/{SID}"
+    assert spec["linux"]["resources"]["cpu"] == {"shares": 2}
+    assert spec["process"]["oomScoreAdj"] >= specs.own_oom_score_adj()
+    shm = [m for m in spec["mounts"] if m["destination"] == "/dev/shm"]
+    assert [m["source"] for m in shm] == ["/state/shm"]
+    a = spec["annotations"]
+    assert a[meta.A_CONTAINER_TYPE] == "sandbox" and a[meta.A_SANDBOX_ID] == SID
+    assert a[meta.A_SANDBOX_LOG_DIR] == "/var/log/pods/x" and a[meta.A_SANDBOX_UID] == "u1"
+
+
+def test_pause_spec_host_namespaces(tmp_path: Path) -> None:
+    spec = _pause(_pod(network=cri.NODE, pid=cri.NODE, ipc=cri.NODE), tmp_path)
+    ns = _types(spec)
+    assert not {"network", "uts", "pid", "ipc"} & set(ns)
+    assert "hostname" not in spec
+    assert [m["source"] for m in spec["mounts"] if m["destination"] == "/dev/shm"] == ["/dev/shm"]
+
+
+def test_pause_spec_needs_a_command(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        specs.pause_spec(
+            sandbox_id=SID, config=_pod(), image_config={}, netns="", hostname="",
+            shm="", cgroup_driver="cgroupfs", rootfs=tmp_path,
+        )  # fmt: skip
+
+
+def _container(config: cri.ContainerConfig, pod: cri.PodSandboxConfig, tmp_path: Path) -> dict:
+    return specs.container_spec(
+        container_id=CID,
+        config=config,
+        sandbox_id=SID,
+        sandbox_config=pod,
+        image_config={"Entrypoint": ["/ep"], "Cmd": ["c1"], "Env": ["A=1"]},
+        image_name="docker.io/library/busybox:1",
+        pause_pid=4242,
+        target_pid=0,
+        files="/root/sb",
+        shm="/state/shm",
+        hostname="web-host",
+        cgroup_driver="cgroupfs",
+        rootfs=tmp_path,
+    )
+
+
+def test_container_spec_joins_the_pause(tmp_path: Path) -> None:
+    config = cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name="c"),
+        args=["x"],
+        envs=[cri.KeyValue(key="B", value=b"2")],
+        working_dir="/w",
+    )
+    spec = _container(config, _pod(), tmp_path)
+    assert spec["process"]["args"] == ["/ep", "x"]
+    assert spec["process"]["cwd"] == "/w"
+    env = spec["process"]["env"]
+    assert "A=1" in env and "B=2" in env and "HOSTNAME=web-host" in env
+    ns = _types(spec)
+    assert ns["network"] == "/proc/4242/ns/net" and ns["ipc"] == "/proc/4242/ns/ipc"
+    assert ns["uts"] == "/proc/4242/ns/uts" and ns["pid"] == "/proc/4242/ns/pid"
+    binds = {m["destination"]: m["source"] for m in spec["mounts"]}
+    assert binds["/etc/hosts"] == "/root/sb/hosts" and binds["/dev/shm"] == "/state/shm"
+    assert binds["/etc/resolv.conf"] == "/root/sb/resolv.conf"
+    assert spec["linux"]["cgroupsPath"] == f"/kubepods/pod1/{CID}"
+    assert spec["annotations"][meta.A_CONTAINER_NAME] == "c"
+    assert spec["annotations"][meta.A_IMAGE_NAME] == "docker.io/library/busybox:1"
+
+
+def test_container_spec_pid_modes(tmp_path: Path) -> None:
+    def pid(mode: int, target: int = 0) -> str | None:
+        config = cri.ContainerConfig(
+            metadata=cri.ContainerMetadata(name="c"),
+            linux=cri.LinuxContainerConfig(
+                security_context=cri.LinuxContainerSecurityContext(
+                    namespace_options=cri.NamespaceOption(pid=mode, target_id="t")
+                )
+            ),
+        )
+        spec = specs.container_spec(
+            container_id=CID, config=config, sandbox_id=SID, sandbox_config=_pod(),
+            image_config={"Cmd": ["sh"]}, image_name="i", pause_pid=7, target_pid=target,
+            files="", shm="", hostname="h", cgroup_driver="cgroupfs", rootfs=tmp_path,
+        )  # fmt: skip
+        return _types(spec).get("pid")
+
+    assert pid(cri.POD) == "/proc/7/ns/pid"
+    assert pid(cri.CONTAINER) == ""
+    assert pid(cri.NODE) is None
+    assert pid(cri.TARGET, 99) == "/proc/99/ns/pid"
+    with pytest.raises(InvalidArgument):
+        pid(cri.TARGET)
+
+
+def test_a_cri_mount_replaces_the_pods_file(tmp_path: Path) -> None:
+    hosts = tmp_path / "my-hosts"
+    hosts.write_text("x\n")
+    config = cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name="c"),
+        mounts=[cri.Mount(container_path="/etc/hosts", host_path=str(hosts))],
+    )
+    spec = _container(config, _pod(), tmp_path)
+    sources = [m["source"] for m in spec["mounts"] if m["destination"] == "/etc/hosts"]
+    assert len(sources) == 1 and sources[0] != "/root/sb/hosts"
+
+
+def test_command_line_rule() -> None:
+    image = {"Entrypoint": ["/ep"], "Cmd": ["c1"]}
+
+    def line(command: list[str], args: list[str]) -> list[str]:
+        return specs.command_line(cri.ContainerConfig(command=command, args=args), image)
+
+    assert line([], []) == ["/ep", "c1"]
+    assert line([], ["a"]) == ["/ep", "a"]
+    assert line(["/x"], []) == ["/x"]
+    assert line(["/x"], ["a"]) == ["/x", "a"]
+
+
+def test_cgroups_paths() -> None:
+    assert specs.cgroups_path("cgroupfs", "", CID) == f"/k8s.io/{CID}"
+    assert specs.cgroups_path("cgroupfs", "/kubepods", CID) == f"/kubepods/{CID}"
+    assert specs.cgroups_path("systemd", "/kubepods.slice/kubepods-pod1.slice", CID) == (
+        f"kubepods-pod1.slice:cri-containerd:{CID}"
+    )
+
+
+def test_oom_score_adj_is_clamped_to_our_own() -> None:
+    own = specs.own_oom_score_adj()
+    assert specs.clamp_oom_score_adj(-1000) == max(-1000, own)
+    assert specs.clamp_oom_score_adj(2000) == 1000
+
+
+def test_resolv_conf() -> None:
+    dns = sandbox_files.DNS(["10.10.10.10", "1.1.1.1"], ["a.example", "b.example"], ["ndots:8"])
+    assert sandbox_files.resolv_conf(dns) == (
+        b"search a.example b.example\nnameserver 10.10.10.10\nnameserver 1.1.1.1\noptions ndots:8\n"
+    )
+    assert sandbox_files.resolv_conf(sandbox_files.DNS()) == b""
+
+
+def test_metadata_round_trip() -> None:
+    m = meta.ContainerMeta(config=b"\x00\x01", name="n", sandbox_id=SID, created_at=5)
+    m.exit_code, m.reason = 137, "OOMKilled"
+    record = Container(id=CID, runtime=meta.RUNTIME, spec=None,
+                       labels={meta.KIND_LABEL: "container"},
+                       extensions=meta.container_extension(m))  # fmt: skip
+    assert meta.kind(record) == "container"
+    assert meta.container_meta(record) == m
+    s = meta.SandboxMeta(config=b"cfg", name="x", created_at=1, additional_ips=["fd00::1"])
+    record.extensions = meta.sandbox_extension(s)
+    assert meta.sandbox_meta(record) == s
+
+
+def test_names() -> None:
+    names = Names()
+    names.reserve("a_b", "id1")
+    names.reserve("a_b", "id1")
+    with pytest.raises(AlreadyExists, match="reserved for 'id1'"):
+        names.reserve("a_b", "id2")
+    names.release_by_key("id1")
+    names.reserve("a_b", "id2")
