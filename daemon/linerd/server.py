@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -229,6 +229,7 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self._gc: Collector | None = None
         self._runtime: TaskRuntime | None = None  # its log cap follows a reload
+        self._closing: list[Callable[[], Awaitable[None]]] = []
         self._policy: PolicyGate | None = None  # reloaded on SIGHUP
 
     def request_stop(self) -> None:
@@ -426,7 +427,10 @@ class Daemon:
         table = self._table(core, uuid)
         for entry in table:
             if entry.service is not None:
-                entry.service.add(entry.service.build(), server)
+                servicer = entry.service.build()
+                entry.service.add(servicer, server)
+                if hasattr(servicer, "aclose"):  # it serves more than gRPC (the CRI's streams)
+                    self._closing.append(servicer.aclose)
         names = health_names(table)
         health = health_aio.HealthServicer()
         for name in ["", *names]:
@@ -481,6 +485,8 @@ class Daemon:
             systemd.notify("STOPPING=1")
             log.info("stopping")
             await server.stop(SHUTDOWN_GRACE)
+            for aclose in self._closing:
+                await aclose()
             trimmer.close()
             for task in (gc_task, watchdog):
                 task.cancel()

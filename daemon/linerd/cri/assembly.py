@@ -68,6 +68,14 @@ class Cri:
         api_pb2_grpc.add_RuntimeServiceServicer_to_server(self.runtime, server)
         api_pb2_grpc.add_ImageServiceServicer_to_server(self.images, server)
 
+    async def aclose(self) -> None:
+        """After the gRPC server stopped: close what the groups serve beside it (the
+        streaming server's sessions)."""
+        for group in self.groups.values():
+            close = getattr(group, "close", None)
+            if close is not None:
+                await close()
+
 
 def build_cri(core: Core, config: Config, hosts: Callable[[], HostsConfig]) -> Cri:
     """The CRI over `core`. `hosts` gives the registry configuration of the moment (the same
