@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from click.testing import CliRunner, Result
 from imagebuild import BusyboxLayout
 from registry import Registry, free_port
@@ -332,18 +333,21 @@ def test_a_bad_policy_stops_linerd_with_one_line(
     policy.write_text('{"default": [{"type": "sigstoreSigned", "keyPath": "/nonexistent.pub"}]}')
     config = tmp_path / "config.toml"
     config.write_text(f'[policy]\npath = "{policy}"\nregistries_d = ""\n')
-    code = linerd_main(
-        [
-            "--config",
-            str(config),
-            "--root",
-            str(tmp_path / "root"),
-            "--state",
-            str(tmp_path / "state"),
-            "--address",
-            str(tmp_path / "s.sock"),
-        ]
-    )
+    try:
+        code = linerd_main(
+            [
+                "--config",
+                str(config),
+                "--root",
+                str(tmp_path / "root"),
+                "--state",
+                str(tmp_path / "state"),
+                "--address",
+                str(tmp_path / "s.sock"),
+            ]
+        )
+    finally:
+        structlog.reset_defaults()  # main() configured logging for this process
     assert code == 1
     # The log's JSON line, then the one line for people (as for every start-up failure).
     *_, line = capsys.readouterr().err.strip().splitlines()

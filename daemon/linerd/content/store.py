@@ -161,8 +161,11 @@ class ContentStore:
         it, so a layer may be staged for unpacking meanwhile (linerd.prestage)."""
         if expected:
             validate.digest(expected)
-            if self.local.size(expected) is not None:
-                await self.adopt(namespace, expected, {}, lease)
+            # Checked again under the GC lock: a sweep may remove the blob in between, and
+            # then it must be written.
+            if self.local.size(expected) is not None and await self.adopt(
+                namespace, expected, {}, lease
+            ):
                 raise AlreadyExists(f"content {expected} already exists")
         key = (namespace, ref)
         if key in self._locked:
@@ -185,17 +188,20 @@ class ContentStore:
 
     async def adopt(
         self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
-    ) -> None:
-        """Record a blob that is on disk already (written by another namespace)."""
+    ) -> bool:
+        """Record a blob that is on disk already (written by another namespace, or by
+        another writer); False if it is not there (any more)."""
         async with self.gc_lock:
-            await self.adopt_locked(namespace, digest, labels, lease)
+            return await self.adopt_locked(namespace, digest, labels, lease)
 
     async def adopt_locked(
         self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
-    ) -> None:
+    ) -> bool:
         size = self.local.size(digest)
-        if size is not None:
-            await self.records.add(namespace, digest, size, labels, lease)
+        if size is None:
+            return False
+        await self.records.add(namespace, digest, size, labels, lease)
+        return True
 
     async def status(self, namespace: str, ref: str) -> IngestStatus:
         return await asyncio.to_thread(self.local.ingest_status, namespace, ref)
