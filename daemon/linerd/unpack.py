@@ -28,7 +28,6 @@ from typing import BinaryIO
 
 import structlog
 
-from liner_common import platforms
 from linerd import imagespec
 from linerd.asyncutil import SingleFlight, finish_thread, first_error
 from linerd.content import documents
@@ -238,19 +237,8 @@ class Unpacker:
         machine's platform (NotFound if it has none); a lone manifest whatever its platform.
         Returns the chain IDs."""
         self.snapshotter(snapshotter)
-        desc = target
-        if target.media_type in imagespec.INDEXES:
-            body = await documents.read_document(self._content, namespace, target, "index")
-            here = platforms.host_platform()
-            entries = imagespec.index_manifests(body, target.digest)
-            match = platforms.first(entries, imagespec.entry_platform, [here])
-            if match is None:
-                raise NotFound(f"index {target.digest} has no manifest for platform {here}")
-            desc = match.descriptor
-        body = await documents.read_document(self._content, namespace, desc, "manifest")
-        manifest = imagespec.parse_manifest(body, desc.digest)
-        body = await documents.read_document(self._content, namespace, manifest.config, "config")
-        config = imagespec.parse_config(body, manifest.config.digest)
+        image = await documents.read_image(self._content, namespace, target)
+        desc, manifest, config = image.manifest_desc, image.manifest, image.config
         check_layers(desc, manifest, config)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
+from liner_common import platforms
+from linerd import imagespec
 from linerd.content.store import ContentStore
 from linerd.core.types import ContentInfo, Descriptor
 from linerd.errdefs import DataLoss, FailedPrecondition, InvalidArgument, NotFound
@@ -69,3 +72,32 @@ async def read_document(
         raise NotFound(f"{what} {desc.digest} is not in the content store") from None
     check_record(info, desc, what)
     return await asyncio.to_thread(read_verified, content.local.path(desc.digest), desc, what)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformImage:
+    """An image as this machine runs it: the manifest chosen and its config."""
+
+    manifest_desc: Descriptor
+    manifest: imagespec.Manifest
+    config: imagespec.ImageConfig
+    config_data: bytes  # the config as stored (the CRI answers it whole)
+
+
+async def read_image(content: ContentStore, namespace: str, target: Descriptor) -> PlatformImage:
+    """The manifest for this machine's platform (from an index: NotFound if it has none; a
+    lone manifest whatever its platform) and its config, each read with `read_document`."""
+    desc = target
+    if target.media_type in imagespec.INDEXES:
+        body = await read_document(content, namespace, target, "index")
+        here = platforms.host_platform()
+        entries = imagespec.index_manifests(body, target.digest)
+        match = platforms.first(entries, imagespec.entry_platform, [here])
+        if match is None:
+            raise NotFound(f"index {target.digest} has no manifest for platform {here}")
+        desc = match.descriptor
+    body = await read_document(content, namespace, desc, "manifest")
+    manifest = imagespec.parse_manifest(body, desc.digest)
+    body = await read_document(content, namespace, manifest.config, "config")
+    config = imagespec.parse_config(body, manifest.config.digest)
+    return PlatformImage(desc, manifest, config, body)

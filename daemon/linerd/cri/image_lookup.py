@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from liner_common import imagespec as common_imagespec
-from liner_common import platforms
-from linerd import imagespec
 from linerd.content import documents
 from linerd.core.types import Descriptor, Image
 from linerd.cri.meta import NAMESPACE
@@ -59,19 +57,8 @@ class ImageLookup:
         hit = self._cache.get(target.digest)
         if hit is not None:
             return hit
-        desc = target
-        if target.media_type in imagespec.INDEXES:
-            body = await documents.read_document(self._content, NAMESPACE, target, "index")
-            here = platforms.host_platform()
-            entries = imagespec.index_manifests(body, target.digest)
-            match = platforms.first(entries, imagespec.entry_platform, [here])
-            if match is None:
-                raise NotFound(f"index {target.digest} has no manifest for platform {here}")
-            desc = match.descriptor
-        body = await documents.read_document(self._content, NAMESPACE, desc, "manifest")
-        manifest = imagespec.parse_manifest(body, desc.digest)
-        body = await documents.read_document(self._content, NAMESPACE, manifest.config, "config")
-        config = imagespec.parse_config(body, manifest.config.digest)
+        image = await documents.read_image(self._content, NAMESPACE, target)
+        manifest, config = image.manifest, image.config
         chain = common_imagespec.chain_ids(config.diff_ids)
         found = (manifest.config.digest, dict(config.config), chain[-1] if chain else "")
         self._cache[target.digest] = found

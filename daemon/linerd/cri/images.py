@@ -40,9 +40,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from liner_api.runtime.v1 import api_pb2
-from liner_common import platforms
 from linerd import imagespec
-from linerd.content.documents import read_document
+from linerd.content.documents import read_image
 from linerd.core.types import Descriptor, Image
 from linerd.cri import NAMESPACE
 from linerd.errdefs import AlreadyExists, InvalidArgument, LinerError, NotFound
@@ -463,25 +462,15 @@ class CriImages:
             return None
 
     async def _resolve_or_fail(self, target: Descriptor) -> Resolved | None:
-        size = target.size
-        manifest_desc = target
-        if target.media_type in imagespec.INDEXES:
-            data = await read_document(self._content, NAMESPACE, target, "index")
-            entries = imagespec.index_manifests(data, target.digest)
-            match = platforms.first(entries, imagespec.entry_platform, platforms.or_host([]))
-            if match is None:
-                return None
-            manifest_desc = match.descriptor
-            size += manifest_desc.size
-        elif target.media_type not in imagespec.MANIFESTS:
+        if target.media_type not in imagespec.INDEXES | imagespec.MANIFESTS:
             return None
-        body = await read_document(self._content, NAMESPACE, manifest_desc, "manifest")
-        manifest = imagespec.parse_manifest(body, manifest_desc.digest)
-        config_bytes = await read_document(self._content, NAMESPACE, manifest.config, "config")
-        config = imagespec.parse_config(config_bytes, manifest.config.digest)
-        spec = json.loads(config_bytes)
-        size += manifest.config.size + sum(layer.size for layer in manifest.layers)
-        chain = imagespec.chain_ids(config.diff_ids)
+        image = await read_image(self._content, NAMESPACE, target)
+        manifest = image.manifest
+        size = target.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+        if image.manifest_desc.digest != target.digest:  # an index's manifest counts too
+            size += image.manifest_desc.size
+        chain = imagespec.chain_ids(image.config.diff_ids)
+        spec = json.loads(image.config_data)
         return Resolved(manifest.config, chain[-1] if chain else "", size, spec)
 
 
