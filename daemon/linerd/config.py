@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,27 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# sd_booted(3)'s test: systemd, as PID 1, creates this directory early at boot.
+SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
+
+
+def systemd_booted(runtime_dir: Path | None = None) -> bool:
+    """Whether systemd is PID 1 (installed is not enough: nothing answers its D-Bus API)."""
+    return (runtime_dir or SYSTEMD_RUNTIME_DIR).is_dir()
+
+
+def check_host(config: Config, booted: Callable[[], bool] | None = None) -> Config:
+    """What the configuration needs of this host, checked when the daemon starts (not in
+    `validate`: a file may be checked on another host than the one it is written for)."""
+    systemd = config.cri.enabled and config.cri.cgroup_driver == "systemd"
+    if systemd and not (booted or systemd_booted)():
+        raise ConfigError(
+            'cri.cgroup_driver = "systemd" needs systemd running as PID 1 '
+            f'({SYSTEMD_RUNTIME_DIR} is absent): use "cgroupfs"'
+        )
+    return config
 
 
 def load(path: Path | None) -> Config:

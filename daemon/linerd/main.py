@@ -11,7 +11,16 @@ from pathlib import Path
 # Only light modules here: the rest of the daemon is imported in main(), after the process
 # is tuned (which optional modules stay out), so that the tuning applies to those imports.
 from linerd import __version__
-from linerd.config import LOG_LEVELS, Config, ConfigError, load, read, to_toml, validate
+from linerd.config import (
+    LOG_LEVELS,
+    Config,
+    ConfigError,
+    check_host,
+    load,
+    read,
+    to_toml,
+    validate,
+)
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
 # glibc gives each thread that contends for malloc an arena of its own (up to 8 per core); the
@@ -122,7 +131,7 @@ def _loader(args: argparse.Namespace) -> Callable[[], Config]:
         for flag, target, name in values:
             if flag:
                 setattr(target, name, flag)
-        return validate(config)
+        return check_host(validate(config))
 
     return load_config
 

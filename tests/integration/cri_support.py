@@ -12,8 +12,16 @@ Fixtures (imported by tests/integration/conftest.py):
   a free 10.89.<n>.0/24 subnet, host-local data dir), ``sandbox_image`` = ``pause_image``,
   and the test registry as a plain-HTTP registry. It yields a `CriDaemon`: ``runtime`` and
   ``images`` stubs over the socket, ``crictl(...)`` and ``ctr(...)`` command lines for it.
-  At the end every pod left is stopped and removed through the CRI, the daemon stopped, the
-  bridge deleted.
+  At the end every pod left is stopped and removed through the CRI; then the leak check
+  (`leaks`) must find nothing the daemon's pods left behind, or the module's last test
+  errors in teardown; then the daemon is stopped and the bridge deleted.
+
+The leak check looks, for the pods and containers the module made (the ids RunPodSandbox and
+CreateContainer answered over the fixture's channel or `crictl`), at: network namespace
+mounts (and any mount naming an id) under the daemon's directories, host-local leases in the
+network's store, iptables rules naming the network or an id (portmap's CNI-HOSTPORT-* jumps
+and CNI-DN-* chains carry both in their comments), monitors (conmon, containerd's shims)
+naming the daemon's directories, and the ids' cgroups (`/k8s.io/<id>`).
 
 containerd runs as bench/bench.py's ContainerdDaemon does: in a private mount namespace with
 a tmpfs on /run/containerd (its shims' sockets are there whatever the config says), and here
@@ -268,14 +276,22 @@ class CriDaemon:
     network: PodNetwork
     sandbox_image: str
     metrics_address: str = ""  # liner's, where its metrics are served
+    # The pid whose mount namespace the daemon's containers see (None: this process's):
+    # containerd runs in a private one here, so a test's host mounts must be made there.
+    mount_pid: int | None = None
+    # Every pod and container id the daemon answered (RunPodSandbox, CreateContainer).
+    created: set[str] = field(default_factory=set, repr=False)
     channel: grpc.Channel = field(init=False, repr=False)
     runtime: api_pb2_grpc.RuntimeServiceStub = field(init=False, repr=False)
     images: api_pb2_grpc.ImageServiceStub = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(
-            f"unix://{self.socket}",
-            options=[("grpc.max_receive_message_length", 16 << 20)],
+        self.channel = grpc.intercept_channel(
+            grpc.insecure_channel(
+                f"unix://{self.socket}",
+                options=[("grpc.max_receive_message_length", 16 << 20)],
+            ),
+            _IdRecorder(self.created),
         )
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self.channel)
         self.images = api_pb2_grpc.ImageServiceStub(self.channel)
@@ -302,7 +318,14 @@ class CriDaemon:
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"crictl {' '.join(args)} failed: {proc.stderr}{proc.stdout}")
+        if proc.returncode == 0 and args and args[0] in ("runp", "create", "run"):
+            self.created.add(proc.stdout.strip())
         return proc
+
+    def host_sh(self, script: str) -> None:
+        """Run `script` on the host, in the mount namespace the daemon's containers see."""
+        enter = ["nsenter", "-t", str(self.mount_pid), "-m"] if self.mount_pid else []
+        subprocess.run([*enter, "sh", "-ec", script], check=True, capture_output=True)
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """ctr against the daemon's containerd API, in namespace k8s.io."""
@@ -335,6 +358,93 @@ class CriDaemon:
 
     def close(self) -> None:
         self.channel.close()
+
+
+class _IdRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Records the ids RunPodSandbox and CreateContainer answer: what the leak check seeks."""
+
+    def __init__(self, ids: set[str]) -> None:
+        self.ids = ids
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        outcome = continuation(client_call_details, request)
+        if client_call_details.method.endswith(("/RunPodSandbox", "/CreateContainer")):
+            with contextlib.suppress(grpc.RpcError):
+                response = outcome.result()
+                self.ids.add(
+                    getattr(response, "pod_sandbox_id", "") or getattr(response, "container_id", "")
+                )
+        return outcome
+
+
+# ---- the leak check --------------------------------------------------------------------------
+
+
+def _mounts(pid: int | None) -> list[tuple[str, str]]:
+    """(mount point, fs type) of each mount in `pid`'s mount namespace (None: ours)."""
+    text = Path(f"/proc/{pid or 'self'}/mountinfo").read_text()
+    out = []
+    for line in text.splitlines():
+        fields, _, rest = line.partition(" - ")
+        out.append((fields.split()[4], rest.split()[0]))
+    return out
+
+
+def _monitors(base: Path) -> list[str]:
+    """conmons and containerd shims whose command line names `base`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            name = os.path.basename(argv[0])
+            if (name == b"conmon" or name.startswith(b"containerd-shim")) and str(
+                base
+            ).encode() in b" ".join(argv):
+                found.append(f"{name.decode()} (pid {entry.name})")
+    return found
+
+
+def _cgroups(ids: set[str]) -> list[str]:
+    root = Path("/sys/fs/cgroup")
+    found = []
+    for i in ids:
+        for candidate in (root / "k8s.io" / i, *root.glob(f"*/k8s.io/{i}")):
+            if candidate.exists():
+                found.append(str(candidate))
+    return found
+
+
+def leaks(daemon: CriDaemon) -> list[str]:
+    """What the daemon's pods left behind: [] when nothing (see the module docstring)."""
+    found = []
+    base = str(daemon.base)
+    ids = {i for i in daemon.created if i}
+    for mountpoint, fstype in _mounts(daemon.mount_pid):
+        if mountpoint.startswith(base + "/") and (
+            fstype == "nsfs" or any(i in mountpoint for i in ids)
+        ):
+            found.append(f"mount {mountpoint} ({fstype})")
+    store = daemon.network.ipam_dir / daemon.network.name
+    if store.is_dir():
+        found += [f"host-local lease {p.name}" for p in store.iterdir() if p.name[0].isdigit()]
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    for line in rules.splitlines():
+        if daemon.network.name in line or any(i in line for i in ids):
+            found.append(f"iptables: {line}")
+    found += _monitors(daemon.base)
+    found += [f"cgroup {c}" for c in _cgroups(ids)]
+    return found
+
+
+def assert_no_leaks(daemon: CriDaemon, timeout: float = 30.0) -> None:
+    """Until nothing is left (monitors exit after their last container went), or fail."""
+    deadline = time.monotonic() + timeout
+    while found := leaks(daemon):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the {daemon.kind} CRI tests leaked: " + "; ".join(found))
+        time.sleep(0.2)
 
 
 def _env() -> dict[str, str]:
@@ -381,6 +491,8 @@ def liner_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterator[Cr
     cri = CriDaemon(LINER, daemon.address, base, net, sandbox_image, metrics)
     try:
         yield cri
+        cri.remove_all_pods()
+        assert_no_leaks(cri)
     finally:
         try:
             cri.remove_all_pods()
@@ -509,9 +621,11 @@ class ContainerdCri:
 def containerd_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterator[CriDaemon]:
     net = new_pod_network(base)
     daemon = ContainerdCri(base / "containerd", net, sandbox_image, registry_host)
-    cri = CriDaemon(CONTAINERD, daemon.socket, base, net, sandbox_image)
+    cri = CriDaemon(CONTAINERD, daemon.socket, base, net, sandbox_image, mount_pid=daemon.proc.pid)
     try:
         yield cri
+        cri.remove_all_pods()
+        assert_no_leaks(cri)
     finally:
         try:
             cri.remove_all_pods()

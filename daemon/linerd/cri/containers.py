@@ -257,6 +257,7 @@ class Containers:
             record = Container(
                 id=container_id,
                 runtime=meta.RUNTIME,
+                runtime_options=specs.runc_options(self.cgroup_driver),
                 spec=spec_encoded(spec),
                 image=image.first_tag or config.image.image,
                 labels={**config.labels, meta.KIND_LABEL: meta.KIND_CONTAINER},

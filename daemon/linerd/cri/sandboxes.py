@@ -212,6 +212,7 @@ class Sandboxes:
                     Container(
                         id=sandbox_id,
                         runtime=meta.RUNTIME,
+                        runtime_options=specs.runc_options(self.cgroup_driver),
                         spec=spec_encoded({}),
                         image=image.first_tag or self.sandbox_image,
                         labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},

@@ -10,8 +10,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from liner_api.containerd.runc.v1 import options_pb2 as runc_options_pb2
 from liner_api.runtime.v1 import api_pb2 as cri
 from liner_common import ocispec
+from linerd.core.types import Encoded
 from linerd.cri import meta
 from linerd.errdefs import InvalidArgument, NotImplementedYet
 
@@ -39,6 +41,19 @@ def clamp_oom_score_adj(value: int) -> int:
     """Without CAP_SYS_RESOURCE a process may not go below its parent's score: runc would
     fail. containerd clamps the same way when restricted (`RestrictOOMScoreAdj`)."""
     return max(min(value, 1000), own_oom_score_adj(), -1000)
+
+
+RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
+
+
+def runc_options(driver: str) -> Encoded | None:
+    """The runtime options of the CRI's records: containerd's runc options with
+    `systemd_cgroup` under the systemd driver (the task's runc then gets `--systemd-cgroup`,
+    which makes `<slice>:<prefix>:<id>` a unit); none under cgroupfs."""
+    if driver != "systemd":
+        return None
+    options = runc_options_pb2.Options(systemd_cgroup=True)
+    return Encoded(RUNC_OPTIONS_TYPE, options.SerializeToString())
 
 
 def cgroups_path(driver: str, parent: str, container_id: str) -> str:

@@ -122,14 +122,19 @@ class Tasks:
         return await store.mounts(namespace, container.snapshot_key)
 
     def _runtime_for(self, container: Container, runtime_path: str) -> RuntimeConfig:
-        binary = ""
+        runc = options_pb2.Options()
         options = container.runtime_options
         if options is not None and options.type_url == RUNC_OPTIONS and options.value:
             try:
-                binary = options_pb2.Options.FromString(options.value).binary_name
+                runc = options_pb2.Options.FromString(options.value)
             except DecodeError as e:
                 raise InvalidArgument(f"invalid runc options: {e}") from None
-        return self._runtimes.resolve(container.runtime, binary, runtime_path)
+        return self._runtimes.resolve(
+            container.runtime,
+            runc.binary_name,
+            runtime_path,
+            systemd_cgroup=runc.systemd_cgroup,
+        )
 
     async def create(
         self,

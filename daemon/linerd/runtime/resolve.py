@@ -24,6 +24,7 @@ SHIM_NAMES = frozenset(
         "io.containerd.runtime.v1.linux",
     }
 )
+SYSTEMD_CGROUP_FLAG = "--systemd-cgroup"
 _CRUN_WRAPPER = """#!/bin/sh
 # Written by linerd: crun refuses cgroup v1 hosts with a hybrid v2 mount that holds
 # controllers; in a private mount namespace without that mount it sees plain v1.
@@ -82,7 +83,17 @@ class Runtimes:
     def names(self) -> list[str]:
         return sorted(self._runtimes)
 
-    def resolve(self, name: str, binary_name: str = "", runtime_path: str = "") -> RuntimeConfig:
+    def resolve(
+        self,
+        name: str,
+        binary_name: str = "",
+        runtime_path: str = "",
+        *,
+        systemd_cgroup: bool = False,
+    ) -> RuntimeConfig:
+        """The runtime for a container's runtime name and runc options (`binary_name`,
+        `systemd_cgroup`: the runtime then gets `--systemd-cgroup`, as containerd's runc shim
+        passes it, so `<slice>:<prefix>:<name>` cgroups paths are systemd units)."""
         if name in self._runtimes:
             chosen = self._runtimes[name]
         elif not name or name in SHIM_NAMES:
@@ -96,4 +107,9 @@ class Runtimes:
                 raise NotFound(f"runtime binary {override!r} not found")
             # Its own state dir: one runtime's --root must not hold another's containers.
             chosen = RuntimeConfig(path, chosen.args, name=os.path.basename(path))
+        if systemd_cgroup and SYSTEMD_CGROUP_FLAG not in chosen.args:
+            # A global flag (before the command); the state dir stays the runtime's own.
+            chosen = RuntimeConfig(
+                chosen.path, (*chosen.args, SYSTEMD_CGROUP_FLAG), name=chosen.key
+            )
         return chosen
