@@ -2,11 +2,13 @@
 against linerd and, as the reference (`make test-reference`), Debian's containerd 1.6 with its
 CRI plugin: the same calls and clients, the same expectations (cri_support.py's `cri`).
 
-Clients nobody here wrote: crictl (client-go's SPDY) and the `kubernetes` package's WSClient.
+Clients nobody here wrote: crictl (client-go's SPDY) and the `kubernetes` package's WSClient;
+WebSocket port-forward through tests/ws_portforward_client.py, written from Kubernetes' protocol
+facts (not the server's framing code).
 
 Both daemons speak SPDY/3.1 and WebSocket on these URLs (containerd 1.6's streaming server is
-kubelet's library of its time, WebSocket included). Differences from containerd, each where it
-shows:
+kubelet's library of its time, WebSocket included, for port-forward too). Differences from
+containerd, each where it shows:
 - The kubernetes WSClient offers v5.channel.k8s.io first; containerd 1.6 knows v4 at most
   (v5 came with Kubernetes 1.29), so its exec answers over v4: same output and exit code.
 """
@@ -19,6 +21,7 @@ import os
 import pty
 import secrets
 import socket
+import struct
 import subprocess
 import time
 import urllib.request
@@ -38,6 +41,7 @@ from cri_support import (
 )
 from imagebuild import symlink
 from registry import Registry
+from ws_portforward_client import WsPortForward
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -337,3 +341,47 @@ def test_crictl_port_forward_host_network(
     finally:
         cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
         cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+
+
+# -- port-forward over WebSocket (tests/ws_portforward_client.py) ---------------------------
+
+
+def _port_forward_url(cri: CriDaemon, pod_id: str, ports: list[int]) -> str:
+    return cri.runtime.PortForward(
+        pb.PortForwardRequest(pod_sandbox_id=pod_id, port=ports), timeout=30
+    ).url
+
+
+def _ws_http_get(url: str, ports: list[int], protocol: str) -> dict[int, bytes]:
+    """One GET per port through one WebSocket session; what each data channel carried."""
+    client = WsPortForward(url, protocol)
+    try:
+        assert client.status == 101, client.head
+        request = b"GET /index.html HTTP/1.0\r\n\r\n"
+        for i in range(len(ports)):
+            client.send(2 * i, request)
+        received: dict[int, bytes] = {c: b"" for c in range(2 * len(ports))}
+        while (item := client.message()) is not None:
+            channel, data = item
+            received[channel] += data
+        return received
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"])
+def test_websocket_port_forward(cri: CriDaemon, pod: Pod, protocol: str) -> None:
+    ports = [HTTP_PORT, HTTP_PORT]
+    received = _ws_http_get(_port_forward_url(cri, pod.id, ports), ports, protocol)
+    prefix = struct.pack("<H", HTTP_PORT)
+    for i in range(len(ports)):
+        data, error = received[2 * i], received[2 * i + 1]
+        assert data.startswith(prefix) and error == prefix, (data, error)
+        response = data[2:]
+        assert response.startswith(b"HTTP/1.") and response.endswith(INDEX.encode()), response
+
+
+def test_websocket_port_forward_refused_port(cri: CriDaemon, pod: Pod) -> None:
+    # Nothing listens on port 1 in the pod: the error channel says so after its port bytes.
+    received = _ws_http_get(_port_forward_url(cri, pod.id, [1]), [1], "v4.channel.k8s.io")
+    assert received[1].startswith(struct.pack("<H", 1)) and len(received[1]) > 2, received

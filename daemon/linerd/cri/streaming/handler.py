@@ -1,6 +1,6 @@
 """The CRI `streaming` handler group: Exec, Attach and PortForward answer a URL on the
 streaming server; the request is kept with the URL's token and served when the client
-connects (SPDY/3.1 for all three, WebSocket channel protocols for exec and attach).
+connects (SPDY/3.1 or Kubernetes' WebSocket channel protocols, for all three).
 
 CRI objects (which task runs a container, a pod's network namespace) are found through a
 `Lookup` the CRI front door provides; the handler never reads their metadata itself.
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from liner_api.runtime.v1 import api_pb2
-from linerd.cri.streaming import channels, portforward, upgrade
+from linerd.cri.streaming import channels, portforward, upgrade, wsportforward
 from linerd.cri.streaming.lookup import RecordLookup
 from linerd.cri.streaming.process import AttachSession, ExecSession
 from linerd.cri.streaming.remotecommand import Options, Runner, serve_spdy
-from linerd.cri.streaming.server import Headers, Session, StreamServer
+from linerd.cri.streaming.server import Request, Session, StreamServer
 from linerd.cri.streaming.wsconn import serve_websocket
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError
 from linerd.runtime import TaskStatus
@@ -140,20 +140,23 @@ class StreamingHandler:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod sandbox id must not be empty")
         path = await self.lookup.sandbox_netns(request.pod_sandbox_id)
-        url = await self._url("portforward", partial(self._portforward, path))
+        ports = list(request.port)
+        url = await self._url("portforward", partial(self._portforward, path, ports))
         return api_pb2.PortForwardResponse(url=url)
 
     async def _remote(
         self,
         options: Options,
         runner: Callable[[], Runner],
-        method: str,
-        headers: Headers,
+        request: Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         decision = upgrade.negotiate(
-            method, headers, upgrade.REMOTECOMMAND_SPDY, channels.REMOTECOMMAND_PROTOCOLS
+            request.method,
+            request.headers,
+            upgrade.REMOTECOMMAND_SPDY,
+            channels.REMOTECOMMAND_PROTOCOLS,
         )
         if isinstance(decision, upgrade.Response):
             writer.write(decision.head())
@@ -171,16 +174,29 @@ class StreamingHandler:
     async def _portforward(
         self,
         netns_path: str | None,
-        method: str,
-        headers: Headers,
+        requested_ports: list[int],
+        request: Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        decision = upgrade.negotiate(method, headers, upgrade.PORTFORWARD_SPDY)
+        decision = upgrade.negotiate(
+            request.method, request.headers, upgrade.PORTFORWARD_SPDY, wsportforward.PROTOCOLS
+        )
+        ports: list[int] = []
+        if isinstance(decision, upgrade.Upgrade) and decision.transport == "websocket":
+            # The ports are fixed when a WebSocket session opens (SPDY names one per stream).
+            try:
+                ports = wsportforward.ports_of(requested_ports, request.query)
+            except InvalidArgument as e:
+                decision = upgrade.Response(400, (), f"{e}\n".encode())
         if isinstance(decision, upgrade.Response):
             writer.write(decision.head())
             await writer.drain()
             return
         writer.write(decision.response.head())
         await writer.drain()
-        await portforward.serve(reader, writer, netns_path)
+        if decision.transport == "websocket":
+            assert decision.channel_protocol is not None
+            await wsportforward.serve(reader, writer, decision.channel_protocol, ports, netns_path)
+        else:
+            await portforward.serve(reader, writer, netns_path)
