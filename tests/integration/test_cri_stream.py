@@ -39,10 +39,12 @@ from linerd.config import Config
 from linerd.core.types import Container, Encoded
 from linerd.cri import netns
 from linerd.cri.streaming.handler import StreamingHandler
+from linerd.cri.streaming.process import EXEC_PREFIX
 from linerd.errdefs import InvalidArgument, LinerError, NotFound
 from linerd.local.tasks import Stdio
 from linerd.metrics import Metrics
 from linerd.remotes.hosts import HostsConfig
+from linerd.runtime import TaskStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPEC_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -783,3 +785,58 @@ def test_a_url_for_an_unknown_container_is_refused(tmp_path: Path) -> None:
             await env.handler.port_forward(api_pb2.PortForwardRequest(pod_sandbox_id="p"))
 
     run(tmp_path, body)
+
+
+def test_execs_a_previous_daemon_left_are_ended_at_start(tmp_path: Path) -> None:
+    """A daemon that dies mid-session leaves its exec running (conmon keeps it, the next
+    runtime recovers it) with no client: the next handler kills and deletes it, and leaves
+    an exec that is not a session's (ctr's) alone."""
+
+    async def open_core() -> Core:
+        config = Config(root=str(tmp_path / "root"), state=str(tmp_path / "state"))
+        for directory in (config.root, config.state):
+            Path(directory).mkdir(exist_ok=True)
+        hosts = HostsConfig.from_dict({})
+        core = await asyncio.to_thread(build_core, config, lambda: hosts, Metrics())
+        await core.runtime.recover_all()
+        return core
+
+    def handler_of(core: Core, lookup: Lookup, namespace: str) -> StreamingHandler:
+        tasks, containers = core.local.tasks, core.local.containers
+        return StreamingHandler(tasks, containers, lookup, core.state, namespace=namespace)
+
+    async def main() -> None:
+        lookup, namespace = Lookup(), f"stream-{uuid.uuid4().hex[:8]}"
+        core = await open_core()
+        env = Env(core, handler_of(core, lookup, namespace), lookup, tmp_path, namespace)
+        cid = await start(env, ["/bin/sleep", "3600"])
+        tasks = core.local.tasks
+        spec = json.dumps({"args": ["/bin/sleep", "3600"], "cwd": "/", "env": ["PATH=/bin"],
+                           "user": {"uid": 0, "gid": 0}}).encode()  # fmt: skip
+        left, other = EXEC_PREFIX + uuid.uuid4().hex[:24], "ctr-exec"
+        for exec_id in (left, other):
+            await tasks.exec(namespace, cid, exec_id, spec, Stdio())
+            await tasks.start(namespace, cid, exec_id)
+        left_pid = tasks.state(namespace, cid, left).pid
+        # The daemon dies: its runtime stops tracking; containers, conmons and execs run on.
+        await env.handler.close()
+        await core.runtime.close()
+        core.db.close()
+
+        core = await open_core()
+        env = Env(core, handler_of(core, lookup, namespace), lookup, tmp_path, namespace)
+        try:
+            assert core.local.tasks.state(namespace, cid, left).status == TaskStatus.RUNNING
+            await env.handler.start()
+            with pytest.raises(NotFound):
+                core.local.tasks.state(namespace, cid, left)
+            with pytest.raises(ProcessLookupError):
+                os.kill(left_pid, 0)
+            assert core.local.tasks.state(namespace, cid, other).status == TaskStatus.RUNNING
+        finally:
+            await env.handler.close()
+            await remove(env, cid)
+            await core.runtime.close()
+            core.db.close()
+
+    asyncio.run(asyncio.wait_for(main(), 240))

@@ -92,8 +92,8 @@ def test_unknown_used_and_wrong_kind_tokens_are_404() -> None:
         server = StreamServer("127.0.0.1", 0)
         served: list[str] = []
 
-        async def session(method: str, headers: Any, reader: Any, writer: Any) -> None:
-            served.append(method)
+        async def session(request: Any, reader: Any, writer: Any) -> None:
+            served.append(request.method)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
         url = await server.url("exec", session)
@@ -121,9 +121,12 @@ async def _serve(
 
     server = StreamServer("127.0.0.1", 0)
 
-    async def session(method: str, headers: Any, reader: Any, writer: Any) -> None:
+    async def session(request: Any, reader: Any, writer: Any) -> None:
         decision = upgrade.negotiate(
-            method, headers, upgrade.REMOTECOMMAND_SPDY, channels.REMOTECOMMAND_PROTOCOLS
+            request.method,
+            request.headers,
+            upgrade.REMOTECOMMAND_SPDY,
+            channels.REMOTECOMMAND_PROTOCOLS,
         )
         if isinstance(decision, upgrade.Response):
             writer.write(decision.head())
@@ -365,8 +368,8 @@ def test_spdy_port_forward_pairs_streams_and_reports_dial_errors() -> None:
         await closed.wait_closed()
         server = StreamServer("127.0.0.1", 0)
 
-        async def session(method: str, headers: Any, reader: Any, writer: Any) -> None:
-            decision = upgrade.negotiate(method, headers, upgrade.PORTFORWARD_SPDY)
+        async def session(request: Any, reader: Any, writer: Any) -> None:
+            decision = upgrade.negotiate(request.method, request.headers, upgrade.PORTFORWARD_SPDY)
             assert isinstance(decision, upgrade.Upgrade)
             writer.write(decision.response.head())
             await portforward.serve(reader, writer, None)

@@ -1,6 +1,6 @@
 """The CRI `streaming` handler group: Exec, Attach and PortForward answer a URL on the
 streaming server; the request is kept with the URL's token and served when the client
-connects (SPDY/3.1 for all three, WebSocket channel protocols for exec and attach).
+connects (SPDY/3.1 or Kubernetes' WebSocket channel protocols, for all three).
 
 CRI objects (which task runs a container, a pod's network namespace) are found through a
 `Lookup` the CRI front door provides; the handler never reads their metadata itself.
@@ -9,21 +9,29 @@ CRI objects (which task runs a container, a pod's network namespace) are found t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import signal
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import structlog
+
 from liner_api.runtime.v1 import api_pb2
-from linerd.cri.streaming import channels, portforward, upgrade
+from linerd.cri import NAMESPACE
+from linerd.cri.streaming import channels, portforward, upgrade, wsportforward
 from linerd.cri.streaming.lookup import RecordLookup
-from linerd.cri.streaming.process import AttachSession, ExecSession
+from linerd.cri.streaming.process import EXEC_PREFIX, AttachSession, ExecSession
 from linerd.cri.streaming.remotecommand import Options, Runner, serve_spdy
-from linerd.cri.streaming.server import Headers, Session, StreamServer
+from linerd.cri.streaming.server import Request, Session, StreamServer
 from linerd.cri.streaming.wsconn import serve_websocket
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError
 from linerd.runtime import TaskStatus
+
+log = structlog.get_logger("linerd.cri.streaming")
+LEFT_EXEC_WAIT = 10.0  # how long a SIGKILLed exec a previous daemon left may take to exit
 
 if TYPE_CHECKING:
     from linerd.assembly import Core
@@ -60,21 +68,58 @@ class StreamingHandler:
         state_dir: str | Path,
         address: str = "127.0.0.1",
         port: int = 0,
+        namespace: str = NAMESPACE,
     ) -> None:
         self.tasks = tasks
         self.containers = containers
         self.lookup = lookup
+        self.namespace = namespace  # where the CRI's tasks, and so the sessions' execs, are
         self.server = StreamServer(address, port)
         # One directory of FIFOs per exec session, removed when the session ends.
         self.fifo_dir = Path(state_dir) / "cri-streams"
         self._sweep: asyncio.Task[None] | None = None
+        with contextlib.suppress(RuntimeError):  # built on the event loop: start now
+            asyncio.get_running_loop()
+            self._sweep = asyncio.create_task(self._clean_up_left())
 
     async def _url(self, kind: str, session: Session) -> str:
         if self._sweep is None:
-            # What a previous daemon's sessions left (they ended with it), before any new one.
-            self._sweep = asyncio.create_task(asyncio.to_thread(shutil.rmtree, self.fifo_dir, True))
+            self._sweep = asyncio.create_task(self._clean_up_left())
         await asyncio.shield(self._sweep)
         return await self.server.url(kind, session)
+
+    async def _clean_up_left(self) -> None:
+        """What a previous daemon's sessions left (they ended with it), before any new one:
+        their FIFOs, and their exec processes, which outlive it (conmon keeps them; the
+        runtime recovered them as the tasks' execs) and have no client any more."""
+        await asyncio.to_thread(shutil.rmtree, self.fifo_dir, True)
+        try:
+            await self._end_left_execs()
+        except Exception as e:  # no session may fail for it: the next restart tries again
+            log.warning("execs a previous daemon left not looked for", error=repr(e))
+
+    async def _end_left_execs(self) -> None:
+        for state in self.tasks.list(self.namespace):
+            if state.status != TaskStatus.RUNNING:
+                continue
+            try:
+                pids = await self.tasks.pids(self.namespace, state.container_id)
+            except LinerError:
+                continue  # gone meanwhile
+            for info in pids:
+                if info.exec_id.startswith(EXEC_PREFIX):
+                    await self._end_exec(state.container_id, info.exec_id)
+
+    async def _end_exec(self, container_id: str, exec_id: str) -> None:
+        log.warning("killing an exec a previous daemon left", container=container_id,
+                    exec_id=exec_id)  # fmt: skip
+        ns = self.namespace
+        try:
+            await self.tasks.kill(ns, container_id, signal.SIGKILL, exec_id=exec_id)
+            await asyncio.wait_for(self.tasks.wait(ns, container_id, exec_id), LEFT_EXEC_WAIT)
+            await self.tasks.delete_process(ns, container_id, exec_id)
+        except (LinerError, TimeoutError) as e:
+            log.warning("exec a previous daemon left not ended", exec_id=exec_id, error=str(e))
 
     @classmethod
     def of(cls, core: Core, config: Config, lookup: Lookup | None = None) -> StreamingHandler:
@@ -90,9 +135,17 @@ class StreamingHandler:
         )
 
     async def start(self) -> None:
+        """Ready to serve: what a previous daemon left cleaned up, the server listening."""
+        if self._sweep is None:
+            self._sweep = asyncio.create_task(self._clean_up_left())
+        await asyncio.shield(self._sweep)
         await self.server.start()
 
     async def close(self) -> None:
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweep
         await self.server.close()
 
     async def _running(self, container_id: str) -> tuple[str, str]:
@@ -140,20 +193,23 @@ class StreamingHandler:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod sandbox id must not be empty")
         path = await self.lookup.sandbox_netns(request.pod_sandbox_id)
-        url = await self._url("portforward", partial(self._portforward, path))
+        ports = list(request.port)
+        url = await self._url("portforward", partial(self._portforward, path, ports))
         return api_pb2.PortForwardResponse(url=url)
 
     async def _remote(
         self,
         options: Options,
         runner: Callable[[], Runner],
-        method: str,
-        headers: Headers,
+        request: Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
         decision = upgrade.negotiate(
-            method, headers, upgrade.REMOTECOMMAND_SPDY, channels.REMOTECOMMAND_PROTOCOLS
+            request.method,
+            request.headers,
+            upgrade.REMOTECOMMAND_SPDY,
+            channels.REMOTECOMMAND_PROTOCOLS,
         )
         if isinstance(decision, upgrade.Response):
             writer.write(decision.head())
@@ -171,16 +227,29 @@ class StreamingHandler:
     async def _portforward(
         self,
         netns_path: str | None,
-        method: str,
-        headers: Headers,
+        requested_ports: list[int],
+        request: Request,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        decision = upgrade.negotiate(method, headers, upgrade.PORTFORWARD_SPDY)
+        decision = upgrade.negotiate(
+            request.method, request.headers, upgrade.PORTFORWARD_SPDY, wsportforward.PROTOCOLS
+        )
+        ports: list[int] = []
+        if isinstance(decision, upgrade.Upgrade) and decision.transport == "websocket":
+            # The ports are fixed when a WebSocket session opens (SPDY names one per stream).
+            try:
+                ports = wsportforward.ports_of(requested_ports, request.query)
+            except InvalidArgument as e:
+                decision = upgrade.Response(400, (), f"{e}\n".encode())
         if isinstance(decision, upgrade.Response):
             writer.write(decision.head())
             await writer.drain()
             return
         writer.write(decision.response.head())
         await writer.drain()
-        await portforward.serve(reader, writer, netns_path)
+        if decision.transport == "websocket":
+            assert decision.channel_protocol is not None
+            await wsportforward.serve(reader, writer, decision.channel_protocol, ports, netns_path)
+        else:
+            await portforward.serve(reader, writer, netns_path)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("linerd.cri.streaming")
 
 _ATTACH_STDOUT, _ATTACH_STDERR = 2, 3
+EXEC_PREFIX = "cri-"  # every exec id of a session: what a restarted handler looks for
 FIRST_SIZE_WAIT = 1.0  # how long a TTY exec waits for the client's first terminal size
 OUTPUT_DRAIN = 10.0  # how long the outputs of a killed exec may take to reach EOF
 
@@ -133,7 +134,7 @@ class ExecSession:
         self.namespace = namespace
         self.container_id = container_id
         self.command = command
-        self.exec_id = "cri-" + secrets.token_hex(12)
+        self.exec_id = EXEC_PREFIX + secrets.token_hex(12)
         self.dir = directory / self.exec_id
         self._fds: list[int] = []
 

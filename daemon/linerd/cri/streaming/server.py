@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
@@ -31,8 +31,23 @@ MAX_HEAD = 16 << 10
 HEAD_TIMEOUT = 30.0
 
 Headers = list[tuple[str, str]]
-# (method, headers, reader, writer) -> None: serves an accepted request to its end.
-Session = Callable[[str, Headers, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request's head as the session sees it."""
+
+    method: str
+    target: str  # the request target: path and query
+    headers: Headers
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
+
+
+# (request, reader, writer) -> None: serves an accepted request to its end.
+Session = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +197,7 @@ class StreamServer:
         if session is None:
             await _respond(writer, 404, "not found")
             return
-        await session(method, headers, reader, writer)
+        await session(Request(method, target, headers), reader, writer)
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:

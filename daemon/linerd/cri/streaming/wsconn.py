@@ -15,7 +15,9 @@ from linerd.cri.streaming.remotecommand import Options, ResizeParser, Runner, St
 from linerd.cri.streaming.spdyconn import CHUNK, ConnectionClosed
 
 
-class _Conn:
+class Sender:
+    """Writes whole frames, each awaited until the socket took it; `closed` once it failed."""
+
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self.closed = asyncio.Event()
@@ -39,7 +41,7 @@ async def serve_websocket(
     run: Runner,
 ) -> None:
     codec = channels.ChannelCodec(protocol)
-    conn = _Conn(writer)
+    conn = Sender(writer)
 
     async def write(channel: int, data: bytes) -> None:
         if options.tty:
@@ -82,7 +84,7 @@ async def serve_websocket(
 
 async def _read(
     reader: asyncio.StreamReader,
-    conn: _Conn,
+    conn: Sender,
     codec: channels.ChannelCodec,
     session: Streams,
 ) -> None:
