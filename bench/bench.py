@@ -18,7 +18,7 @@ What it does, in order (see bench/README.md for the details and the caveats):
    latency, (c) 20 detached containers started then killed and removed, (d) daemon RSS idle
    and with 20 running and RSS/PSS per helper (conmon / containerd-shim-runc-v2), (e) `ctr
    version` / `ctr images ls` (and `liner version` / `liner images ls`), plus a pull through
-   liner's Transfer API. `--load` adds the load check (50 concurrent pulls of one image, 100
+   liner's Transfer API; (f) the CRI of each daemon in critest's shape (bench/cri.py). `--load` adds the load check (50 concurrent pulls of one image, 100
    `run --rm` in a row).
 5. Prints a table (median, min, max, ratio liner/containerd) and writes JSON to
    `<results-dir>/<timestamp>.json`.
@@ -51,8 +51,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "integration"))
 
+import cri  # noqa: E402
 import imagebuild  # noqa: E402
+from procs import cmdlines, mem_kb, parent_of  # noqa: E402
 from registry import Registry, ThrottlingProxy  # noqa: E402
 from support import Linerd  # noqa: E402
 
@@ -60,6 +63,7 @@ NS = "bench"
 CACHE_VERSION = 1
 SUITE = "bookworm"
 N_DETACHED = 20
+N_PODS = 20  # (f); critest runs 50
 
 
 def log(msg: str) -> None:
@@ -252,36 +256,6 @@ def push_images(reg: Registry, layout: Path, meta: dict[str, Any], smoke: bool) 
 
 
 # ------------------------------------------------------------------------------- processes
-
-
-def mem_kb(pid: int) -> dict[str, int]:
-    """Rss and Pss (kB) of a process, from /proc/<pid>/smaps_rollup."""
-    out = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                out[key.lower()] = int(rest.split()[0])
-    return out
-
-
-def cmdlines() -> Iterator[tuple[int, list[str]]]:
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "cmdline").read_bytes()
-        except OSError:
-            continue
-        if raw:
-            yield int(entry.name), raw.decode(errors="replace").rstrip("\0").split("\0")
-
-
-def parent_of(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def proc_counts(pid: int, under: Path) -> dict[str, int]:
@@ -945,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each clean")
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--only", default="a,b,c,e", help="of a,b,c,e (d is taken with c)")
+    p.add_argument("--only", default="a,b,c,e,f", help="of a,b,c,e,f (d is taken with c)")
+    p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -957,12 +932,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (2 if args.smoke else 5)
     quick = args.quick_runs or (2 if args.smoke else 20)
     n_detached = 2 if args.smoke else N_DETACHED
+    n_pods = args.pods or (2 if args.smoke else N_PODS)
+    # ctr's daemons and the images are only needed by a-e, the load check and the profile
+    with_ctr = bool(only & {"a", "b", "c", "e"}) or args.load or bool(args.profile)
+    cri_missing = cri.missing() if "f" in only else ""
+    if cri_missing:
+        log(f"(f) left out: {cri_missing}")
     use_containerd = not args.no_containerd and shutil.which("containerd") is not None
     if not args.no_containerd and not use_containerd:
         log("containerd is not installed: measuring liner alone")
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    layout, meta = build_images(args.cache, args.smoke)
+    layout, meta = build_images(args.cache, args.smoke) if with_ctr else (None, {"tags": {}})
     parent = args.workdir or Path("/dev/shm" if args.tmpfs else "/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="liner-bench-", dir=parent))
     started = datetime.datetime.now(datetime.UTC)
@@ -974,27 +955,34 @@ def main(argv: list[str] | None = None) -> int:
     reg = Registry("open", workdir=reg_dir)
     try:
         reg.start()
-        images = push_images(reg, layout, meta, args.smoke)
         log(f"registry on {reg.host}; daemons under {work}")
-        liner = LinerDaemon(work / "liner")
-        daemons.append(liner)
-        if use_containerd:
-            daemons.append(ContainerdDaemon(work / "containerd"))
-        if "a" in only:
-            bench_pulls(daemons, images, res, runs, args.settle)
-            bench_liner_pull(liner, images, res, runs, args.settle)
-        for d in daemons:
-            d.ctr("images", "pull", "--plain-http", images.busybox)
-        if "b" in only:
-            bench_run_rm(daemons, images, res, quick)
-        if "c" in only:
-            bench_detached(daemons, images, res, runs, n_detached)
-        if "e" in only:
-            bench_cli(daemons, res, quick)
-        if args.load:
-            load = load_check(liner, reg, images, args.smoke)
-        if args.profile:
-            profile_liner(liner, images, args.py_spy, args.profile)
+        if with_ctr:
+            assert layout is not None
+            images = push_images(reg, layout, meta, args.smoke)
+            liner = LinerDaemon(work / "liner")
+            daemons.append(liner)
+            if use_containerd:
+                daemons.append(ContainerdDaemon(work / "containerd"))
+            if "a" in only:
+                bench_pulls(daemons, images, res, runs, args.settle)
+                bench_liner_pull(liner, images, res, runs, args.settle)
+            for d in daemons:
+                d.ctr("images", "pull", "--plain-http", images.busybox)
+            if "b" in only:
+                bench_run_rm(daemons, images, res, quick)
+            if "c" in only:
+                bench_detached(daemons, images, res, runs, n_detached)
+            if "e" in only:
+                bench_cli(daemons, res, quick)
+            if args.load:
+                load = load_check(liner, reg, images, args.smoke)
+            if args.profile:
+                profile_liner(liner, images, args.py_spy, args.profile)
+        if "f" in only and not cri_missing:
+            outcome = cri.bench_cri(reg, work, n_pods, use_containerd, log)
+            for x in outcome.samples:
+                res.metric(x.key, x.label, x.unit).add(x.daemon, x.value)
+            res.errors += outcome.errors
     finally:
         for d in daemons:
             with contextlib.suppress(Exception):
@@ -1014,6 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
             "detached": n_detached,
             "settle_s": args.settle,
             "only": sorted(only),
+            "cri": "f" in only and not cri_missing,
+            "pods": n_pods,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],

@@ -179,12 +179,11 @@ def push_busybox_image(
     return PushedImage(reg.ref(repo), tuple(tags), manifest.digest, config.digest)
 
 
-@pytest.fixture(scope="session")
-def pause_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """`<registry>/liner-test/pause:3.9`: the sandbox image of every CRI test."""
+def push_pause_image(reg: Registry, workdir: Path) -> str:
+    """Push the pause image (busybox + PAUSE_SCRIPT as /pause); its reference."""
     pushed = push_busybox_image(
-        registry,
-        tmp_path_factory.mktemp("pause"),
+        reg,
+        workdir,
         PAUSE_REPO,
         (PAUSE_TAG,),
         entrypoint=["/pause"],
@@ -192,6 +191,12 @@ def pause_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) ->
         extra=[file("pause", PAUSE_SCRIPT, 0o755)],
     )
     return pushed.ref()
+
+
+@pytest.fixture(scope="session")
+def pause_image(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`<registry>/liner-test/pause:3.9`: the sandbox image of every CRI test."""
+    return push_pause_image(registry, tmp_path_factory.mktemp("pause"))
 
 
 # ---- the pod network -------------------------------------------------------------------------
@@ -279,6 +284,7 @@ class CriDaemon:
     # The pid whose mount namespace the daemon's containers see (None: this process's):
     # containerd runs in a private one here, so a test's host mounts must be made there.
     mount_pid: int | None = None
+    pid: int = 0  # the daemon's own (the bench samples its memory)
     # Every pod and container id the daemon answered (RunPodSandbox, CreateContainer).
     created: set[str] = field(default_factory=set, repr=False)
     channel: grpc.Channel = field(init=False, repr=False)
@@ -479,16 +485,21 @@ def liner_config(net: PodNetwork, sandbox_image: str, registry_host: str) -> str
 
 
 @contextlib.contextmanager
-def liner_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterator[CriDaemon]:
+def liner_cri(
+    base: Path, sandbox_image: str, registry_host: str, log_level: str = "debug"
+) -> Iterator[CriDaemon]:
     net = new_pod_network(base)
     config = base / "linerd.toml"
     config.write_text(liner_config(net, sandbox_image, registry_host))
     metrics = f"127.0.0.1:{free_port()}"
     daemon = Linerd(
-        base / "linerd", extra_args=["--config", str(config), "--metrics-address", metrics]
+        base / "linerd",
+        extra_args=["--config", str(config), "--metrics-address", metrics],
+        log_level=log_level,
     )
     daemon.start()
-    cri = CriDaemon(LINER, daemon.address, base, net, sandbox_image, metrics)
+    assert daemon.proc is not None
+    cri = CriDaemon(LINER, daemon.address, base, net, sandbox_image, metrics, pid=daemon.proc.pid)
     try:
         yield cri
         cri.remove_all_pods()
@@ -621,7 +632,15 @@ class ContainerdCri:
 def containerd_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterator[CriDaemon]:
     net = new_pod_network(base)
     daemon = ContainerdCri(base / "containerd", net, sandbox_image, registry_host)
-    cri = CriDaemon(CONTAINERD, daemon.socket, base, net, sandbox_image, mount_pid=daemon.proc.pid)
+    cri = CriDaemon(
+        CONTAINERD,
+        daemon.socket,
+        base,
+        net,
+        sandbox_image,
+        mount_pid=daemon.proc.pid,
+        pid=daemon.proc.pid,
+    )
     try:
         yield cri
         cri.remove_all_pods()
@@ -636,7 +655,7 @@ def containerd_cri(base: Path, sandbox_image: str, registry_host: str) -> Iterat
 
 
 @contextlib.contextmanager
-def _ip_forward_kept() -> Iterator[None]:
+def ip_forward_kept() -> Iterator[None]:
     """bridge's isGateway turns IPv4 forwarding on; give the host its value back."""
     path = Path("/proc/sys/net/ipv4/ip_forward")
     before = path.read_text().strip()
@@ -662,5 +681,5 @@ def cri(
         pytest.skip(why)
     base = tmp_path_factory.mktemp(f"cri-{request.param}")
     start = liner_cri if request.param == LINER else containerd_cri
-    with _ip_forward_kept(), start(base, pause_image, registry.host) as daemon:
+    with ip_forward_kept(), start(base, pause_image, registry.host) as daemon:
         yield daemon

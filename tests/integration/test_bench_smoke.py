@@ -1,8 +1,9 @@
 """The bench harness (bench/bench.py) in smoke mode, so it cannot rot.
 
-Tiny images (busybox only), 2 runs of everything, containerd side by side when installed, and
-the load check scaled down. Nothing is timed or compared here: the test checks that the harness
-prints its table and writes valid JSON (into a temp results dir, never bench/results/).
+Tiny images (busybox only), 2 runs of everything, containerd side by side when installed, the
+load check scaled down, and (f) the CRI with 2 pods per daemon where pods can run here. Nothing
+is timed or compared here: the test checks that the harness prints its table and writes valid
+JSON (into a temp results dir, never bench/results/).
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ def test_bench_smoke_prints_table_and_writes_json(tmp_path: Path) -> None:
                 assert metric["containerd"]["n"] >= 1, metric
             assert metric["ratio"] > 0, metric
     assert doc["metrics"]["liner_pull_busybox"]["ratio_versus"].startswith("pull_busybox")
+    if doc["mode"]["cri"]:  # (f): 2 pods against each daemon's CRI
+        assert doc["mode"]["pods"] == 2
+        assert "(f) a pod's start" in table and "(f) node PSS, 2 pods" in table, table
+        calls = ("RunPodSandbox", "PodSandboxStatus", "ImageStatus", "CreateContainer",
+                 "StartContainer", "ContainerStatus", "ExecSync", "StopContainer",
+                 "RemoveContainer", "StopPodSandbox", "RemovePodSandbox")  # fmt: skip
+        for key in [f"cri_{c}" for c in calls] + ["cri_pod_start", "cri_pss_node"]:
+            metric = doc["metrics"][key]
+            assert metric["liner"]["n"] == (1 if key == "cri_pss_node" else 2), metric
+            if with_containerd:
+                assert metric["containerd"]["n"] == metric["liner"]["n"], metric
+                assert metric["ratio"] > 0, metric
+        lists = doc["metrics"]["cri_ListContainers"]["liner"]
+        assert lists["n"] >= 1 and lists["min"] <= lists["median"] <= lists["max"], lists
+        assert not [e for e in doc["errors"] if e.startswith("(f)")], doc["errors"]
     load = doc["load"]
     assert load["concurrent_pulls"]["pulls"] == 20  # smoke: 20 of the 50
     assert set(load["run_rm_leaks"]["before"]) == {"fds", "threads", "mounts", "rss_kb"}

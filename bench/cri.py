@@ -1,0 +1,309 @@
+"""(f) The CRI side by side: liner's and containerd's runtime.v1, driven in critest's shape.
+
+Both daemons are started as the CRI test harness starts them (tests/integration/cri_support.py:
+private root, state, socket and CNI network, the pause image from the bench's registry), one
+after the other, and driven with the suite's stubs over their sockets. Per daemon:
+
+1. PullImage of the pause image and of a busybox image (not timed: pods start warm).
+2. N pods, 2 at a time: RunPodSandbox → PodSandboxStatus → ImageStatus → CreateContainer →
+   StartContainer → ContainerStatus → ExecSync(`true`), each call timed.
+3. With the N pods running: ListContainers and ListPodSandbox (LIST_CALLS each), and the node's
+   memory: PSS of the daemon + its per-pod helpers (conmon for liner, containerd-shim-runc-v2
+   for containerd) + liner's unpack zygote if up.
+4. N pods, 2 at a time: StopContainer → RemoveContainer → StopPodSandbox → RemovePodSandbox.
+
+The harness's context managers remove what is left and check for leaks (mounts, leases,
+iptables rules, monitors, cgroups), then stop the daemon and delete the bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cri_support import (
+    CONTAINERD,
+    LINER,
+    CriDaemon,
+    containerd_cri,
+    ip_forward_kept,
+    liner_cri,
+    missing_containerd,
+    missing_for_pods,
+    push_busybox_image,
+    push_pause_image,
+)
+from procs import cmdlines, mem_kb, parent_of
+from registry import Registry
+
+from liner_api.runtime.v1 import api_pb2 as pb
+
+PARALLEL = 2
+LIST_CALLS = 10
+STOP_TIMEOUT = 10  # seconds StopContainer gives the TERM (the container exits at once on it)
+# The container's process: exits 0 on TERM, so StopContainer measures a real stop.
+SCRIPT = "trap 'exit 0' TERM; sleep 3600 & wait"
+START_CALLS = (
+    "RunPodSandbox",
+    "PodSandboxStatus",
+    "ImageStatus",
+    "CreateContainer",
+    "StartContainer",
+    "ContainerStatus",
+    "ExecSync",
+)
+STOP_CALLS = ("StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox")
+# "a pod's start": the calls a kubelet makes before the container runs
+POD_START = ("RunPodSandbox", "ImageStatus", "CreateContainer", "StartContainer")
+
+
+@dataclass
+class Sample:
+    key: str
+    label: str
+    unit: str  # "ms" (the value in seconds, shown in ms), "MB" or "n" (a count)
+    daemon: str
+    value: float
+
+
+@dataclass
+class Outcome:
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, key: str, label: str, unit: str, daemon: str, value: float) -> None:
+        with self.lock:
+            self.samples.append(Sample(key, label, unit, daemon, value))
+
+
+def missing() -> str:
+    """Why (f) cannot run here ("" if it can, liner at least)."""
+    return missing_for_pods()
+
+
+@dataclass
+class Pod:
+    name: str
+    config: pb.PodSandboxConfig
+    id: str = ""
+    container: str = ""
+
+
+class Driver:
+    """One daemon's runtime.v1 calls, each timed into `out` as `(f) <Call>`."""
+
+    def __init__(self, daemon: CriDaemon, out: Outcome, image: str, logs: Path) -> None:
+        self.d = daemon
+        self.out = out
+        self.image = image
+        self.logs = logs
+
+    def timed(self, call: str, fn: Callable[[], Any], label: str = "") -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        result = fn()
+        elapsed = time.perf_counter() - t0
+        self.out.add(f"cri_{call}", label or f"(f) {call}", "ms", self.d.kind, elapsed)
+        return result, elapsed
+
+    def pod_config(self, i: int) -> pb.PodSandboxConfig:
+        name = f"bench-{i}"
+        return pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=str(uuid.uuid4())),
+            log_directory=str(self.logs / f"{name}-{uuid.uuid4().hex[:6]}"),
+            labels={"app": name},
+        )
+
+    def start(self, pod: Pod) -> None:
+        rt, spent = self.d.runtime, {}
+        resp, spent["RunPodSandbox"] = self.timed(
+            "RunPodSandbox",
+            lambda: rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod.config), timeout=120),
+        )
+        pod.id = resp.pod_sandbox_id
+        self.timed(
+            "PodSandboxStatus",
+            lambda: rt.PodSandboxStatus(
+                pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30
+            ),
+        )
+        spec = pb.ImageSpec(image=self.image)
+        _, spent["ImageStatus"] = self.timed(
+            "ImageStatus",
+            lambda: self.d.images.ImageStatus(pb.ImageStatusRequest(image=spec), timeout=30),
+        )
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="c"),
+            image=spec,
+            command=["/bin/sh", "-c", SCRIPT],
+            log_path="c.log",
+        )
+        resp, spent["CreateContainer"] = self.timed(
+            "CreateContainer",
+            lambda: rt.CreateContainer(
+                pb.CreateContainerRequest(
+                    pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config
+                ),
+                timeout=60,
+            ),
+        )
+        pod.container = resp.container_id
+        _, spent["StartContainer"] = self.timed(
+            "StartContainer",
+            lambda: rt.StartContainer(
+                pb.StartContainerRequest(container_id=pod.container), timeout=60
+            ),
+        )
+        self.out.add(
+            "cri_pod_start",
+            "(f) a pod's start (Run+ImageStatus+Create+Start)",
+            "ms",
+            self.d.kind,
+            sum(spent[c] for c in POD_START),
+        )
+        self.timed(
+            "ContainerStatus",
+            lambda: rt.ContainerStatus(
+                pb.ContainerStatusRequest(container_id=pod.container), timeout=30
+            ),
+        )
+        resp, _ = self.timed(
+            "ExecSync",
+            lambda: rt.ExecSync(
+                pb.ExecSyncRequest(container_id=pod.container, cmd=["true"], timeout=30),
+                timeout=60,
+            ),
+        )
+        if resp.exit_code != 0:
+            raise RuntimeError(f"ExecSync true exited {resp.exit_code}: {resp.stderr!r}")
+
+    def stop(self, pod: Pod) -> None:
+        rt = self.d.runtime
+        cid, sid = pod.container, pod.id
+        self.timed(
+            "StopContainer",
+            lambda: rt.StopContainer(
+                pb.StopContainerRequest(container_id=cid, timeout=STOP_TIMEOUT), timeout=120
+            ),
+        )
+        self.timed(
+            "RemoveContainer",
+            lambda: rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60),
+        )
+        self.timed(
+            "StopPodSandbox",
+            lambda: rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120),
+        )
+        self.timed(
+            "RemovePodSandbox",
+            lambda: rt.RemovePodSandbox(
+                pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120
+            ),
+        )
+
+    def lists(self, n: int) -> None:
+        rt = self.d.runtime
+        for _ in range(LIST_CALLS):
+            resp, _ = self.timed(
+                "ListContainers",
+                lambda: rt.ListContainers(pb.ListContainersRequest(), timeout=30),
+                f"(f) ListContainers, {n} pods running",
+            )
+            if len(resp.containers) != n:
+                raise RuntimeError(f"ListContainers: {len(resp.containers)} of {n}")
+            resp, _ = self.timed(
+                "ListPodSandbox",
+                lambda: rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30),
+                f"(f) ListPodSandbox, {n} pods running",
+            )
+            if len(resp.items) != n:
+                raise RuntimeError(f"ListPodSandbox: {len(resp.items)} of {n}")
+
+    def memory(self, n: int) -> None:
+        """PSS (MB) of the daemon, of its helpers, of liner's zygote, and their sum."""
+        base = str(self.d.base)
+        helpers, zygotes = [], []
+        for pid, argv in cmdlines():
+            name = argv[0].rsplit("/", 1)[-1]
+            if self.d.kind == LINER:
+                if name.startswith("conmon") and any(base in a for a in argv):
+                    helpers.append(pid)
+                elif argv[1:3] == ["-m", "linerd.diff.zygote"] and parent_of(pid) == self.d.pid:
+                    zygotes.append(pid)
+            elif (
+                name.startswith("containerd-shim") and self.d.socket in argv and "start" not in argv
+            ):
+                helpers.append(pid)
+
+        def pss_mb(pids: list[int]) -> float:
+            return sum(mem_kb(p).get("pss", 0) for p in pids) / 1024
+
+        parts = {
+            "daemon": pss_mb([self.d.pid]),
+            "helpers": pss_mb(helpers),
+            "zygote": pss_mb(zygotes),
+        }
+        k = self.d.kind
+        self.out.add("cri_pss_daemon", f"(f) PSS daemon, {n} pods", "MB", k, parts["daemon"])
+        self.out.add("cri_helpers", f"(f) helpers, {n} pods", "n", k, len(helpers))
+        self.out.add("cri_pss_helpers", f"(f) PSS helpers, {n} pods", "MB", k, parts["helpers"])
+        if zygotes:
+            self.out.add("cri_pss_zygote", "(f) PSS unpack zygote", "MB", k, parts["zygote"])
+        self.out.add("cri_pss_node", f"(f) node PSS, {n} pods", "MB", k, sum(parts.values()))
+
+    def run(self, n: int, busybox: str) -> None:
+        for ref in (self.d.sandbox_image, busybox):
+            self.d.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300)
+        pods = [Pod(f"bench-{i}", self.pod_config(i)) for i in range(n)]
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(self.start, pods))
+        self.lists(n)
+        self.memory(n)
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(self.stop, pods))
+
+
+@contextlib.contextmanager
+def _daemon(kind: str, base: Path, pause: str, reg: Registry) -> Iterator[CriDaemon]:
+    if kind == LINER:
+        with liner_cri(base, pause, reg.host, log_level="info") as d:
+            yield d
+    else:
+        with containerd_cri(base, pause, reg.host) as d:
+            yield d
+
+
+def bench_cri(reg: Registry, work: Path, n: int, with_containerd: bool, log: Any) -> Outcome:
+    """Run (f) against liner and, when asked and installed, containerd."""
+    out = Outcome()
+    images_dir = work / "cri-images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    pause = push_pause_image(reg, images_dir)
+    busybox = push_busybox_image(reg, images_dir, "bench/cri-busybox").ref()
+    kinds = [LINER]
+    if with_containerd:
+        if why := missing_containerd():
+            log(f"(f) containerd's CRI left out: {why}")
+        else:
+            kinds.append(CONTAINERD)
+    with ip_forward_kept():
+        for kind in kinds:
+            log(f"(f) {n} pods against {kind}'s CRI")
+            base = work / f"cri-{kind}"
+            base.mkdir()
+            try:
+                with _daemon(kind, base, pause, reg) as d:
+                    Driver(d, out, busybox, base / "pod-logs").run(n, busybox)
+            except (grpc.RpcError, RuntimeError, AssertionError) as e:
+                msg = f"(f) {kind}: {str(e)[-800:]}"
+                out.errors.append(msg)
+                log(f"failed: {msg}")
+    return out

@@ -1,0 +1,38 @@
+"""Processes as the bench samples them: memory from smaps_rollup, command lines, parents."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def mem_kb(pid: int) -> dict[str, int]:
+    """Rss and Pss (kB) of a process, from /proc/<pid>/smaps_rollup."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("Rss", "Pss"):
+                out[key.lower()] = int(rest.split()[0])
+    return out
+
+
+def cmdlines() -> Iterator[tuple[int, list[str]]]:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            yield int(entry.name), raw.decode(errors="replace").rstrip("\0").split("\0")
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
