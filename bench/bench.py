@@ -64,6 +64,7 @@ CACHE_VERSION = 1
 SUITE = "bookworm"
 N_DETACHED = 20
 N_PODS = 20  # (f); critest runs 50
+N_CRI_PULLS = 20  # (f): distinct small images pulled through the CRI
 
 
 def log(msg: str) -> None:
@@ -921,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--only", default="a,b,c,e,f", help="of a,b,c,e,f (d is taken with c)")
     p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
+    p.add_argument("--pod-containers", type=int, default=1, help="containers per pod in (f)")
+    p.add_argument(
+        "--cri-pulls", type=int, help=f"images pulled in (f) (default {N_CRI_PULLS}; smoke 2)"
+    )
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -932,7 +937,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (2 if args.smoke else 5)
     quick = args.quick_runs or (2 if args.smoke else 20)
     n_detached = 2 if args.smoke else N_DETACHED
-    n_pods = args.pods or (2 if args.smoke else N_PODS)
+    shape = cri.Shape(
+        pods=args.pods or (2 if args.smoke else N_PODS),
+        per_pod=args.pod_containers,
+        pulls=args.cri_pulls if args.cri_pulls is not None else 2 if args.smoke else N_CRI_PULLS,
+    )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
     with_ctr = bool(only & {"a", "b", "c", "e"}) or args.load or bool(args.profile)
     cri_missing = cri.missing() if "f" in only else ""
@@ -979,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 profile_liner(liner, images, args.py_spy, args.profile)
         if "f" in only and not cri_missing:
-            outcome = cri.bench_cri(reg, work, n_pods, use_containerd, log)
+            outcome = cri.bench_cri(reg, work, shape, use_containerd, log)
             for x in outcome.samples:
                 res.metric(x.key, x.label, x.unit).add(x.daemon, x.value)
             res.errors += outcome.errors
@@ -1003,7 +1012,9 @@ def main(argv: list[str] | None = None) -> int:
             "settle_s": args.settle,
             "only": sorted(only),
             "cri": "f" in only and not cri_missing,
-            "pods": n_pods,
+            "pods": shape.pods,
+            "pod_containers": shape.per_pod,
+            "cri_pulls": shape.pulls,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],

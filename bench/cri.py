@@ -5,12 +5,16 @@ private root, state, socket and CNI network, the pause image from the bench's re
 after the other, and driven with the suite's stubs over their sockets. Per daemon:
 
 1. PullImage of the pause image and of a busybox image (not timed: pods start warm).
-2. N pods, 2 at a time: RunPodSandbox → PodSandboxStatus → ImageStatus → CreateContainer →
-   StartContainer → ContainerStatus → ExecSync(`true`), each call timed.
-3. With the N pods running: ListContainers and ListPodSandbox (LIST_CALLS each), and the node's
+2. PullImage of P distinct small images (busybox's layer, each its own config), 2 at a time,
+   timed; then ListImages (LIST_CALLS times).
+3. N pods, 2 at a time: RunPodSandbox → PodSandboxStatus → then per container (K per pod)
+   ImageStatus → CreateContainer → StartContainer → ContainerStatus → ExecSync(`true`), each
+   call timed; "a pod's start" adds up the first container's.
+4. With the N pods running: ListContainers and ListPodSandbox (LIST_CALLS each), and the node's
    memory: PSS of the daemon + its per-pod helpers (conmon for liner, containerd-shim-runc-v2
-   for containerd) + liner's unpack zygote if up.
-4. N pods, 2 at a time: StopContainer → RemoveContainer → StopPodSandbox → RemovePodSandbox.
+   for containerd) + liner's unpack zygote if up; the daemon's RSS apart.
+5. N pods, 2 at a time: StopContainer → RemoveContainer (each container) → StopPodSandbox →
+   RemovePodSandbox.
 
 The harness's context managers remove what is left and check for leaks (mounts, leases,
 iptables rules, monitors, cgroups), then stop the daemon and delete the bridge.
@@ -90,22 +94,36 @@ def missing() -> str:
     return missing_for_pods()
 
 
+@dataclass(frozen=True)
+class Shape:
+    pods: int  # N pods, PARALLEL at a time
+    per_pod: int = 1  # containers per pod (issue 18 goal 1 counts 30 pods of 2)
+    pulls: int = 0  # distinct small images pulled (PARALLEL at a time), then listed
+
+    @property
+    def label(self) -> str:
+        return f"{self.pods} pods" + (f" of {self.per_pod}" if self.per_pod > 1 else "")
+
+
 @dataclass
 class Pod:
     name: str
     config: pb.PodSandboxConfig
     id: str = ""
-    container: str = ""
+    containers: list[str] = field(default_factory=list)
 
 
 class Driver:
     """One daemon's runtime.v1 calls, each timed into `out` as `(f) <Call>`."""
 
-    def __init__(self, daemon: CriDaemon, out: Outcome, image: str, logs: Path) -> None:
+    def __init__(
+        self, daemon: CriDaemon, out: Outcome, image: str, logs: Path, shape: Shape
+    ) -> None:
         self.d = daemon
         self.out = out
         self.image = image
         self.logs = logs
+        self.shape = shape
 
     def timed(self, call: str, fn: Callable[[], Any], label: str = "") -> tuple[Any, float]:
         t0 = time.perf_counter()
@@ -135,16 +153,29 @@ class Driver:
                 pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=30
             ),
         )
+        for j in range(self.shape.per_pod):
+            self.start_container(pod, f"c{j}", spent)
+            if j == 0:
+                self.out.add(
+                    "cri_pod_start",
+                    "(f) a pod's start (Run+ImageStatus+Create+Start)",
+                    "ms",
+                    self.d.kind,
+                    sum(spent[c] for c in POD_START),
+                )
+
+    def start_container(self, pod: Pod, name: str, spent: dict[str, float]) -> None:
+        rt = self.d.runtime
         spec = pb.ImageSpec(image=self.image)
         _, spent["ImageStatus"] = self.timed(
             "ImageStatus",
             lambda: self.d.images.ImageStatus(pb.ImageStatusRequest(image=spec), timeout=30),
         )
         config = pb.ContainerConfig(
-            metadata=pb.ContainerMetadata(name="c"),
+            metadata=pb.ContainerMetadata(name=name),
             image=spec,
             command=["/bin/sh", "-c", SCRIPT],
-            log_path="c.log",
+            log_path=f"{name}.log",
         )
         resp, spent["CreateContainer"] = self.timed(
             "CreateContainer",
@@ -155,31 +186,20 @@ class Driver:
                 timeout=60,
             ),
         )
-        pod.container = resp.container_id
+        cid = resp.container_id
+        pod.containers.append(cid)
         _, spent["StartContainer"] = self.timed(
             "StartContainer",
-            lambda: rt.StartContainer(
-                pb.StartContainerRequest(container_id=pod.container), timeout=60
-            ),
-        )
-        self.out.add(
-            "cri_pod_start",
-            "(f) a pod's start (Run+ImageStatus+Create+Start)",
-            "ms",
-            self.d.kind,
-            sum(spent[c] for c in POD_START),
+            lambda: rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=60),
         )
         self.timed(
             "ContainerStatus",
-            lambda: rt.ContainerStatus(
-                pb.ContainerStatusRequest(container_id=pod.container), timeout=30
-            ),
+            lambda: rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=30),
         )
         resp, _ = self.timed(
             "ExecSync",
             lambda: rt.ExecSync(
-                pb.ExecSyncRequest(container_id=pod.container, cmd=["true"], timeout=30),
-                timeout=60,
+                pb.ExecSyncRequest(container_id=cid, cmd=["true"], timeout=30), timeout=60
             ),
         )
         if resp.exit_code != 0:
@@ -187,17 +207,20 @@ class Driver:
 
     def stop(self, pod: Pod) -> None:
         rt = self.d.runtime
-        cid, sid = pod.container, pod.id
-        self.timed(
-            "StopContainer",
-            lambda: rt.StopContainer(
-                pb.StopContainerRequest(container_id=cid, timeout=STOP_TIMEOUT), timeout=120
-            ),
-        )
-        self.timed(
-            "RemoveContainer",
-            lambda: rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60),
-        )
+        sid = pod.id
+        for cid in pod.containers:
+            self.timed(
+                "StopContainer",
+                lambda cid=cid: rt.StopContainer(
+                    pb.StopContainerRequest(container_id=cid, timeout=STOP_TIMEOUT), timeout=120
+                ),
+            )
+            self.timed(
+                "RemoveContainer",
+                lambda cid=cid: rt.RemoveContainer(
+                    pb.RemoveContainerRequest(container_id=cid), timeout=60
+                ),
+            )
         self.timed(
             "StopPodSandbox",
             lambda: rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120),
@@ -209,25 +232,47 @@ class Driver:
             ),
         )
 
-    def lists(self, n: int) -> None:
-        rt = self.d.runtime
+    def pulls(self, refs: list[str]) -> None:
+        """PullImage of each (PARALLEL at a time), then ListImages LIST_CALLS times."""
+
+        def pull(ref: str) -> None:
+            self.timed(
+                "PullImage",
+                lambda: self.d.images.PullImage(
+                    pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300
+                ),
+                "(f) PullImage (small image, local registry)",
+            )
+
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(pull, refs))
+        for _ in range(LIST_CALLS):
+            self.timed(
+                "ListImages",
+                lambda: self.d.images.ListImages(pb.ListImagesRequest(), timeout=30),
+                f"(f) ListImages, {len(refs) + 2} images",
+            )
+
+    def lists(self) -> None:
+        rt, pods = self.d.runtime, self.shape.pods
+        containers = pods * self.shape.per_pod
         for _ in range(LIST_CALLS):
             resp, _ = self.timed(
                 "ListContainers",
                 lambda: rt.ListContainers(pb.ListContainersRequest(), timeout=30),
-                f"(f) ListContainers, {n} pods running",
+                f"(f) ListContainers, {containers} running",
             )
-            if len(resp.containers) != n:
-                raise RuntimeError(f"ListContainers: {len(resp.containers)} of {n}")
+            if len(resp.containers) != containers:
+                raise RuntimeError(f"ListContainers: {len(resp.containers)} of {containers}")
             resp, _ = self.timed(
                 "ListPodSandbox",
                 lambda: rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30),
-                f"(f) ListPodSandbox, {n} pods running",
+                f"(f) ListPodSandbox, {pods} pods running",
             )
-            if len(resp.items) != n:
-                raise RuntimeError(f"ListPodSandbox: {len(resp.items)} of {n}")
+            if len(resp.items) != pods:
+                raise RuntimeError(f"ListPodSandbox: {len(resp.items)} of {pods}")
 
-    def memory(self, n: int) -> None:
+    def memory(self) -> None:
         """PSS (MB) of the daemon, of its helpers, of liner's zygote, and their sum."""
         base = str(self.d.base)
         helpers, zygotes = [], []
@@ -251,22 +296,26 @@ class Driver:
             "helpers": pss_mb(helpers),
             "zygote": pss_mb(zygotes),
         }
-        k = self.d.kind
-        self.out.add("cri_pss_daemon", f"(f) PSS daemon, {n} pods", "MB", k, parts["daemon"])
-        self.out.add("cri_helpers", f"(f) helpers, {n} pods", "n", k, len(helpers))
-        self.out.add("cri_pss_helpers", f"(f) PSS helpers, {n} pods", "MB", k, parts["helpers"])
+        k, at = self.d.kind, self.shape.label
+        self.out.add("cri_pss_daemon", f"(f) PSS daemon, {at}", "MB", k, parts["daemon"])
+        self.out.add("cri_helpers", f"(f) helpers, {at}", "n", k, len(helpers))
+        self.out.add("cri_pss_helpers", f"(f) PSS helpers, {at}", "MB", k, parts["helpers"])
         if zygotes:
             self.out.add("cri_pss_zygote", "(f) PSS unpack zygote", "MB", k, parts["zygote"])
-        self.out.add("cri_pss_node", f"(f) node PSS, {n} pods", "MB", k, sum(parts.values()))
+        self.out.add("cri_pss_node", f"(f) node PSS, {at}", "MB", k, sum(parts.values()))
+        rss = mem_kb(self.d.pid).get("rss", 0) / 1024
+        self.out.add("cri_rss_daemon", f"(f) RSS daemon, {at}", "MB", k, rss)
 
-    def run(self, n: int, busybox: str) -> None:
-        for ref in (self.d.sandbox_image, busybox):
+    def run(self, pulls: list[str]) -> None:
+        for ref in (self.d.sandbox_image, self.image):
             self.d.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300)
-        pods = [Pod(f"bench-{i}", self.pod_config(i)) for i in range(n)]
+        if pulls:
+            self.pulls(pulls)
+        pods = [Pod(f"bench-{i}", self.pod_config(i)) for i in range(self.shape.pods)]
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(self.start, pods))
-        self.lists(n)
-        self.memory(n)
+        self.lists()
+        self.memory()
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(self.stop, pods))
 
@@ -281,13 +330,17 @@ def _daemon(kind: str, base: Path, pause: str, reg: Registry) -> Iterator[CriDae
             yield d
 
 
-def bench_cri(reg: Registry, work: Path, n: int, with_containerd: bool, log: Any) -> Outcome:
+def bench_cri(reg: Registry, work: Path, shape: Shape, with_containerd: bool, log: Any) -> Outcome:
     """Run (f) against liner and, when asked and installed, containerd."""
     out = Outcome()
     images_dir = work / "cri-images"
     images_dir.mkdir(parents=True, exist_ok=True)
     pause = push_pause_image(reg, images_dir)
     busybox = push_busybox_image(reg, images_dir, "bench/cri-busybox").ref()
+    # Distinct images (their configs name their repository) sharing busybox's layer.
+    pulls = [
+        push_busybox_image(reg, images_dir, f"bench/cri-pull-{i}").ref() for i in range(shape.pulls)
+    ]
     kinds = [LINER]
     if with_containerd:
         if why := missing_containerd():
@@ -296,12 +349,12 @@ def bench_cri(reg: Registry, work: Path, n: int, with_containerd: bool, log: Any
             kinds.append(CONTAINERD)
     with ip_forward_kept():
         for kind in kinds:
-            log(f"(f) {n} pods against {kind}'s CRI")
+            log(f"(f) {shape.label}, {shape.pulls} pulls against {kind}'s CRI")
             base = work / f"cri-{kind}"
             base.mkdir()
             try:
                 with _daemon(kind, base, pause, reg) as d:
-                    Driver(d, out, busybox, base / "pod-logs").run(n, busybox)
+                    Driver(d, out, busybox, base / "pod-logs", shape).run(pulls)
             except (grpc.RpcError, RuntimeError, AssertionError) as e:
                 msg = f"(f) {kind}: {str(e)[-800:]}"
                 out.errors.append(msg)

@@ -80,7 +80,7 @@ def test_bench_smoke_prints_table_and_writes_json(tmp_path: Path) -> None:
         calls = ("RunPodSandbox", "PodSandboxStatus", "ImageStatus", "CreateContainer",
                  "StartContainer", "ContainerStatus", "ExecSync", "StopContainer",
                  "RemoveContainer", "StopPodSandbox", "RemovePodSandbox")  # fmt: skip
-        for key in [f"cri_{c}" for c in calls] + ["cri_pod_start", "cri_pss_node"]:
+        for key in [f"cri_{c}" for c in calls] + ["cri_pod_start", "cri_PullImage", "cri_pss_node"]:
             metric = doc["metrics"][key]
             assert metric["liner"]["n"] == (1 if key == "cri_pss_node" else 2), metric
             if with_containerd:
