@@ -26,7 +26,7 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from linerd import faults
 from linerd import mounts as mountlib
 from linerd.core.types import Container, Encoded
-from linerd.cri import execsync, meta, specs
+from linerd.cri import execsync, meta, security, specs
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.records import Records
@@ -482,7 +482,7 @@ class Containers:
         assert record.spec is not None
         spec = json.loads(record.spec.value)
         probe: dict[str, Any] = {"process": {}, "linux": {"resources": {}}}
-        specs.apply_resources(probe, req.linux)
+        security.apply_resources(probe, req.linux)
         resources = probe["linux"]["resources"]
         spec["linux"].setdefault("resources", {}).update(resources)
         st = self.task_state(record.id)

@@ -4,9 +4,8 @@ messages. The security context, resources, CRI mounts and devices are `cri/secur
 
 from __future__ import annotations
 
-import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,8 @@ from liner_api.containerd.runc.v1 import options_pb2 as runc_options_pb2
 from liner_api.runtime.v1 import api_pb2 as cri
 from liner_common import ocispec
 from linerd.core.types import Encoded
-from linerd.cri import meta
-from linerd.errdefs import InvalidArgument, NotImplementedYet
+from linerd.cri import meta, security
+from linerd.errdefs import InvalidArgument
 
 Spec = dict[str, Any]
 
@@ -28,19 +27,6 @@ POD, CONTAINER, NODE, TARGET = (
 PAUSE_OOM_SCORE_ADJ = -998
 PAUSE_CPU_SHARES = 2
 SYSTEMD_PREFIX = "cri-containerd"
-
-
-def own_oom_score_adj() -> int:
-    try:
-        return int(Path("/proc/self/oom_score_adj").read_text().strip())
-    except (OSError, ValueError):
-        return 0
-
-
-def clamp_oom_score_adj(value: int) -> int:
-    """Without CAP_SYS_RESOURCE a process may not go below its parent's score: runc would
-    fail. containerd clamps the same way when restricted (`RestrictOOMScoreAdj`)."""
-    return max(min(value, 1000), own_oom_score_adj(), -1000)
 
 
 RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
@@ -97,32 +83,6 @@ def _sandbox_annotations(sandbox_id: str, config: cri.PodSandboxConfig) -> dict[
     }
 
 
-def _security() -> Any:
-    """cri-sec's transforms (`linerd.cri.security`), when present."""
-    try:
-        from linerd.cri import security
-    except ImportError:
-        return None
-    return security
-
-
-def _call(name: str, fallback: Any, *args: Any, **kwargs: Any) -> None:
-    """cri-sec's transform `name`, or the minimal one here while that one is not written."""
-    security = _security()
-    if security is not None:
-        try:
-            getattr(security, name)(*args, **kwargs)
-            return
-        except NotImplementedYet:
-            pass
-    if fallback is not None:
-        fallback(*args, **kwargs)
-
-
-def apply_resources(spec: Spec, resources: cri.LinuxContainerResources) -> None:
-    _call("apply_resources", _fallback_resources, spec, resources)
-
-
 def pause_spec(
     *,
     sandbox_id: str,
@@ -157,12 +117,11 @@ def pause_spec(
     if linux.sysctls:
         spec["linux"]["sysctl"] = dict(linux.sysctls)
     spec["linux"]["resources"]["cpu"] = {"shares": PAUSE_CPU_SHARES}
-    spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(PAUSE_OOM_SCORE_ADJ)
+    spec["process"]["oomScoreAdj"] = security.clamp_oom_score_adj(PAUSE_OOM_SCORE_ADJ)
     spec["linux"]["cgroupsPath"] = cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id)
     sc = linux.security_context
     image_user = str(image_config.get("User") or "")
-    _call("apply_sandbox_security_context", _fallback_sandbox_security, spec, sc,
-          rootfs=rootfs, image_user=image_user)  # fmt: skip
+    security.apply_sandbox_security_context(spec, sc, rootfs=rootfs, image_user=image_user)
     spec["annotations"] = {
         meta.A_CONTAINER_TYPE: "sandbox",
         **_sandbox_annotations(sandbox_id, config),
@@ -277,11 +236,12 @@ def container_spec(
     sandbox_privileged = sandbox_config.linux.security_context.privileged
     if privileged and not sandbox_privileged:
         raise InvalidArgument("no privileged container allowed in a sandbox that is not privileged")
-    _call("apply_security_context", _fallback_security, spec, sc, rootfs=rootfs,
-          image_user=image_user, sandbox_privileged=sandbox_privileged)  # fmt: skip
-    apply_resources(spec, linux.resources)
-    _call("apply_mounts", _fallback_mounts, spec, config.mounts)
-    _call("apply_devices", None, spec, config.devices, privileged=privileged)
+    security.apply_security_context(
+        spec, sc, rootfs=rootfs, image_user=image_user, sandbox_privileged=sandbox_privileged
+    )
+    security.apply_resources(spec, linux.resources)
+    security.apply_mounts(spec, config.mounts)
+    security.apply_devices(spec, config.devices, privileged=privileged)
     spec["annotations"] = {
         meta.A_CONTAINER_TYPE: "container",
         **_sandbox_annotations(sandbox_id, sandbox_config),
@@ -289,70 +249,3 @@ def container_spec(
         meta.A_IMAGE_NAME: image_name,
     }
     return spec
-
-
-# -- until cri-sec's module lands: the least the lifecycle needs ----------------------------
-
-
-def _fallback_sandbox_security(
-    spec: Spec, sc: cri.LinuxSandboxSecurityContext, *, rootfs: Path, image_user: str
-) -> None:
-    if sc.privileged:
-        ocispec.with_privileged(spec)
-    if sc.HasField("run_as_user"):
-        spec["process"]["user"] = ocispec.resolve_user(str(sc.run_as_user.value), rootfs)
-    elif image_user:
-        spec["process"]["user"] = ocispec.resolve_user(image_user, rootfs)
-
-
-def _fallback_security(
-    spec: Spec,
-    sc: cri.LinuxContainerSecurityContext,
-    *,
-    rootfs: Path,
-    image_user: str,
-    sandbox_privileged: bool,
-) -> None:
-    if sc.HasField("run_as_group") and not (sc.HasField("run_as_user") or sc.run_as_username):
-        raise InvalidArgument("user group is specified without user")
-    if sc.privileged:
-        ocispec.with_privileged(spec)
-    if sc.readonly_rootfs:
-        ocispec.with_readonly_rootfs(spec)
-    user = image_user
-    if sc.HasField("run_as_user"):
-        user = str(sc.run_as_user.value)
-    elif sc.run_as_username:
-        user = sc.run_as_username
-    if sc.HasField("run_as_group"):
-        user = f"{user.partition(':')[0]}:{sc.run_as_group.value}"
-    if user:
-        spec["process"]["user"] = ocispec.resolve_user(user, rootfs)
-
-
-def _fallback_resources(spec: Spec, r: cri.LinuxContainerResources) -> None:
-    res = spec["linux"]["resources"]
-    cpu: dict[str, int] = {}
-    if r.cpu_shares:
-        cpu["shares"] = r.cpu_shares
-    if r.cpu_quota:
-        cpu["quota"] = r.cpu_quota
-    if r.cpu_period:
-        cpu["period"] = r.cpu_period
-    if cpu:
-        res["cpu"] = cpu
-    if r.memory_limit_in_bytes:
-        res["memory"] = {"limit": r.memory_limit_in_bytes}
-    if r.oom_score_adj:
-        spec["process"]["oomScoreAdj"] = clamp_oom_score_adj(r.oom_score_adj)
-
-
-def _fallback_mounts(spec: Spec, mounts: Sequence[cri.Mount]) -> None:
-    for m in mounts:
-        dest = posixpath.normpath(m.container_path)
-        if not posixpath.isabs(dest):
-            raise InvalidArgument(f"mount destination {m.container_path!r} must be absolute")
-        source = os.path.realpath(m.host_path)
-        if not os.path.exists(source):
-            os.makedirs(source, exist_ok=True)
-        _replace_mount(spec, dest, _bind(source, dest, readonly=m.readonly))
