@@ -180,6 +180,7 @@ class _HeapTrimmer:
         "/containerd.services.content.v1.Content/Write",
         "/containerd.services.diff.v1.Diff/",
         "/liner.services.transfer.v1.Transfer/",
+        "/runtime.v1.ImageService/PullImage",
     )
     DELAY = 1.0
 
