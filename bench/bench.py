@@ -804,6 +804,12 @@ def load_check(liner: LinerDaemon, reg: Registry, images: Images, smoke: bool) -
 # ------------------------------------------------------------------------------- profiling
 
 
+def _py_spy() -> str:
+    """The venv's py-spy (the dev extra installs it), else one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
 @contextlib.contextmanager
 def py_spy(binary: str, pid: int, out: Path) -> Iterator[None]:
     """py-spy record linerd (collapsed stacks, native frames off, idle frames off) meanwhile."""
@@ -927,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cri-pulls", type=int, help=f"images pulled in (f) (default {N_CRI_PULLS}; smoke 2)"
     )
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
-    p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy", help="py-spy binary")
+    p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
                    "/var/tmp on disk, /dev/shm with --tmpfs)")  # fmt: skip
     args = p.parse_args(argv)
