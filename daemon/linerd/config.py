@@ -86,12 +86,16 @@ class CniConfig:
 
 @dataclass(slots=True)
 class CriConfig:
-    """Kubernetes' CRI (runtime.v1) on the daemon's socket. Pods' network namespaces are
-    pinned under <state>/cri/netns and CNI results cached under <root>/cri/cni."""
+    """Kubernetes' CRI (runtime.v1) on the daemon's socket. Pods' network, IPC and UTS
+    namespaces are pinned under <state>/cri/netns and CNI results cached under <root>/cri/cni."""
 
     enabled: bool = True
-    # The pause image every pod sandbox runs (containerd's `sandbox_image`).
+    # The pause image a pod sandbox runs where it needs one (containerd's `sandbox_image`).
     sandbox_image: str = "registry.k8s.io/pause:3.9"
+    # CRI-O's setting and default: a pod runs no pause process unless its containers share a
+    # pid namespace (NamespaceMode POD); its net/IPC/UTS namespaces are pinned at files
+    # anyway. false: every pod runs a pause, as containerd's CRI does.
+    drop_infra_ctr: bool = True
     # Where Exec, Attach and PortForward URLs point; port 0 = a free port.
     stream_server_address: str = "127.0.0.1"
     stream_server_port: int = 0

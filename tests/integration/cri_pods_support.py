@@ -218,6 +218,11 @@ class Pods:
     async def create(
         self, pod: str, pod_config: cri.PodSandboxConfig, config: cri.ContainerConfig
     ) -> str:
+        # kubelet gives a container its pod's pid mode unless it asks for another.
+        own = config.linux.security_context.namespace_options
+        pod_pid = pod_config.linux.security_context.namespace_options.pid
+        if own.pid == cri.POD and pod_pid != cri.POD:
+            own.pid = pod_pid
         resp = await self.containers.create_container(
             cri.CreateContainerRequest(pod_sandbox_id=pod, config=config, sandbox_config=pod_config)
         )
@@ -255,14 +260,23 @@ class Pods:
             )
 
 
-def build(core: Core, net: Net, images: Images) -> tuple[Sandboxes, Containers]:
+def build(
+    core: Core, net: Net, images: Images, *, drop_infra_ctr: bool = True
+) -> tuple[Sandboxes, Containers]:
     cni = CNI(conf_dir=net.conf_dir, cache_dir=net.cache_dir)
     containers = Containers(core)
 
     async def pull(ref: str) -> object:
         return await core.local.transfer.pull(meta.NAMESPACE, ref, plain_http=True)
 
-    sandboxes = Sandboxes(core, containers, cni=cni, sandbox_image=images.pause, pull=pull)
+    sandboxes = Sandboxes(
+        core,
+        containers,
+        cni=cni,
+        sandbox_image=images.pause,
+        pull=pull,
+        drop_infra_ctr=drop_infra_ctr,
+    )
     return sandboxes, containers
 
 
@@ -282,9 +296,11 @@ async def close_core(core: Core) -> None:
 
 
 @asynccontextmanager
-async def pods(base: Path, net: Net, images: Images) -> AsyncIterator[Pods]:
+async def pods(
+    base: Path, net: Net, images: Images, *, drop_infra_ctr: bool = True
+) -> AsyncIterator[Pods]:
     core = await open_core(base)
-    sandboxes, containers = build(core, net, images)
+    sandboxes, containers = build(core, net, images, drop_infra_ctr=drop_infra_ctr)
     await core.local.transfer.pull(meta.NAMESPACE, images.busybox, plain_http=True)
     p = Pods(core, sandboxes, containers, net, images, base)
     try:
@@ -331,7 +347,7 @@ def leftovers(p: Pods, ids: list[str]) -> list[str]:
     info = mountinfo()
     state = p.core.state
     if f"{state}/cri/netns" in info:
-        found.append("netns mount")
+        found.append("pod namespace mount (net, ipc or uts)")
     if f"{state}/cri/sandboxes" in info:
         found.append("shm mount")
     if p.net.leases():
@@ -350,7 +366,7 @@ def leftovers(p: Pods, ids: list[str]) -> list[str]:
 # -- a second process, for crash points (a SIGKILL there must not take the tests with it) --
 
 
-def child_main(base: str, net_json: str, images_json: str, what: str) -> None:
+def child_main(base: str, net_json: str, images_json: str, what: str, pid: str = "0") -> None:
     """Run a pod (and with `what` == "container", create a container in it) in this process;
     print the ids. LINERD_CRASH_AT in the environment kills the process at that point."""
     doc = json.loads(net_json)
@@ -369,7 +385,7 @@ def child_main(base: str, net_json: str, images_json: str, what: str) -> None:
         sandboxes, containers = build(core, net, images)
         await core.local.transfer.pull(meta.NAMESPACE, images.busybox, plain_http=True)
         p = Pods(core, sandboxes, containers, net, images, Path(base))
-        config = p.sandbox_config("crashing")
+        config = p.sandbox_config("crashing", pid=int(pid))
         pod = await p.run_pod(config)
         ids = [pod]
         if what == "container":
@@ -382,7 +398,7 @@ def child_main(base: str, net_json: str, images_json: str, what: str) -> None:
 
 
 def run_child(
-    base: Path, net: Net, images: Images, what: str, crash_at: str
+    base: Path, net: Net, images: Images, what: str, crash_at: str, pid: int = cri.POD
 ) -> subprocess.CompletedProcess[str]:
     import sys
 
@@ -390,7 +406,7 @@ def run_child(
     net_json = json.dumps({k: str(v) for k, v in net.__dict__.items() if k != "ip_forward"})
     code = (
         "import sys; import cri_pods_support as s; "
-        "s.child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])"
+        "s.child_main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])"
     )
     env = {
         **os.environ,
@@ -400,7 +416,16 @@ def run_child(
         ),
     }
     return subprocess.run(
-        [sys.executable, "-c", code, str(base), net_json, json.dumps(images.__dict__), what],
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(base),
+            net_json,
+            json.dumps(images.__dict__),
+            what,
+            str(pid),
+        ],
         capture_output=True,
         text=True,
         env=env,

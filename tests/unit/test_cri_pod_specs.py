@@ -9,7 +9,7 @@ import pytest
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.core.types import Container
-from linerd.cri import meta, sandbox_files, security, specs
+from linerd.cri import meta, netns, podns, sandbox_files, security, specs
 from linerd.cri.names import Names
 from linerd.errdefs import AlreadyExists, InvalidArgument
 
@@ -17,6 +17,7 @@ pytestmark = pytest.mark.unit
 
 SID = "a" * 64
 CID = "b" * 64
+PINNED = podns.PodNamespaces(net="/run/netns/cni-x", ipc="/run/netns/ipc-x", uts="/run/netns/uts-x")
 
 
 def _pod(**ns: int) -> cri.PodSandboxConfig:
@@ -39,7 +40,7 @@ def _pause(config: cri.PodSandboxConfig, tmp_path: Path) -> dict:
         sandbox_id=SID,
         config=config,
         image_config={"Entrypoint": ["/pause"]},
-        netns="/run/netns/cni-x",
+        namespaces=PINNED,
         hostname="web-host",
         shm="/state/shm",
         cgroup_driver="cgroupfs",
@@ -56,8 +57,12 @@ def test_pause_spec_pod_network(tmp_path: Path) -> None:
     assert spec["process"]["args"] == ["/pause"]
     assert spec["root"]["readonly"] is True and spec["hostname"] == "web-host"
     ns = _types(spec)
-    assert ns["network"] == "/run/netns/cni-x" and "uts" in ns and "pid" in ns and "ipc" in ns
-    assert spec["linux"]["sysctl"] == {"kernel.shm_rmid_forced": "1"}
+    # The pause joins the pinned namespaces (its sysctls were set in them); owns the pid one.
+    assert ns == {
+        "network": "/run/netns/cni-x", "ipc": "/run/netns/ipc-x", "uts": "/run/netns/uts-x",
+        "pid": "", "mount": "",
+    }  # fmt: skip
+    assert "sysctl" not in spec["linux"]
     assert spec["linux"]["cgroupsPath"] == f"/kubepods/pod1/{SID}"
     assert spec["linux"]["resources"]["cpu"] == {"shares": 2}
     # -998 where linerd may lower a score; its own where it may not (test_cri_security).
@@ -80,12 +85,23 @@ def test_pause_spec_host_namespaces(tmp_path: Path) -> None:
 def test_pause_spec_needs_a_command(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         specs.pause_spec(
-            sandbox_id=SID, config=_pod(), image_config={}, netns="", hostname="",
+            sandbox_id=SID, config=_pod(), image_config={}, namespaces=PINNED, hostname="",
             shm="", cgroup_driver="cgroupfs", rootfs=tmp_path,
         )  # fmt: skip
 
 
-def _container(config: cri.ContainerConfig, pod: cri.PodSandboxConfig, tmp_path: Path) -> dict:
+# A pod made before pinning: its containers join the pause's namespaces through /proc.
+LEGACY = podns.of(
+    meta.SandboxMeta(config=b"", name="x", created_at=1, netns="/run/netns/cni-x"), 4242
+)
+
+
+def _container(
+    config: cri.ContainerConfig,
+    pod: cri.PodSandboxConfig,
+    tmp_path: Path,
+    namespaces: podns.PodNamespaces = LEGACY,
+) -> dict:
     return specs.container_spec(
         container_id=CID,
         config=config,
@@ -93,7 +109,7 @@ def _container(config: cri.ContainerConfig, pod: cri.PodSandboxConfig, tmp_path:
         sandbox_config=pod,
         image_config={"Entrypoint": ["/ep"], "Cmd": ["c1"], "Env": ["A=1"]},
         image_name="docker.io/library/busybox:1",
-        pause_pid=4242,
+        namespaces=namespaces,
         target_pid=0,
         files="/root/sb",
         shm="/state/shm",
@@ -103,7 +119,7 @@ def _container(config: cri.ContainerConfig, pod: cri.PodSandboxConfig, tmp_path:
     )
 
 
-def test_container_spec_joins_the_pause(tmp_path: Path) -> None:
+def test_container_spec_of_an_older_pod_joins_the_pause(tmp_path: Path) -> None:
     config = cri.ContainerConfig(
         metadata=cri.ContainerMetadata(name="c"),
         args=["x"],
@@ -116,7 +132,7 @@ def test_container_spec_joins_the_pause(tmp_path: Path) -> None:
     env = spec["process"]["env"]
     assert "A=1" in env and "B=2" in env and "HOSTNAME=web-host" in env
     ns = _types(spec)
-    assert ns["network"] == "/proc/4242/ns/net" and ns["ipc"] == "/proc/4242/ns/ipc"
+    assert ns["network"] == "/run/netns/cni-x" and ns["ipc"] == "/proc/4242/ns/ipc"
     assert ns["uts"] == "/proc/4242/ns/uts" and ns["pid"] == "/proc/4242/ns/pid"
     binds = {m["destination"]: m["source"] for m in spec["mounts"]}
     assert binds["/etc/hosts"] == "/root/sb/hosts" and binds["/dev/shm"] == "/state/shm"
@@ -127,6 +143,8 @@ def test_container_spec_joins_the_pause(tmp_path: Path) -> None:
 
 
 def test_container_spec_pid_modes(tmp_path: Path) -> None:
+    namespaces = podns.PodNamespaces(pid="/proc/7/ns/pid")
+
     def pid(mode: int, target: int = 0) -> str | None:
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name="c"),
@@ -138,7 +156,8 @@ def test_container_spec_pid_modes(tmp_path: Path) -> None:
         )
         spec = specs.container_spec(
             container_id=CID, config=config, sandbox_id=SID, sandbox_config=_pod(),
-            image_config={"Cmd": ["sh"]}, image_name="i", pause_pid=7, target_pid=target,
+            image_config={"Cmd": ["sh"]}, image_name="i", namespaces=namespaces,
+            target_pid=target,
             files="", shm="", hostname="h", cgroup_driver="cgroupfs", rootfs=tmp_path,
         )  # fmt: skip
         return _types(spec).get("pid")
@@ -149,6 +168,75 @@ def test_container_spec_pid_modes(tmp_path: Path) -> None:
     assert pid(cri.TARGET, 99) == "/proc/99/ns/pid"
     with pytest.raises(InvalidArgument):
         pid(cri.TARGET)
+    # No pause (the pod's own pid option is not POD): CRI-O refuses a shared pid namespace.
+    namespaces = PINNED
+    with pytest.raises(InvalidArgument, match="pid namespace"):
+        pid(cri.POD)
+    assert pid(cri.CONTAINER) == ""
+
+
+def test_container_spec_joins_the_pinned_namespaces(tmp_path: Path) -> None:
+    config = cri.ContainerConfig(
+        metadata=cri.ContainerMetadata(name="c"),
+        linux=cri.LinuxContainerConfig(
+            security_context=cri.LinuxContainerSecurityContext(
+                namespace_options=cri.NamespaceOption(pid=cri.CONTAINER)
+            )
+        ),
+    )
+    ns = _types(_container(config, _pod(pid=cri.CONTAINER), tmp_path, PINNED))
+    assert ns["network"] == "/run/netns/cni-x" and ns["ipc"] == "/run/netns/ipc-x"
+    assert ns["uts"] == "/run/netns/uts-x" and ns["pid"] == ""
+    host = _pod(network=cri.NODE, ipc=cri.NODE, pid=cri.CONTAINER)
+    ns = _types(_container(config, host, tmp_path, podns.PodNamespaces()))
+    assert not {"network", "uts", "ipc"} & set(ns)
+
+
+def test_sandbox_spec_without_a_pause() -> None:
+    spec = specs.sandbox_spec(
+        sandbox_id=SID, config=_pod(pid=cri.CONTAINER), namespaces=PINNED, hostname="web-host"
+    )
+    assert "process" not in spec and "root" not in spec and spec["hostname"] == "web-host"
+    assert _types(spec) == {
+        "network": "/run/netns/cni-x", "ipc": "/run/netns/ipc-x", "uts": "/run/netns/uts-x"
+    }  # fmt: skip
+    assert spec["linux"]["sysctl"] == {"kernel.shm_rmid_forced": "1"}
+    assert spec["linux"]["cgroupsPath"] == "/kubepods/pod1"
+    assert spec["annotations"][meta.A_CONTAINER_TYPE] == "sandbox"
+
+
+def test_pod_namespaces_and_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = meta.SandboxMeta(
+        config=b"", name="x", created_at=1, netns="/n/cni-1", ipcns="/n/ipc-1", utsns="/n/uts-1"
+    )
+    m.infra = False
+    assert podns.of(m, 0) == PINNED.__class__(net="/n/cni-1", ipc="/n/ipc-1", uts="/n/uts-1")
+    m.infra = True
+    assert podns.of(m, 9).pid == "/proc/9/ns/pid" and podns.of(m, 9).ipc == "/n/ipc-1"
+    # Without a pause, READY while the pinned namespaces are mounted (not after a reboot).
+    m.infra, m.state = False, "ready"
+    monkeypatch.setattr(netns, "is_pinned", lambda path: path == "/n/cni-1")
+    assert podns.alive(m, None)
+    monkeypatch.setattr(netns, "is_pinned", lambda path: False)
+    assert not podns.alive(m, None)
+    m.state = "stopped"
+    assert not podns.alive(m, None)
+    m.infra, m.state = True, "ready"
+    assert not podns.alive(m, None)  # a pod with a pause is READY while its pause runs
+
+
+def test_sysctl_namespaces_as_runc() -> None:
+    assert netns.sysctl_kind("net.ipv4.ip_unprivileged_port_start") == netns.NET
+    assert netns.sysctl_kind("net/ipv4/conf/eth0.100/forwarding") == netns.NET
+    assert netns.sysctl_kind("kernel.shm_rmid_forced") == netns.IPC
+    assert netns.sysctl_kind("fs.mqueue.msg_max") == netns.IPC
+    assert netns.sysctl_kind("kernel.domainname") == netns.UTS
+    assert netns.sysctl_kind("vm.swappiness") == ""
+    netns.check_sysctls({"net.core.somaxconn": "1"}, [netns.NET, netns.IPC])
+    with pytest.raises(InvalidArgument, match="host's net"):
+        netns.check_sysctls({"net.core.somaxconn": "1"}, [netns.IPC])
+    with pytest.raises(InvalidArgument, match="not in a separate"):
+        netns.check_sysctls({"vm.swappiness": "1"}, [netns.NET, netns.IPC, netns.UTS])
 
 
 def test_a_cri_mount_replaces_the_pods_file(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 class CriPaths:
     """Where the CRI keeps its files, under the daemon's root and state."""
 
-    # Pinned network namespaces of pods (`linerd.cri.netns`): gone at reboot, as they are.
+    # Pinned network, IPC and UTS namespaces of pods (`linerd.cri.netns`): gone at reboot,
+    # as they are.
     netns: Path
     # CNI results (libcni's cache format), read back at DEL and after a restart.
     cni_cache: Path
@@ -106,6 +107,7 @@ def build_cri(core: Core, config: Config, hosts: Callable[[], HostsConfig]) -> C
         cgroup_driver=config.cri.cgroup_driver,
         pull=images.ensure,
         images=images,
+        drop_infra_ctr=config.cri.drop_infra_ctr,
     )
     groups: dict[str, Any] = {
         "info": Info(cni, config.cri.cgroup_driver, __version__),

@@ -26,7 +26,7 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from linerd import faults
 from linerd import mounts as mountlib
 from linerd.core.types import Container, Encoded
-from linerd.cri import execsync, meta, security, specs
+from linerd.cri import execsync, meta, podns, security, specs
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.records import Records
@@ -176,8 +176,8 @@ class Containers:
             raise InvalidArgument("container config must include metadata.name")
         sandbox = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
         smeta = meta.sandbox_meta(sandbox)
-        pause = self.task_state(sandbox.id)
-        if smeta.state != "ready" or pause is None or pause.status != TaskStatus.RUNNING:
+        pause = self.task_state(sandbox.id) if smeta.infra else None
+        if not podns.alive(smeta, pause):
             raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
         sconfig = cri.PodSandboxConfig.FromString(smeta.config)
         smd = sconfig.metadata
@@ -198,7 +198,7 @@ class Containers:
         sandbox: Container,
         smeta: meta.SandboxMeta,
         sconfig: cri.PodSandboxConfig,
-        pause: ProcessState,
+        pause: ProcessState | None,
         container_id: str,
         name: str,
     ) -> cri.CreateContainerResponse:
@@ -230,7 +230,7 @@ class Containers:
                         sandbox_config=sconfig,
                         image_config=image.config,
                         image_name=image_name,
-                        pause_pid=pause.pid,
+                        namespaces=podns.of(smeta, pause.pid if pause is not None else 0),
                         target_pid=target_pid,
                         files=smeta.files,
                         shm=smeta.shm,
@@ -289,8 +289,9 @@ class Containers:
             if m.state != "created":
                 raise FailedPrecondition(f"container {record.id} is not in created state")
             sandbox = await self.records.find(meta.KIND_SANDBOX, m.sandbox_id)
-            pause = self.task_state(sandbox.id)
-            if pause is None or pause.status != TaskStatus.RUNNING:
+            smeta = meta.sandbox_meta(sandbox)
+            pause = self.task_state(sandbox.id) if smeta.infra else None
+            if not podns.alive(smeta, pause):
                 raise FailedPrecondition(f"sandbox {sandbox.id} is not running")
             config = cri.ContainerConfig.FromString(m.config)
             tasks = self.core.local.tasks

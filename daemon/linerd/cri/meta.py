@@ -66,9 +66,13 @@ class SandboxMeta:
     files: str = ""  # dir of hostname, hosts, resolv.conf
     hostname: str = ""
     cgroup_parent: str = ""
-    image: str = ""  # the sandbox image's reference
-    # "creating" until the pause runs; "ready" after; "stopped" once StopPodSandbox ran.
+    image: str = ""  # the sandbox image's reference ("" = no pause process)
+    # "creating" until the pod's namespaces (and pause) are up; "ready" after; "stopped" once
+    # StopPodSandbox ran.
     state: str = "creating"
+    ipcns: str = ""  # pinned IPC namespace file ("" = host IPC, or a pod older than pinning)
+    utsns: str = ""  # pinned UTS namespace file ("" = host network, or older than pinning)
+    infra: bool = True  # a pause process holds the pod (older records: always)
 
 
 @dataclass(slots=True)

@@ -1,8 +1,12 @@
-"""Network namespaces pinned at files (containerd's way), and running code inside them.
+"""A pod's namespaces pinned at files (containerd's netns, CRI-O's pinns), and running code
+inside them.
 
-A pod's network namespace must outlive every process in it (CNI configures it before the pause
-process starts, and DEL runs after it died), so it is pinned by bind-mounting its nsfs file onto
-an empty file `<dir>/cni-<uuid>`. That file is what CNI_NETNS and the OCI spec point at.
+A pod's network namespace must outlive every process in it (CNI configures it before any of
+the pod's processes starts, and DEL runs after the last died), so it is pinned by bind-mounting
+its nsfs file onto an empty file `<dir>/cni-<uuid>`. That file is what CNI_NETNS and the OCI
+specs point at. `create_pod` pins the pod's IPC and UTS namespaces the same way
+(`ipc-<uuid>`, `uts-<uuid>`, the hostname set inside), so a pod needs no pause process to hold
+them (CRI-O's `drop_infra_ctr`); `apply_sysctls` writes the pod's sysctls inside them.
 
 Namespaces are per thread in Linux. Entering one (unshare or setns) always happens on a fresh
 thread that ends right after, so no other thread of the daemon (the event loop, the worker pool)
@@ -14,21 +18,45 @@ port-forward dials into one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from linerd.errdefs import FailedPrecondition, NotFound
+from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError, NotFound
 from linerd.mounts import MNT_DETACH, MS_BIND, _lib, _sys_mount
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUTS = 0x04000000
 PREFIX = "cni-"
+# A pod's pinnable namespaces: kind -> (clone flag, file prefix, name under /proc/<pid>/ns).
+NET, IPC, UTS = "net", "ipc", "uts"
+KINDS: dict[str, tuple[int, str]] = {
+    NET: (CLONE_NEWNET, PREFIX),
+    IPC: (CLONE_NEWIPC, "ipc-"),
+    UTS: (CLONE_NEWUTS, "uts-"),
+}
+PREFIXES = tuple(prefix for _, prefix in KINDS.values())
+# runc's list of the IPC namespace's sysctls (besides fs.mqueue.*).
+_IPC_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
 
 T = TypeVar("T")
 
@@ -43,6 +71,8 @@ def _ns() -> ctypes.CDLL:
         lib.unshare.restype = ctypes.c_int
         lib.setns.argtypes = [ctypes.c_int, ctypes.c_int]
         lib.setns.restype = ctypes.c_int
+        lib.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        lib.sethostname.restype = ctypes.c_int
         _nslib = lib
     return _nslib
 
@@ -97,6 +127,107 @@ def create(directory: Path) -> Path:
     return path
 
 
+def create_pod(directory: Path, kinds: Sequence[str], hostname: str = "") -> dict[str, Path]:
+    """New namespaces of `kinds` (NET, IPC, UTS), made together on one fresh thread, the
+    hostname set in the UTS one, each pinned at `directory/<prefix><uuid>` (one uuid per pod);
+    returns kind -> path. On failure nothing is left. Blocking: call through a thread."""
+    if not kinds:
+        return {}
+    directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+    pod = uuid.uuid4()
+    paths = {kind: directory / f"{KINDS[kind][1]}{pod}" for kind in kinds}
+    flags = 0
+    for kind in kinds:
+        flags |= KINDS[kind][0]
+
+    def pin() -> None:
+        if _ns().unshare(flags) != 0:
+            raise _errno_error(f"unshare({'|'.join(kinds)})")
+        if UTS in paths and hostname:
+            name = hostname.encode()
+            if _ns().sethostname(name, len(name)) != 0:
+                raise _errno_error("sethostname")
+        own = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns"
+        for kind, path in paths.items():
+            _sys_mount(f"{own}/{kind}", str(path), None, MS_BIND, None)
+
+    try:
+        for path in paths.values():
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+        _on_fresh_thread(pin)
+    except BaseException as e:
+        for path in paths.values():
+            with contextlib.suppress(LinerError):
+                remove(path)
+        if isinstance(e, OSError):
+            raise FailedPrecondition(f"pin the pod's namespaces: {e.strerror or e}") from None
+        raise
+    return paths
+
+
+_SWAP = str.maketrans("./", "/.")
+
+
+def _dotted(key: str) -> str:
+    """A sysctl name in the dotted form (`net/ipv4/conf/eth0.100/x` -> `net.ipv4.conf.eth0/100.x`:
+    the first separator tells which form kubelet sent)."""
+    dot, slash = key.find("."), key.find("/")
+    return key.translate(_SWAP) if slash != -1 and (dot == -1 or slash < dot) else key
+
+
+def sysctl_kind(key: str) -> str:
+    """The namespace a sysctl lives in (NET, IPC, UTS), as runc decides; "" if none."""
+    key = _dotted(key)
+    if key.startswith("net."):
+        return NET
+    if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+        return IPC
+    if key in ("kernel.hostname", "kernel.domainname"):
+        return UTS
+    return ""
+
+
+def check_sysctls(sysctls: Mapping[str, str], kinds: Sequence[str]) -> None:
+    """Refuse what runc refuses: a sysctl of no namespace, or of one the pod shares with the
+    host (`kinds` are the pod's own)."""
+    for key in sysctls:
+        kind = sysctl_kind(key)
+        if not kind:
+            raise InvalidArgument(f"sysctl {key!r} is not in a separate kernel namespace")
+        if kind not in kinds:
+            raise InvalidArgument(f"sysctl {key!r} is not allowed in the host's {kind} namespace")
+
+
+def apply_sysctls(paths: Mapping[str, Path], sysctls: Mapping[str, str]) -> None:
+    """Write `sysctls` inside the pinned namespaces `paths` (kind -> file), on a fresh thread
+    that enters them: /proc/sys resolves a namespaced sysctl by the caller's own namespace.
+    Call `check_sysctls` first. Blocking: call through a thread."""
+    if not sysctls:
+        return
+    needed = {sysctl_kind(k) for k in sysctls}
+    fds = {kind: os.open(paths[kind], os.O_RDONLY | os.O_CLOEXEC) for kind in needed}
+
+    def enter_and_write() -> None:
+        for kind, fd in fds.items():
+            if _ns().setns(fd, KINDS[kind][0]) != 0:
+                raise _errno_error(f"enter the pod's {kind} namespace")
+        for key, value in sysctls.items():
+            name = _dotted(key).translate(_SWAP)
+            try:
+                with open(f"/proc/sys/{name}", "w") as f:
+                    f.write(value)
+            except OSError as e:
+                raise InvalidArgument(f"sysctl {key}={value}: {e.strerror or e}") from None
+
+    try:
+        _on_fresh_thread(enter_and_write)
+    except OSError as e:
+        raise FailedPrecondition(f"set the pod's sysctls: {e.strerror or e}") from None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def remove(path: Path) -> None:
     """Unpin and delete a namespace file. Idempotent: a missing or unmounted file is fine.
 
@@ -110,27 +241,34 @@ def remove(path: Path) -> None:
         err = ctypes.get_errno()
         if err in (errno.EINVAL, errno.ENOENT):  # not (or no longer) a mount point; gone
             break
-        raise FailedPrecondition(f"unmount network namespace {path}: {os.strerror(err)}")
+        raise FailedPrecondition(f"unmount namespace {path}: {os.strerror(err)}")
     try:
         path.unlink()
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise FailedPrecondition(f"remove network namespace {path}: {e.strerror}") from None
+        raise FailedPrecondition(f"remove namespace {path}: {e.strerror}") from None
 
 
-def is_pinned(path: Path) -> bool:
+_nsfs_dev: int | None = None
+
+
+def is_pinned(path: Path | str) -> bool:
     """True if `path` holds a namespace (its inode lives on nsfs, like our own ns files)."""
+    global _nsfs_dev
     try:
-        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+        if _nsfs_dev is None:
+            _nsfs_dev = os.stat("/proc/self/ns/net").st_dev
+        return os.stat(path).st_dev == _nsfs_dev
     except OSError:
         return False
 
 
 def list_pinned(directory: Path) -> list[Path]:
-    """The `cni-*` files in `directory`, pinned or not (for reaping orphans at start-up)."""
+    """The `cni-*`, `ipc-*` and `uts-*` files in `directory`, pinned or not (for reaping
+    orphans at start-up)."""
     try:
-        return sorted(p for p in directory.iterdir() if p.name.startswith(PREFIX))
+        return sorted(p for p in directory.iterdir() if p.name.startswith(PREFIXES))
     except FileNotFoundError:
         return []
 

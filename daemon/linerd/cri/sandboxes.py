@@ -1,18 +1,22 @@
 """The CRI's pod sandboxes (the `sandboxes` handler group): Run, Stop, Remove, Status, List.
 
-A sandbox is a record in `k8s.io` (kind `sandbox`) whose task is the pod's pause process,
-always one (containerd's way; critest wants pid 1 = pause under a shared pid namespace).
+A sandbox is a record in `k8s.io` (kind `sandbox`). Its network, IPC and UTS namespaces are
+pinned at files (CRI-O's pinns; `cri/netns.py`), and its containers join them by path. A pause
+process (the record's task) runs only where the pod needs one: when its containers share a
+pid namespace (NamespaceMode POD: critest's default, Kubernetes' shareProcessNamespace), or
+everywhere with `[cri] drop_infra_ctr = false` (CRI-O's rule and setting; `podns.py`).
 RunPodSandbox, as containerd 1.7 with the record first so every later step leaves a trace a
 restarted linerd can undo:
 
-    reserve the name -> sandbox image (pulled on demand) -> snapshot + record ("creating")
-    -> netns (path saved) -> CNI ADD (result cached by the CNI client) -> hostname, hosts,
-    resolv.conf, /dev/shm -> pause spec -> pause task started ("ready")
+    reserve the name -> [sandbox image (pulled on demand) -> snapshot] + record ("creating")
+    -> hostname, hosts, resolv.conf -> net/IPC/UTS namespaces pinned (paths saved) -> CNI ADD
+    (result cached by the CNI client) -> sysctls -> /dev/shm -> [pause spec -> pause task
+    started] -> "ready"
 
 A failure unwinds in reverse. StopPodSandbox stops every container and the pause, then CNI
-DEL (while the netns still exists: bridge's ipMasq needs it) and the netns, idempotently and
-from the saved state alone. Orphans of a crash (a netns file no record names) are reaped the
-first time the group is used.
+DEL (while the netns still exists: bridge's ipMasq needs it) and the pinned namespaces,
+idempotently and from the saved state alone. Orphans of a crash (a namespace file no record
+names) are reaped the first time the group is used.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from linerd import faults
 from linerd import mounts as mountlib
 from linerd.core.types import Container
-from linerd.cri import meta, netns, sandbox_files, specs
+from linerd.cri import meta, netns, podns, sandbox_files, specs
 from linerd.cri.cni import CNI, PodRef, PortMapping
 from linerd.cri.containers import Containers, _readonly, spec_encoded
 from linerd.cri.image_lookup import ImageLookup
@@ -80,12 +84,14 @@ class Sandboxes:
         cgroup_driver: str = "cgroupfs",
         pull: Pull | None = None,
         images: Any = None,
+        drop_infra_ctr: bool = True,
     ) -> None:
         self.core = core
         self.containers = containers
         self.cni = cni
         self.sandbox_image = sandbox_image
         self.cgroup_driver = cgroup_driver
+        self.drop_infra_ctr = drop_infra_ctr
         self.records = Records(core.local.containers)
         self.images = ImageLookup(core.local.images, core.content, images)
         self.names = Names()
@@ -120,11 +126,10 @@ class Sandboxes:
             with contextlib.suppress(LinerError):
                 m = meta.sandbox_meta(record)
                 self.names.reserve(m.name, record.id)
-                if m.netns:
-                    known.add(m.netns)
+                known.update(p for p in (m.netns, m.ipcns, m.utsns) if p)
         for path in await asyncio.to_thread(netns.list_pinned, self.netns_dir):
             if str(path) not in known:
-                log.warning("removing an orphan network namespace", path=str(path))
+                log.warning("removing an orphan pod namespace", path=str(path))
                 with contextlib.suppress(LinerError):
                     await asyncio.to_thread(netns.remove, path)
         ids = {r.id for r in sandboxes}
@@ -149,8 +154,7 @@ class Sandboxes:
             return None
 
     def ready(self, record: Container, m: meta.SandboxMeta) -> bool:
-        st = self._pause(record.id)
-        return m.state == "ready" and st is not None and st.status == TaskStatus.RUNNING
+        return podns.alive(m, self._pause(record.id) if m.infra else None)
 
     # -- run --------------------------------------------------------------------------------
 
@@ -188,7 +192,17 @@ class Sandboxes:
     async def _run(self, req: cri.RunPodSandboxRequest, sandbox_id: str, name: str) -> None:
         config = req.config
         opts = specs.namespace_options(config)
-        image = await self._ensure_image()
+        # CRI-O's rule: only a shared pid namespace needs a process to hold it.
+        infra = not self.drop_infra_ctr or opts.pid == specs.POD
+        kinds = []
+        if opts.network != specs.NODE:
+            if self.cni is None:
+                raise FailedPrecondition("pod networking is not configured (no CNI)")
+            kinds += [netns.NET, netns.UTS]
+        if opts.ipc != specs.NODE:
+            kinds.append(netns.IPC)
+        netns.check_sysctls(config.linux.sysctls, kinds)
+        image = await self._ensure_image() if infra else None
         local = self.core.local
         snapshotter = self.core.default_snapshotter
         m = meta.SandboxMeta(
@@ -197,45 +211,35 @@ class Sandboxes:
             created_at=meta.now_ns(),
             runtime_handler=req.runtime_handler,
             cgroup_parent=config.linux.cgroup_parent,
-            image=self.sandbox_image,
+            image=self.sandbox_image if infra else "",
+            infra=infra,
         )
-        lease = f"cri-run-{sandbox_id}"
-        await local.leases.create(meta.NAMESPACE, lease, {})
         record: Container | None = None
+        mounts: Any = None
         try:
-            try:
-                mounts = await local.snapshots.prepare(
-                    meta.NAMESPACE, snapshotter, sandbox_id, image.chain_id, {}, lease
-                )
-                record = await local.containers.create(
-                    meta.NAMESPACE,
-                    Container(
-                        id=sandbox_id,
-                        runtime=meta.RUNTIME,
-                        runtime_options=specs.runc_options(self.cgroup_driver),
-                        spec=spec_encoded({}),
-                        image=image.first_tag or self.sandbox_image,
-                        labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},
-                        snapshotter=snapshotter,
-                        snapshot_key=sandbox_id,
-                        extensions=meta.sandbox_extension(m),
-                    ),
-                )
-            finally:
-                with contextlib.suppress(LinerError):
-                    await local.leases.delete(meta.NAMESPACE, lease)
-            if opts.network != specs.NODE:
-                if self.cni is None:
-                    raise FailedPrecondition("pod networking is not configured (no CNI)")
-                path = await asyncio.to_thread(netns.create, self.netns_dir)
-                m.netns = str(path)
-                record = await self.records.save_sandbox(record, m)
-                faults.point("cri-sandbox-netns-created")
-                network = await self.cni.setup(
-                    sandbox_id, path, pod_ref(config), port_mappings(config)
-                )
-                m.ip, m.additional_ips = network.ip, list(network.additional_ips)
-                faults.point("cri-sandbox-cni-added")
+            draft = Container(
+                id=sandbox_id,
+                runtime=meta.RUNTIME,
+                runtime_options=specs.runc_options(self.cgroup_driver),
+                spec=spec_encoded({}),
+                image=(image.first_tag or self.sandbox_image) if image is not None else "",
+                labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},
+                extensions=meta.sandbox_extension(m),
+            )
+            if image is None:
+                record = await local.containers.create(meta.NAMESPACE, draft)
+            else:
+                lease = f"cri-run-{sandbox_id}"
+                await local.leases.create(meta.NAMESPACE, lease, {})
+                try:
+                    mounts = await local.snapshots.prepare(
+                        meta.NAMESPACE, snapshotter, sandbox_id, image.chain_id, {}, lease
+                    )
+                    draft.snapshotter, draft.snapshot_key = snapshotter, sandbox_id
+                    record = await local.containers.create(meta.NAMESPACE, draft)
+                finally:
+                    with contextlib.suppress(LinerError):
+                        await local.leases.delete(meta.NAMESPACE, lease)
             files = self.files_dir / sandbox_id
             dns = None
             if config.HasField("dns_config"):
@@ -245,35 +249,64 @@ class Sandboxes:
             m.hostname = await asyncio.to_thread(
                 sandbox_files.write_files, files, config.hostname, dns
             )
+            if kinds:
+                paths = await asyncio.to_thread(netns.create_pod, self.netns_dir, kinds, m.hostname)
+                m.netns = str(paths.get(netns.NET, ""))
+                m.ipcns = str(paths.get(netns.IPC, ""))
+                m.utsns = str(paths.get(netns.UTS, ""))
+                record = await self.records.save_sandbox(record, m)
+                faults.point("cri-sandbox-netns-created")
+                if netns.NET in paths:
+                    assert self.cni is not None
+                    network = await self.cni.setup(
+                        sandbox_id, paths[netns.NET], pod_ref(config), port_mappings(config)
+                    )
+                    m.ip, m.additional_ips = network.ip, list(network.additional_ips)
+                    faults.point("cri-sandbox-cni-added")
+                if config.linux.sysctls:
+                    # After CNI ADD, as runc did when the pause started (eth0 exists).
+                    await asyncio.to_thread(netns.apply_sysctls, paths, config.linux.sysctls)
             if opts.ipc != specs.NODE:
                 shm = self.state_dir / sandbox_id / "shm"
                 m.shm = str(shm)
                 await asyncio.to_thread(sandbox_files.mount_shm, shm)
+            namespaces = podns.of(m, 0)
+            if image is None:
+                spec = specs.sandbox_spec(
+                    sandbox_id=sandbox_id,
+                    config=config,
+                    namespaces=namespaces,
+                    hostname=m.hostname,
+                )
+                m.state = "ready"
+            else:
+                image_config = image.config
 
-            def build() -> dict[str, Any]:
-                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                    return specs.pause_spec(
-                        sandbox_id=sandbox_id,
-                        config=config,
-                        image_config=image.config,
-                        netns=m.netns,
-                        hostname=m.hostname,
-                        shm=m.shm,
-                        cgroup_driver=self.cgroup_driver,
-                        rootfs=rootfs,
-                    )
+                def build() -> dict[str, Any]:
+                    with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                        return specs.pause_spec(
+                            sandbox_id=sandbox_id,
+                            config=config,
+                            image_config=image_config,
+                            namespaces=namespaces,
+                            hostname=m.hostname,
+                            shm=m.shm,
+                            cgroup_driver=self.cgroup_driver,
+                            rootfs=rootfs,
+                        )
 
-            spec = await asyncio.to_thread(build)
+                spec = await asyncio.to_thread(build)
             record.spec = spec_encoded(spec)
             record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
             record = await local.containers.update(
                 meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
             )
-            await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
-            await local.tasks.start(meta.NAMESPACE, sandbox_id)
-            faults.point("cri-sandbox-started")
-            m.state = "ready"
-            await self.records.save_sandbox(record, m)
+            if image is not None:
+                await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
+                await local.tasks.start(meta.NAMESPACE, sandbox_id)
+                faults.point("cri-sandbox-started")
+                m.state = "ready"
+                await self.records.save_sandbox(record, m)
         except BaseException:
             await asyncio.shield(self._unwind(sandbox_id, record, m))
             raise
@@ -325,8 +358,9 @@ class Sandboxes:
         if specs.namespace_options(config).network != specs.NODE and self.cni is not None:
             path = Path(m.netns) if m.netns else None
             await self.cni.teardown(record.id, path, pod_ref(config), port_mappings(config))
-        if m.netns:
-            await asyncio.to_thread(netns.remove, Path(m.netns))
+        for pinned in (m.netns, m.ipcns, m.utsns):
+            if pinned:
+                await asyncio.to_thread(netns.remove, Path(pinned))
         if m.state != "stopped":
             m.state = "stopped"
             await self.records.save_sandbox(record, m)
@@ -357,8 +391,11 @@ class Sandboxes:
         local = self.core.local
         with contextlib.suppress(NotFound):
             await local.containers.delete(meta.NAMESPACE, record.id)
-        with contextlib.suppress(NotFound):
-            await local.snapshots.remove(meta.NAMESPACE, record.snapshotter, record.snapshot_key)
+        if record.snapshot_key:
+            with contextlib.suppress(NotFound):
+                await local.snapshots.remove(
+                    meta.NAMESPACE, record.snapshotter, record.snapshot_key
+                )
         await asyncio.to_thread(sandbox_files.remove_files, self.files_dir / record.id)
         await asyncio.to_thread(sandbox_files.remove_files, self.state_dir / record.id)
         self.names.release_by_key(record.id)
@@ -392,6 +429,9 @@ class Sandboxes:
                 {
                     "pid": st.pid if st is not None else 0,
                     "netNamespacePath": m.netns,
+                    "ipcNamespacePath": m.ipcns,
+                    "utsNamespacePath": m.utsns,
+                    "infra": m.infra,
                     "image": m.image,
                     "state": m.state,
                     "runtimeSpec": json.loads(record.spec.value) if record.spec else None,

@@ -14,6 +14,7 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from liner_common import ocispec
 from linerd.core.types import Encoded
 from linerd.cri import meta, security
+from linerd.cri.podns import PodNamespaces
 from linerd.errdefs import InvalidArgument
 
 Spec = dict[str, Any]
@@ -88,12 +89,15 @@ def pause_spec(
     sandbox_id: str,
     config: cri.PodSandboxConfig,
     image_config: Mapping[str, Any],
-    netns: str,
+    namespaces: PodNamespaces,
     hostname: str,
     shm: str,
     cgroup_driver: str,
     rootfs: Path,
 ) -> Spec:
+    """The pause joins the pod's pinned namespaces like any container of the pod (the pod's
+    sysctls were written in them already: `netns.apply_sysctls`); it only owns the pod's
+    shared pid namespace."""
     spec = ocispec.generate(meta.NAMESPACE, sandbox_id, [ocispec.with_image_config(image_config)])
     if not spec["process"]["args"]:
         raise InvalidArgument("the sandbox image has no entrypoint or command")
@@ -104,18 +108,19 @@ def pause_spec(
         _set_namespace(spec, "network", None)
         _set_namespace(spec, "uts", None)
     else:
-        _set_namespace(spec, "network", netns)
+        _set_namespace(spec, "network", namespaces.net)
+        _set_namespace(spec, "uts", namespaces.uts)
         spec["hostname"] = hostname
     if opts.pid == NODE:
         _set_namespace(spec, "pid", None)
     if opts.ipc == NODE:
         _set_namespace(spec, "ipc", None)
         _replace_mount(spec, "/dev/shm", _bind("/dev/shm", "/dev/shm", readonly=False))
-    elif shm:
-        _replace_mount(spec, "/dev/shm", _bind(shm, "/dev/shm", readonly=False))
+    else:
+        _set_namespace(spec, "ipc", namespaces.ipc)
+        if shm:
+            _replace_mount(spec, "/dev/shm", _bind(shm, "/dev/shm", readonly=False))
     linux = config.linux
-    if linux.sysctls:
-        spec["linux"]["sysctl"] = dict(linux.sysctls)
     spec["linux"]["resources"]["cpu"] = {"shares": PAUSE_CPU_SHARES}
     spec["process"]["oomScoreAdj"] = security.clamp_oom_score_adj(PAUSE_OOM_SCORE_ADJ)
     spec["linux"]["cgroupsPath"] = cgroups_path(cgroup_driver, linux.cgroup_parent, sandbox_id)
@@ -127,6 +132,44 @@ def pause_spec(
         **_sandbox_annotations(sandbox_id, config),
         meta.A_SANDBOX_LOG_DIR: config.log_directory,
     }
+    return spec
+
+
+def sandbox_spec(
+    *,
+    sandbox_id: str,
+    config: cri.PodSandboxConfig,
+    namespaces: PodNamespaces,
+    hostname: str,
+) -> Spec:
+    """What a pod without a pause process keeps as its record's spec: no process, only what
+    tools read (`ctr containers info`, `crictl inspectp`): its annotations, namespaces,
+    hostname, sysctls and the cgroup parent of its containers."""
+    opts = namespace_options(config)
+    ns: list[dict[str, str]] = []
+    for kind, path in (
+        ("network", namespaces.net),
+        ("ipc", namespaces.ipc),
+        ("uts", namespaces.uts),
+    ):
+        if path:
+            ns.append({"type": kind, "path": path})
+    linux: dict[str, Any] = {"namespaces": ns}
+    if config.linux.cgroup_parent:
+        linux["cgroupsPath"] = config.linux.cgroup_parent
+    if config.linux.sysctls:
+        linux["sysctl"] = dict(config.linux.sysctls)
+    spec: Spec = {
+        "ociVersion": "1.0.2-dev",
+        "linux": linux,
+        "annotations": {
+            meta.A_CONTAINER_TYPE: "sandbox",
+            **_sandbox_annotations(sandbox_id, config),
+            meta.A_SANDBOX_LOG_DIR: config.log_directory,
+        },
+    }
+    if opts.network != NODE:
+        spec["hostname"] = hostname
     return spec
 
 
@@ -168,7 +211,7 @@ def container_spec(
     sandbox_config: cri.PodSandboxConfig,
     image_config: Mapping[str, Any],
     image_name: str,
-    pause_pid: int,
+    namespaces: PodNamespaces,
     target_pid: int,
     files: str,
     shm: str,
@@ -191,22 +234,27 @@ def container_spec(
     sc = linux.security_context
     pod = namespace_options(sandbox_config)
     mine = sc.namespace_options
-    proc = f"/proc/{pause_pid}/ns"
     if pod.network == NODE:
         _set_namespace(spec, "network", None)
         _set_namespace(spec, "uts", None)
     else:
-        _set_namespace(spec, "network", f"{proc}/net")
-        _set_namespace(spec, "uts", f"{proc}/uts")
+        _set_namespace(spec, "network", namespaces.net)
+        _set_namespace(spec, "uts", namespaces.uts)
     if pod.ipc == NODE:
         _set_namespace(spec, "ipc", None)
     else:
-        _set_namespace(spec, "ipc", f"{proc}/ipc")
+        _set_namespace(spec, "ipc", namespaces.ipc)
     pid_mode = mine.pid
     if pid_mode == NODE:
         _set_namespace(spec, "pid", None)
     elif pid_mode == POD:
-        _set_namespace(spec, "pid", f"{proc}/pid")
+        if not namespaces.pid:
+            # CRI-O's answer too: only a pod asking for a shared pid namespace has a pause.
+            raise InvalidArgument(
+                "the container asks for the pod's pid namespace, but the pod has none "
+                "(its pid namespace option is not POD)"
+            )
+        _set_namespace(spec, "pid", namespaces.pid)
     elif pid_mode == TARGET:
         if target_pid <= 0:
             raise InvalidArgument(f"target container {mine.target_id!r} is not running")

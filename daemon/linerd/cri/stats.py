@@ -73,7 +73,10 @@ class Stats:
             mem.available_bytes.CopyFrom(_u(m.memory_limit - working))
         return mem
 
-    async def _container_stats(self, record: Container) -> cri.ContainerStats | None:
+    async def _container_stats(
+        self, record: Container, pids: list[int] | None = None
+    ) -> cri.ContainerStats | None:
+        """`pids`, if given, gets the container's process count (for its pod's stats)."""
         m = meta.container_meta(record)
         config = cri.ContainerConfig.FromString(m.config)
         stats = cri.ContainerStats(
@@ -87,6 +90,8 @@ class Stats:
         now = time.time_ns()
         metrics = await self._metrics(record.id)
         if metrics is not None:
+            if pids is not None:
+                pids.append(metrics.pids_current)
             stats.cpu.CopyFrom(self._cpu(record.id, now, metrics))
             stats.memory.CopyFrom(self._memory(now, metrics))
         try:
@@ -151,9 +156,9 @@ class Stats:
         )
         now = time.time_ns()
         cpu_ns = mem_usage = working = 0
-        pids = 0
+        counts: list[int] = []  # processes: the containers' (and the pause's, if one runs)
         for c in await self.containers.containers_of(record.id):
-            cs = await self._container_stats(c)
+            cs = await self._container_stats(c, counts)
             if cs is None:
                 continue
             if cs.HasField("cpu"):
@@ -165,7 +170,8 @@ class Stats:
         if pause is not None:
             cpu_ns += pause.cpu_usage_ns
             mem_usage += pause.memory_usage
-            pids = pause.pids_current
+            counts.append(pause.pids_current)
+        pids = sum(counts)
         agg = TaskMetrics(cpu_usage_ns=cpu_ns, memory_usage=mem_usage)
         stats.linux.cpu.CopyFrom(self._cpu("pod:" + record.id, now, agg))
         stats.linux.memory.CopyFrom(

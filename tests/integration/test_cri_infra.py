@@ -1,0 +1,231 @@
+"""Pods with and without a pause process (CRI-O's `drop_infra_ctr`, `[cri] drop_infra_ctr`),
+in process on real runc, conmon, overlay and CNI (cri_pods_support.py).
+
+A pod's net, IPC and UTS namespaces are pinned at files either way; its containers join them
+by path. Each test that proves the sharing runs twice: `no-pause` (drop_infra_ctr on, the
+pod's pid option CONTAINER, as kubelet sends without shareProcessNamespace) and `pause`
+(drop_infra_ctr off: a pause joins the pinned namespaces). A shared pid namespace keeps the
+pause with drop_infra_ctr on.
+
+containerd differences: containerd always runs a pause; these tests run on liner only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from cri_pods_support import (
+    Images,
+    Net,
+    Pods,
+    conmons_under,
+    drop_net,
+    leftovers,
+    make_net,
+    missing,
+    pods,
+    push_images,
+)
+from registry import Registry
+
+from liner_api.runtime.v1 import api_pb2 as cri
+from linerd.cri import meta
+from linerd.cri.stats import Stats
+from linerd.errdefs import InvalidArgument, NotFound
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
+
+MODES = ["no-pause", "pause"]
+
+
+@pytest.fixture(scope="session")
+def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = make_net(tmp_path / "net")
+    try:
+        yield n
+    finally:
+        drop_net(n)
+
+
+def run(
+    tmp_path: Path,
+    net: Net,
+    images: Images,
+    body: Callable[[Pods], Awaitable[None]],
+    *,
+    drop_infra_ctr: bool = True,
+) -> None:
+    async def main() -> None:
+        async with pods(tmp_path / "pods", net, images, drop_infra_ctr=drop_infra_ctr) as p:
+            await body(p)
+
+    asyncio.run(main())
+
+
+def has_pause(p: Pods, pod: str) -> bool:
+    try:
+        return p.core.local.tasks.state(meta.NAMESPACE, pod).status.name == "RUNNING"
+    except NotFound:
+        return False
+
+
+async def ns_inode(p: Pods, cid: str, kind: str) -> int:
+    out = await p.exec(cid, "/bin/busybox", "readlink", f"/proc/self/ns/{kind}")
+    assert out.exit_code == 0, out.stderr
+    return int(out.stdout.strip().split(b"[")[1].rstrip(b"]"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_containers_share_the_pinned_namespaces(
+    tmp_path: Path, net: Net, cri_images: Images, mode: str
+) -> None:
+    async def body(p: Pods) -> None:
+        dns = cri.DNSConfig(servers=["10.10.10.10"], searches=["example.com"], options=["ndots:8"])
+        config = p.sandbox_config("shared", hostname="shared-host", dns=dns, pid=cri.CONTAINER)
+        # critest's sandbox sysctls, read back in the containers (IPC), and a net one.
+        config.linux.sysctls.update(
+            {
+                "kernel.shm_rmid_forced": "1",
+                "fs.mqueue.msg_max": "100",
+                "net.ipv4.ip_unprivileged_port_start": "81",
+            }
+        )
+        pod = await p.run_pod(config)
+        assert has_pause(p, pod) == (mode == "pause")
+        status = await p.sandbox_status(pod)
+        assert status.state == cri.SANDBOX_READY
+        assert IPv4Address(status.network.ip) in p.net.subnet
+        assert status.linux.namespaces.options.pid == cri.CONTAINER
+        m = meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod))
+        assert m.infra == (mode == "pause") and m.netns and m.ipcns and m.utsns
+
+        a, b = [
+            await p.create(pod, config, p.container_config(n, ["-c", "exec sleep 1000"]))
+            for n in ("a", "b")
+        ]
+        for cid in (a, b):
+            await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        # Both in the pinned net, IPC and UTS namespaces; each in its own pid namespace.
+        for kind, pinned in (("net", m.netns), ("ipc", m.ipcns), ("uts", m.utsns)):
+            inode = os.stat(pinned).st_ino
+            assert await ns_inode(p, a, kind) == inode == await ns_inode(p, b, kind), kind
+            assert inode != os.stat(f"/proc/self/ns/{kind}").st_ino
+        assert await ns_inode(p, a, "pid") != await ns_inode(p, b, "pid")
+        # IPC: a System V segment made in one is seen in the other; /dev/shm is one tmpfs.
+        made = await p.exec(a, "sh", "-c", "echo -n hi > /dev/shm/note && cat /proc/sysvipc/shm")
+        assert made.exit_code == 0
+        seen = await p.exec(b, "cat", "/dev/shm/note")
+        assert seen.stdout == b"hi"
+        for key, want in (
+            ("kernel/shm_rmid_forced", b"1\n"),
+            ("fs/mqueue/msg_max", b"100\n"),
+            ("net/ipv4/ip_unprivileged_port_start", b"81\n"),
+        ):
+            assert (await p.exec(b, "cat", f"/proc/sys/{key}")).stdout == want, key
+        # UTS: the pod's hostname; DNS: the pod's resolv.conf; network: the pod's address.
+        assert (await p.exec(a, "hostname")).stdout == b"shared-host\n"
+        resolv = (await p.exec(b, "cat", "/etc/resolv.conf")).stdout
+        assert resolv == b"search example.com\nnameserver 10.10.10.10\noptions ndots:8\n"
+        addrs = (await p.exec(a, "cat", "/proc/net/fib_trie")).stdout
+        assert status.network.ip.encode() in addrs
+        # One conmon per container, and one for the pause where it runs.
+        assert len(conmons_under(p.core.state)) == 2 + (mode == "pause")
+
+        stats = Stats(p.sandboxes, p.containers)
+        pod_stats = (
+            await stats.pod_sandbox_stats(cri.PodSandboxStatsRequest(pod_sandbox_id=pod))
+        ).stats
+        assert len(pod_stats.linux.containers) == 2
+        assert pod_stats.linux.process.process_count.value >= 2
+        listed = await stats.list_pod_sandbox_stats(cri.ListPodSandboxStatsRequest())
+        assert [s.attributes.id for s in listed.stats] == [pod]
+
+        verbose = await p.sandboxes.pod_sandbox_status(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True)
+        )
+        assert '"ipcNamespacePath"' in verbose.info["info"]
+
+        await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+        assert (await p.sandbox_status(pod)).state == cri.SANDBOX_NOTREADY
+        assert leftovers(p, [pod, a, b]) == []
+        assert not any(Path(x).exists() for x in (m.netns, m.ipcns, m.utsns))
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, a, b]) == []
+
+    run(tmp_path, net, cri_images, body, drop_infra_ctr=mode == "no-pause")
+
+
+def test_a_shared_pid_namespace_keeps_the_pause(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    async def body(p: Pods) -> None:
+        shared = p.sandbox_config("pidpod", hostname="pidpod", pid=cri.POD)
+        pod = await p.run_pod(shared)
+        assert has_pause(p, pod)
+        cid = await p.create(pod, shared, p.container_config("c", ["-c", "exec sleep 1000"]))
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        # pid 1 is the pause (the test pause image runs sleep), the container is beside it.
+        first = (await p.exec(cid, "cat", "/proc/1/cmdline")).stdout.split(b"\0")
+        assert first[:2] == [b"/bin/sleep", b"2147483647"]
+        assert (await p.exec(cid, "hostname")).stdout == b"pidpod\n"
+
+        # Without a pause there is no pod pid namespace to join (CRI-O refuses it too).
+        own = p.sandbox_config("own", pid=cri.CONTAINER)
+        lone = await p.run_pod(own)
+        assert not has_pause(p, lone)
+        wants_pod_pid = p.container_config(
+            "c",
+            ["-c", "true"],
+            linux=cri.LinuxContainerConfig(
+                security_context=cri.LinuxContainerSecurityContext(
+                    namespace_options=cri.NamespaceOption(pid=cri.POD)
+                )
+            ),
+        )
+        with pytest.raises(InvalidArgument, match="pid namespace"):
+            await p.containers.create_container(
+                cri.CreateContainerRequest(
+                    pod_sandbox_id=lone, config=wants_pod_pid, sandbox_config=own
+                )
+            )
+        for x in (pod, lone):
+            await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=x))
+        assert leftovers(p, [pod, lone, cid]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+def test_host_namespaces_without_a_pause(tmp_path: Path, net: Net, cri_images: Images) -> None:
+    """Host network and IPC: nothing pinned, no pause, the host's namespaces and /dev/shm."""
+
+    async def body(p: Pods) -> None:
+        config = p.sandbox_config(network=cri.NODE, ipc=cri.NODE, pid=cri.CONTAINER)
+        pod = await p.run_pod(config)
+        assert not has_pause(p, pod)
+        status = await p.sandbox_status(pod)
+        assert status.state == cri.SANDBOX_READY and status.network.ip == ""
+        m = meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod))
+        assert (m.netns, m.ipcns, m.utsns, m.shm) == ("", "", "", "")
+        cid = await p.create(pod, config, p.container_config("c", ["-c", "exec sleep 1000"]))
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        for kind in ("net", "ipc", "uts"):
+            assert await ns_inode(p, cid, kind) == os.stat(f"/proc/self/ns/{kind}").st_ino
+        # A sysctl of a namespace the pod shares with the host is refused, as runc does.
+        bad = p.sandbox_config(network=cri.NODE, pid=cri.CONTAINER)
+        bad.linux.sysctls["net.core.somaxconn"] = "100"
+        with pytest.raises(InvalidArgument, match="host's net"):
+            await p.run_pod(bad)
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod, cid]) == []
+
+    run(tmp_path, net, cri_images, body)
