@@ -930,6 +930,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
     p.add_argument("--pod-containers", type=int, default=1, help="containers per pod in (f)")
     p.add_argument(
+        "--pod-pid",
+        choices=["pod", "container"],
+        default="pod",
+        help="pid namespace of (f)'s pods: pod (shared, critest's; liner runs a pause) or "
+        "container (kubelet's default; liner runs no pause)",
+    )
+    p.add_argument(
         "--cri-pulls", type=int, help=f"images pulled in (f) (default {N_CRI_PULLS}; smoke 2)"
     )
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
@@ -946,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = cri.Shape(
         pods=args.pods or (2 if args.smoke else N_PODS),
         per_pod=args.pod_containers,
+        pod_pid=args.pod_pid,
         pulls=args.cri_pulls if args.cri_pulls is not None else 2 if args.smoke else N_CRI_PULLS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
@@ -1020,6 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
             "cri": "f" in only and not cri_missing,
             "pods": shape.pods,
             "pod_containers": shape.per_pod,
+            "pod_pid": shape.pod_pid,
             "cri_pulls": shape.pulls,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},

@@ -98,11 +98,18 @@ def missing() -> str:
 class Shape:
     pods: int  # N pods, PARALLEL at a time
     per_pod: int = 1  # containers per pod (issue 18 goal 1 counts 30 pods of 2)
+    # The pods' pid namespace: "pod" (shared: critest's shape; liner runs a pause) or
+    # "container" (kubelet's without shareProcessNamespace; liner runs none).
+    pod_pid: str = "pod"
     pulls: int = 0  # distinct small images pulled (PARALLEL at a time), then listed
 
     @property
     def label(self) -> str:
         return f"{self.pods} pods" + (f" of {self.per_pod}" if self.per_pod > 1 else "")
+
+    @property
+    def pid_mode(self) -> int:
+        return pb.CONTAINER if self.pod_pid == "container" else pb.POD
 
 
 @dataclass
@@ -138,6 +145,11 @@ class Driver:
             metadata=pb.PodSandboxMetadata(name=name, namespace="bench", uid=str(uuid.uuid4())),
             log_directory=str(self.logs / f"{name}-{uuid.uuid4().hex[:6]}"),
             labels={"app": name},
+            linux=pb.LinuxPodSandboxConfig(
+                security_context=pb.LinuxSandboxSecurityContext(
+                    namespace_options=pb.NamespaceOption(pid=self.shape.pid_mode)
+                )
+            ),
         )
 
     def start(self, pod: Pod) -> None:
@@ -176,6 +188,12 @@ class Driver:
             image=spec,
             command=["/bin/sh", "-c", SCRIPT],
             log_path=f"{name}.log",
+            # kubelet's way: the container in its pod's pid namespace mode.
+            linux=pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    namespace_options=pb.NamespaceOption(pid=self.shape.pid_mode)
+                )
+            ),
         )
         resp, spent["CreateContainer"] = self.timed(
             "CreateContainer",

@@ -93,6 +93,14 @@ class Pod:
         mounts: list[pb.Mount] | None = None,
         start: bool = True,
     ) -> str:
+        if linux is None:
+            # kubelet's way: a container in its pod's pid namespace mode.
+            pid = self.config.linux.security_context.namespace_options.pid
+            linux = pb.LinuxContainerConfig(
+                security_context=pb.LinuxContainerSecurityContext(
+                    namespace_options=pb.NamespaceOption(pid=pid)
+                )
+            )
         config = pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name=name),
             image=pb.ImageSpec(image=self.image),
@@ -138,13 +146,15 @@ class Pod:
 
 
 def pod_config(
-    tmp_path: Path, name: str, *, privileged: bool = False, **kw: object
+    tmp_path: Path, name: str, *, privileged: bool = False, pid: int = pb.POD, **kw: object
 ) -> pb.PodSandboxConfig:
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace="behaviour", uid=str(uuid.uuid4())),
         log_directory=str(tmp_path / "pod-logs"),
         linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(privileged=privileged)
+            security_context=pb.LinuxSandboxSecurityContext(
+                privileged=privileged, namespace_options=pb.NamespaceOption(pid=pid)
+            )
         ),
         **kw,  # type: ignore[arg-type]
     )
@@ -160,11 +170,16 @@ def running_pod(cri: CriDaemon, image: str, config: pb.PodSandboxConfig) -> Iter
 
 
 SLEEP = "exec sleep 100000"
+# critest's pods share a pid namespace (liner runs their pause); kubelet's, without
+# shareProcessNamespace, do not (liner runs none: [cri] drop_infra_ctr). containerd runs a
+# pause for both.
+PID_MODES = [pytest.param(pb.POD, id="shared-pid"), pytest.param(pb.CONTAINER, id="own-pid")]
 
 
-def test_dns_config_and_hostname(cri: CriDaemon, image: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pid", PID_MODES)
+def test_dns_config_and_hostname(cri: CriDaemon, image: str, tmp_path: Path, pid: int) -> None:
     dns = pb.DNSConfig(servers=["10.10.10.10"], searches=["google.com"], options=["ndots:8"])
-    config = pod_config(tmp_path, "dns", hostname="test-hostname", dns_config=dns)
+    config = pod_config(tmp_path, "dns", hostname="test-hostname", dns_config=dns, pid=pid)
     with running_pod(cri, image, config) as pod:
         cid = pod.container("c", SLEEP)
         resolv = pod.exec(cid, "cat", "/etc/resolv.conf").stdout.decode().splitlines()
@@ -187,12 +202,14 @@ def _get(host: str, port: int) -> bytes:
         return b""
 
 
-def test_host_port_over_loopback(cri: CriDaemon, image: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pid", PID_MODES)
+def test_host_port_over_loopback(cri: CriDaemon, image: str, tmp_path: Path, pid: int) -> None:
     host_port = free_port()
     config = pod_config(
         tmp_path,
         "hostport",
         port_mappings=[pb.PortMapping(container_port=80, host_port=host_port)],
+        pid=pid,
     )
     with running_pod(cri, image, config) as pod:
         pod.container(

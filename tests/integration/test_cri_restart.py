@@ -57,15 +57,21 @@ async def _opened(base: Path, net: Net, images: Images) -> Pods:
     return Pods(core, sandboxes, containers, net, images, base)
 
 
+# A pod with a pause (its containers share its pid namespace) and one without (CRI-O's
+# drop_infra_ctr: the pod's pinned namespaces are all that holds it).
+PID_MODES = [pytest.param(cri.POD, id="pause"), pytest.param(cri.CONTAINER, id="no-pause")]
+
+
+@pytest.mark.parametrize("pid", PID_MODES)
 def test_pods_and_containers_outlive_a_restart(
-    tmp_path: Path, net: Net, cri_images: Images
+    tmp_path: Path, net: Net, cri_images: Images, pid: int
 ) -> None:
     base = tmp_path / "pods"
 
     async def before() -> tuple[str, str, str, str]:
         p = await _opened(base, net, cri_images)
         await p.core.local.transfer.pull(meta.NAMESPACE, cri_images.busybox, plain_http=True)
-        config = p.sandbox_config("survivor", hostname="survivor")
+        config = p.sandbox_config("survivor", hostname="survivor", pid=pid)
         pod = await p.run_pod(config)
         ip = (await p.sandbox_status(pod)).network.ip
         running = await p.create(pod, config, p.container_config("run", ["-c", "exec sleep 1000"]))
@@ -83,6 +89,13 @@ def test_pods_and_containers_outlive_a_restart(
             status = await p.sandbox_status(pod)
             assert status.state == cri.SANDBOX_READY and status.network.ip == ip
             assert (await p.status(running)).state == cri.CONTAINER_RUNNING
+            # A new container joins the pod found again (its pinned namespaces, or its pause).
+            config = cri.PodSandboxConfig.FromString(
+                meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod)).config
+            )
+            late = await p.create(pod, config, p.container_config("late", ["-c", "hostname"]))
+            await p.containers.start_container(cri.StartContainerRequest(container_id=late))
+            assert (await p.wait_exited(late)).exit_code == 0
             # The exit of a process that ends after the restart is seen with its code.
             st = p.core.local.tasks.state(meta.NAMESPACE, quits)
             assert st.status.name == "RUNNING"
@@ -93,7 +106,7 @@ def test_pods_and_containers_outlive_a_restart(
             assert out.stdout == b"survivor\n"
             await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
             await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
-            assert leftovers(p, [pod, running, quits]) == []
+            assert leftovers(p, [pod, running, quits, late]) == []
         finally:
             await p.remove_all()
             await close_core(p.core)
@@ -102,20 +115,23 @@ def test_pods_and_containers_outlive_a_restart(
 
 
 @pytest.mark.parametrize(
-    "point,what",
+    "point,what,pid",
     [
-        ("cri-sandbox-netns-created", "sandbox"),
-        ("cri-sandbox-cni-added", "sandbox"),
-        ("cri-sandbox-started", "sandbox"),
-        ("cri-container-created", "container"),
+        ("cri-sandbox-netns-created", "sandbox", cri.POD),
+        ("cri-sandbox-cni-added", "sandbox", cri.POD),
+        ("cri-sandbox-started", "sandbox", cri.POD),
+        ("cri-container-created", "container", cri.POD),
+        # No pause: the pinned net, IPC and UTS namespaces alone are what a crash leaves.
+        ("cri-sandbox-cni-added", "sandbox", cri.CONTAINER),
+        ("cri-container-created", "container", cri.CONTAINER),
     ],
 )
 def test_crash_points_leave_nothing_after_cleanup(
-    point: str, what: str, tmp_path: Path, net: Net, cri_images: Images
+    point: str, what: str, pid: int, tmp_path: Path, net: Net, cri_images: Images
 ) -> None:
     base = tmp_path / "pods"
     base.mkdir()
-    child = run_child(base, net, cri_images, what, point)
+    child = run_child(base, net, cri_images, what, point, pid)
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
 
     async def after() -> None:
@@ -148,8 +164,9 @@ def test_crash_points_leave_nothing_after_cleanup(
     asyncio.run(after())
 
 
+@pytest.mark.parametrize("pid", PID_MODES)
 def test_a_killed_daemon_comes_back_with_its_pods(
-    tmp_path: Path, pause_image: str, registry: Registry
+    tmp_path: Path, pause_image: str, registry: Registry, pid: int
 ) -> None:
     """The real daemon, SIGKILLed and started again on the same root and state: its pods and
     containers answer with their states and exit codes, and go away cleanly after."""
@@ -176,6 +193,11 @@ def test_a_killed_daemon_comes_back_with_its_pods(
                 metadata=cri.PodSandboxMetadata(name="p", namespace="default", uid="u-restart"),
                 hostname="restarted",
                 log_directory=str(tmp_path / "logs"),
+                linux=cri.LinuxPodSandboxConfig(
+                    security_context=cri.LinuxSandboxSecurityContext(
+                        namespace_options=cri.NamespaceOption(pid=pid)
+                    )
+                ),
             )
             pod = rt.RunPodSandbox(
                 cri.RunPodSandboxRequest(config=pod_config), timeout=120
@@ -194,6 +216,11 @@ def test_a_killed_daemon_comes_back_with_its_pods(
                             image=cri.ImageSpec(image=image),
                             command=["/bin/sh", "-c", script],
                             log_path=f"{name}.log",
+                            linux=cri.LinuxContainerConfig(
+                                security_context=cri.LinuxContainerSecurityContext(
+                                    namespace_options=cri.NamespaceOption(pid=pid)
+                                )
+                            ),
                         ),
                     ),
                     timeout=60,
