@@ -13,7 +13,9 @@ containerd differences: containerd always runs a pause; these tests run on liner
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -72,6 +74,12 @@ def run(
     asyncio.run(main())
 
 
+def cgroup_dirs(relative: str) -> list[Path]:
+    """`relative` in every cgroup v1 hierarchy (and v2's unified one) where it exists."""
+    root = Path("/sys/fs/cgroup")
+    return [d for d in (root / relative, *root.glob(f"*/{relative}")) if d.is_dir()]
+
+
 def has_pause(p: Pods, pod: str) -> bool:
     try:
         return p.core.local.tasks.state(meta.NAMESPACE, pod).status.name == "RUNNING"
@@ -92,6 +100,9 @@ def test_containers_share_the_pinned_namespaces(
     async def body(p: Pods) -> None:
         dns = cri.DNSConfig(servers=["10.10.10.10"], searches=["example.com"], options=["ndots:8"])
         config = p.sandbox_config("shared", hostname="shared-host", dns=dns, pid=cri.CONTAINER)
+        # kubelet's pod cgroup: the containers go under it, with or without a pause.
+        parent = f"/liner-test-pod-{secrets.token_hex(4)}"
+        config.linux.cgroup_parent = parent
         # critest's sandbox sysctls, read back in the containers (IPC), and a net one.
         config.linux.sysctls.update(
             {
@@ -138,6 +149,10 @@ def test_containers_share_the_pinned_namespaces(
         assert resolv == b"search example.com\nnameserver 10.10.10.10\noptions ndots:8\n"
         addrs = (await p.exec(a, "cat", "/proc/net/fib_trie")).stdout
         assert status.network.ip.encode() in addrs
+        for cid in (a, b):
+            pid = p.core.local.tasks.state(meta.NAMESPACE, cid).pid
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            assert any(line.endswith(f":{parent}/{cid}") for line in lines), lines
         # One conmon per container, and one for the pause where it runs.
         assert len(conmons_under(p.core.state)) == 2 + (mode == "pause")
 
@@ -158,6 +173,11 @@ def test_containers_share_the_pinned_namespaces(
         await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
         assert (await p.sandbox_status(pod)).state == cri.SANDBOX_NOTREADY
         assert leftovers(p, [pod, a, b]) == []
+        assert [d for x in (pod, a, b) for d in cgroup_dirs(f"{parent}/{x}".lstrip("/"))] == []
+        # The pod cgroup itself is kubelet's to remove (runc made it here).
+        for d in cgroup_dirs(parent.lstrip("/")):
+            with contextlib.suppress(OSError):
+                d.rmdir()
         assert not any(Path(x).exists() for x in (m.netns, m.ipcns, m.utsns))
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         assert leftovers(p, [pod, a, b]) == []
