@@ -36,7 +36,7 @@ from cri_pods_support import (
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
-from linerd.cri import meta
+from linerd.cri import meta, netns
 from linerd.cri.stats import Stats
 from linerd.errdefs import InvalidArgument, NotFound
 
@@ -247,5 +247,26 @@ def test_host_namespaces_without_a_pause(tmp_path: Path, net: Net, cri_images: I
             await p.run_pod(bad)
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         assert leftovers(p, [pod, cid]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+def test_orphan_namespaces_are_reaped_on_first_use(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    """A crash between pinning a pod's namespaces and saving their paths leaves files no
+    record names: the group's first call unpins and deletes them (net, IPC and UTS alike)."""
+
+    async def body(p: Pods) -> None:
+        kinds = [netns.NET, netns.IPC, netns.UTS]
+        orphans = await asyncio.to_thread(netns.create_pod, p.sandboxes.netns_dir, kinds, "x")
+        assert all(netns.is_pinned(path) for path in orphans.values())
+        config = p.sandbox_config(pid=cri.CONTAINER)
+        pod = await p.run_pod(config)
+        assert not any(path.exists() for path in orphans.values())
+        m = meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod))
+        assert all(netns.is_pinned(path) for path in (m.netns, m.ipcns, m.utsns))
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod]) == []
 
     run(tmp_path, net, cri_images, body)
