@@ -49,10 +49,12 @@ def test_a_file_overrides_nested_tables(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(
         '[cri]\ncgroup_driver = "systemd"\nsandbox_image = "127.0.0.1:5000/pause:1"\n'
+        "drop_infra_ctr = false\n"
         '[cri.cni]\nbin_dirs = ["/srv/cni"]\n'
     )
     config = load(path)
     assert config.cri.cgroup_driver == "systemd"
+    assert config.cri.drop_infra_ctr is False
     assert config.cri.sandbox_image == "127.0.0.1:5000/pause:1"
     assert config.cri.cni.bin_dirs == ["/srv/cni"]
     assert config.cri.cni.conf_dir == "/etc/cni/net.d"
@@ -71,6 +73,7 @@ def test_the_defaults_are_not_shared_between_configs() -> None:
     ("text", "message"),
     [
         ("[cri]\nenabled = 'yes'\n", "'cri.enabled' must be bool, not str"),
+        ("[cri]\ndrop_infra_ctr = 1\n", "'cri.drop_infra_ctr' must be bool, not int"),
         ("[cri]\nbogus = 1\n", "unknown configuration key 'cri.bogus'"),
         ("[cri.cni]\nbin_dir = '/x'\n", "unknown configuration key 'cri.cni.bin_dir'"),
         ("[cri]\ncni = 3\n", "'cri.cni' must be a table"),
