@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal as signals
 from pathlib import Path
@@ -110,9 +111,14 @@ class Containers:
         except NotFound:
             return None
 
-    async def finalize(self, record: Container) -> tuple[Container, meta.ContainerMeta]:
-        """Record the exit of a started container whose task has ended, and delete the task."""
-        m = meta.container_meta(record)
+    async def finalize(
+        self, record: Container, m: meta.ContainerMeta | None = None
+    ) -> tuple[Container, meta.ContainerMeta]:
+        """Record the exit of a started container whose task has ended, and delete the task.
+        `m`: the record's metadata if decoded already. The metadata returned may be shared
+        (records.py): copy it before changing it."""
+        if m is None:
+            m = self.records.decode(record).meta
         if m.state != "running":
             return record, m
         st = self.task_state(record.id)
@@ -335,7 +341,7 @@ class Containers:
     async def stop(self, record: Container, timeout: int) -> None:
         """The stop signal, then SIGKILL after `timeout` seconds (0: SIGKILL at once); the
         exit recorded. Idempotent."""
-        m = meta.container_meta(record)
+        m = self.records.decode(record).meta
         if m.state == "created":
             return
         st = self.task_state(record.id)
@@ -401,20 +407,20 @@ class Containers:
 
     async def list_containers(self, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
         f = req.filter
+        selector = dict(f.label_selector)
+        wanted = f.state.state if f.HasField("state") else None
         out = []
-        for record in await self.records.list(meta.KIND_CONTAINER):
+        for entry in await self.records.entries(meta.KIND_CONTAINER):
+            record, m, config = entry.record, entry.meta, entry.config
             if f.id and not record.id.startswith(f.id):
                 continue
             if f.pod_sandbox_id and not record.sandbox.startswith(f.pod_sandbox_id):
                 continue
-            record, m = await self.finalize(record)
-            config = cri.ContainerConfig.FromString(m.config)
-            if f.label_selector and not meta.matches_labels(
-                dict(config.labels), dict(f.label_selector)
-            ):
+            if selector and not meta.matches_labels(config.labels, selector):
                 continue
+            record, m = await self.finalize(record, m)
             state = self.state_of(record, m)
-            if f.HasField("state") and f.state.state != state:
+            if wanted is not None and wanted != state:
                 continue
             out.append(
                 cri.Container(
@@ -436,7 +442,7 @@ class Containers:
         self, req: cri.ContainerStatusRequest
     ) -> cri.ContainerStatusResponse:
         record, m = await self.finalize(await self._find(req.container_id))
-        config = cri.ContainerConfig.FromString(m.config)
+        config = self.records.decode(record).config
         status = cri.ContainerStatus(
             id=record.id,
             metadata=config.metadata,
@@ -477,6 +483,7 @@ class Containers:
         self, req: cri.UpdateContainerResourcesRequest
     ) -> cri.UpdateContainerResourcesResponse:
         record, m = await self.finalize(await self._find(req.container_id))
+        m = dataclasses.replace(m)  # changed below: never the shared one (records.py)
         if m.state == "exited":
             raise FailedPrecondition(f"container {record.id} is not running or created")
         assert record.spec is not None
