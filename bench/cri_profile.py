@@ -24,7 +24,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, liner_cri, push_busybox_image, push_pause_image
+from cri_support import (
+    containerd_cri,
+    ip_forward_kept,
+    liner_cri,
+    push_busybox_image,
+    push_pause_image,
+)
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as pb
@@ -37,13 +43,16 @@ def timed_loop(name: str, calls: int, fn: Callable[[], Any], out: Path, pid: int
     for _ in range(calls):
         fn()
     mean, cpu = (time.perf_counter() - t0) / calls, (cpu_seconds(pid) - cpu0) / calls
-    with bench.py_spy(spy, pid, raw):
-        for _ in range(calls):
-            fn()
+    if spy:
+        with bench.py_spy(spy, pid, raw):
+            for _ in range(calls):
+                fn()
     print(
         f"{name}: {mean * 1000:.2f} ms mean, daemon CPU {cpu * 1000:.2f} ms per call "
-        f"over {calls} calls; profile {raw}"
+        f"over {calls} calls" + (f"; profile {raw}" if spy else "")
     )
+    if not spy:
+        return
     for frame, share in bench.top_frames(raw, 12):
         print(f"  {share * 100:5.1f}%  {frame}")
 
@@ -55,10 +64,11 @@ def main() -> None:
     p.add_argument("--per-pod", type=int, default=2)
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--only", default="")
+    p.add_argument("--containerd", action="store_true", help="containerd's CRI (no py-spy)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
-    spy = bench._py_spy()
+    spy = "" if args.containerd else bench._py_spy()
     work = Path(tempfile.mkdtemp(prefix="liner-criprof-", dir="/dev/shm"))
     (work / "registry").mkdir()
     reg = Registry("open", workdir=work / "registry")
@@ -69,7 +79,12 @@ def main() -> None:
         pause = push_pause_image(reg, images)
         busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
         extra = [push_busybox_image(reg, images, f"bench/cri-pull-{i}").ref() for i in range(40)]
-        with ip_forward_kept(), liner_cri(work / "liner", pause, reg.host, log_level="info") as d:
+        daemon = (
+            containerd_cri(work / "containerd", pause, reg.host)
+            if args.containerd
+            else liner_cri(work / "liner", pause, reg.host, log_level="info")
+        )
+        with ip_forward_kept(), daemon as d:
             rt, im = d.runtime, d.images
             for ref in (pause, busybox):
                 im.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300)

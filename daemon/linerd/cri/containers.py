@@ -418,24 +418,21 @@ class Containers:
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            record, m = await self.finalize(record, m)
-            state = self.state_of(record, m)
+            st = self.task_state(record.id) if m.state == "running" else None
+            if st is not None and st.status in _RUNNING:
+                state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
+            else:
+                record, m = await self.finalize(record, m)
+                state = self.state_of(record, m)
             if wanted is not None and wanted != state:
                 continue
-            out.append(
-                cri.Container(
-                    id=record.id,
-                    pod_sandbox_id=record.sandbox,
-                    metadata=config.metadata,
-                    image=cri.ImageSpec(image=m.image_name, annotations=config.image.annotations),
-                    image_ref=m.image_ref,
-                    state=state,
-                    created_at=m.created_at,
-                    labels=config.labels,
-                    annotations=config.annotations,
-                    image_id=m.image_id,
-                )
-            )
+            if m is entry.meta:  # the message of this decoding in this state, built once
+                message = entry.views.get(state)
+                if message is None:
+                    message = entry.views[state] = _container_message(record, m, config, state)
+            else:  # finalize just recorded the exit
+                message = _container_message(record, m, config, state)
+            out.append(message)
         return cri.ListContainersResponse(containers=out)
 
     async def container_status(
@@ -544,6 +541,23 @@ class Containers:
         return cri.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
+
+
+def _container_message(
+    record: Container, m: meta.ContainerMeta, config: cri.ContainerConfig, state: int
+) -> cri.Container:
+    return cri.Container(
+        id=record.id,
+        pod_sandbox_id=record.sandbox,
+        metadata=config.metadata,
+        image=cri.ImageSpec(image=m.image_name, annotations=config.image.annotations),
+        image_ref=m.image_ref,
+        state=state,
+        created_at=m.created_at,
+        labels=config.labels,
+        annotations=config.annotations,
+        image_id=m.image_id,
+    )
 
 
 def _readonly(mounts: list[Any]) -> list[Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from liner_api.runtime.v1 import api_pb2 as cri
@@ -34,6 +34,8 @@ class Entry:
     record: Container
     meta: Any  # meta.SandboxMeta or meta.ContainerMeta
     config: Any  # cri.PodSandboxConfig or cri.ContainerConfig
+    # What the list calls build of this decoding (their message per state), kept with it.
+    views: dict[Any, Any] = field(default_factory=dict)
 
 
 def _extension_of(kind: str) -> str:
@@ -57,7 +59,7 @@ class Records:
         if hit is not None and hit[0] == raw:
             if hit[1].record is record:
                 return hit[1]
-            return Entry(record, hit[1].meta, hit[1].config)
+            return Entry(record, hit[1].meta, hit[1].config, hit[1].views)
         if kind == meta.KIND_SANDBOX:
             m: Any = meta.sandbox_meta(record)
             config: Any = cri.PodSandboxConfig.FromString(m.config)

@@ -412,8 +412,9 @@ class Sandboxes:
             state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
             if wanted is not None and wanted != state:
                 continue
-            out.append(
-                cri.PodSandbox(
+            message = entry.views.get(state)  # built once per decoding and state
+            if message is None:
+                message = entry.views[state] = cri.PodSandbox(
                     id=record.id,
                     metadata=config.metadata,
                     state=state,
@@ -422,5 +423,5 @@ class Sandboxes:
                     annotations=config.annotations,
                     runtime_handler=m.runtime_handler,
                 )
-            )
+            out.append(message)
         return cri.ListPodSandboxResponse(items=out)
