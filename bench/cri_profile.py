@@ -12,6 +12,8 @@ frames.
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +37,43 @@ from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
+STRACE = False
 
-def timed_loop(name: str, calls: int, fn: Callable[[], Any], out: Path, pid: int, spy: str) -> None:
+
+def timed_loop(
+    name: str,
+    calls: int,
+    fn: Callable[[], Any],
+    out: Path,
+    pid: int,
+    spy: str,
+    reset: Callable[[], None] = lambda: None,
+) -> None:
+    """`reset` runs (untimed) before each round of `calls`."""
     raw = out / f"{name}.txt"
     # The daemon's CPU per call first, without py-spy (steadier than wall time on a busy host).
+    reset()
     cpu0, t0 = cpu_seconds(pid), time.perf_counter()
     for _ in range(calls):
         fn()
     mean, cpu = (time.perf_counter() - t0) / calls, (cpu_seconds(pid) - cpu0) / calls
     if spy:
+        reset()
         with bench.py_spy(spy, pid, raw):
             for _ in range(calls):
                 fn()
+    if STRACE:  # syscall time summary of one more round (-f: every thread)
+        trace = out / f"{name}.strace"
+        proc = subprocess.Popen(
+            ["strace", "-f", "-c", "-w", "-o", str(trace), "-p", str(pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        reset()
+        time.sleep(1.0)
+        for _ in range(calls):
+            fn()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
     print(
         f"{name}: {mean * 1000:.2f} ms mean, daemon CPU {cpu * 1000:.2f} ms per call "
         f"over {calls} calls" + (f"; profile {raw}" if spy else "")
@@ -65,7 +92,10 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--only", default="")
     p.add_argument("--containerd", action="store_true", help="containerd's CRI (no py-spy)")
+    p.add_argument("--strace", action="store_true", help="also strace -c each call's loop")
     args = p.parse_args()
+    global STRACE
+    STRACE = args.strace
     args.out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     spy = "" if args.containerd else bench._py_spy()
@@ -156,7 +186,15 @@ def main() -> None:
 
             if only is None or "CreateRemove" in only:
                 timed_loop("CreateRemove", args.calls // 10, create_remove, args.out, d.pid, spy)
-            refs = iter(extra)
+            refs = iter(())
+
+            def unpull() -> None:
+                # The small images go again (their layer stays: busybox's image holds it).
+                nonlocal refs
+                for ref in extra:
+                    im.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
+                refs = iter(extra)
+
             if only is None or "PullImage" in only:
                 timed_loop(
                     "PullImage",
@@ -167,6 +205,7 @@ def main() -> None:
                     args.out,
                     d.pid,
                     spy,
+                    unpull,
                 )
     finally:
         reg.stop()
