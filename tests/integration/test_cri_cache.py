@@ -1,16 +1,21 @@
-"""The CRI's kept lists (cri/records.py) in real pods: an exit nobody asked the CRI about, a
-pause killed from outside, a record removed or changed with the containerd API, each seen by
-the next ListContainers / ListPodSandbox / status, with no CRI write in between."""
+"""What the CRI keeps in memory, in real pods: the lists (cri/records.py) see an exit nobody
+asked the CRI about, a pause killed from outside, a record removed or changed with the
+containerd API, with no CRI write in between; an image's user databases (kept per chain ID
+by cri/containers.py) answer each image's own users."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cri_pods_support import Images, Net, Pods, drop_net, make_net, missing, pods, push_images
+from cri_support import push_busybox_image
+from imagebuild import file
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
@@ -89,6 +94,43 @@ def test_lists_follow_exits_and_writes_from_outside(
         await p.core.local.snapshots.remove(meta.NAMESPACE, record.snapshotter, record.snapshot_key)
         await local.delete(meta.NAMESPACE, idle)
         assert await containers(p) == {running: cri.CONTAINER_EXITED}
+
+    async def main() -> None:
+        async with pods(tmp_path / "pods", net, cri_images) as p:
+            await body(p)
+
+    asyncio.run(main())
+
+
+def test_users_are_each_images_own_and_read_once_per_image(
+    tmp_path: Path, net: Net, cri_images: Images, registry: Registry
+) -> None:
+    def image(repo: str, uid: int) -> str:
+        passwd = file("etc/passwd", f"root:x:0:0::/root:/bin/sh\napp:x:{uid}:{uid}::/:/bin/sh\n")
+        group = file("etc/group", f"root:x:0:\napp:x:{uid}:\nextra:x:77:app\n")
+        return push_busybox_image(registry, tmp_path, repo, extra=[passwd, group]).ref()
+
+    first, second = image("cache/users-a", 1234), image("cache/users-b", 4321)
+
+    async def body(p: Pods) -> None:
+        for ref in (first, second):
+            await p.core.local.transfer.pull(meta.NAMESPACE, ref, plain_http=True)
+        config = p.sandbox_config()
+        pod = await p.run_pod(config)
+
+        async def user_of(ref: str) -> dict[str, object]:
+            c = p.container_config(f"c{secrets.token_hex(3)}", ["-c", "true"])
+            c.image.image = ref
+            c.linux.security_context.run_as_username = "app"
+            cid = await p.create(pod, config, c)
+            record = await p.core.local.containers.get(meta.NAMESPACE, cid)
+            assert record.spec is not None
+            return json.loads(record.spec.value)["process"]["user"]
+
+        for _ in range(2):  # the second round reads nothing from a mount
+            assert await user_of(first) == {"uid": 1234, "gid": 1234, "additionalGids": [77, 1234]}
+            assert await user_of(second) == {"uid": 4321, "gid": 4321, "additionalGids": [77, 4321]}
+            assert len(p.containers._image_users) == 2
 
     async def main() -> None:
         async with pods(tmp_path / "pods", net, cri_images) as p:

@@ -31,6 +31,7 @@ from linerd.cri import execsync, meta, security, specs
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.records import Records
+from linerd.cri.users import ImageUsers
 from linerd.errdefs import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -48,6 +49,7 @@ log = structlog.get_logger("linerd.cri")
 
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 _RUNNING = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.CREATED)
+IMAGE_USERS_KEPT = 64  # images whose user databases are kept (a node runs a few dozen)
 
 
 def spec_encoded(spec: dict[str, Any]) -> Encoded:
@@ -85,8 +87,17 @@ class Containers:
         self._load_lock = asyncio.Lock()
         # container id -> pids its stop signal went to (a StopContainer in progress)
         self._signalled: dict[str, set[int]] = {}
+        # chain ID -> the image's /etc/passwd and /etc/group, read from a new container's
+        # rootfs: a fresh snapshot of that chain is the image's layers and nothing else, and
+        # committed layers never change, so the next containers need no temporary mount.
+        self._image_users: dict[str, ImageUsers] = {}
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _keep_users(self, chain_id: str, users: ImageUsers) -> None:
+        if len(self._image_users) >= IMAGE_USERS_KEPT and chain_id not in self._image_users:
+            del self._image_users[next(iter(self._image_users))]  # oldest first
+        self._image_users[chain_id] = users
 
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
@@ -181,11 +192,11 @@ class Containers:
         if not config.metadata.name:
             raise InvalidArgument("container config must include metadata.name")
         sandbox = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
-        smeta = meta.sandbox_meta(sandbox)
+        decoded = self.records.decode(sandbox)  # read only below
+        smeta, sconfig = decoded.meta, decoded.config
         pause = self.task_state(sandbox.id)
         if smeta.state != "ready" or pause is None or pause.status != TaskStatus.RUNNING:
             raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
-        sconfig = cri.PodSandboxConfig.FromString(smeta.config)
         smd = sconfig.metadata
         container_id = meta.new_id()
         name = "_".join(
@@ -227,8 +238,10 @@ class Containers:
             )
             image_name = image.first_tag or config.image.image
 
-            def build() -> dict[str, Any]:
-                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+            known = self._image_users.get(image.chain_id) if image.chain_id else None
+
+            def build() -> tuple[dict[str, Any], ImageUsers | None]:
+                def spec_with(users: ImageUsers) -> dict[str, Any]:
                     return specs.container_spec(
                         container_id=container_id,
                         config=config,
@@ -242,10 +255,24 @@ class Containers:
                         shm=smeta.shm,
                         hostname=smeta.hostname,
                         cgroup_driver=self.cgroup_driver,
-                        rootfs=rootfs,
+                        rootfs=users,
                     )
 
-            spec = await asyncio.to_thread(build)
+                if known is not None:
+                    return spec_with(known), None
+                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                    users = ImageUsers(rootfs)
+                    spec = spec_with(users)
+                    try:  # both read while mounted: kept for the image's next containers
+                        users.passwd()
+                        users.group()
+                    except LinerError:
+                        return spec, None
+                    return spec, users
+
+            spec, users = await asyncio.to_thread(build)
+            if users is not None and image.chain_id:
+                self._keep_users(image.chain_id, users)
             log_path = ""
             if config.log_path and sconfig.log_directory:
                 log_path = str(Path(sconfig.log_directory) / config.log_path)

@@ -14,6 +14,7 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from liner_common import ocispec
 from linerd.core.types import Encoded
 from linerd.cri import meta, security
+from linerd.cri.users import ImageUsers
 from linerd.errdefs import InvalidArgument
 
 Spec = dict[str, Any]
@@ -174,7 +175,7 @@ def container_spec(
     shm: str,
     hostname: str,
     cgroup_driver: str,
-    rootfs: Path,
+    rootfs: Path | ImageUsers,
 ) -> Spec:
     spec = ocispec.generate(meta.NAMESPACE, container_id, [ocispec.with_image_config(image_config)])
     process = spec["process"]
