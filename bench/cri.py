@@ -13,7 +13,8 @@ after the other, and driven with the suite's stubs over their sockets. Per daemo
 4. With the N pods running: the node's memory (PSS of the daemon + its per-pod helpers: conmon
    for liner, containerd-shim-runc-v2 for containerd, + liner's unpack zygote if up; the
    daemon's RSS apart). Then more containers (untimed, round-robin over the pods) until
-   LIST_AT run; ListContainers and ListPodSandbox (LIST_CALLS each); and kubelet's relist:
+   LIST_AT run; after LIST_SETTLE seconds, ListContainers and ListPodSandbox (LIST_CALLS
+   each); and kubelet's relist:
    ListPodSandbox + ListContainers once a second for RELIST_SECONDS, the daemon's CPU
    (utime + stime of /proc/<pid>/stat over the window) as % of one core.
 5. N pods, 2 at a time: StopContainer → RemoveContainer (each container) → StopPodSandbox →
@@ -55,7 +56,10 @@ from registry import Registry
 from liner_api.runtime.v1 import api_pb2 as pb
 
 PARALLEL = 2
-LIST_CALLS = 10
+LIST_CALLS = 20
+# Seconds between the last untimed create and the timed List calls: the daemons' background
+# work after a burst of creates (GC of the creates' leases, snapshot usage) is not a List's.
+LIST_SETTLE = 3.0
 LIST_AT = 100  # running containers when the List calls are timed (issue 18 goal 2)
 RELIST_SECONDS = 30  # kubelet's relist window (issue 18 goal 4: at 100 pods, <= 2 % of a core)
 STOP_TIMEOUT = 10  # seconds StopContainer gives the TERM (the container exits at once on it)
@@ -278,6 +282,7 @@ class Driver:
 
     def lists(self, pods: list[Pod]) -> None:
         rt = self.d.runtime
+        time.sleep(LIST_SETTLE)
         containers = sum(len(p.containers) for p in pods)
         n_pods = len(pods)
         for _ in range(LIST_CALLS):

@@ -434,10 +434,13 @@ class CriImages:
         if not name:
             raise InvalidArgument("no image given")
         ref = pull_reference(name)
-        hosts = await asyncio.to_thread(hosts_with_auth, self._hosts(), ref.host, auth)
+        hosts = None  # without credentials: the daemon's, and no hosts.toml to read here
+        if auth is not None and auth_credentials(auth) is not None:
+            hosts = await asyncio.to_thread(hosts_with_auth, self._hosts(), ref.host, auth)
         result = await self._transfer.pull(NAMESPACE, str(ref), hosts=hosts)
         target = result.image.target
-        resolved = await self._resolve(target)
+        # What a target resolves to depends on its digest only (immutable content).
+        resolved = self._resolved.get(target.digest) or await self._resolve(target)
         if resolved is None:
             raise NotFound(f"image {ref}: no image for this platform after the pull")
         self._resolved[target.digest] = resolved
