@@ -199,7 +199,11 @@ class ContainerStore:
                 .values({k: v for k, v in row.items() if k not in ("namespace", "id")}),
                 {"b_namespace": namespace, "b_id": container.id},
             )
-            return _container(row)
+            updated = _container(row)
+            # The CRI looks a container up right after saving its state (status, remove).
+            key = (namespace, container.id)
+            self._db.after_commit(conn, lambda: self._cache.put(key, updated))
+            return _copy(updated)
 
         return await self._db.run(update_)
 
