@@ -1,17 +1,21 @@
-"""Profile linerd's CRI calls one at a time: py-spy while one call repeats (docs/PERFORMANCE.md).
+"""Profile linerd's CRI calls one at a time (docs/PERFORMANCE.md, bench/README.md (f)).
 
-`sudo .venv/bin/python bench/cri_profile.py OUT_DIR [--pods N] [--per-pod K] [--calls C]`
-starts linerd's CRI as (f) does (tests/integration/cri_support.py), runs N pods of K
-containers, then for each bookkeeping call (ImageStatus, PodSandboxStatus, ContainerStatus,
-ListContainers, ListPodSandbox, ListImages) and for CreateContainer + RemoveContainer and
-PullImage of an image whose layer is present: its mean latency over C calls while py-spy
-records linerd (OUT_DIR/<call>.txt, collapsed stacks with thread names), and the top self-time
-frames.
+`sudo .venv/bin/python bench/cri_profile.py OUT_DIR [--pods N] [--per-pod K] [--calls C]
+[--only A,B] [--containerd] [--strace]` starts linerd's CRI as (f) does
+(tests/integration/cri_support.py) and runs N pods of K containers (py-spy meanwhile:
+OUT_DIR/PodStarts.txt). Then for each bookkeeping call (ImageStatus, PodSandboxStatus,
+ContainerStatus, ListContainers, ListPodSandbox, ListImages, Version), for CreateContainer +
+RemoveContainer and for PullImage of an image whose layer is present: its mean latency and
+the daemon's CPU per call (utime + stime) over C calls; then C calls more under py-spy
+(OUT_DIR/<call>.txt, collapsed stacks with thread names; the top self-time frames printed);
+with `--strace`, C more under `strace -f -c`. `--containerd`: the same against containerd's
+CRI plugin, without py-spy.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
@@ -148,8 +152,11 @@ def main() -> None:
                     cids.append(cid)
                 return sid, config, cids
 
-            with ThreadPoolExecutor(2) as pool:
-                pods = list(pool.map(start_pod, range(args.pods)))
+            with contextlib.ExitStack() as stack:
+                if spy:  # what the event loop does while pods start (statuses wait behind it)
+                    stack.enter_context(bench.py_spy(spy, d.pid, args.out / "PodStarts.txt"))
+                with ThreadPoolExecutor(2) as pool:
+                    pods = list(pool.map(start_pod, range(args.pods)))
             sid, sconfig, cids = pods[0]
             print(f"{args.pods} pods, {sum(len(c) for _, _, c in pods)} containers running")
             calls: dict[str, Callable[[], Any]] = {
