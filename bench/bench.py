@@ -63,7 +63,7 @@ NS = "bench"
 CACHE_VERSION = 1
 SUITE = "bookworm"
 N_DETACHED = 20
-N_PODS = 20  # (f); critest runs 50
+N_PODS = 50  # (f), as critest runs
 N_CRI_PULLS = 20  # (f): distinct small images pulled through the CRI
 
 
@@ -939,6 +939,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--cri-pulls", type=int, help=f"images pulled in (f) (default {N_CRI_PULLS}; smoke 2)"
     )
+    p.add_argument(
+        "--list-at", type=int, help=f"running containers for (f)'s Lists (default {cri.LIST_AT})"
+    )
+    p.add_argument(
+        "--relist", type=float, help=f"seconds of (f)'s relist (default {cri.RELIST_SECONDS})"
+    )
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -955,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
         per_pod=args.pod_containers,
         pod_pid=args.pod_pid,
         pulls=args.cri_pulls if args.cri_pulls is not None else 2 if args.smoke else N_CRI_PULLS,
+        list_at=args.list_at if args.list_at is not None else 4 if args.smoke else cri.LIST_AT,
+        relist=args.relist if args.relist is not None else 3 if args.smoke else cri.RELIST_SECONDS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
     with_ctr = bool(only & {"a", "b", "c", "e"}) or args.load or bool(args.profile)
@@ -1030,6 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
             "pod_containers": shape.per_pod,
             "pod_pid": shape.pod_pid,
             "cri_pulls": shape.pulls,
+            "cri_list_at": shape.list_at,
+            "cri_relist_seconds": shape.relist,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],

@@ -10,9 +10,13 @@ after the other, and driven with the suite's stubs over their sockets. Per daemo
 3. N pods, 2 at a time: RunPodSandbox → PodSandboxStatus → then per container (K per pod)
    ImageStatus → CreateContainer → StartContainer → ContainerStatus → ExecSync(`true`), each
    call timed; "a pod's start" adds up the first container's.
-4. With the N pods running: ListContainers and ListPodSandbox (LIST_CALLS each), and the node's
-   memory: PSS of the daemon + its per-pod helpers (conmon for liner, containerd-shim-runc-v2
-   for containerd) + liner's unpack zygote if up; the daemon's RSS apart.
+4. With the N pods running: the node's memory (PSS of the daemon + its per-pod helpers: conmon
+   for liner, containerd-shim-runc-v2 for containerd, + liner's unpack zygote if up; the
+   daemon's RSS apart). Then more containers (untimed, round-robin over the pods) until
+   LIST_AT run; after LIST_SETTLE seconds, ListContainers and ListPodSandbox (LIST_CALLS
+   each); and kubelet's relist:
+   ListPodSandbox + ListContainers once a second for RELIST_SECONDS, the daemon's CPU
+   (utime + stime of /proc/<pid>/stat over the window) as % of one core.
 5. N pods, 2 at a time: StopContainer → RemoveContainer (each container) → StopPodSandbox →
    RemovePodSandbox.
 
@@ -23,6 +27,7 @@ iptables rules, monitors, cgroups), then stop the daemon and delete the bridge.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -51,7 +56,12 @@ from registry import Registry
 from liner_api.runtime.v1 import api_pb2 as pb
 
 PARALLEL = 2
-LIST_CALLS = 10
+LIST_CALLS = 20
+# Seconds between the last untimed create and the timed List calls: the daemons' background
+# work after a burst of creates (GC of the creates' leases, snapshot usage) is not a List's.
+LIST_SETTLE = 3.0
+LIST_AT = 100  # running containers when the List calls are timed (issue 18 goal 2)
+RELIST_SECONDS = 30  # kubelet's relist window (issue 18 goal 4: at 100 pods, <= 2 % of a core)
 STOP_TIMEOUT = 10  # seconds StopContainer gives the TERM (the container exits at once on it)
 # The container's process: exits 0 on TERM, so StopContainer measures a real stop.
 SCRIPT = "trap 'exit 0' TERM; sleep 3600 & wait"
@@ -102,6 +112,8 @@ class Shape:
     # "container" (kubelet's without shareProcessNamespace; liner runs none).
     pod_pid: str = "pod"
     pulls: int = 0  # distinct small images pulled (PARALLEL at a time), then listed
+    list_at: int = LIST_AT  # running containers for the List calls (0: as many as started)
+    relist: float = RELIST_SECONDS  # seconds of once-a-second relist (0: none)
 
     @property
     def label(self) -> str:
@@ -271,9 +283,26 @@ class Driver:
                 f"(f) ListImages, {len(refs) + 2} images",
             )
 
-    def lists(self) -> None:
-        rt, pods = self.d.runtime, self.shape.pods
-        containers = pods * self.shape.per_pod
+    def fill(self, pods: list[Pod]) -> None:
+        """More containers (untimed), round-robin over the pods, until `list_at` run."""
+        running = sum(len(p.containers) for p in pods)
+        extra = [pods[i % len(pods)] for i in range(max(0, self.shape.list_at - running))]
+        untimed = Outcome()  # their calls are not the per-call rows
+
+        def add(args: tuple[int, Pod]) -> None:
+            k, pod = args
+            Driver(self.d, untimed, self.image, self.logs, self.shape).start_container(
+                pod, f"x{k}", {}
+            )
+
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(add, enumerate(extra)))
+
+    def lists(self, pods: list[Pod]) -> None:
+        rt = self.d.runtime
+        time.sleep(LIST_SETTLE)
+        containers = sum(len(p.containers) for p in pods)
+        n_pods = len(pods)
         for _ in range(LIST_CALLS):
             resp, _ = self.timed(
                 "ListContainers",
@@ -285,10 +314,33 @@ class Driver:
             resp, _ = self.timed(
                 "ListPodSandbox",
                 lambda: rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30),
-                f"(f) ListPodSandbox, {pods} pods running",
+                f"(f) ListPodSandbox, {n_pods} pods running",
             )
-            if len(resp.items) != pods:
-                raise RuntimeError(f"ListPodSandbox: {len(resp.items)} of {pods}")
+            if len(resp.items) != n_pods:
+                raise RuntimeError(f"ListPodSandbox: {len(resp.items)} of {n_pods}")
+
+    def relist(self, pods: list[Pod]) -> None:
+        """kubelet's relist: ListPodSandbox + ListContainers once a second; the daemon's CPU
+        (user + system, /proc/<pid>/stat) over the window, as % of one core."""
+        if self.shape.relist <= 0:
+            return
+        rt = self.d.runtime
+        containers = sum(len(p.containers) for p in pods)
+        t0, cpu0 = time.monotonic(), cpu_seconds(self.d.pid)
+        tick = t0
+        while tick - t0 < self.shape.relist:
+            rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30)
+            rt.ListContainers(pb.ListContainersRequest(), timeout=30)
+            tick += 1.0
+            time.sleep(max(0.0, tick - time.monotonic()))
+        cpu, wall = cpu_seconds(self.d.pid) - cpu0, time.monotonic() - t0
+        self.out.add(
+            "cri_relist_cpu",
+            f"(f) relist CPU, % of a core ({len(pods)} pods, {containers} containers)",
+            "%",
+            self.d.kind,
+            100 * cpu / wall,
+        )
 
     def memory(self) -> None:
         """PSS (MB) of the daemon, of its helpers, of liner's zygote, and their sum."""
@@ -332,10 +384,18 @@ class Driver:
         pods = [Pod(f"bench-{i}", self.pod_config(i)) for i in range(self.shape.pods)]
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(self.start, pods))
-        self.lists()
         self.memory()
+        self.fill(pods)
+        self.lists(pods)
+        self.relist(pods)
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(self.stop, pods))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its own threads, not its children), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager

@@ -107,7 +107,15 @@ def test_container_cached_until_updated_or_deleted(db: CountingDatabase) -> None
         assert db.transactions == before
         await store.update("ns", Container(id="c", runtime="", spec=None, labels={"x": "2"}),
                            ["labels"])  # fmt: skip
+        before = db.transactions
+        assert (await store.get("ns", "c")).labels == {"x": "2"}  # the update's, kept
+        assert db.transactions == before
+        (await store.get("ns", "c")).labels["x"] = "mutated by a caller"
         assert (await store.get("ns", "c")).labels == {"x": "2"}
+        with pytest.raises(NotFound):  # a failed update keeps nothing
+            await store.update("ns", Container(id="gone", runtime="", spec=None), ["labels"])
+        with pytest.raises(NotFound):
+            await store.get("ns", "gone")
         await store.delete("ns", "c")
         with pytest.raises(NotFound):
             await store.get("ns", "c")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal as signals
 from pathlib import Path
@@ -30,6 +31,7 @@ from linerd.cri import execsync, meta, podns, security, specs
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.records import Records
+from linerd.cri.users import ImageUsers
 from linerd.errdefs import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -47,6 +49,7 @@ log = structlog.get_logger("linerd.cri")
 
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 _RUNNING = (TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.CREATED)
+IMAGE_USERS_KEPT = 64  # images whose user databases are kept (a node runs a few dozen)
 
 
 def spec_encoded(spec: dict[str, Any]) -> Encoded:
@@ -84,8 +87,17 @@ class Containers:
         self._load_lock = asyncio.Lock()
         # container id -> pids its stop signal went to (a StopContainer in progress)
         self._signalled: dict[str, set[int]] = {}
+        # chain ID -> the image's /etc/passwd and /etc/group, read from a new container's
+        # rootfs: a fresh snapshot of that chain is the image's layers and nothing else, and
+        # committed layers never change, so the next containers need no temporary mount.
+        self._image_users: dict[str, ImageUsers] = {}
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _keep_users(self, chain_id: str, users: ImageUsers) -> None:
+        if len(self._image_users) >= IMAGE_USERS_KEPT and chain_id not in self._image_users:
+            del self._image_users[next(iter(self._image_users))]  # oldest first
+        self._image_users[chain_id] = users
 
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
@@ -110,9 +122,14 @@ class Containers:
         except NotFound:
             return None
 
-    async def finalize(self, record: Container) -> tuple[Container, meta.ContainerMeta]:
-        """Record the exit of a started container whose task has ended, and delete the task."""
-        m = meta.container_meta(record)
+    async def finalize(
+        self, record: Container, m: meta.ContainerMeta | None = None
+    ) -> tuple[Container, meta.ContainerMeta]:
+        """Record the exit of a started container whose task has ended, and delete the task.
+        `m`: the record's metadata if decoded already. The metadata returned may be shared
+        (records.py): copy it before changing it."""
+        if m is None:
+            m = self.records.decode(record).meta
         if m.state != "running":
             return record, m
         st = self.task_state(record.id)
@@ -175,11 +192,11 @@ class Containers:
         if not config.metadata.name:
             raise InvalidArgument("container config must include metadata.name")
         sandbox = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
-        smeta = meta.sandbox_meta(sandbox)
+        decoded = self.records.decode(sandbox)  # read only below
+        smeta, sconfig = decoded.meta, decoded.config
         pause = self.task_state(sandbox.id) if smeta.infra else None
         if not podns.alive(smeta, pause):
             raise FailedPrecondition(f"sandbox {sandbox.id} is not ready")
-        sconfig = cri.PodSandboxConfig.FromString(smeta.config)
         smd = sconfig.metadata
         container_id = meta.new_id()
         name = "_".join(
@@ -221,8 +238,10 @@ class Containers:
             )
             image_name = image.first_tag or config.image.image
 
-            def build() -> dict[str, Any]:
-                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+            known = self._image_users.get(image.chain_id) if image.chain_id else None
+
+            def build() -> tuple[dict[str, Any], ImageUsers | None]:
+                def spec_with(users: ImageUsers) -> dict[str, Any]:
                     return specs.container_spec(
                         container_id=container_id,
                         config=config,
@@ -236,10 +255,24 @@ class Containers:
                         shm=smeta.shm,
                         hostname=smeta.hostname,
                         cgroup_driver=self.cgroup_driver,
-                        rootfs=rootfs,
+                        rootfs=users,
                     )
 
-            spec = await asyncio.to_thread(build)
+                if known is not None:
+                    return spec_with(known), None
+                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                    users = ImageUsers(rootfs)
+                    spec = spec_with(users)
+                    try:  # both read while mounted: kept for the image's next containers
+                        users.passwd()
+                        users.group()
+                    except LinerError:
+                        return spec, None
+                    return spec, users
+
+            spec, users = await asyncio.to_thread(build)
+            if users is not None and image.chain_id:
+                self._keep_users(image.chain_id, users)
             log_path = ""
             if config.log_path and sconfig.log_directory:
                 log_path = str(Path(sconfig.log_directory) / config.log_path)
@@ -336,7 +369,7 @@ class Containers:
     async def stop(self, record: Container, timeout: int) -> None:
         """The stop signal, then SIGKILL after `timeout` seconds (0: SIGKILL at once); the
         exit recorded. Idempotent."""
-        m = meta.container_meta(record)
+        m = self.records.decode(record).meta
         if m.state == "created":
             return
         st = self.task_state(record.id)
@@ -402,42 +435,39 @@ class Containers:
 
     async def list_containers(self, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
         f = req.filter
+        selector = dict(f.label_selector)
+        wanted = f.state.state if f.HasField("state") else None
         out = []
-        for record in await self.records.list(meta.KIND_CONTAINER):
+        for entry in await self.records.entries(meta.KIND_CONTAINER):
+            record, m, config = entry.record, entry.meta, entry.config
             if f.id and not record.id.startswith(f.id):
                 continue
             if f.pod_sandbox_id and not record.sandbox.startswith(f.pod_sandbox_id):
                 continue
-            record, m = await self.finalize(record)
-            config = cri.ContainerConfig.FromString(m.config)
-            if f.label_selector and not meta.matches_labels(
-                dict(config.labels), dict(f.label_selector)
-            ):
+            if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            state = self.state_of(record, m)
-            if f.HasField("state") and f.state.state != state:
+            st = self.task_state(record.id) if m.state == "running" else None
+            if st is not None and st.status in _RUNNING:
+                state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
+            else:
+                record, m = await self.finalize(record, m)
+                state = self.state_of(record, m)
+            if wanted is not None and wanted != state:
                 continue
-            out.append(
-                cri.Container(
-                    id=record.id,
-                    pod_sandbox_id=record.sandbox,
-                    metadata=config.metadata,
-                    image=cri.ImageSpec(image=m.image_name, annotations=config.image.annotations),
-                    image_ref=m.image_ref,
-                    state=state,
-                    created_at=m.created_at,
-                    labels=config.labels,
-                    annotations=config.annotations,
-                    image_id=m.image_id,
-                )
-            )
+            if m is entry.meta:  # the message of this decoding in this state, built once
+                message = entry.views.get(state)
+                if message is None:
+                    message = entry.views[state] = _container_message(record, m, config, state)
+            else:  # finalize just recorded the exit
+                message = _container_message(record, m, config, state)
+            out.append(message)
         return cri.ListContainersResponse(containers=out)
 
     async def container_status(
         self, req: cri.ContainerStatusRequest
     ) -> cri.ContainerStatusResponse:
         record, m = await self.finalize(await self._find(req.container_id))
-        config = cri.ContainerConfig.FromString(m.config)
+        config = self.records.decode(record).config
         status = cri.ContainerStatus(
             id=record.id,
             metadata=config.metadata,
@@ -478,6 +508,7 @@ class Containers:
         self, req: cri.UpdateContainerResourcesRequest
     ) -> cri.UpdateContainerResourcesResponse:
         record, m = await self.finalize(await self._find(req.container_id))
+        m = dataclasses.replace(m)  # changed below: never the shared one (records.py)
         if m.state == "exited":
             raise FailedPrecondition(f"container {record.id} is not running or created")
         assert record.spec is not None
@@ -538,6 +569,23 @@ class Containers:
         return cri.ExecSyncResponse(
             stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code
         )
+
+
+def _container_message(
+    record: Container, m: meta.ContainerMeta, config: cri.ContainerConfig, state: int
+) -> cri.Container:
+    return cri.Container(
+        id=record.id,
+        pod_sandbox_id=record.sandbox,
+        metadata=config.metadata,
+        image=cri.ImageSpec(image=m.image_name, annotations=config.image.annotations),
+        image_ref=m.image_ref,
+        state=state,
+        created_at=m.created_at,
+        labels=config.labels,
+        annotations=config.annotations,
+        image_id=m.image_id,
+    )
 
 
 def _readonly(mounts: list[Any]) -> list[Any]:

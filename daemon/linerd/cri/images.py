@@ -27,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import os
 import re
@@ -88,6 +89,16 @@ def pull_reference(image: str) -> reference.Reference:
     if ref.digest:
         return reference.Reference(ref.host, ref.repository, None, ref.digest)
     return ref
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalized(name: str) -> str:
+    """`name` as PullImage records it ("" if it is no reference); kubelet asks by the same
+    few names every time."""
+    try:
+        return str(pull_reference(name))
+    except InvalidArgument:
+        return ""
 
 
 def split_references(names: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -281,22 +292,35 @@ class CriImages:
         self._hosts = hosts
         self._sandbox_image = str(pull_reference(sandbox_image))
         self._resolved: dict[str, Resolved] = {}
+        # (image store generation, every CRI image by id) of the last `all`
+        self._all: tuple[int, dict[str, CriImage]] | None = None
 
     # -- for the other groups
 
     async def all(self) -> dict[str, CriImage]:
-        """Every CRI image, by id."""
+        """Every CRI image, by id (shared: read only). Kept while the image store's
+        generation of `k8s.io` stays (any record created, changed or deleted moves it)."""
+        generation = self._images.store.generation(NAMESPACE)  # before the list
+        cached = self._all
+        if cached is not None and cached[0] == generation:
+            return cached[1]
         records = await self._images.list(NAMESPACE)
         targets = {r.target.digest: r.target for r in records}
         for digest in list(self._resolved):
             if digest not in targets:
                 del self._resolved[digest]  # no record names it any more
         missing = [t for d, t in targets.items() if d not in self._resolved]
+        unresolved = False
         for target in missing:
             resolved = await self._resolve(target)
             if resolved is not None:
                 self._resolved[target.digest] = resolved
-        return group_images(records, self._resolved)
+            else:
+                unresolved = True
+        images = group_images(records, self._resolved)
+        # A target not resolved now (its content missing, say) is tried again next time.
+        self._all = None if unresolved else (generation, images)
+        return images
 
     async def lookup(self, name: str) -> CriImage | None:
         """The image `name` means: an id (`sha256:<hex>`), a reference (normalized: `busybox`
@@ -306,10 +330,7 @@ class CriImages:
         images = await self.all()
         if _IMAGE_ID.match(name):
             return images.get(name)
-        try:
-            normalized = str(pull_reference(name))
-        except InvalidArgument:
-            normalized = ""
+        normalized = _normalized(name)
         if normalized:
             for image in images.values():
                 if normalized in image.references:
@@ -413,10 +434,13 @@ class CriImages:
         if not name:
             raise InvalidArgument("no image given")
         ref = pull_reference(name)
-        hosts = await asyncio.to_thread(hosts_with_auth, self._hosts(), ref.host, auth)
+        hosts = None  # without credentials: the daemon's, and no hosts.toml to read here
+        if auth is not None and auth_credentials(auth) is not None:
+            hosts = await asyncio.to_thread(hosts_with_auth, self._hosts(), ref.host, auth)
         result = await self._transfer.pull(NAMESPACE, str(ref), hosts=hosts)
         target = result.image.target
-        resolved = await self._resolve(target)
+        # What a target resolves to depends on its digest only (immutable content).
+        resolved = self._resolved.get(target.digest) or await self._resolve(target)
         if resolved is None:
             raise NotFound(f"image {ref}: no image for this platform after the pull")
         self._resolved[target.digest] = resolved

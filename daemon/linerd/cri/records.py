@@ -1,12 +1,22 @@
 """The CRI's view of the container records of `k8s.io`: sandboxes and containers by kind,
 looked up by id or unique id prefix (crictl passes what the user typed, as containerd's
-truncindex allows), with their metadata saved back through the local Containers service."""
+truncindex allows), with their metadata saved back through the local Containers service.
+
+kubelet lists every second what rarely changes. The records of `k8s.io` are kept as last
+listed, with their metadata decoded, until the container store's generation of the namespace
+moves (every create, update and delete, whoever makes it: the CRI, ctr, a restart's
+recovery; metadata/containers.py); a record's decoding is kept while its extension's bytes
+stay the same. What a record's task is doing is never kept: callers ask the runtime.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.core.types import Container
 from linerd.cri import meta
 from linerd.errdefs import InvalidArgument, NotFound
@@ -16,19 +26,74 @@ if TYPE_CHECKING:
     from linerd.local.leases import Leases
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record with its CRI metadata and request config decoded. Shared between calls:
+    read it, never change it (copy the metadata with `dataclasses.replace` to write)."""
+
+    record: Container
+    meta: Any  # meta.SandboxMeta or meta.ContainerMeta
+    config: Any  # cri.PodSandboxConfig or cri.ContainerConfig
+    # What the list calls build of this decoding (their message per state), kept with it.
+    views: dict[Any, Any] = field(default_factory=dict)
+
+
+def _extension_of(kind: str) -> str:
+    return meta.SANDBOX_EXTENSION if kind == meta.KIND_SANDBOX else meta.CONTAINER_EXTENSION
+
+
 class Records:
     def __init__(self, containers: Containers) -> None:
         self.containers = containers
+        # (generation, kind -> entries in id order) of the last list, or None
+        self._listed: tuple[int, dict[str, list[Entry]]] | None = None
+        # record id -> (extension bytes, entry) of the last decoding
+        self._decoded: dict[str, tuple[bytes, Entry]] = {}
+
+    def decode(self, record: Container) -> Entry:
+        """`record` with its metadata and config decoded (kept while the bytes are equal).
+        Internal (corrupt metadata) or KeyError (no extension of its kind)."""
+        kind = meta.kind(record)
+        raw = record.extensions[_extension_of(kind)].value
+        hit = self._decoded.get(record.id)
+        if hit is not None and hit[0] == raw:
+            if hit[1].record is record:
+                return hit[1]
+            return Entry(record, hit[1].meta, hit[1].config, hit[1].views)
+        if kind == meta.KIND_SANDBOX:
+            m: Any = meta.sandbox_meta(record)
+            config: Any = cri.PodSandboxConfig.FromString(m.config)
+        else:
+            m = meta.container_meta(record)
+            config = cri.ContainerConfig.FromString(m.config)
+        entry = Entry(record, m, config)
+        self._decoded[record.id] = (raw, entry)
+        return entry
+
+    async def entries(self, kind: str) -> list[Entry]:
+        """The records of that kind with CRI metadata, decoded, in id order (shared: read
+        only). A record someone made with ctr and labelled alike is not the CRI's."""
+        store = self.containers.store
+        generation = store.generation(meta.NAMESPACE)  # before the list: see the docstring
+        listed = self._listed
+        if listed is not None and listed[0] == generation:
+            return listed[1].get(kind, [])
+        by_kind: dict[str, list[Entry]] = {meta.KIND_SANDBOX: [], meta.KIND_CONTAINER: []}
+        seen = set()
+        for record in await self.containers.list(meta.NAMESPACE):
+            k = meta.kind(record)
+            if k not in by_kind or _extension_of(k) not in record.extensions:
+                continue
+            seen.add(record.id)
+            by_kind[k].append(self.decode(record))
+        for gone in self._decoded.keys() - seen:
+            del self._decoded[gone]
+        self._listed = (generation, by_kind)
+        return by_kind.get(kind, [])
 
     async def list(self, kind: str) -> list[Container]:
-        """The records of that kind with CRI metadata (a record someone made with ctr and
-        labelled alike is not the CRI's)."""
-        ext = meta.SANDBOX_EXTENSION if kind == meta.KIND_SANDBOX else meta.CONTAINER_EXTENSION
-        return [
-            r
-            for r in await self.containers.list(meta.NAMESPACE)
-            if meta.kind(r) == kind and ext in r.extensions
-        ]
+        """The records of that kind with CRI metadata (copies: the caller may change them)."""
+        return [_copy(e.record) for e in await self.entries(kind)]
 
     async def find(self, kind: str, id_or_prefix: str) -> Container:
         what = "sandbox" if kind == meta.KIND_SANDBOX else "container"
@@ -41,21 +106,25 @@ class Records:
         ext = meta.SANDBOX_EXTENSION if kind == meta.KIND_SANDBOX else meta.CONTAINER_EXTENSION
         if record is not None and meta.kind(record) == kind and ext in record.extensions:
             return record
-        found = [r for r in await self.list(kind) if r.id.startswith(id_or_prefix)]
+        found = [e.record for e in await self.entries(kind) if e.record.id.startswith(id_or_prefix)]
         if len(found) == 1:
-            return found[0]
+            return _copy(found[0])
         if len(found) > 1:
             raise InvalidArgument(f"{what} id prefix {id_or_prefix!r} is ambiguous")
         raise NotFound(f"{what} {id_or_prefix!r} not found")
 
     async def save_sandbox(self, record: Container, m: meta.SandboxMeta) -> Container:
-        record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
+        record = dataclasses.replace(
+            record, extensions={**record.extensions, **meta.sandbox_extension(m)}
+        )
         return await self.containers.update(
             meta.NAMESPACE, record, [f"extensions.{meta.SANDBOX_EXTENSION}"]
         )
 
     async def save_container(self, record: Container, m: meta.ContainerMeta) -> Container:
-        record.extensions = {**record.extensions, **meta.container_extension(m)}
+        record = dataclasses.replace(
+            record, extensions={**record.extensions, **meta.container_extension(m)}
+        )
         return await self.containers.update(
             meta.NAMESPACE, record, [f"extensions.{meta.CONTAINER_EXTENSION}"]
         )
@@ -66,3 +135,9 @@ class Records:
             if lease.id.startswith(prefix):
                 with contextlib.suppress(NotFound):
                     await leases.delete(meta.NAMESPACE, lease.id)
+
+
+def _copy(record: Container) -> Container:
+    return dataclasses.replace(
+        record, labels=dict(record.labels), extensions=dict(record.extensions)
+    )

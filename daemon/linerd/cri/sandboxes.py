@@ -405,9 +405,8 @@ class Sandboxes:
     async def pod_sandbox_status(
         self, req: cri.PodSandboxStatusRequest
     ) -> cri.PodSandboxStatusResponse:
-        record = await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id)
-        m = meta.sandbox_meta(record)
-        config = cri.PodSandboxConfig.FromString(m.config)
+        entry = self.records.decode(await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id))
+        record, m, config = entry.record, entry.meta, entry.config
         ready = self.ready(record, m)
         status = cri.PodSandboxStatus(
             id=record.id,
@@ -441,21 +440,21 @@ class Sandboxes:
 
     async def list_pod_sandbox(self, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
         f = req.filter
+        selector = dict(f.label_selector)
+        wanted = f.state.state if f.HasField("state") else None
         out = []
-        for record in await self.records.list(meta.KIND_SANDBOX):
+        for entry in await self.records.entries(meta.KIND_SANDBOX):
+            record, m, config = entry.record, entry.meta, entry.config
             if f.id and not record.id.startswith(f.id):
                 continue
-            m = meta.sandbox_meta(record)
-            config = cri.PodSandboxConfig.FromString(m.config)
-            if f.label_selector and not meta.matches_labels(
-                dict(config.labels), dict(f.label_selector)
-            ):
+            if selector and not meta.matches_labels(config.labels, selector):
                 continue
             state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
-            if f.HasField("state") and f.state.state != state:
+            if wanted is not None and wanted != state:
                 continue
-            out.append(
-                cri.PodSandbox(
+            message = entry.views.get(state)  # built once per decoding and state
+            if message is None:
+                message = entry.views[state] = cri.PodSandbox(
                     id=record.id,
                     metadata=config.metadata,
                     state=state,
@@ -464,5 +463,5 @@ class Sandboxes:
                     annotations=config.annotations,
                     runtime_handler=m.runtime_handler,
                 )
-            )
+            out.append(message)
         return cri.ListPodSandboxResponse(items=out)

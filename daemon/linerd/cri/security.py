@@ -57,7 +57,7 @@ def apply_security_context(
     spec: Spec,
     sc: api_pb2.LinuxContainerSecurityContext,
     *,
-    rootfs: Path,
+    rootfs: Path | ImageUsers,
     image_user: str,
     sandbox_privileged: bool,
 ) -> None:
@@ -65,7 +65,7 @@ def apply_security_context(
     read-only paths, seccomp and AppArmor of a container.
 
     ``image_user`` is the image config's User ("" = root); ``rootfs`` the container's
-    mounted root, where user and group names are looked up.
+    mounted root, where user and group names are looked up (or its databases, read already).
     """
     if sc.privileged and not sandbox_privileged:
         raise InvalidArgument("no privileged container allowed in sandbox")
@@ -82,7 +82,7 @@ def apply_security_context(
         member = str(run_as_user)
     else:
         member = image_user.split(":", 1)[0] or "0"
-    db = ImageUsers(rootfs)
+    db = rootfs if isinstance(rootfs, ImageUsers) else ImageUsers(rootfs)
     uid, gid = db.resolve(userstr) if userstr else (0, 0)
     groups = [] if sc.supplemental_groups_policy == STRICT_GROUPS else db.member_gids(member)
     _set_user(process, uid, gid, [*groups, *_supplemental(sc.supplemental_groups)])

@@ -15,6 +15,7 @@ from liner_common import ocispec
 from linerd.core.types import Encoded
 from linerd.cri import meta, security
 from linerd.cri.podns import PodNamespaces
+from linerd.cri.users import ImageUsers
 from linerd.errdefs import InvalidArgument
 
 Spec = dict[str, Any]
@@ -217,7 +218,7 @@ def container_spec(
     shm: str,
     hostname: str,
     cgroup_driver: str,
-    rootfs: Path,
+    rootfs: Path | ImageUsers,
 ) -> Spec:
     spec = ocispec.generate(meta.NAMESPACE, container_id, [ocispec.with_image_config(image_config)])
     process = spec["process"]

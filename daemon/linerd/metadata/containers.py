@@ -90,6 +90,19 @@ class ContainerStore:
         self._db = db
         # One `ctr run` looks its container up four times (Tasks/Create included).
         self._cache: RecordCache[tuple[str, str], Container] = RecordCache(_copy)
+        # namespace -> count of write transactions begun (on the database thread, before
+        # their commit): a reader that saw the same generation before a list and now may
+        # reuse that list (the CRI's relist; cri/records.py).
+        self._generations: dict[str, int] = {}
+
+    def generation(self, namespace: str) -> int:
+        """Any thread: changes before any write to `namespace` commits."""
+        return self._generations.get(namespace, 0)
+
+    def _written(self, namespace: str, container_id: str) -> None:
+        """Database thread, inside the writing transaction."""
+        self._cache.drop((namespace, container_id))
+        self._generations[namespace] = self._generations.get(namespace, 0) + 1
 
     async def get(self, namespace: str, container_id: str) -> Container:
         key = (namespace, container_id)
@@ -114,7 +127,7 @@ class ContainerStore:
         check(container)
 
         def create(conn: Connection) -> Container:
-            self._cache.drop((namespace, container.id))
+            self._written(namespace, container.id)
             ensure(conn, namespace)
             if conn.execute(_EXISTS, {"b_namespace": namespace, "b_id": container.id}).first():
                 raise AlreadyExists(f"container {container.id!r} already exists")
@@ -155,7 +168,7 @@ class ContainerStore:
                 raise InvalidArgument(f"cannot update {path!r} field on container {container.id!r}")
 
         def update_(conn: Connection) -> Container:
-            self._cache.drop((namespace, container.id))
+            self._written(namespace, container.id)
             row = _get(conn, namespace, container.id)
             if not paths:
                 if container.runtime and container.runtime != row["runtime"]:
@@ -186,13 +199,17 @@ class ContainerStore:
                 .values({k: v for k, v in row.items() if k not in ("namespace", "id")}),
                 {"b_namespace": namespace, "b_id": container.id},
             )
-            return _container(row)
+            updated = _container(row)
+            # The CRI looks a container up right after saving its state (status, remove).
+            key = (namespace, container.id)
+            self._db.after_commit(conn, lambda: self._cache.put(key, updated))
+            return _copy(updated)
 
         return await self._db.run(update_)
 
     async def delete(self, namespace: str, container_id: str) -> None:
         def delete_(conn: Connection) -> None:
-            self._cache.drop((namespace, container_id))
+            self._written(namespace, container_id)
             key = {"b_namespace": namespace, "b_id": container_id}
             if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
                 raise NotFound(f"container {container_id!r} not found")

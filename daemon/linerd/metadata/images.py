@@ -69,6 +69,18 @@ class ImageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._cache: RecordCache[tuple[str, str], Image] = RecordCache(_copy)
+        # namespace -> count of write transactions begun (database thread, before their
+        # commit): the CRI reuses its view of `k8s.io` while this stays (cri/images.py).
+        self._generations: dict[str, int] = {}
+
+    def generation(self, namespace: str) -> int:
+        """Any thread: changes before any write to `namespace` commits."""
+        return self._generations.get(namespace, 0)
+
+    def _written(self, namespace: str, name: str) -> None:
+        """Database thread, inside the writing transaction."""
+        self._cache.drop((namespace, name))
+        self._generations[namespace] = self._generations.get(namespace, 0) + 1
 
     async def get(self, namespace: str, name: str) -> Image:
         key = (namespace, name)
@@ -89,7 +101,7 @@ class ImageStore:
         check(image)
 
         def create(conn: Connection) -> Image:
-            self._cache.drop((namespace, image.name))
+            self._written(namespace, image.name)
             ensure(conn, namespace)
             if conn.execute(_GET, {"b_namespace": namespace, "b_name": image.name}).first():
                 raise AlreadyExists(f"image {image.name!r} already exists")
@@ -121,7 +133,7 @@ class ImageStore:
             check(image)
 
         def update_(conn: Connection) -> Image:
-            self._cache.drop((namespace, image.name))
+            self._written(namespace, image.name)
             row = _get(conn, namespace, image.name)
             if not paths:
                 row["labels"] = validate.labels(image.labels)
@@ -150,7 +162,7 @@ class ImageStore:
 
     async def delete(self, namespace: str, name: str) -> None:
         def delete_(conn: Connection) -> None:
-            self._cache.drop((namespace, name))
+            self._written(namespace, name)
             key = {"b_namespace": namespace, "b_name": name}
             if conn.execute(delete(images).where(_KEY), key).rowcount == 0:
                 raise NotFound(f"image {name!r} not found")
