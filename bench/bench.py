@@ -726,6 +726,13 @@ def node_memory(
             "rss": res.metric(
                 f"daemon_rss_{tag}_{n}", f"(d) daemon RSS, {n} running, {phase}", "MB"
             ),
+            # The file-backed part of the daemon's PSS: lower while another process maps the
+            # same files (another linerd or containerd on the machine).
+            "file": res.metric(
+                f"daemon_pss_file_{tag}_{n}",
+                f"(d) daemon PSS file-backed part, {n} running, {phase}",
+                "MB",
+            ),
             "growth": res.metric(
                 f"daemon_growth_{tag}_{n}",
                 f"(d) daemon PSS growth per container, idle to {n}, {phase}",
@@ -771,10 +778,12 @@ def node_memory(
             r["node"].add(d.name, at[n] + h_pss + z_pss)
             r["rss"].add(d.name, mem.get("rss", 0) / 1024)
             r["growth"].add(d.name, (at[n] - idle) / n)
+            r["file"].add(d.name, mem.get("pss_file", 0) / 1024)
             log(
                 f"node memory {phase} {d.name} {n} running: daemon {at[n]:.1f} + helpers "
-                f"{h_pss:.1f} + zygote {z_pss:.1f} MB (daemon idle {idle:.1f}, RSS "
-                f"{mem.get('rss', 0) / 1024:.1f})"
+                f"{h_pss:.1f} + zygote {z_pss:.1f} MB (daemon idle {idle:.1f}; daemon PSS anon "
+                f"{mem.get('pss_anon', 0) / 1024:.1f}, file {mem.get('pss_file', 0) / 1024:.1f}; "
+                f"RSS {mem.get('rss', 0) / 1024:.1f})"
             )
         if slope is not None:
             slope.add(d.name, (at[counts[-1]] - at[counts[0]]) / (counts[-1] - counts[0]))
