@@ -64,6 +64,7 @@ CACHE_VERSION = 1
 SUITE = "bookworm"
 N_DETACHED = 20
 N_MEMORY = "20,100"  # (d): running containers at which node memory is sampled
+IDLE_SETTLE = 2.0  # (d): seconds before the idle sample
 N_PODS = 20  # (f); critest runs 50
 N_CRI_PULLS = 20  # (f): distinct small images pulled through the CRI
 
@@ -754,6 +755,7 @@ def node_memory(
     )
     order = daemons if phase == "fresh" else daemons[::-1]
     for d in order:
+        time.sleep(IDLE_SETTLE)  # past liner's heap trimmer (1 s after the last bulk call)
         idle = mem_kb(d.pid).get("pss", 0) / 1024
         idle_pss.add(d.name, idle)
         ids: list[str] = []
