@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -137,20 +136,6 @@ def _loader(args: argparse.Namespace) -> Callable[[], Config]:
     return load_config
 
 
-def _optimized_exec() -> None:
-    """Run linerd's interpreter without docstrings and asserts (-OO): its code objects are
-    most of the daemon's memory and their docstrings ~1.5 MB of it (docs/PERFORMANCE.md). The
-    process execs itself once, before the daemon's imports, with PYTHONOPTIMIZE=2 in its
-    environment (so the unpack zygote and its workers inherit it), argv unchanged. An
-    interpreter already optimized, or an environment that sets PYTHONOPTIMIZE (0 included),
-    keeps what it has."""
-    if sys.flags.optimize >= 2 or "PYTHONOPTIMIZE" in os.environ or not sys.orig_argv:
-        return
-    env = {**os.environ, "PYTHONOPTIMIZE": "2"}
-    with contextlib.suppress(OSError):  # else run as we are
-        os.execve(sys.executable, sys.orig_argv, env)
-
-
 def _deferred_module(name: str) -> None:
     """Stand in for module `name` until one of its attributes is read: then import it for
     real and forward to it. (importlib's LazyLoader loads on the next `import` statement
@@ -213,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-store":
         return _check_store(args)
     if argv is None:
-        _optimized_exec()
         _tune_process(args)
 
     import asyncio

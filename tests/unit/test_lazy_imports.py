@@ -215,16 +215,3 @@ def test_daemon_start_up_defers_importlib_metadata_and_leaves_out_the_cri() -> N
     for unwanted in ("email", "zipfile", "csv", "pygments"):  # rich: blocked (None), above
         assert unwanted not in started
     assert not {m for m in started if m.startswith(("liner_api.runtime", "linerd.cri"))}
-
-
-def test_the_daemon_reexecs_itself_optimized_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from linerd import main
-
-    calls: list[tuple[str, list[str], dict[str, str]]] = []
-    monkeypatch.setattr(main.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
-    monkeypatch.delenv("PYTHONOPTIMIZE", raising=False)
-    main._optimized_exec()
-    assert calls == [(sys.executable, sys.orig_argv, {**main.os.environ, "PYTHONOPTIMIZE": "2"})]
-    monkeypatch.setenv("PYTHONOPTIMIZE", "0")  # the environment's choice wins
-    main._optimized_exec()
-    assert len(calls) == 1
