@@ -179,7 +179,7 @@ class _HeapTrimmer:
     Deletes and garbage collections free what pulls left (records, caches, buffers): after
     the bench's pulls and cleanups the heap held ~2.3 MB of free pages more than a trim
     leaves, so they trim too. A trim is preceded by a full `gc.collect()` (cycles a pull
-    left, ~0.6 MB there; ~20 ms in a worker thread, once per burst).
+    left, ~0.6 MB there; 20-40 ms of ~60,000 objects, in a worker thread, once per burst).
     """
 
     BULK = (
