@@ -63,6 +63,8 @@ NS = "bench"
 CACHE_VERSION = 1
 SUITE = "bookworm"
 N_DETACHED = 20
+N_MEMORY = "20,100"  # (d): running containers at which node memory is sampled
+IDLE_SETTLE = 2.0  # (d): seconds before the idle sample
 N_PODS = 50  # (f), as critest runs
 N_CRI_PULLS = 20  # (f): distinct small images pulled through the CRI
 
@@ -354,7 +356,12 @@ class LinerDaemon(Daemon):
     name = "liner"
 
     def __init__(self, base: Path) -> None:
-        self.d = Linerd(base, log_level="info")
+        # The CRI off, as containerd's CRI plugin is in (a)-(e): the same daemon on both sides
+        # (with it on, linerd imports and keeps ~3 MB more; (f) measures the CRI).
+        base.mkdir(parents=True, exist_ok=True)
+        config = base / "config.toml"
+        config.write_text("[cri]\nenabled = false\n")
+        self.d = Linerd(base, log_level="info", extra_args=["--config", str(config)])
         self.address = self.d.address
         self.d.start()
         assert self.d.proc is not None
@@ -700,6 +707,96 @@ def bench_detached(daemons: list[Daemon], images: Images, res: Results, runs: in
             log(f"detached {d.name} run {i + 1}/{runs}: {total:.2f}s")
 
 
+def node_memory(
+    daemons: list[Daemon], images: Images, res: Results, counts: list[int], phase: str
+) -> None:
+    """(d) node memory (#18 goal 1) with n containers running, for each n of counts (one ramp
+    per daemon: the containers of the smaller count stay up while more start): the daemon's
+    PSS + the PSS of every per-container helper (conmon / shim) + liner's unpack zygote's
+    PSS when it is up; the daemon's PSS and RSS alone, and its growth per container."""
+    tag = phase.replace(" ", "_")
+    rows = {
+        n: {
+            "node": res.metric(f"node_pss_{tag}_{n}", f"(d) node PSS, {n} running, {phase}", "MB"),
+            "daemon": res.metric(
+                f"daemon_pss_{tag}_{n}", f"(d) daemon PSS, {n} running, {phase}", "MB"
+            ),
+            "helpers": res.metric(
+                f"helpers_pss_{tag}_{n}", f"(d) helpers' PSS, {n} running, {phase}", "MB"
+            ),
+            "rss": res.metric(
+                f"daemon_rss_{tag}_{n}", f"(d) daemon RSS, {n} running, {phase}", "MB"
+            ),
+            # The file-backed part of the daemon's PSS: lower while another process maps the
+            # same files (another linerd or containerd on the machine).
+            "file": res.metric(
+                f"daemon_pss_file_{tag}_{n}",
+                f"(d) daemon PSS file-backed part, {n} running, {phase}",
+                "MB",
+            ),
+            "growth": res.metric(
+                f"daemon_growth_{tag}_{n}",
+                f"(d) daemon PSS growth per container, idle to {n}, {phase}",
+                "MB",
+            ),
+        }
+        for n in counts
+    }
+    idle_pss = res.metric(f"daemon_pss_{tag}_idle", f"(d) daemon PSS idle, {phase}", "MB")
+    zygote = res.metric(f"zygote_pss_{tag}", f"(d) liner's unpack zygote PSS, {phase}", "MB")
+    slope = (
+        res.metric(
+            f"daemon_growth_{tag}_{counts[0]}_{counts[-1]}",
+            f"(d) daemon PSS growth per container, {counts[0]} to {counts[-1]}, {phase}",
+            "MB",
+        )
+        if len(counts) > 1
+        else None
+    )
+    order = daemons if phase == "fresh" else daemons[::-1]
+    for d in order:
+        time.sleep(IDLE_SETTLE)  # past liner's heap trimmer (1 s after the last bulk call)
+        idle = mem_kb(d.pid).get("pss", 0) / 1024
+        idle_pss.add(d.name, idle)
+        ids: list[str] = []
+        at: dict[int, float] = {}
+        for n in sorted(counts):
+            for k in range(len(ids), n):
+                cid = f"mem-{tag}-{k}"
+                d.ctr("run", "-d", images.busybox, cid, "/bin/sleep", "3600")
+                ids.append(cid)
+            mem = mem_kb(d.pid)
+            helpers = d.helpers()
+            if len(helpers) != n:
+                log(f"{d.name}: {len(helpers)} helpers for {n} containers")
+            h_pss = sum(mem_kb(pid).get("pss", 0) for pid in helpers) / 1024
+            z_pss = sum(mem_kb(pid).get("pss", 0) for pid in d.zygotes()) / 1024
+            if z_pss:
+                zygote.add(d.name, z_pss)
+            at[n] = mem.get("pss", 0) / 1024
+            r = rows[n]
+            r["daemon"].add(d.name, at[n])
+            r["helpers"].add(d.name, h_pss)
+            r["node"].add(d.name, at[n] + h_pss + z_pss)
+            r["rss"].add(d.name, mem.get("rss", 0) / 1024)
+            r["growth"].add(d.name, (at[n] - idle) / n)
+            r["file"].add(d.name, mem.get("pss_file", 0) / 1024)
+            log(
+                f"node memory {phase} {d.name} {n} running: daemon {at[n]:.1f} + helpers "
+                f"{h_pss:.1f} + zygote {z_pss:.1f} MB (daemon idle {idle:.1f}; daemon PSS anon "
+                f"{mem.get('pss_anon', 0) / 1024:.1f}, file {mem.get('pss_file', 0) / 1024:.1f}; "
+                f"RSS {mem.get('rss', 0) / 1024:.1f})"
+            )
+        if slope is not None:
+            slope.add(d.name, (at[counts[-1]] - at[counts[0]]) / (counts[-1] - counts[0]))
+        for cid in ids:
+            d.ctr("tasks", "kill", "-s", "SIGKILL", cid)
+        wait_stopped(d, ids, timeout=120)
+        for cid in ids:
+            d.ctr("tasks", "rm", cid)
+            d.ctr("containers", "rm", cid)
+
+
 def bench_cli(daemons: list[Daemon], res: Results, runs: int) -> None:
     """(e) `ctr version`, `ctr images ls` against each; `liner version` / `liner images ls`."""
     v = res.metric("ctr_version", "(e) ctr version", "ms")
@@ -927,6 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--only", default="a,b,c,e,f", help="of a,b,c,e,f (d is taken with c)")
+    p.add_argument(
+        "--containers",
+        help=f"running containers at which (d) samples node memory (default {N_MEMORY}; smoke 2)",
+    )
     p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
     p.add_argument("--pod-containers", type=int, default=1, help="containers per pod in (f)")
     p.add_argument(
@@ -956,6 +1057,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (2 if args.smoke else 5)
     quick = args.quick_runs or (2 if args.smoke else 20)
     n_detached = 2 if args.smoke else N_DETACHED
+    counts = sorted(
+        {int(x) for x in (args.containers or ("2" if args.smoke else N_MEMORY)).split(",")}
+    )
     shape = cri.Shape(
         pods=args.pods or (2 if args.smoke else N_PODS),
         per_pod=args.pod_containers,
@@ -994,11 +1098,17 @@ def main(argv: list[str] | None = None) -> int:
             daemons.append(liner)
             if use_containerd:
                 daemons.append(ContainerdDaemon(work / "containerd"))
+            if "c" in only:  # (d) on fresh daemons: only busybox pulled
+                for d in daemons:
+                    d.ctr("images", "pull", "--plain-http", images.busybox)
+                node_memory(daemons, images, res, counts, "fresh")
             if "a" in only:
                 bench_pulls(daemons, images, res, runs, args.settle)
                 bench_liner_pull(liner, images, res, runs, args.settle)
             for d in daemons:
                 d.ctr("images", "pull", "--plain-http", images.busybox)
+            if "c" in only and "a" in only:
+                node_memory(daemons, images, res, counts, "after pulls")
             if "b" in only:
                 bench_run_rm(daemons, images, res, quick)
             if "c" in only:
@@ -1031,6 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "quick_runs": quick,
             "detached": n_detached,
+            "memory_containers": counts,
             "settle_s": args.settle,
             "only": sorted(only),
             "cri": "f" in only and not cri_missing,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 
 def mem_kb(pid: int) -> dict[str, int]:
-    """Rss and Pss (kB) of a process, from /proc/<pid>/smaps_rollup."""
+    """Rss, Pss, Pss_Anon and Pss_File (kB) of a process, from /proc/<pid>/smaps_rollup."""
     out = {}
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
             key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
+            if key in ("Rss", "Pss", "Pss_Anon", "Pss_File"):
                 out[key.lower()] = int(rest.split()[0])
     return out
 

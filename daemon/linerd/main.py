@@ -136,6 +136,29 @@ def _loader(args: argparse.Namespace) -> Callable[[], Config]:
     return load_config
 
 
+def _deferred_module(name: str) -> None:
+    """Stand in for module `name` until one of its attributes is read: then import it for
+    real and forward to it. (importlib's LazyLoader loads on the next `import` statement
+    already, which reads the module's __spec__.)"""
+    import importlib
+    import importlib.machinery
+    import types
+
+    stub = types.ModuleType(name)
+    stub.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    real: list[types.ModuleType] = []
+
+    def load(attr: str) -> object:
+        if not real:
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+            real.append(importlib.import_module(name))
+        return getattr(real[0], attr)
+
+    stub.__getattr__ = load  # type: ignore[method-assign]
+    sys.modules[name] = stub
+
+
 def _tune_process(args: argparse.Namespace) -> None:
     """Settings for a linerd process (not for a test calling main() in its own process)."""
     if "MALLOC_ARENA_MAX" not in os.environ:  # the environment's setting wins
@@ -148,6 +171,11 @@ def _tune_process(args: argparse.Namespace) -> None:
     # httpx imports its command line's modules to offer `httpx.main`: click and pygments,
     # ~2 MB kept for good after the first pull. Without click, it skips them.
     sys.modules.setdefault("click", None)  # type: ignore[assignment]
+    # SQLAlchemy imports importlib.metadata at import time for its plugin entry points, which
+    # a daemon with the built-in SQLite dialect never reads: with email, zipfile, csv and
+    # its other imports that is ~1 MB kept for good. Loaded on first use instead.
+    if "importlib.metadata" not in sys.modules:
+        _deferred_module("importlib.metadata")
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:

@@ -65,7 +65,8 @@ def test_bench_smoke_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert doc["mode"]["smoke"] is True
     with_containerd = doc["mode"]["containerd"]
     for key in ("pull_busybox", "pull_busybox-zstd", "run_rm", "detached", "rss_idle",
-                "helper_pss", "ctr_version", "ctr_images_ls", "liner_version"):  # fmt: skip
+                "helper_pss", "ctr_version", "ctr_images_ls", "liner_version",
+                "node_pss_fresh_2", "node_pss_after_pulls_2"):  # fmt: skip
         metric = doc["metrics"][key]
         liner = metric["liner"]
         assert liner["n"] >= 1 and liner["min"] <= liner["median"] <= liner["max"], metric

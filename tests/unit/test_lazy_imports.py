@@ -186,3 +186,32 @@ def test_a_daemon_pull_leaves_out_httpx_command_line_and_layer_writing() -> None
     assert "httpx" in loaded
     for unwanted in ("httpx._main", "pygments", "tarfile", "linerd.diff.compare"):
         assert unwanted not in loaded
+
+
+def test_daemon_start_up_defers_importlib_metadata_and_leaves_out_the_cri() -> None:
+    # SQLAlchemy imports importlib.metadata (email, zipfile, csv: ~1 MB kept for good); the
+    # daemon's tuning defers it to the first attribute read, which still works.
+    code = (
+        "import argparse, sys\n"
+        "from linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import linerd.main, linerd.server, linerd.log, linerd.metadata.db\n"
+        "assert 'email' not in sys.modules and 'zipfile' not in sys.modules\n"
+        "import linerd\n"
+        "assert linerd.__version__\n"
+        "assert 'email' not in sys.modules\n"
+        "from sqlalchemy.util import compat\n"
+        "assert compat.importlib_metadata.version('sqlalchemy')\n"
+        "from importlib.metadata import version\n"
+        "assert version('structlog')\n"
+    )
+    loaded = _modules_after(code)
+    assert "email" in loaded  # loaded by the first read above, as a module should
+    started = _modules_after(
+        "import argparse\nfrom linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import linerd.main, linerd.server, linerd.log"
+    )
+    for unwanted in ("email", "zipfile", "csv", "pygments"):  # rich: blocked (None), above
+        assert unwanted not in started
+    assert not {m for m in started if m.startswith(("liner_api.runtime", "linerd.cri"))}
