@@ -87,13 +87,16 @@ class Prestager:
     def feed(self, ref: str, digest: str, data: Path, offset: int, total: int) -> LiveBlob | None:
         """Start staging the blob being written to the ingest file `data`, if it is a layer
         worth it and a slot is free; the writer then drives the returned LiveBlob."""
-        if (
-            not ref.startswith(LAYER_REF_PREFIX)
-            or not digest
-            or total < self._min_size
-            or digest in self._stages
-            or self._running >= self._slots
-        ):
+        if not ref.startswith(LAYER_REF_PREFIX) or not digest or total < self._min_size:
+            return None
+        old = self._stages.get(digest)
+        if old is not None:
+            if not old.done():
+                return None
+            # Written again, so its blob was gone: what was staged from the last write is
+            # dropped, and this write is staged (as the first was).
+            self._expire(digest)
+        if self._running >= self._slots:
             return None
         live = LiveBlob(data, offset)
         self._running += 1

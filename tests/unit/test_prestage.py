@@ -101,3 +101,23 @@ def test_an_aborted_write_drops_its_stage(tmp_path: Path) -> None:
         assert list(p.directory.iterdir()) == []
 
     asyncio.run(go())
+
+
+def test_a_blob_written_again_is_staged_again(tmp_path: Path) -> None:
+    """A second write of a digest means its blob was gone (removed, collected): the stage of
+    the first write is dropped, not handed to the Apply that follows the second."""
+
+    async def go() -> None:
+        p = Prestager(tmp_path / "area", min_size=1)
+        await write_and_stage(p, tmp_path / "data", BLOB, DIGEST)
+        first = p._stages[DIGEST]
+        await first
+        await write_and_stage(p, tmp_path / "data2", BLOB, DIGEST)
+        got = await p.take(DIGEST)
+        assert got is not None and got.staged.compressed == DIGEST
+        assert got.directory != (await first).directory  # type: ignore[union-attr]
+        Prestager.drop(got)
+        await asyncio.gather(*p._releases)
+        assert list(p.directory.iterdir()) == []
+
+    asyncio.run(go())

@@ -54,7 +54,10 @@ class Writer:
     async def write(self, offset: int, data: bytes, total: int = 0) -> None:
         if total:
             self.ingest.set_total(total)
-        await asyncio.to_thread(self.ingest.write, offset, data, total)
+        # One hop per message (ctr waits for each answer): no context copy, as to_thread makes.
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.ingest.write, offset, data, total
+        )
         if self.live is not None:
             self.live.grew(self.ingest.offset)
         faults.point("content-write")
