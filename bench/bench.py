@@ -927,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each clean")
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--only", default="a,b,c,e,f,g", help="of a-g (d is taken with c)")
-    p.add_argument("--no-large", action="store_true", help="(g) without the large image")
+    p.add_argument(
+        "--only", default="a,b,c,e,f,h", help="of a,b,c,e,f,h (d is taken with c; h: pulls)"
+    )
+    p.add_argument("--no-large", action="store_true", help="(h) without the large image")
     p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
     p.add_argument("--pod-containers", type=int, default=1, help="containers per pod in (f)")
     p.add_argument(
@@ -951,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
         pulls=args.cri_pulls if args.cri_pulls is not None else 2 if args.smoke else N_CRI_PULLS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
-    with_ctr = bool(only & {"a", "b", "c", "e", "g"}) or args.load or bool(args.profile)
+    with_ctr = bool(only & {"a", "b", "c", "e", "h"}) or args.load or bool(args.profile)
     cri_missing = cri.missing() if "f" in only else ""
     if cri_missing:
         log(f"(f) left out: {cri_missing}")
@@ -991,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench_detached(daemons, images, res, runs, n_detached)
             if "e" in only:
                 bench_cli(daemons, res, quick)
-            if "g" in only:
+            if "h" in only:
                 meta["tags"].update(pulls.bench(
                     daemons, liner, reg, images.pulls, args.cache, res, runs,
                     large=not args.no_large, smoke=args.smoke,

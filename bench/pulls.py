@@ -1,4 +1,4 @@
-"""(g) pulls toward their limit (issue 18 goal 3), called from bench/bench.py.
+"""(h) pulls toward their limit (issue 18 goal 3), called from bench/bench.py.
 
 The limit of a pull is its download. Rows, alternating the daemons run by run, everything
 removed between runs (bench.quiesce):
@@ -158,7 +158,7 @@ def _image(
 
 
 def build(cache: Path, large: bool, smoke: bool, log: Callable[[str], None]) -> tuple[Path, dict]:
-    """The layout of (g)'s own images in the cache: the 10 small ones, and `large` if asked."""
+    """The layout of (h)'s own images in the cache: the 10 small ones, and `large` if asked."""
     name = "layout-pulls-smoke" if smoke else "layout-pulls"
     layout_dir, meta_path = cache / name, cache / f"{name}.json"
     meta: dict[str, Any] = {}
@@ -180,7 +180,7 @@ def build(cache: Path, large: bool, smoke: bool, log: Callable[[str], None]) -> 
         meta["tags"]["large"] = _image(layout, "large", seeds, LARGE_FILES_PER_LAYER, 100)
     meta_path.write_text(json.dumps(meta, indent=2))
     if time.monotonic() - t0 > 1:
-        log(f"(g) images built in {time.monotonic() - t0:.1f} s")
+        log(f"(h) images built in {time.monotonic() - t0:.1f} s")
     return layout_dir, meta
 
 
@@ -248,13 +248,13 @@ def bench(
 
     # Fetch only, then liner's pulls against containerd's fetch of the same image.
     for tag, ref in pulls.items():
-        fetch = res.metric(f"fetch_{tag}", f"(g) ctr content fetch {tag}", "s")
+        fetch = res.metric(f"fetch_{tag}", f"(h) ctr content fetch {tag}", "s")
         cpull = res.metric(
-            f"pull_vs_fetch_{tag}", f"(g) liner ctr pull {tag} vs fetch", "s", versus=fetch.key
+            f"pull_vs_fetch_{tag}", f"(h) liner ctr pull {tag} vs fetch", "s", versus=fetch.key
         )
         lpull = res.metric(
             f"lpull_vs_fetch_{tag}",
-            f"(g) liner images pull {tag} vs fetch",
+            f"(h) liner images pull {tag} vs fetch",
             "s",
             versus=fetch.key,
         )
@@ -273,15 +273,15 @@ def bench(
             quiesce(liner)
             res.sample(lpull, "liner", lambda ref=ref: liner_pull(ref))
             quiesce(liner)
-            log(f"(g) fetch {tag} run {i + 1}/{runs}: " + ", ".join(
+            log(f"(h) fetch {tag} run {i + 1}/{runs}: " + ", ".join(
                 f"{k} {v:.2f}s" for k, v in got.items()))  # fmt: skip
 
     # The large image: both pull it with ctr; liner also through its Transfer API.
     if "large" in refs:
         ref = refs["large"]
-        big = res.metric("pull_large", "(g) ctr pull+unpack large", "s")
-        lbig = res.metric("lpull_large", "(g) liner images pull large", "s", versus=big.key)
-        fbig = res.metric("fetch_large", "(g) ctr content fetch large", "s")
+        big = res.metric("pull_large", "(h) ctr pull+unpack large", "s")
+        lbig = res.metric("lpull_large", "(h) liner images pull large", "s", versus=big.key)
+        fbig = res.metric("fetch_large", "(h) ctr content fetch large", "s")
         for i in range(max(1, runs // 2) if not smoke else 1):
             for d in _alternate(daemons, i):
                 res.sample(big, d.name, lambda d=d: d.timed_ctr(
@@ -292,14 +292,14 @@ def bench(
                 quiesce(d)
             res.sample(lbig, "liner", lambda: liner_pull(ref))
             quiesce(liner)
-            log(f"(g) large run {i + 1}: " + ", ".join(
+            log(f"(h) large run {i + 1}: " + ", ".join(
                 f"{k} {v[-1]:.2f}s" for k, v in big.samples.items()))  # fmt: skip
 
     # 10 different images at once.
     multi = [refs[f"multi-{i}"] for i in range(N_MULTI)]
-    many = res.metric("pull_10", f"(g) {N_MULTI} images pulled at once (ctr)", "s")
+    many = res.metric("pull_10", f"(h) {N_MULTI} images pulled at once (ctr)", "s")
     lmany = res.metric(
-        "lpull_10", f"(g) {N_MULTI} images at once (liner images pull)", "s", versus=many.key
+        "lpull_10", f"(h) {N_MULTI} images at once (liner images pull)", "s", versus=many.key
     )
     for i in range(runs):
         for d in _alternate(daemons, i):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from linerd.content.live import LiveBlob, in_reader_thread
+from linerd.errdefs import Aborted
 from linerd.topdir import mark_top_directory
 
 if TYPE_CHECKING:
@@ -113,7 +114,14 @@ class Prestager:
                 # A large layer in a worker process (a thread would fight the event loop
                 # receiving the bytes for the GIL); a small one in this thread, where it costs
                 # less than starting a process (~0.1 s of CPU while the machine is busiest).
-                return stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+                staged = stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+            # The bytes staged are the file's, which the writer's commit hashed: its digest
+            # is theirs (not hashed a second time here). No commit, no stage.
+            staged.compressed = live.committed()
+            if not staged.compressed:
+                staged.close()
+                raise Aborted("the write was not committed")
+            return staged
 
         staged: Prestaged | None = None
         try:
