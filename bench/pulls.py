@@ -10,8 +10,8 @@ removed between runs (bench.quiesce):
   time of the same image: how far a whole pull is from its download.
 - `large`: one image made here (4 gzip layers, ~1.2 GB unpacked, ~52,000 files), pulled by
   both with ctr, and by `liner images pull`. `--no-large` skips it (its build takes minutes).
-- 10 different small images pulled at once (10 ctr processes on each daemon; also 10
-  `liner images pull` at once), wall time until the last is done.
+- 10 different small images pulled at once (10 ctr processes on each daemon; also 10 pulls
+  through liner's Transfer API from 10 client threads), wall time until the last is done.
 
 The extra images are built once into `<cache>/layout-pulls` (reproducible: seeded content,
 fixed mtimes, gzip mtime 0) and pushed to the bench's registry with skopeo like the others.
@@ -28,6 +28,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -223,6 +224,33 @@ def _at_once(argvs: list[list[str]], env: dict[str, str] | None = None) -> float
     return wall
 
 
+def _client_pulls(address: str, refs: list[str]) -> float:
+    """Pull every ref at once through liner's Transfer API, one client thread each (what 10
+    `liner images pull` processes do, without 10 interpreters starting): the wall time."""
+    from liner.client import Client
+
+    errors: list[str] = []
+
+    def pull(ref: str) -> None:
+        try:
+            with Client(address, "bench") as c:
+                for _ in c.pull(ref, plain_http=True):
+                    pass
+        except Exception as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=pull, args=(r,)) for r in refs]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(refs)} pulls failed: {errors[0]}")
+    return wall
+
+
 def bench(
     daemons: list[Daemon],
     liner: LinerDaemon,
@@ -237,7 +265,7 @@ def bench(
     quiesce: Callable[[Daemon], None],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Every (g) row into `res`; returns the images' meta for the JSON."""
+    """Every (h) row into `res`; returns the images' meta for the JSON."""
     layout, meta = build(cache, large, smoke, log)
     refs = {tag: reg.push_layout(layout, f"bench/{tag}:latest", tag=tag) for tag in meta["tags"]}
     for d in daemons:
@@ -299,19 +327,13 @@ def bench(
     multi = [refs[f"multi-{i}"] for i in range(N_MULTI)]
     many = res.metric("pull_10", f"(h) {N_MULTI} images pulled at once (ctr)", "s")
     lmany = res.metric(
-        "lpull_10", f"(h) {N_MULTI} images at once (liner images pull)", "s", versus=many.key
+        "lpull_10", f"(h) {N_MULTI} images at once (Transfer API)", "s", versus=many.key
     )
     for i in range(runs):
         for d in _alternate(daemons, i):
             argvs = [d.ctr_argv("images", "pull", "--plain-http", r) for r in multi]
             res.sample(many, d.name, lambda argvs=argvs: _at_once(argvs, _ctr_env()))
             quiesce(d)
-        largv = [
-            ["nsenter", "-t", str(liner.pid), "-m", "--", liner.liner_bin, "--address",
-             liner.address, "--namespace", "bench", "images", "pull", "--plain-http",
-             "--progress", "quiet", r]
-            for r in multi
-        ]  # fmt: skip
-        res.sample(lmany, "liner", lambda largv=largv: _at_once(largv))
+        res.sample(lmany, "liner", lambda: _client_pulls(liner.address, multi))
         quiesce(liner)
     return meta["tags"]
