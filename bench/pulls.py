@@ -200,6 +200,12 @@ def _timed(res: Results, m: Any, daemon: str, fn: Callable[[], float]) -> float 
     return xs[-1] if len(xs) > n else None
 
 
+def _timed_ctr(d: Daemon, *args: str, timeout: float = 900) -> float:
+    t0 = time.perf_counter()
+    d.ctr(*args, timeout=timeout)
+    return time.perf_counter() - t0
+
+
 def _alternate(daemons: list[Daemon], i: int) -> list[Daemon]:
     return daemons if i % 2 == 0 else daemons[::-1]
 
@@ -312,11 +318,11 @@ def bench(
         fbig = res.metric("fetch_large", "(h) ctr content fetch large", "s")
         for i in range(max(1, runs // 2) if not smoke else 1):
             for d in _alternate(daemons, i):
-                res.sample(big, d.name, lambda d=d: d.timed_ctr(
-                    "images", "pull", "--plain-http", ref, timeout=900))  # fmt: skip
+                res.sample(big, d.name, lambda d=d: _timed_ctr(
+                    d, "images", "pull", "--plain-http", ref))  # fmt: skip
                 quiesce(d)
-                res.sample(fbig, d.name, lambda d=d: d.timed_ctr(
-                    "content", "fetch", "--plain-http", ref, timeout=900))  # fmt: skip
+                res.sample(fbig, d.name, lambda d=d: _timed_ctr(
+                    d, "content", "fetch", "--plain-http", ref))  # fmt: skip
                 quiesce(d)
             res.sample(lbig, "liner", lambda: liner_pull(ref))
             quiesce(liner)
