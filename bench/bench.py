@@ -18,8 +18,9 @@ What it does, in order (see bench/README.md for the details and the caveats):
    latency, (c) 20 detached containers started then killed and removed, (d) daemon RSS idle
    and with 20 running and RSS/PSS per helper (conmon / containerd-shim-runc-v2), (e) `ctr
    version` / `ctr images ls` (and `liner version` / `liner images ls`), plus a pull through
-   liner's Transfer API; (f) each daemon's CRI in critest's shape (bench/cri.py). `--load`
-   adds the load check (50 concurrent pulls of one image, 100 `run --rm` in a row).
+   liner's Transfer API; (f) each daemon's CRI in critest's shape (bench/cri.py); (h) pulls
+   toward their limit: fetch-only, pull vs fetch, a large image, 10 at once (bench/pulls.py).
+   `--load` adds the load check (50 concurrent pulls of one image, 100 `run --rm` in a row).
 5. Prints a table (median, min, max, ratio liner/containerd) and writes JSON to
    `<results-dir>/<timestamp>.json`.
 """

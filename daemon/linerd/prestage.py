@@ -8,9 +8,10 @@ snapshots), wiped when linerd starts.
 Client-side pulls (ctr's) write each layer with Content.Write and only then ask Diff.Apply
 to unpack it onto a snapshot. While a blob whose ingest ref names it a layer
 (`layer-<digest>`, as containerd's clients name them) is written, linerd stages it, and the
-Diff.Apply that follows only moves the files into place. The bytes staged are hashed and
-must match the digest being applied; a stage that fails, mismatches or is never claimed is
-dropped, and Apply unpacks as before.
+Diff.Apply that follows only moves the files into place. The bytes staged are the ingest
+file's, whose digest the writer's commit verified (not hashed again here); it must be the
+digest being applied. A stage that fails, mismatches, is not committed or is never claimed
+is dropped, and Apply unpacks as before.
 """
 
 from __future__ import annotations
