@@ -18,8 +18,9 @@ What it does, in order (see bench/README.md for the details and the caveats):
    latency, (c) 20 detached containers started then killed and removed, (d) daemon RSS idle
    and with 20 running and RSS/PSS per helper (conmon / containerd-shim-runc-v2), (e) `ctr
    version` / `ctr images ls` (and `liner version` / `liner images ls`), plus a pull through
-   liner's Transfer API; (f) each daemon's CRI in critest's shape (bench/cri.py). `--load`
-   adds the load check (50 concurrent pulls of one image, 100 `run --rm` in a row).
+   liner's Transfer API; (f) each daemon's CRI in critest's shape (bench/cri.py); (h) pulls
+   toward their limit: fetch-only, pull vs fetch, a large image, 10 at once (bench/pulls.py).
+   `--load` adds the load check (50 concurrent pulls of one image, 100 `run --rm` in a row).
 5. Prints a table (median, min, max, ratio liner/containerd) and writes JSON to
    `<results-dir>/<timestamp>.json`.
 """
@@ -55,6 +56,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import cri  # noqa: E402
 import imagebuild  # noqa: E402
+import pulls  # noqa: E402
 from procs import cmdlines, mem_kb, parent_of  # noqa: E402
 from registry import Registry, ThrottlingProxy  # noqa: E402
 from support import Linerd  # noqa: E402
@@ -1023,7 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each clean")
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--only", default="a,b,c,e,f", help="of a,b,c,e,f (d is taken with c)")
+    p.add_argument(
+        "--only", default="a,b,c,e,f,h", help="of a,b,c,e,f,h (d is taken with c; h: pulls)"
+    )
+    p.add_argument("--no-large", action="store_true", help="(h) without the large image")
     p.add_argument(
         "--containers",
         help=f"running containers at which (d) samples node memory (default {N_MEMORY}; smoke 2)",
@@ -1069,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
         relist=args.relist if args.relist is not None else 3 if args.smoke else cri.RELIST_SECONDS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
-    with_ctr = bool(only & {"a", "b", "c", "e"}) or args.load or bool(args.profile)
+    with_ctr = bool(only & {"a", "b", "c", "e", "h"}) or args.load or bool(args.profile)
     cri_missing = cri.missing() if "f" in only else ""
     if cri_missing:
         log(f"(f) left out: {cri_missing}")
@@ -1115,6 +1120,12 @@ def main(argv: list[str] | None = None) -> int:
                 bench_detached(daemons, images, res, runs, n_detached)
             if "e" in only:
                 bench_cli(daemons, res, quick)
+            if "h" in only:
+                meta["tags"].update(pulls.bench(
+                    daemons, liner, reg, images.pulls, args.cache, res, runs,
+                    large=not args.no_large, smoke=args.smoke,
+                    quiesce=lambda d: quiesce(d, args.settle), log=log,
+                ))  # fmt: skip
             if args.load:
                 load = load_check(liner, reg, images, args.smoke)
             if args.profile:

@@ -8,9 +8,10 @@ snapshots), wiped when linerd starts.
 Client-side pulls (ctr's) write each layer with Content.Write and only then ask Diff.Apply
 to unpack it onto a snapshot. While a blob whose ingest ref names it a layer
 (`layer-<digest>`, as containerd's clients name them) is written, linerd stages it, and the
-Diff.Apply that follows only moves the files into place. The bytes staged are hashed and
-must match the digest being applied; a stage that fails, mismatches or is never claimed is
-dropped, and Apply unpacks as before.
+Diff.Apply that follows only moves the files into place. The bytes staged are the ingest
+file's, whose digest the writer's commit verified (not hashed again here); it must be the
+digest being applied. A stage that fails, mismatches, is not committed or is never claimed
+is dropped, and Apply unpacks as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from linerd.content.live import LiveBlob, in_reader_thread
+from linerd.errdefs import Aborted
 from linerd.topdir import mark_top_directory
 
 if TYPE_CHECKING:
@@ -87,13 +89,16 @@ class Prestager:
     def feed(self, ref: str, digest: str, data: Path, offset: int, total: int) -> LiveBlob | None:
         """Start staging the blob being written to the ingest file `data`, if it is a layer
         worth it and a slot is free; the writer then drives the returned LiveBlob."""
-        if (
-            not ref.startswith(LAYER_REF_PREFIX)
-            or not digest
-            or total < self._min_size
-            or digest in self._stages
-            or self._running >= self._slots
-        ):
+        if not ref.startswith(LAYER_REF_PREFIX) or not digest or total < self._min_size:
+            return None
+        old = self._stages.get(digest)
+        if old is not None:
+            if not old.done():
+                return None
+            # Written again, so its blob was gone: what was staged from the last write is
+            # dropped, and this write is staged (as the first was).
+            self._expire(digest)
+        if self._running >= self._slots:
             return None
         live = LiveBlob(data, offset)
         self._running += 1
@@ -110,7 +115,14 @@ class Prestager:
                 # A large layer in a worker process (a thread would fight the event loop
                 # receiving the bytes for the GIL); a small one in this thread, where it costs
                 # less than starting a process (~0.1 s of CPU while the machine is busiest).
-                return stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+                staged = stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+            # The bytes staged are the file's, which the writer's commit hashed: its digest
+            # is theirs (not hashed a second time here). No commit, no stage.
+            staged.compressed = live.committed()
+            if not staged.compressed:
+                staged.close()
+                raise Aborted("the write was not committed")
+            return staged
 
         staged: Prestaged | None = None
         try:

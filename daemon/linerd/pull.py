@@ -28,7 +28,14 @@ from linerd.content import documents
 from linerd.content.live import LiveBlob
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
-from linerd.errdefs import AlreadyExists, DataLoss, InvalidArgument, NotFound, Unavailable
+from linerd.errdefs import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from linerd.gc import labels as gc_labels
 from linerd.gc.collector import Collector
 from linerd.imagespec import Platform
@@ -367,13 +374,14 @@ class Puller:
             async with self._download_slots:
                 offset = writer.status().offset
                 progress.update(desc.digest, offset=offset, state="downloading")
-                hasher = writer.ingest.hasher() if offset else None
                 # The socket yields ~64 KiB at a time; the ingest gets 1 MiB writes, each a
-                # thread hop, and progress counts only what was written.
+                # thread hop, and progress counts only what was written. The ingest hashes
+                # the bytes (in its thread) and its commit checks the digest: the client does
+                # not hash them a second time on the event loop.
                 pending: list[bytes] = []
                 size = 0
                 async with contextlib.aclosing(
-                    job.client.fetch_blob(job.ref, desc, offset=offset, hasher=hasher)
+                    job.client.fetch_blob(job.ref, desc, offset=offset, check_digest=False)
                 ) as chunks:
                     async for chunk in chunks:
                         pending.append(chunk)
@@ -388,8 +396,12 @@ class Puller:
                         progress.fetched += len(data)
                         progress.update(desc.digest, offset=offset)
                         live.grew(offset)
-            with contextlib.suppress(AlreadyExists):
+            try:
                 await writer.commit(desc.size, desc.digest, labels)
+            except AlreadyExists:
+                pass
+            except FailedPrecondition as e:  # the size was checked while downloading
+                raise DataLoss(f"blob {desc.digest}: digest mismatch ({e})") from None
             progress.update(desc.digest, state="downloaded")
         except BaseException as e:
             # Keep a partial ingest to resume from, unless it holds nothing or bytes that lied.

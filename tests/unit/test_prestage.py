@@ -51,6 +51,7 @@ def test_only_layers_worth_it_are_staged(tmp_path: Path, ref: str, digest: str, 
 
 
 async def write_and_stage(p: Prestager, data_path: Path, data: bytes, digest: str) -> None:
+    """As a client's write and the commit that verifies it (the digest of the bytes)."""
     data_path.write_bytes(b"")
     live = p.feed("layer-" + digest, digest, data_path, 0, len(data))
     assert live is not None
@@ -60,7 +61,7 @@ async def write_and_stage(p: Prestager, data_path: Path, data: bytes, digest: st
             f.flush()
             live.grew(f.tell())
             await asyncio.sleep(0)
-    live.finish()
+    live.finish(digest="sha256:" + hashlib.sha256(data).hexdigest())
 
 
 def test_a_layer_staged_as_written_is_claimed_once_by_its_digest(tmp_path: Path) -> None:
@@ -82,7 +83,9 @@ def test_a_layer_staged_as_written_is_claimed_once_by_its_digest(tmp_path: Path)
 def test_bytes_that_are_not_the_digest_are_never_handed_out(tmp_path: Path) -> None:
     async def go() -> None:
         p = Prestager(tmp_path / "area", min_size=1)
-        other = "sha256:" + "1" * 64  # the client claimed a digest its bytes do not have
+        # The client claimed a digest its bytes do not have (a real commit would fail; the
+        # digest it verified is the bytes').
+        other = "sha256:" + "1" * 64
         await write_and_stage(p, tmp_path / "data", BLOB, other)
         assert await p.take(other) is None
         assert list(p.directory.iterdir()) == []
@@ -97,6 +100,41 @@ def test_an_aborted_write_drops_its_stage(tmp_path: Path) -> None:
         live = p.feed("layer-x", DIGEST, tmp_path / "data", 10, len(BLOB))
         assert live is not None
         live.finish(Aborted("client went away"))
+        assert await p.take(DIGEST) is None
+        assert list(p.directory.iterdir()) == []
+
+    asyncio.run(go())
+
+
+def test_a_blob_written_again_is_staged_again(tmp_path: Path) -> None:
+    """A second write of a digest means its blob was gone (removed, collected): the stage of
+    the first write is dropped, not handed to the Apply that follows the second."""
+
+    async def go() -> None:
+        p = Prestager(tmp_path / "area", min_size=1)
+        await write_and_stage(p, tmp_path / "data", BLOB, DIGEST)
+        first = p._stages[DIGEST]
+        await first
+        await write_and_stage(p, tmp_path / "data2", BLOB, DIGEST)
+        got = await p.take(DIGEST)
+        assert got is not None and got.staged.compressed == DIGEST
+        assert got.directory != (await first).directory  # type: ignore[union-attr]
+        Prestager.drop(got)
+        await asyncio.gather(*p._releases)
+        assert list(p.directory.iterdir()) == []
+
+    asyncio.run(go())
+
+
+def test_a_write_that_never_commits_hands_out_nothing(tmp_path: Path) -> None:
+    """Every byte was written, but no commit verified them: the stage is dropped."""
+
+    async def go() -> None:
+        p = Prestager(tmp_path / "area", min_size=1)
+        (tmp_path / "data").write_bytes(BLOB)
+        live = p.feed("layer-x", DIGEST, tmp_path / "data", len(BLOB), len(BLOB))
+        assert live is not None
+        live.finish(Aborted("the stream ended before its commit"))
         assert await p.take(DIGEST) is None
         assert list(p.directory.iterdir()) == []
 

@@ -33,7 +33,8 @@ async def in_reader_thread(fn: Callable[[], T]) -> T:
 class LiveBlob:
     """The writer (on the event loop) reports growth; a reader (in an unpack thread) blocks
     until the bytes it needs are there. The reader does not check the digest: whoever uses
-    what it read checks it, or the commit's, before trusting the result."""
+    what it read checks the commit's (`committed`) before trusting the result. The file is
+    only ever appended to while a LiveBlob follows it (a writer that starts over ends it)."""
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
@@ -41,18 +42,28 @@ class LiveBlob:
         self._size = size
         self._done = False
         self._error: BaseException | None = None
+        self._digest = ""
 
     def grew(self, size: int) -> None:
         with self._cond:
             self._size = size
             self._cond.notify_all()
 
-    def finish(self, error: BaseException | None = None) -> None:
-        """The writer is done: committed (no error) or not. The first call counts."""
+    def finish(self, error: BaseException | None = None, digest: str = "") -> None:
+        """The writer is done: committed (no error; `digest`, the one the commit verified, if
+        it did) or not. The first call counts."""
         with self._cond:
             if not self._done:
-                self._done, self._error = True, error
+                self._done, self._error, self._digest = True, error, digest
             self._cond.notify_all()
+
+    def committed(self) -> str:
+        """Wait for the writer to be done: the digest its commit verified of the bytes the
+        file holds, or "" if it did not commit. Blocking."""
+        with self._cond:
+            while not self._done:
+                self._cond.wait()
+            return self._digest if self._error is None else ""
 
     def open(self) -> LiveReader:
         """Raises FileNotFoundError once the download has committed the file away."""

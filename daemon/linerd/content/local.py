@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +56,9 @@ class Ingest:
         while chunk := self._file.read(_HASH_CHUNK):
             self._hash.update(chunk)
         self.offset = self._file.tell()
+        # When the data last changed, kept here so the writer's per-message answer needs no
+        # stat (other clients' Status calls read the file's mtime).
+        self.updated_ns = os.fstat(self._file.fileno()).st_mtime_ns
 
     @property
     def digest(self) -> str:
@@ -71,7 +75,7 @@ class Ingest:
             total=self.total,
             expected=self.expected,
             started_at=self.started_at,
-            updated_at=_mtime(self.directory / "data"),
+            updated_at=datetime.fromtimestamp(self.updated_ns / 1e9, UTC),
         )
 
     def set_total(self, total: int) -> None:
@@ -87,6 +91,7 @@ class Ingest:
             self._file.truncate()
             self._hash = hashlib.sha256()
             self.offset = 0
+            self.updated_ns = time.time_ns()
             if total != self.total:
                 self.total = total
                 self._save_meta()
@@ -106,6 +111,7 @@ class Ingest:
             view = view[self._file.write(view) :]
         self._hash.update(data)
         self.offset += len(data)
+        self.updated_ns = time.time_ns()
 
     def commit(self, blob_path: Path, size: int, expected: str) -> str:
         """Verify and move the data into place; the ingest is gone afterwards on success."""

@@ -8,6 +8,7 @@ the garbage collector, which removes files no namespace records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -52,9 +53,16 @@ class Writer:
         return self.ingest.digest
 
     async def write(self, offset: int, data: bytes, total: int = 0) -> None:
+        if offset == 0 and self.ingest.offset > 0 and self.live is not None:
+            # Starting over rewrites what a prestage may have read already: it is dropped.
+            self.live.finish(Aborted("the write started over"))
+            self.live = None
         if total:
             self.ingest.set_total(total)
-        await asyncio.to_thread(self.ingest.write, offset, data, total)
+        # One hop per message (ctr waits for each answer): no context copy, as to_thread makes.
+        await asyncio.get_running_loop().run_in_executor(
+            None, self.ingest.write, offset, data, total
+        )
         if self.live is not None:
             self.live.grew(self.ingest.offset)
         faults.point("content-write")
@@ -87,7 +95,7 @@ class Writer:
         if info is None:
             raise AlreadyExists(f"content {digest} already exists")
         if self.live is not None:
-            self.live.finish()
+            self.live.finish(digest=digest)
         return info
 
     def close(self) -> None:
@@ -171,11 +179,18 @@ class ContentStore:
         if key in self._locked:
             raise Unavailable(f"ref {ref!r} is locked by another writer")
         self._locked.add(key)
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(self.local.open_ingest, namespace, ref, total, expected)
+        )
         try:
-            await self.records.ensure_namespace(namespace)
-            ingest = await asyncio.to_thread(
-                self.local.open_ingest, namespace, ref, total, expected
-            )
+            try:
+                # The namespace's record (database thread) while the ingest opens (another).
+                await self.records.ensure_namespace(namespace)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    (await asyncio.shield(opening)).close()
+                raise
+            ingest = await opening
         except BaseException:
             self._locked.discard(key)
             raise

@@ -49,7 +49,10 @@ UNCOMPRESSED_LAYER = "application/vnd.oci.image.layer.v1.tar"
 class StagedLayer:
     entries: list[Entry]  # empty when a worker staged it: the worker keeps them
     applied: Descriptor  # the uncompressed stream: diff ID and size
-    compressed: str  # digest of the blob as read
+    # The blob's digest as its writer's commit verified it (the prestager's); "" from the
+    # stage itself: every reader of a layer reads bytes whose digest is checked elsewhere
+    # (a committed blob, a download that commits), so staging does not hash them again.
+    compressed: str = ""
     worker: StagedWorker | None = field(default=None, compare=False)
 
     def close(self) -> None:
@@ -256,15 +259,15 @@ def stage_blob(
     from linerd.diff.apply import stage_tar
     from linerd.diff.compression import HashingReader, ReadAhead, open_layer
 
-    compressed = HashingReader(raw)
-    hashed = HashingReader(open_layer(compressed, media_type, name=name))  # type: ignore[arg-type]
+    hashed = HashingReader(open_layer(raw, media_type, name=name))
     with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
         entries = stage_tar(ahead, staging, umask_zero=umask_zero)  # type: ignore[arg-type]
         while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
             pass
-    compressed.drain()
+    while raw.read(_CHUNK):  # whatever follows the stream: a feeding pipe never blocks
+        pass
     applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
-    return StagedLayer(entries, applied, compressed.digest)
+    return StagedLayer(entries, applied)
 
 
 def main(argv: list[str]) -> int:

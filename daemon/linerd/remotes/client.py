@@ -269,8 +269,13 @@ class RegistryClient:
         *,
         offset: int = 0,
         hasher: _Hash | None = None,
+        check_digest: bool = True,
     ) -> AsyncIterator[bytes]:
         """Stream the bytes of ``desc`` from ``offset`` on, checking size and digest.
+
+        ``check_digest=False``: the caller hashes what it stores and checks the digest
+        itself (a content ingest's commit does), so the bytes are not hashed twice, and here
+        on the event loop; only the size is checked.
 
         ``ref`` names the repository (tag/digest ignored). Resuming (``offset`` > 0): pass a
         ``hasher`` already fed the first ``offset`` bytes (it is updated in place) to have the
@@ -283,11 +288,11 @@ class RegistryClient:
         r = _ref(ref)
         if offset < 0 or offset > desc.size:
             raise errdefs.InvalidArgument(f"offset {offset} outside blob of {desc.size} bytes")
-        if hasher is None and offset == 0:
+        if hasher is None and offset == 0 and check_digest:
             hasher = hasher_for(desc.digest)
         else:
             hasher_for(desc.digest)  # validate the digest either way
-        state = _BlobState(desc, offset, hasher, self.min_rate)
+        state = _BlobState(desc, offset, hasher, self.min_rate, check_digest)
         if offset == desc.size:
             state.finish()
             return
@@ -596,10 +601,12 @@ class _BlobState:
         offset: int,
         hasher: _Hash | None,
         min_rate: tuple[int, float] = (0, 0.0),
+        check_digest: bool = True,
     ) -> None:
         self.desc = desc
         self.pos = offset
         self.hasher = hasher
+        self.check_digest = check_digest
         # (bytes, seconds): a transfer slower than that over a whole window is given up, so a
         # trickling server cannot hold a pull forever (each read still arrives in time).
         self.min_bytes, self.window = min_rate
@@ -636,7 +643,7 @@ class _BlobState:
         hash_prefix = False
         if resp.status_code != 206:
             start = 0
-            if self.pos > 0 and self.hasher is None:
+            if self.pos > 0 and self.hasher is None and self.check_digest:
                 # The server ignored Range and sends it all: hash it all, so we check after all.
                 self.hasher = hasher_for(desc.digest)
                 hash_prefix = True

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from linerd import context
@@ -125,6 +126,7 @@ class ContentService(content_pb2_grpc.ContentServicer):
         writer: Writer | None = None
         total = 0
         expected = ""
+        started_at: Timestamp | None = None
         try:
             async for request in requests:
                 if writer is None:
@@ -150,14 +152,18 @@ class ContentService(content_pb2_grpc.ContentServicer):
                         digest=writer.digest,
                     )
                     return
-                status = writer.status()
+                # Built from the open ingest, once per MiB that ctr sends: no stat, no datetime.
+                ingest = writer.ingest
+                if started_at is None:
+                    started_at = timestamp(ingest.started_at)
+                seconds, nanos = divmod(ingest.updated_ns, 1_000_000_000)
                 yield content_pb2.WriteContentResponse(
                     action=request.action,
-                    offset=status.offset,
-                    total=status.total,
-                    digest=writer.digest,
-                    started_at=timestamp(status.started_at),
-                    updated_at=timestamp(status.updated_at),
+                    offset=ingest.offset,
+                    total=ingest.total,
+                    digest=ingest.digest,
+                    started_at=started_at,
+                    updated_at=Timestamp(seconds=seconds, nanos=nanos),
                 )
         finally:
             if writer is not None:
