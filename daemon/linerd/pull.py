@@ -409,12 +409,17 @@ class Puller:
             error = e
             raise
         finally:
-            live.finish(error)
             del self._live[key]
             writer.close()
-            if not keep:
-                with contextlib.suppress(NotFound, Unavailable):
-                    await self._content.abort(job.namespace, ref)
+            # The unpack's reader learns of the end last: told first, it fails its task,
+            # whose task group would cancel this one in the abort below, losing both the
+            # abort and this download's own error (the one the client must see).
+            try:
+                if not keep:
+                    with contextlib.suppress(NotFound, Unavailable):
+                        await self._content.abort(job.namespace, ref)
+            finally:
+                live.finish(error)
 
     # -- unpacking --------------------------------------------------------------------------
 

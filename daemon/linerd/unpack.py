@@ -284,16 +284,24 @@ class Unpacker:
         else:
             report(desc.digest, "unpacked")
             return
-        staged = await self._stage(desc, download, below, read, report)
         try:
-            if below is not None:
-                await below
-            await self._into_snapshot(
-                namespace, lease, store, layer, download, staged, read, report
-            )
-        finally:
-            if staged is not None:
-                await asyncio.to_thread(Prestager.drop, staged)
+            staged = await self._stage(desc, download, below, read, report)
+            try:
+                if below is not None:
+                    await below
+                await self._into_snapshot(
+                    namespace, lease, store, layer, download, staged, read, report
+                )
+            finally:
+                if staged is not None:
+                    await asyncio.to_thread(Prestager.drop, staged)
+        except Exception:
+            # Bytes read as they download can fail here (a gzip checksum) before their
+            # download refuses them (the digest): that refusal is the error to report, so
+            # it lands first in the pull's task group.
+            if not download.done():
+                await asyncio.wait([download])
+            raise
         await self._content.update(
             namespace,
             desc.digest,
