@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import cri  # noqa: E402
 import imagebuild  # noqa: E402
+import scale  # noqa: E402
 from procs import cmdlines, mem_kb, parent_of  # noqa: E402
 from registry import Registry, ThrottlingProxy  # noqa: E402
 from support import Linerd  # noqa: E402
@@ -915,6 +916,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+def add_outcome(res: Results, outcome: scale.Outcome) -> None:
+    for key, label, unit, daemon, value in outcome.samples:
+        res.metric(key, label, unit).add(daemon, value)
+    res.errors += outcome.errors
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny images, 2 runs each, fast")
@@ -926,12 +933,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=0.0, help="seconds to wait after each clean")
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
-    p.add_argument("--only", default="a,b,c,e,f", help="of a,b,c,e,f (d is taken with c)")
+    p.add_argument(
+        "--only", default="a,b,c,e,f", help="of a,b,c,e,f,g (d is taken with c; g: scale)"
+    )
     p.add_argument("--pods", type=int, help=f"pods of (f) (default {N_PODS}; smoke 2)")
     p.add_argument("--pod-containers", type=int, default=1, help="containers per pod in (f)")
     p.add_argument(
         "--cri-pulls", type=int, help=f"images pulled in (f) (default {N_CRI_PULLS}; smoke 2)"
     )
+    p.add_argument("--scale", type=int, default=200, help="containers running in (g)")
+    p.add_argument("--scale-writers", type=int, default=10, help="writer clients in (g)")
+    p.add_argument("--scale-seconds", type=float, default=30.0, help="seconds measured in (g)")
+    p.add_argument("--scale-cri", choices=("on", "off"), default="on", help="(g)'s CRI part")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -949,8 +962,8 @@ def main(argv: list[str] | None = None) -> int:
         pulls=args.cri_pulls if args.cri_pulls is not None else 2 if args.smoke else N_CRI_PULLS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
-    with_ctr = bool(only & {"a", "b", "c", "e"}) or args.load or bool(args.profile)
-    cri_missing = cri.missing() if "f" in only else ""
+    with_ctr = bool(only & {"a", "b", "c", "e", "g"}) or args.load or bool(args.profile)
+    cri_missing = cri.missing() if only & {"f", "g"} else ""
     if cri_missing:
         log(f"(f) left out: {cri_missing}")
     use_containerd = not args.no_containerd and shutil.which("containerd") is not None
@@ -993,6 +1006,11 @@ def main(argv: list[str] | None = None) -> int:
                 load = load_check(liner, reg, images, args.smoke)
             if args.profile:
                 profile_liner(liner, images, args.py_spy, args.profile)
+            if "g" in only:
+                gl = scale.Load(args.scale, args.scale_writers, args.scale_seconds)
+                add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log))
+                if args.scale_cri == "on" and not cri_missing:
+                    add_outcome(res, scale.bench_cri(reg, work, gl, use_containerd, log))
         if "f" in only and not cri_missing:
             outcome = cri.bench_cri(reg, work, shape, use_containerd, log)
             for x in outcome.samples:
@@ -1021,6 +1039,14 @@ def main(argv: list[str] | None = None) -> int:
             "pods": shape.pods,
             "pod_containers": shape.per_pod,
             "cri_pulls": shape.pulls,
+            "scale": {
+                "running": args.scale,
+                "writers": args.scale_writers,
+                "seconds": args.scale_seconds,
+                "cri": args.scale_cri,
+            }
+            if "g" in only
+            else None,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],
