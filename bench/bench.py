@@ -916,6 +916,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def scale_profiler(binary: str, out_dir: Path | None) -> scale.Profiler:
+    """(g) with --scale-profile: py-spy linerd while it is measured under load."""
+
+    def profile(what: str, pid: int) -> contextlib.AbstractContextManager[None]:
+        if out_dir is None or not what.endswith("liner"):
+            return contextlib.nullcontext()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return py_spy(binary, pid, out_dir / f"scale-{what}.txt")
+
+    return profile
+
+
 def add_outcome(res: Results, outcome: scale.Outcome) -> None:
     for key, label, unit, daemon, value in outcome.samples:
         res.metric(key, label, unit).add(daemon, value)
@@ -945,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-writers", type=int, default=10, help="writer clients in (g)")
     p.add_argument("--scale-seconds", type=float, default=30.0, help="seconds measured in (g)")
     p.add_argument("--scale-cri", choices=("on", "off"), default="on", help="(g)'s CRI part")
+    p.add_argument("--scale-profile", type=Path, help="py-spy linerd during (g) into DIR")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -1008,9 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
                 profile_liner(liner, images, args.py_spy, args.profile)
             if "g" in only:
                 gl = scale.Load(args.scale, args.scale_writers, args.scale_seconds)
-                add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log))
+                prof = scale_profiler(args.py_spy, args.scale_profile)
+                add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log, prof))
                 if args.scale_cri == "on" and not cri_missing:
-                    add_outcome(res, scale.bench_cri(reg, work, gl, use_containerd, log))
+                    add_outcome(res, scale.bench_cri(reg, work, gl, use_containerd, log, prof))
         if "f" in only and not cri_missing:
             outcome = cri.bench_cri(reg, work, shape, use_containerd, log)
             for x in outcome.samples:

@@ -25,6 +25,7 @@ writer cycles there were.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,12 @@ from liner_api.runtime.v1 import api_pb2 as pb
 PARALLEL = 4  # ctr runs at a time while filling up
 PAUSE = 0.02  # seconds between the measuring client's rounds
 NS_HEADER = "containerd-namespace"
+# (what, pid) -> a context that profiles that process meanwhile (bench.py's py-spy), or none
+Profiler = Callable[[str, int], contextlib.AbstractContextManager[None]]
+
+
+def no_profile(what: str, pid: int) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class CtrDaemon(Protocol):
@@ -68,6 +75,7 @@ class Series:
     """Latencies (s) of one call under load."""
 
     samples: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # failed calls (not in the samples)
 
     def quantile(self, q: float) -> float:
         xs = sorted(self.samples)
@@ -88,6 +96,9 @@ class Outcome:
             self.add(f"{key}_{name}", f"{label} {name}", "ms", daemon, s.quantile(q))
         self.add(f"{key}_max", f"{label} max", "ms", daemon, max(s.samples, default=0.0))
         self.add(f"{key}_n", f"{label} samples", "n", daemon, len(s.samples))
+        if s.errors:
+            self.add(f"{key}_failed", f"{label} failed calls", "n", daemon, len(s.errors))
+            self.errors += [f"{label} ({daemon}): {e}" for e in s.errors[:3]]
 
 
 class Writers:
@@ -133,7 +144,11 @@ def measure(calls: dict[str, Callable[[], Any]], seconds: float) -> dict[str, Se
     while time.monotonic() < deadline:
         for name, fn in calls.items():
             t0 = time.perf_counter()
-            fn()
+            try:
+                fn()
+            except grpc.RpcError as e:  # counted and shown: a List must not fail under load
+                out[name].errors.append(f"{e.code()}: {e.details()}")
+                continue
             out[name].samples.append(time.perf_counter() - t0)
         time.sleep(PAUSE)
     return out
@@ -146,18 +161,22 @@ def _pss_mb(pids: list[int]) -> float:
 # ------------------------------------------------------------------------ containerd's API
 
 
-def bench_api(daemons: list[CtrDaemon], image: str, load: Load, log: Any) -> Outcome:
+def bench_api(
+    daemons: list[CtrDaemon], image: str, load: Load, log: Any, profile: Profiler = no_profile
+) -> Outcome:
     out = Outcome()
     for d in daemons:
         try:
-            _api_one(d, image, load, out, log)
+            _api_one(d, image, load, out, log, profile)
         except (RuntimeError, grpc.RpcError) as e:
             out.errors.append(f"(g) {d.name}: {str(e)[-800:]}")
             log(f"(g) {d.name} failed: {str(e)[-800:]}")
     return out
 
 
-def _api_one(d: CtrDaemon, image: str, load: Load, out: Outcome, log: Any) -> None:
+def _api_one(
+    d: CtrDaemon, image: str, load: Load, out: Outcome, log: Any, profile: Profiler
+) -> None:
     n = load.running
     ids = [f"scale-{i}" for i in range(n)]
     log(f"(g) {d.name}: starting {n} containers")
@@ -198,7 +217,7 @@ def _api_one(d: CtrDaemon, image: str, load: Load, out: Outcome, log: Any) -> No
 
             calls = {"Containers/List": list_containers, "Tasks/List": list_tasks}
             idle = measure(calls, 3)
-            with Writers(load.writers, cycle) as w:
+            with Writers(load.writers, cycle) as w, profile(f"api-{d.name}", d.pid):
                 busy = measure(calls, load.seconds)
         for name, s in idle.items():
             key = name.replace("/", "_").lower()
@@ -235,7 +254,14 @@ def _remove(d: CtrDaemon, ids: list[str]) -> None:
 # ---------------------------------------------------------------------------------- the CRI
 
 
-def bench_cri(reg: Any, work: Path, load: Load, with_containerd: bool, log: Any) -> Outcome:
+def bench_cri(
+    reg: Any,
+    work: Path,
+    load: Load,
+    with_containerd: bool,
+    log: Any,
+    profile: Profiler = no_profile,
+) -> Outcome:
     """N/2 pods of 2 in each CRI daemon, ListContainers timed while writers churn."""
     out = Outcome()
     images_dir = work / "scale-cri-images"
@@ -255,7 +281,7 @@ def bench_cri(reg: Any, work: Path, load: Load, with_containerd: bool, log: Any)
             base.mkdir()
             try:
                 with cri._daemon(kind, base, pause, reg) as d:
-                    _cri_one(d, busybox, base, shape, load, out, log)
+                    _cri_one(d, busybox, base, shape, load, out, log, profile)
             except (grpc.RpcError, RuntimeError, AssertionError) as e:
                 out.errors.append(f"(g) CRI {kind}: {str(e)[-800:]}")
                 log(f"(g) CRI {kind} failed: {str(e)[-800:]}")
@@ -263,7 +289,14 @@ def bench_cri(reg: Any, work: Path, load: Load, with_containerd: bool, log: Any)
 
 
 def _cri_one(
-    d: cri.CriDaemon, image: str, base: Path, shape: cri.Shape, load: Load, out: Outcome, log: Any
+    d: cri.CriDaemon,
+    image: str,
+    base: Path,
+    shape: cri.Shape,
+    load: Load,
+    out: Outcome,
+    log: Any,
+    profile: Profiler,
 ) -> None:
     for ref in (d.sandbox_image, image):
         d.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300)
@@ -312,7 +345,7 @@ def _cri_one(
 
     calls = {"ListContainers": list_containers, "ListPodSandbox": list_pods}
     idle = measure(calls, 3)
-    with Writers(load.writers, cycle) as w:
+    with Writers(load.writers, cycle) as w, profile(f"cri-{d.kind}", d.pid):
         busy = measure(calls, load.seconds)
     for name, s in idle.items():
         out.series(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -149,6 +150,42 @@ def test_created_container_is_cached(db: CountingDatabase) -> None:
         with pytest.raises(AlreadyExists):
             await store.create("ns", Container(id="c", runtime="other", spec=spec))
         assert (await store.get("ns", "c")).runtime == "r"
+
+    run(body())
+
+
+def test_container_list_kept_by_every_write(db: CountingDatabase) -> None:
+    """After the first List of a namespace, Lists skip the database and see every commit
+    (in id order, as the query), none that rolled back, and hand out copies."""
+    store = ContainerStore(db)
+    spec = Encoded("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+
+    def ids(records: list[Container]) -> list[str]:
+        return [c.id for c in records]
+
+    async def body() -> None:
+        await store.create("ns", Container(id="b", runtime="r", spec=spec))
+        await store.create("other", Container(id="a", runtime="r", spec=spec))
+        assert ids(await store.list("ns")) == ["b"]
+        before = db.transactions
+        listed = await store.list("ns")
+        assert db.transactions == before
+        listed[0].labels["x"] = "mutated by a caller"
+        await store.create("ns", Container(id="c", runtime="r", spec=spec))
+        await store.create("ns", Container(id="a", runtime="r", spec=spec))
+        await store.update("ns", Container(id="b", runtime="", spec=None, labels={"x": "2"}),
+                           ["labels"])  # fmt: skip
+        with pytest.raises(AlreadyExists):  # rolled back: the list keeps what it had
+            await store.create("ns", Container(id="c", runtime="other", spec=spec))
+        await store.delete("ns", "c")
+        before = db.transactions
+        cached = await store.list("ns")
+        assert db.transactions == before
+        assert ids(cached) == ["a", "b"]
+        assert [(c.runtime, c.labels) for c in cached] == [("r", {}), ("r", {"x": "2"})]
+        fresh = await ContainerStore(db).list("ns")  # what the database says
+        assert [dataclasses.asdict(c) for c in fresh] == [dataclasses.asdict(c) for c in cached]
+        assert ids(await store.list("other")) == ["a"]
 
     run(body())
 
