@@ -957,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale-writers", type=int, default=10, help="writer clients in (g)")
     p.add_argument("--scale-seconds", type=float, default=30.0, help="seconds measured in (g)")
     p.add_argument("--scale-cri", choices=("on", "off"), default="on", help="(g)'s CRI part")
+    p.add_argument("--scale-api", choices=("on", "off"), default="on", help="(g)'s ctr part")
     p.add_argument("--scale-profile", type=Path, help="py-spy linerd during (g) into DIR")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
@@ -984,14 +985,16 @@ def main(argv: list[str] | None = None) -> int:
         log("containerd is not installed: measuring liner alone")
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    layout, meta = build_images(args.cache, args.smoke) if with_ctr else (None, {"tags": {}})
+    # (g) alone runs busybox only: the deb images are for the pulls of a-e
+    small = args.smoke or not (only & {"a", "b", "c", "e"} or args.load or args.profile)
+    layout, meta = build_images(args.cache, small) if with_ctr else (None, {"tags": {}})
     parent = args.workdir or Path("/dev/shm" if args.tmpfs else "/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="liner-bench-", dir=parent))
     started = datetime.datetime.now(datetime.UTC)
     res = Results()
     load: dict[str, Any] | None = None
     daemons: list[Daemon] = []
-    reg_dir = args.cache / ("registry-smoke" if args.smoke else "registry")
+    reg_dir = args.cache / ("registry-smoke" if small else "registry")
     reg_dir.mkdir(exist_ok=True)
     reg = Registry("open", workdir=reg_dir)
     try:
@@ -999,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"registry on {reg.host}; daemons under {work}")
         if with_ctr:
             assert layout is not None
-            images = push_images(reg, layout, meta, args.smoke)
+            images = push_images(reg, layout, meta, small)
             liner = LinerDaemon(work / "liner")
             daemons.append(liner)
             if use_containerd:
@@ -1022,7 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
             if "g" in only:
                 gl = scale.Load(args.scale, args.scale_writers, args.scale_seconds)
                 prof = scale_profiler(args.py_spy, args.scale_profile)
-                add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log, prof))
+                if args.scale_api == "on":
+                    add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log, prof))
                 if args.scale_cri == "on" and not cri_missing:
                     add_outcome(res, scale.bench_cri(reg, work, gl, use_containerd, log, prof))
         if "f" in only and not cri_missing:
