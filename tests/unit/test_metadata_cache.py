@@ -278,3 +278,31 @@ def test_snapshot_stat_cached_until_updated_committed_or_removed(
             await store.stat("ns", "c")
 
     run(body())
+
+
+def test_container_copy_keeps_every_field() -> None:
+    """The store's copy spells the fields out: a field added to Container must be added there."""
+    from datetime import UTC, datetime
+
+    from linerd.metadata.containers import _copy
+
+    now = datetime.now(UTC)
+    values = {
+        "id": "c",
+        "runtime": "r",
+        "spec": Encoded("t", b"s"),
+        "runtime_options": Encoded("o", b"p"),
+        "image": "i",
+        "labels": {"k": "v"},
+        "snapshotter": "overlayfs",
+        "snapshot_key": "key",
+        "sandbox": "sb",
+        "extensions": {"e": Encoded("x", b"y")},
+        "created_at": now,
+        "updated_at": now,
+    }
+    assert {f.name for f in dataclasses.fields(Container)} == set(values)
+    original = Container(**values)  # type: ignore[arg-type]
+    dup = _copy(original)
+    assert dataclasses.asdict(dup) == dataclasses.asdict(original)
+    assert dup.labels is not original.labels and dup.extensions is not original.extensions

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -82,10 +81,22 @@ def _set_spec(row: dict[str, Any], spec: Encoded | None) -> None:
 
 
 def _copy(c: Container) -> Container:
-    # copy.copy, not dataclasses.replace (which re-runs __init__): a List copies every record.
-    dup = copy.copy(c)
-    dup.labels, dup.extensions = dict(c.labels), dict(c.extensions)
-    return dup
+    # Spelled out: a List copies every record, and dataclasses.replace (fields() each call)
+    # or copy.copy (__reduce_ex__ on a slots class) cost 8-30 times as much.
+    return Container(
+        id=c.id,
+        runtime=c.runtime,
+        spec=c.spec,
+        runtime_options=c.runtime_options,
+        image=c.image,
+        labels=dict(c.labels),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        sandbox=c.sandbox,
+        extensions=dict(c.extensions),
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
 
 
 class ContainerStore:
