@@ -9,9 +9,10 @@ containerd's API, per daemon (bench/bench.py's daemons, the real `ctr` through n
 1. N x `ctr run -d busybox scale-<i> /bin/sleep 3600`, PARALLEL at a time (not timed).
 2. The daemon's PSS and its helpers' PSS (conmon / containerd-shim-runc-v2) with N running.
 3. For SECONDS: C writer threads each loop `ctr run -d` → `ctr tasks rm -f` (kills and
-   waits) → `ctr containers rm` on their own ids, while one measuring client, a long-lived
+   waits) → `ctr containers rm` on their own ids, while a measuring client, a long-lived
    gRPC channel with the suite's stubs (as a kubelet or a monitoring agent keeps one), calls
-   Containers/List and Tasks/List in turn, each timed, a short pause between rounds.
+   Containers/List in a loop and Tasks/List in another (a thread each), each call timed, a
+   short pause between calls.
 4. Everything removed.
 
 The CRI, per daemon (bench/cri.py's harness): N/2 pods of 2 containers (pods started 2 at a
@@ -138,22 +139,30 @@ class Writers:
 
 
 def measure(calls: dict[str, Callable[[], Any]], seconds: float) -> dict[str, Series]:
-    """Call each in turn, timed, for `seconds`."""
+    """Each call in a loop of its own (one thread per call, the channel shared), timed, for
+    `seconds`: a slow call does not thin out the other's samples."""
     out = {name: Series() for name in calls}
     for fn in calls.values():  # not timed: the channel's connection, the first call's setup
         with contextlib.suppress(grpc.RpcError):
             fn()
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for name, fn in calls.items():
+
+    def loop(name: str, fn: Callable[[], Any]) -> None:
+        while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
                 fn()
             except grpc.RpcError as e:  # counted and shown: a List must not fail under load
                 out[name].errors.append(f"{e.code()}: {e.details()}")
-                continue
-            out[name].samples.append(time.perf_counter() - t0)
-        time.sleep(PAUSE)
+            else:
+                out[name].samples.append(time.perf_counter() - t0)
+            time.sleep(PAUSE)
+
+    threads = [threading.Thread(target=loop, args=item) for item in calls.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return out
 
 
