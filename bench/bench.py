@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 import cri  # noqa: E402
 import imagebuild  # noqa: E402
 import pulls  # noqa: E402
+import scale  # noqa: E402
 from procs import cmdlines, mem_kb, parent_of  # noqa: E402
 from registry import Registry, ThrottlingProxy  # noqa: E402
 from support import Linerd  # noqa: E402
@@ -1014,6 +1015,24 @@ def versions() -> dict[str, str]:
     return out
 
 
+def scale_profiler(binary: str, out_dir: Path | None) -> scale.Profiler:
+    """(g) with --scale-profile: py-spy linerd while it is measured under load."""
+
+    def profile(what: str, pid: int) -> contextlib.AbstractContextManager[None]:
+        if out_dir is None or not what.endswith("liner"):
+            return contextlib.nullcontext()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return py_spy(binary, pid, out_dir / f"scale-{what}.txt")
+
+    return profile
+
+
+def add_outcome(res: Results, outcome: scale.Outcome) -> None:
+    for key, label, unit, daemon, value in outcome.samples:
+        res.metric(key, label, unit).add(daemon, value)
+    res.errors += outcome.errors
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny images, 2 runs each, fast")
@@ -1026,7 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=REPO / "bench" / "cache")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument(
-        "--only", default="a,b,c,e,f,h", help="of a,b,c,e,f,h (d is taken with c; h: pulls)"
+        "--only",
+        default="a,b,c,e,f,h",
+        help="of a,b,c,e,f,g,h (d is taken with c; g: scale, only when named; h: pulls)",
     )
     p.add_argument("--no-large", action="store_true", help="(h) without the large image")
     p.add_argument(
@@ -1051,6 +1072,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--relist", type=float, help=f"seconds of (f)'s relist (default {cri.RELIST_SECONDS})"
     )
+    p.add_argument("--scale", type=int, default=200, help="containers running in (g)")
+    p.add_argument("--scale-writers", type=int, default=10, help="writer clients in (g)")
+    p.add_argument("--scale-seconds", type=float, default=30.0, help="seconds measured in (g)")
+    p.add_argument("--scale-cri", choices=("on", "off"), default="on", help="(g)'s CRI part")
+    p.add_argument("--scale-api", choices=("on", "off"), default="on", help="(g)'s ctr part")
+    p.add_argument("--scale-profile", type=Path, help="py-spy linerd during (g) into DIR")
     p.add_argument("--profile", type=Path, help="also py-spy linerd (pulls, run --rm) into DIR")
     p.add_argument("--py-spy", default=_py_spy(), help="py-spy binary")
     p.add_argument("--workdir", type=Path, help="parent of the daemons' dirs (default: "
@@ -1074,8 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
         relist=args.relist if args.relist is not None else 3 if args.smoke else cri.RELIST_SECONDS,
     )
     # ctr's daemons and the images are only needed by a-e, the load check and the profile
-    with_ctr = bool(only & {"a", "b", "c", "e", "h"}) or args.load or bool(args.profile)
-    cri_missing = cri.missing() if "f" in only else ""
+    with_ctr = bool(only & {"a", "b", "c", "e", "g", "h"}) or args.load or bool(args.profile)
+    cri_missing = cri.missing() if only & {"f", "g"} else ""
     if cri_missing:
         log(f"(f) left out: {cri_missing}")
     use_containerd = not args.no_containerd and shutil.which("containerd") is not None
@@ -1083,14 +1110,16 @@ def main(argv: list[str] | None = None) -> int:
         log("containerd is not installed: measuring liner alone")
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    layout, meta = build_images(args.cache, args.smoke) if with_ctr else (None, {"tags": {}})
+    # (g) alone runs busybox only: the deb images are for the pulls of a-e
+    small = args.smoke or not (only & {"a", "b", "c", "e"} or args.load or args.profile)
+    layout, meta = build_images(args.cache, small) if with_ctr else (None, {"tags": {}})
     parent = args.workdir or Path("/dev/shm" if args.tmpfs else "/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="liner-bench-", dir=parent))
     started = datetime.datetime.now(datetime.UTC)
     res = Results()
     load: dict[str, Any] | None = None
     daemons: list[Daemon] = []
-    reg_dir = args.cache / ("registry-smoke" if args.smoke else "registry")
+    reg_dir = args.cache / ("registry-smoke" if small else "registry")
     reg_dir.mkdir(exist_ok=True)
     reg = Registry("open", workdir=reg_dir)
     try:
@@ -1098,7 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"registry on {reg.host}; daemons under {work}")
         if with_ctr:
             assert layout is not None
-            images = push_images(reg, layout, meta, args.smoke)
+            images = push_images(reg, layout, meta, small)
             liner = LinerDaemon(work / "liner")
             daemons.append(liner)
             if use_containerd:
@@ -1130,6 +1159,13 @@ def main(argv: list[str] | None = None) -> int:
                 load = load_check(liner, reg, images, args.smoke)
             if args.profile:
                 profile_liner(liner, images, args.py_spy, args.profile)
+            if "g" in only:
+                gl = scale.Load(args.scale, args.scale_writers, args.scale_seconds)
+                prof = scale_profiler(args.py_spy, args.scale_profile)
+                if args.scale_api == "on":
+                    add_outcome(res, scale.bench_api(daemons, images.busybox, gl, log, prof))
+                if args.scale_cri == "on" and not cri_missing:
+                    add_outcome(res, scale.bench_cri(reg, work, gl, use_containerd, log, prof))
         if "f" in only and not cri_missing:
             outcome = cri.bench_cri(reg, work, shape, use_containerd, log)
             for x in outcome.samples:
@@ -1162,6 +1198,14 @@ def main(argv: list[str] | None = None) -> int:
             "cri_pulls": shape.pulls,
             "cri_list_at": shape.list_at,
             "cri_relist_seconds": shape.relist,
+            "scale": {
+                "running": args.scale,
+                "writers": args.scale_writers,
+                "seconds": args.scale_seconds,
+                "cri": args.scale_cri,
+            }
+            if "g" in only
+            else None,
         },
         "machine": {"cpus": os.cpu_count(), **versions()},
         "images": meta["tags"],

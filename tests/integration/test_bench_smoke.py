@@ -93,3 +93,48 @@ def test_bench_smoke_prints_table_and_writes_json(tmp_path: Path) -> None:
     load = doc["load"]
     assert load["concurrent_pulls"]["pulls"] == 20  # smoke: 20 of the 50
     assert set(load["run_rm_leaks"]["before"]) == {"fds", "threads", "mounts", "rss_kb"}
+
+
+def test_bench_scale_smoke(tmp_path: Path) -> None:
+    """(g) scaled down: 4 running, 2 writers, 2 s; the rows are there, no List failed."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench.py"),
+            "--smoke",
+            "--only",
+            "g",
+            "--scale",
+            "4",
+            "--scale-writers",
+            "2",
+            "--scale-seconds",
+            "2",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--results-dir",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    [path] = list(results.glob("*.json"))
+    doc = json.loads(path.read_text())
+    assert doc["mode"]["scale"] == {"running": 4, "writers": 2, "seconds": 2.0, "cri": "on"}
+    metrics = doc["metrics"]
+    for key in ("scale_containers_list", "scale_tasks_list"):
+        for q in ("p50", "p99", "max"):
+            assert metrics[f"{key}_{q}"]["liner"]["n"] == 1, metrics[f"{key}_{q}"]
+        assert metrics[f"{key}_n"]["liner"]["median"] >= 1
+        if doc["mode"]["containerd"]:
+            assert metrics[f"{key}_p99"]["containerd"]["n"] == 1
+    assert metrics["scale_helpers"]["liner"]["median"] == 4
+    assert metrics["scale_cycles"]["liner"]["median"] >= 1
+    # A part that failed, or a writer's cycle that did (a List failing under churn is a row
+    # of its own, counted, not a harness failure).
+    broken = [e for e in doc["errors"] if e.startswith("(g) ") and " writer: " in e]
+    broken += [e for e in doc["errors"] if e.split(":")[0] in ("(g) liner", "(g) CRI liner")]
+    assert not broken, doc["errors"]

@@ -10,10 +10,12 @@ here as there); CRI-O would answer exit code -1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cri_pods_support import (
@@ -158,6 +160,28 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
         assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 0, "Completed")
         failed = await p.wait_exited(bad)
         assert (failed.exit_code, failed.reason) == (7, "Error")
+        # A container removed while a List records its exit is left out of the answer, not
+        # the List's failure (kubelet lists while pods come and go).
+        gone = await p.create(pod, pod_config, p.container_config("gone", ["-c", "true"]))
+        await p.containers.start_container(cri.StartContainerRequest(container_id=gone))
+        with contextlib.suppress(Exception):
+            await p.core.local.tasks.wait(meta.NAMESPACE, gone)  # its exit not yet recorded
+        finalize = p.containers.finalize
+
+        async def removed_meanwhile(record: Any, m: Any = None) -> Any:
+            if record.id == gone:
+                raise NotFound(f"container {gone} not found")
+            return await finalize(record, m)
+
+        p.containers.finalize = removed_meanwhile  # type: ignore[method-assign]
+        try:
+            listed = await p.containers.list_containers(cri.ListContainersRequest())
+        finally:
+            del p.containers.finalize
+        assert {ok, bad} <= {c.id for c in listed.containers} and gone not in {
+            c.id for c in listed.containers
+        }
+        assert (await p.wait_exited(gone)).reason == "Completed"
         # A last line without a newline is a partial one.
         log = parse_log(Path(pod_config.log_directory) / "ok/0.log")
         assert log == [("stdout", "F", b"a"), ("stdout", "P", b"b")]
@@ -199,10 +223,10 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
         await p.containers.remove_container(cri.RemoveContainerRequest(container_id="f" * 64))
         # Removing the pod removes its containers.
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
-        for cid in (ok, bad):
+        for cid in (ok, bad, gone):
             with pytest.raises(NotFound):
                 await p.status(cid)
-        assert leftovers(p, [pod, ok, bad]) == []
+        assert leftovers(p, [pod, ok, bad, gone]) == []
         # No active snapshot is left (failed creates included), no record either.
         snaps = await p.core.local.snapshots.list(meta.NAMESPACE, "")
         assert [s.name for s in snaps if s.kind.name == "ACTIVE"] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -161,6 +162,70 @@ def test_created_container_is_cached(db: CountingDatabase) -> None:
     run(body())
 
 
+def test_container_list_kept_by_every_write(db: CountingDatabase) -> None:
+    """After the first List of a namespace, Lists skip the database and see every commit
+    (in id order, as the query), none that rolled back, and hand out copies."""
+    store = ContainerStore(db)
+    spec = Encoded("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+
+    def ids(records: list[Container]) -> list[str]:
+        return [c.id for c in records]
+
+    async def body() -> None:
+        await store.create("ns", Container(id="b", runtime="r", spec=spec))
+        await store.create("other", Container(id="a", runtime="r", spec=spec))
+        assert ids(await store.list("ns")) == ["b"]
+        before = db.transactions
+        listed = await store.list("ns")
+        assert db.transactions == before
+        listed[0].labels["x"] = "mutated by a caller"
+        await store.create("ns", Container(id="c", runtime="r", spec=spec))
+        await store.create("ns", Container(id="a", runtime="r", spec=spec))
+        await store.update("ns", Container(id="b", runtime="", spec=None, labels={"x": "2"}),
+                           ["labels"])  # fmt: skip
+        with pytest.raises(AlreadyExists):  # rolled back: the list keeps what it had
+            await store.create("ns", Container(id="c", runtime="other", spec=spec))
+        await store.delete("ns", "c")
+        before = db.transactions
+        cached = await store.list("ns")
+        assert db.transactions == before
+        assert ids(cached) == ["a", "b"]
+        assert [(c.runtime, c.labels) for c in cached] == [("r", {}), ("r", {"x": "2"})]
+        fresh = await ContainerStore(db).list("ns")  # what the database says
+        assert [dataclasses.asdict(c) for c in fresh] == [dataclasses.asdict(c) for c in cached]
+        assert ids(await store.list("other")) == ["a"]
+
+    run(body())
+
+
+def test_generation_moves_once_a_kept_list_shows_the_write(db: CountingDatabase) -> None:
+    """A reader keeps what it listed while the generation it read before the List stays
+    (cri/records.py). The kept List shows a write only after its commit, so a List taken
+    while a write is in flight, under the generation that write began, must not stay."""
+    store = ContainerStore(db)
+    spec = Encoded("types.containerd.io/opencontainers/runtime-spec/1/Spec", b"{}")
+
+    async def body() -> None:
+        await store.list("ns")  # kept from now on
+        seen: list[tuple[int, list[str]]] = []
+        original = store._relist
+
+        def relist(namespace: str, container_id: str, record: Container | None) -> None:
+            # the write has begun and committed, its change is not in the kept list yet:
+            # what a reader on another thread could read at this moment
+            seen.append((store.generation("ns"), [c.id for c in store._lists["ns"].values()]))
+            original(namespace, container_id, record)
+
+        store._relist = relist  # type: ignore[method-assign]
+        await store.create("ns", Container(id="a", runtime="r", spec=spec))
+        ((generation, listed),) = seen
+        assert listed == []  # a reader's List under `generation` misses "a"...
+        assert store.generation("ns") != generation  # ...so it is not reused
+        assert [c.id for c in await store.list("ns")] == ["a"]
+
+    run(body())
+
+
 def test_image_cached_until_updated_or_deleted(db: CountingDatabase) -> None:
     store = ImageStore(db)
     target = Descriptor("application/vnd.oci.image.manifest.v1+json", DIGEST, 10)
@@ -249,3 +314,31 @@ def test_snapshot_stat_cached_until_updated_committed_or_removed(
             await store.stat("ns", "c")
 
     run(body())
+
+
+def test_container_copy_keeps_every_field() -> None:
+    """The store's copy spells the fields out: a field added to Container must be added there."""
+    from datetime import UTC, datetime
+
+    from linerd.metadata.containers import _copy
+
+    now = datetime.now(UTC)
+    values = {
+        "id": "c",
+        "runtime": "r",
+        "spec": Encoded("t", b"s"),
+        "runtime_options": Encoded("o", b"p"),
+        "image": "i",
+        "labels": {"k": "v"},
+        "snapshotter": "overlayfs",
+        "snapshot_key": "key",
+        "sandbox": "sb",
+        "extensions": {"e": Encoded("x", b"y")},
+        "created_at": now,
+        "updated_at": now,
+    }
+    assert {f.name for f in dataclasses.fields(Container)} == set(values)
+    original = Container(**values)  # type: ignore[arg-type]
+    dup = _copy(original)
+    assert dataclasses.asdict(dup) == dataclasses.asdict(original)
+    assert dup.labels is not original.labels and dup.extensions is not original.extensions

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from linerd.errdefs import DeadlineExceeded, InvalidArgument, NotImplementedYet
 from linerd.runtime.cgroups import _unescape
-from linerd.runtime.conmon import clean_env, runtime_message
+from linerd.runtime.conmon import _read_line, clean_env, readable, runtime_message
 from linerd.runtime.inotify import IN_CREATE, IN_MOVED_TO, Inotify
 from linerd.runtime.manager import _validate_id, _validate_spec
 from linerd.runtime.stdio import open_stdio
@@ -128,3 +129,17 @@ def test_conmon_argv_for_a_callers_log(tmp_path: Path) -> None:
     assert "-i" in once and "--leave-stdin-open" not in once
     own = argv(log_path=str(tmp_path / "logs/x.log"))
     assert "--log-size-max" in own and "--no-sync-log" in own
+
+
+def test_sync_pipe_reads_past_fd_setsize() -> None:
+    """With a few hundred containers the daemon's fds pass 1024, where select() refuses."""
+    r, w = os.pipe()
+    high = os.dup2(r, 1500)
+    try:
+        assert not readable(high, 0.01)
+        os.write(w, b"ok\nrest")
+        assert readable(high, 1.0)
+        assert _read_line(high, deadline=time.monotonic() + 10) == b"ok\n"
+    finally:
+        for fd in (r, w, high):
+            os.close(fd)

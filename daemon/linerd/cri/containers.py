@@ -450,7 +450,10 @@ class Containers:
             if st is not None and st.status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
             else:
-                record, m = await self.finalize(record, m)
+                try:
+                    record, m = await self.finalize(record, m)
+                except NotFound:  # removed while this List ran: it is not in the answer
+                    continue
                 state = self.state_of(record, m)
             if wanted is not None and wanted != state:
                 continue

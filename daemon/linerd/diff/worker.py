@@ -149,7 +149,10 @@ class _Forked:
 
     def wait(self) -> None:
         if self._pidfd >= 0:
-            select.select([self._pidfd], [], [])  # readable once the worker has ended
+            # readable once the worker has ended; poll, as fds may pass FD_SETSIZE (1024)
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            poller.poll()
             os.close(self._pidfd)
             self._pidfd = -1
             self._zygote.ended()

@@ -33,8 +33,9 @@ class Containers:
     async def get(self, namespace: str, container_id: str) -> Container:
         return await self.store.get(namespace, container_id)
 
-    async def list(self, namespace: str) -> list[Container]:
-        return await self.store.list(namespace)
+    async def list(self, namespace: str, *, shared: bool = False) -> list[Container]:
+        """`shared`: read-only records (ContainerStore.list), for answers that only read."""
+        return await self.store.list(namespace, shared=shared)
 
     async def create(self, namespace: str, container: Container) -> Container:
         created = await self.store.create(namespace, container)

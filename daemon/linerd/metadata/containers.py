@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +81,22 @@ def _set_spec(row: dict[str, Any], spec: Encoded | None) -> None:
 
 
 def _copy(c: Container) -> Container:
-    return dataclasses.replace(c, labels=dict(c.labels), extensions=dict(c.extensions))
+    # Spelled out: a List copies every record, and dataclasses.replace (fields() each call)
+    # or copy.copy (__reduce_ex__ on a slots class) cost 8-30 times as much.
+    return Container(
+        id=c.id,
+        runtime=c.runtime,
+        spec=c.spec,
+        runtime_options=c.runtime_options,
+        image=c.image,
+        labels=dict(c.labels),
+        snapshotter=c.snapshotter,
+        snapshot_key=c.snapshot_key,
+        sandbox=c.sandbox,
+        extensions=dict(c.extensions),
+        created_at=c.created_at,
+        updated_at=c.updated_at,
+    )
 
 
 class ContainerStore:
@@ -90,13 +104,21 @@ class ContainerStore:
         self._db = db
         # One `ctr run` looks its container up four times (Tasks/Create included).
         self._cache: RecordCache[tuple[str, str], Container] = RecordCache(_copy)
-        # namespace -> count of write transactions begun (on the database thread, before
-        # their commit): a reader that saw the same generation before a list and now may
-        # reuse that list (the CRI's relist; cri/records.py).
+        # namespace -> count of writes, moved when a write begins and again once it committed
+        # (on the database thread): a reader that saw the same generation before a list and
+        # now may reuse that list (the CRI's relist; cri/records.py). The second move is for
+        # the kept lists below, which show a write only after its commit.
         self._generations: dict[str, int] = {}
+        # Every record of a namespace, by id in id order, once a List read it: a List then
+        # answers on the caller's thread, never queued on the database thread behind writes
+        # and GC (kubelet and monitors list all the time while pods come and go). Kept as the
+        # record cache is: changed only on the database thread, by each committed write
+        # (after_commit: commit order); a namespace's dict is replaced, never changed, so a
+        # reader iterates a consistent one. No other writer of the table runs (cache.py).
+        self._lists: dict[str, dict[str, Container]] = {}
 
     def generation(self, namespace: str) -> int:
-        """Any thread: changes before any write to `namespace` commits."""
+        """Any thread: changes before any write to `namespace` commits, and after."""
         return self._generations.get(namespace, 0)
 
     def _written(self, namespace: str, container_id: str) -> None:
@@ -112,16 +134,46 @@ class ContainerStore:
             lambda c: self._cache.put(key, _container(_get(c, namespace, container_id)))
         )
 
-    async def list(self, namespace: str) -> list[Container]:
+    async def list(self, namespace: str, *, shared: bool = False) -> list[Container]:
+        """Every record of the namespace, by id. `shared`: the cached records themselves,
+        not copies, for a caller that only reads them (a List answer); never change one."""
+        if (records := self._lists.get(namespace)) is not None:
+            return list(records.values()) if shared else [_copy(c) for c in records.values()]
+
         def list_(conn: Connection) -> list[Container]:
             rows = conn.execute(
                 select(containers)
                 .where(containers.c.namespace == namespace)
                 .order_by(containers.c.id)
             )
-            return [_container(r._mapping) for r in rows]
+            found = [_container(r._mapping) for r in rows]
+            self._lists[namespace] = {c.id: c for c in found}
+            return list(found) if shared else [_copy(c) for c in found]
 
         return await self._db.run(list_)
+
+    def _listed(self, namespace: str, container_id: str, record: Container | None) -> None:
+        """After a commit, on the database thread: the namespace's list gets the change,
+        then its generation moves (in that order: see `generation`)."""
+        try:
+            self._relist(namespace, container_id, record)
+        finally:
+            self._generations[namespace] = self._generations.get(namespace, 0) + 1
+
+    def _relist(self, namespace: str, container_id: str, record: Container | None) -> None:
+        records = self._lists.get(namespace)
+        if records is None:
+            return
+        changed = dict(records)
+        if record is None:
+            changed.pop(container_id, None)
+        elif container_id in changed:
+            changed[container_id] = record
+        else:
+            changed[container_id] = record
+            # the id order of the query (ids are ASCII: SQLite's BINARY order is str order)
+            changed = dict(sorted(changed.items()))
+        self._lists[namespace] = changed
 
     async def create(self, namespace: str, container: Container) -> Container:
         check(container)
@@ -154,7 +206,12 @@ class ContainerStore:
             created = _container(row)
             # ctr gets the container right after creating it (twice, Tasks/Create included).
             key = (namespace, container.id)
-            self._db.after_commit(conn, lambda: self._cache.put(key, created))
+
+            def committed() -> None:
+                self._cache.put(key, created)
+                self._listed(namespace, container.id, created)
+
+            self._db.after_commit(conn, committed)
             return _copy(created)
 
         return await self._db.run(create)
@@ -202,7 +259,12 @@ class ContainerStore:
             updated = _container(row)
             # The CRI looks a container up right after saving its state (status, remove).
             key = (namespace, container.id)
-            self._db.after_commit(conn, lambda: self._cache.put(key, updated))
+
+            def committed() -> None:
+                self._cache.put(key, updated)
+                self._listed(namespace, container.id, updated)
+
+            self._db.after_commit(conn, committed)
             return _copy(updated)
 
         return await self._db.run(update_)
@@ -213,6 +275,7 @@ class ContainerStore:
             key = {"b_namespace": namespace, "b_id": container_id}
             if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
                 raise NotFound(f"container {container_id!r} not found")
+            self._db.after_commit(conn, lambda: self._listed(namespace, container_id, None))
 
         await self._db.run(delete_)
 

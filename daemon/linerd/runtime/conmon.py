@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import select
@@ -103,6 +104,15 @@ def read_pidfile(path: Path) -> int:
         return 0
 
 
+def readable(fd: int, timeout: float | None) -> bool:
+    """Wait until `fd` is readable (or hung up), up to `timeout` seconds (None: forever).
+    poll, not select: with a few hundred containers the daemon's fds pass FD_SETSIZE (1024),
+    which select refuses."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
+
+
 def _read_line(fd: int, deadline: float) -> bytes:
     """One line from the sync pipe, b"" on EOF. Reads byte-wise so nothing after it is lost."""
     buf = b""
@@ -110,8 +120,7 @@ def _read_line(fd: int, deadline: float) -> bytes:
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("timed out waiting for the monitor to report")
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
+        if not readable(fd, left):
             continue
         b = os.read(fd, 1)
         if not b:
@@ -264,11 +273,10 @@ def stop_monitor(conmon_pidfile: Path, wait: float = 2.0) -> None:
     try:
         if not is_monitor(pid, conmon_pidfile.parent):
             return
-        r, _, _ = select.select([pidfd], [], [], wait)
-        if not r:
+        if not readable(pidfd, wait):
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], 2.0)
+            readable(pidfd, 2.0)
     finally:
         os.close(pidfd)
 

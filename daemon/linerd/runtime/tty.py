@@ -89,7 +89,11 @@ class TtyRelay:
                 fds: list[int] = [sock.fileno(), self._wake_r]
                 if self._stdin_open and io.stdin is not None:
                     fds.append(io.stdin)
-                r, _, _ = select.select(fds, [], [])
+                # poll, not select: the daemon's fds may pass FD_SETSIZE (1024)
+                poller = select.poll()
+                for fd in fds:
+                    poller.register(fd, select.POLLIN)
+                r = [fd for fd, _ in poller.poll()]
                 if self._wake_r in r:
                     os.read(self._wake_r, 64)
                 if sock.fileno() in r:

@@ -67,10 +67,31 @@ def _adaptor(c: Container) -> filters.Adaptor:
 class ContainersService(containers_pb2_grpc.ContainersServicer):
     def __init__(self, local: Containers) -> None:
         self._local = local
+        # Per namespace, id -> (record, its message) of the last List: a List answers with
+        # the messages of the records that did not change since (the store hands out the
+        # same record object until a write replaces it), built once instead of every time.
+        self._built: dict[str, dict[str, tuple[Container, containers_pb2.Container]]] = {}
 
-    async def _matching(self, request: containers_pb2.ListContainersRequest) -> list[Container]:
-        match = filters.parse_all(list(request.filters))
-        return [c for c in await self._local.list(context.namespace()) if match.match(_adaptor(c))]
+    async def _matching(
+        self, request: containers_pb2.ListContainersRequest
+    ) -> list[containers_pb2.Container]:
+        namespace = context.namespace()
+        records = await self._local.list(namespace, shared=True)
+        # No await from here: two Lists never interleave over the namespace's messages.
+        before = self._built.get(namespace, {})
+        built: dict[str, tuple[Container, containers_pb2.Container]] = {}
+        for c in records:  # what is still current (a deleted or replaced record drops out)
+            hit = before.get(c.id)
+            if hit is not None and hit[0] is c:
+                built[c.id] = hit
+        self._built[namespace] = built
+        if request.filters:
+            match = filters.parse_all(list(request.filters))
+            records = [c for c in records if match.match(_adaptor(c))]
+        for c in records:
+            if c.id not in built:
+                built[c.id] = (c, to_pb(c))
+        return [built[c.id][1] for c in records]
 
     async def Get(
         self, request: containers_pb2.GetContainerRequest, ctx: grpc.aio.ServicerContext
@@ -81,9 +102,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
     async def List(
         self, request: containers_pb2.ListContainersRequest, ctx: grpc.aio.ServicerContext
     ) -> containers_pb2.ListContainersResponse:
-        return containers_pb2.ListContainersResponse(
-            containers=[to_pb(c) for c in await self._matching(request)]
-        )
+        return containers_pb2.ListContainersResponse(containers=await self._matching(request))
 
     async def ListStream(
         self,
@@ -91,7 +110,7 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
         ctx: grpc.aio.ServicerContext,
     ) -> AsyncIterator[containers_pb2.ListContainerMessage]:
         for container in await self._matching(request):
-            yield containers_pb2.ListContainerMessage(container=to_pb(container))
+            yield containers_pb2.ListContainerMessage(container=container)
 
     async def Create(
         self, request: containers_pb2.CreateContainerRequest, ctx: grpc.aio.ServicerContext

@@ -94,17 +94,19 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     async def List(
         self, request: tasks_pb2.ListTasksRequest, ctx: grpc.aio.ServicerContext
     ) -> tasks_pb2.ListTasksResponse:
-        match = filters.parse(request.filter)
-        tasks = [
-            _process(s)
-            for s in self._local.list(context.namespace())
-            if match.match(
-                filters.dict_adaptor(
-                    {"id": s.container_id, "status": s.status.name.lower(), "pid": str(s.pid)}
+        states = self._local.list(context.namespace())
+        if request.filter:
+            match = filters.parse(request.filter)
+            states = [
+                s
+                for s in states
+                if match.match(
+                    filters.dict_adaptor(
+                        {"id": s.container_id, "status": s.status.name.lower(), "pid": str(s.pid)}
+                    )
                 )
-            )
-        ]
-        return tasks_pb2.ListTasksResponse(tasks=tasks)
+            ]
+        return tasks_pb2.ListTasksResponse(tasks=[_process(s) for s in states])
 
     async def Kill(self, request: tasks_pb2.KillRequest, ctx: grpc.aio.ServicerContext) -> Empty:
         await self._local.kill(
