@@ -130,6 +130,7 @@ class Pod:
     config: pb.PodSandboxConfig
     id: str = ""
     containers: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # fill's, stopped and removed untimed
 
 
 class Driver:
@@ -188,7 +189,7 @@ class Driver:
                     sum(spent[c] for c in POD_START),
                 )
 
-    def start_container(self, pod: Pod, name: str, spent: dict[str, float]) -> None:
+    def start_container(self, pod: Pod, name: str, spent: dict[str, float]) -> str:
         rt = self.d.runtime
         spec = pb.ImageSpec(image=self.image)
         _, spent["ImageStatus"] = self.timed(
@@ -234,10 +235,15 @@ class Driver:
         )
         if resp.exit_code != 0:
             raise RuntimeError(f"ExecSync true exited {resp.exit_code}: {resp.stderr!r}")
+        return cid
 
     def stop(self, pod: Pod) -> None:
         rt = self.d.runtime
         sid = pod.id
+        for cid in pod.extra:  # not the per-call rows: (f) times the pods' own containers
+            rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=STOP_TIMEOUT),
+                             timeout=120)  # fmt: skip
+            rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
         for cid in pod.containers:
             self.timed(
                 "StopContainer",
@@ -291,9 +297,11 @@ class Driver:
 
         def add(args: tuple[int, Pod]) -> None:
             k, pod = args
-            Driver(self.d, untimed, self.image, self.logs, self.shape).start_container(
+            cid = Driver(self.d, untimed, self.image, self.logs, self.shape).start_container(
                 pod, f"x{k}", {}
             )
+            pod.containers.remove(cid)
+            pod.extra.append(cid)
 
         with ThreadPoolExecutor(PARALLEL) as pool:
             list(pool.map(add, enumerate(extra)))
@@ -301,7 +309,7 @@ class Driver:
     def lists(self, pods: list[Pod]) -> None:
         rt = self.d.runtime
         time.sleep(LIST_SETTLE)
-        containers = sum(len(p.containers) for p in pods)
+        containers = sum(len(p.containers) + len(p.extra) for p in pods)
         n_pods = len(pods)
         for _ in range(LIST_CALLS):
             resp, _ = self.timed(
@@ -325,7 +333,7 @@ class Driver:
         if self.shape.relist <= 0:
             return
         rt = self.d.runtime
-        containers = sum(len(p.containers) for p in pods)
+        containers = sum(len(p.containers) + len(p.extra) for p in pods)
         t0, cpu0 = time.monotonic(), cpu_seconds(self.d.pid)
         tick = t0
         while tick - t0 < self.shape.relist:
