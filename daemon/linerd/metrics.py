@@ -85,6 +85,18 @@ class _Family:
             series.sum += amount
             series.buckets[bisect.bisect_left(self.bounds, amount)] += 1
 
+    def series(self, *labels: str) -> _Series:
+        """One label set's series, for a caller that observes it often (`add`)."""
+        with self._lock:
+            return self._get(labels)
+
+    def add(self, series: _Series, amount: float) -> None:
+        """`inc` (a counter: by `amount`) or `observe` of a series from `series`."""
+        with self._lock:
+            series.sum += amount
+            if self.bounds:
+                series.buckets[bisect.bisect_left(self.bounds, amount)] += 1
+
     def metric(self) -> Metric:
         from prometheus_client.core import Metric
         from prometheus_client.utils import floatToGoString
@@ -252,6 +264,7 @@ class Metrics:
         ]
         self._collectors: list[Any] = []
         self._registry: CollectorRegistry | None = None
+        self._calls: dict[tuple[str, str], tuple[_Series, _Series]] = {}
 
     def add_stores(
         self, blobs: Path, snapshot_sizes: Callable[[], dict[str, tuple[int, int]]]
@@ -284,9 +297,16 @@ class Metrics:
         return self._registry
 
     def observe_call(self, full_method: str, code: str, seconds: float) -> None:
-        service, _, method = full_method.lstrip("/").partition("/")
-        self.grpc_requests.inc(service, method, code)
-        self.grpc_seconds.observe(seconds, service, method)
+        # Every gRPC call comes here: its two series are found once per method and code.
+        series = self._calls.get((full_method, code))
+        if series is None:
+            service, _, method = full_method.lstrip("/").partition("/")
+            series = self._calls[full_method, code] = (
+                self.grpc_requests.series(service, method, code),
+                self.grpc_seconds.series(service, method),
+            )
+        self.grpc_requests.add(series[0], 1)
+        self.grpc_seconds.add(series[1], seconds)
 
     def observe_pull(self, ok: bool, fetched: int, seconds: float) -> None:
         self.pulls.inc("success" if ok else "failure")
