@@ -1160,6 +1160,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 profile_liner(liner, images, args.py_spy, args.profile)
             if "g" in only:
+                for d in daemons:  # (h) removes every image between its runs
+                    d.ctr("images", "pull", "--plain-http", images.busybox)
                 gl = scale.Load(args.scale, args.scale_writers, args.scale_seconds)
                 prof = scale_profiler(args.py_spy, args.scale_profile)
                 if args.scale_api == "on":
