@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -86,6 +87,24 @@ _KEEP_ON_REMOUNT = (
     (os.ST_NODIRATIME, MS_NODIRATIME),
     (os.ST_RELATIME, MS_RELATIME),
 )
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def unescape_mountinfo(field: str) -> str:
+    """A path of /proc/self/mountinfo, where the kernel writes space, tab, newline and
+    backslash as \\ooo. Most have none: this runs for every line of a node's mountinfo."""
+    if "\\" not in field:
+        return field
+    return _OCTAL.sub(lambda m: chr(int(m[1], 8)), field)
+
+
+def escape_mountinfo(path: str) -> str:
+    """`path` as mountinfo writes it (to find its lines without parsing the others)."""
+    for char in "\\ \t\n":
+        path = path.replace(char, f"\\{ord(char):03o}")
+    return path
 
 
 @dataclass(frozen=True, slots=True)

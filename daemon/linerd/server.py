@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,10 @@ class _HeapTrimmer:
     Deletes and garbage collections free what pulls left (records, caches, buffers): after
     the bench's pulls and cleanups the heap held ~2.3 MB of free pages more than a trim
     leaves, so they trim too. A trim is preceded by a full `gc.collect()` (cycles a pull
-    left, ~0.6 MB there; 20-40 ms of ~60,000 objects, in a worker thread, once per burst).
+    left, ~0.6 MB there; 20-40 ms of ~60,000 objects, in a worker thread). The collection
+    holds the GIL, so the event loop stops while it runs: under steady churn (kubelet's pods
+    coming and going, a collection every second) it is at most once per COLLECT_EVERY
+    seconds; the trim itself runs without the GIL (ctypes releases it).
     """
 
     BULK = (
@@ -193,10 +197,12 @@ class _HeapTrimmer:
         "/runtime.v1.ImageService/RemoveImage",
     )
     DELAY = 1.0
+    COLLECT_EVERY = 60.0
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
+        self._collected = -self.COLLECT_EVERY  # monotonic time of the last gc.collect()
         self._trim: Callable[[int], int] | None = None
         try:
             import ctypes
@@ -220,11 +226,16 @@ class _HeapTrimmer:
     def _run(self) -> None:
         self._timer = None
         if self._trim is not None:
-            self._loop.run_in_executor(None, self._collect_and_trim, self._trim)
+            now = time.monotonic()
+            collect = now - self._collected >= self.COLLECT_EVERY
+            if collect:
+                self._collected = now
+            self._loop.run_in_executor(None, self._collect_and_trim, self._trim, collect)
 
     @staticmethod
-    def _collect_and_trim(trim: Callable[[int], int]) -> None:
-        gc.collect()
+    def _collect_and_trim(trim: Callable[[int], int], collect: bool) -> None:
+        if collect:
+            gc.collect()
         trim(0)
 
     def close(self) -> None:

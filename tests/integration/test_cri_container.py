@@ -182,6 +182,19 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
             c.id for c in listed.containers
         }
         assert (await p.wait_exited(gone)).reason == "Completed"
+        # A List does not wait for a Stop or Remove at work on an exited container (it would
+        # hold kubelet's relist as long as a stop takes): it answers what the task says.
+        busy = await p.create(pod, pod_config, p.container_config("busy", ["-c", "true"]))
+        await p.containers.start_container(cri.StartContainerRequest(container_id=busy))
+        with contextlib.suppress(Exception):
+            await p.core.local.tasks.wait(meta.NAMESPACE, busy)
+        async with p.containers._lock(busy):  # as StopContainer holds it
+            listed = await asyncio.wait_for(
+                p.containers.list_containers(cri.ListContainersRequest()), 60
+            )  # a deadlock guard, not a timing
+        [seen] = [c for c in listed.containers if c.id == busy]
+        assert seen.state == cri.CONTAINER_EXITED
+        assert (await p.wait_exited(busy)).reason == "Completed"
         # A last line without a newline is a partial one.
         log = parse_log(Path(pod_config.log_directory) / "ok/0.log")
         assert log == [("stdout", "F", b"a"), ("stdout", "P", b"b")]
@@ -223,10 +236,10 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
         await p.containers.remove_container(cri.RemoveContainerRequest(container_id="f" * 64))
         # Removing the pod removes its containers.
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
-        for cid in (ok, bad, gone):
+        for cid in (ok, bad, gone, busy):
             with pytest.raises(NotFound):
                 await p.status(cid)
-        assert leftovers(p, [pod, ok, bad, gone]) == []
+        assert leftovers(p, [pod, ok, bad, gone, busy]) == []
         # No active snapshot is left (failed creates included), no record either.
         snaps = await p.core.local.snapshots.list(meta.NAMESPACE, "")
         assert [s.name for s in snaps if s.kind.name == "ACTIVE"] == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from linerd.errdefs import DeadlineExceeded, InvalidArgument, NotImplementedYet
-from linerd.runtime.cgroups import _unescape
+from linerd.mounts import escape_mountinfo, unescape_mountinfo
 from linerd.runtime.conmon import _read_line, clean_env, readable, runtime_message
 from linerd.runtime.inotify import IN_CREATE, IN_MOVED_TO, Inotify
 from linerd.runtime.manager import _validate_id, _validate_spec
@@ -66,9 +66,12 @@ def test_ids_and_specs() -> None:
     assert RuntimeConfig("/opt/w", name="crun").key == "crun"
 
 
-def test_mountinfo_unescape() -> None:
-    assert _unescape(r"/a\040b\134c") == "/a b\\c"
-    assert _unescape("/plain") == "/plain"
+def test_mountinfo_unescape_and_escape() -> None:
+    assert unescape_mountinfo(r"/a\040b\134c\011d\012e") == "/a b\\c\td\ne"
+    assert unescape_mountinfo("/plain") == "/plain"
+    odd = "/r/a b\\c\td\ne"
+    assert escape_mountinfo(odd) == r"/r/a\040b\134c\011d\012e"
+    assert unescape_mountinfo(escape_mountinfo(odd)) == odd
 
 
 def test_open_stdio_fifos_hold_extra_ends(tmp_path: Path) -> None:

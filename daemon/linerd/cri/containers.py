@@ -449,6 +449,10 @@ class Containers:
             st = self.task_state(record.id) if m.state == "running" else None
             if st is not None and st.status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
+            elif (lock := self._locks.get(record.id)) is not None and lock.locked():
+                # A Stop or Remove is at it (and will record the exit): waiting for it would
+                # hold kubelet's relist for as long as a container takes to stop.
+                state = self.state_of(record, m)
             else:
                 try:
                     record, m = await self.finalize(record, m)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from liner_api.runtime.v1 import api_pb2
 from linerd.errdefs import FailedPrecondition, InvalidArgument
+from linerd.mounts import unescape_mountinfo
 
 Spec = dict[str, Any]
 
@@ -47,14 +47,6 @@ class MountInfo:
         return any(f.startswith("master:") for f in self.optional)
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    # The kernel escapes space, tab, newline and backslash in paths as \ooo.
-    return _OCTAL.sub(lambda m: chr(int(m[1], 8)), field)
-
-
 def parse_mountinfo(text: str) -> list[MountInfo]:
     """``id parent major:minor root mountpoint options [optional...] - fstype source super``."""
     mounts = []
@@ -63,7 +55,7 @@ def parse_mountinfo(text: str) -> list[MountInfo]:
         if len(fields) < 7 or "-" not in fields[6:]:
             continue
         end = fields.index("-", 6)
-        mounts.append(MountInfo(_unescape(fields[4]), tuple(fields[6:end])))
+        mounts.append(MountInfo(unescape_mountinfo(fields[4]), tuple(fields[6:end])))
     return mounts
 
 

@@ -6,20 +6,8 @@ import contextlib
 from pathlib import Path
 
 from linerd.errdefs import NotFound
+from linerd.mounts import unescape_mountinfo
 from linerd.runtime.types import TaskMetrics
-
-
-def _unescape(s: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and len(s[i + 1 : i + 4]) == 3 and s[i + 1 : i + 4].isdigit():
-            out.append(chr(int(s[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
 
 
 def v1_mounts() -> dict[str, Path]:
@@ -30,7 +18,7 @@ def v1_mounts() -> dict[str, Path]:
         fields = post.split()
         if len(fields) < 3 or fields[0] != "cgroup":
             continue
-        mnt = Path(_unescape(pre.split()[4]))
+        mnt = Path(unescape_mountinfo(pre.split()[4]))
         for opt in fields[2].split(","):
             if opt in ("rw", "ro") or opt.startswith(("relatime", "no", "clone_children")):
                 continue

@@ -112,9 +112,12 @@ def _write_json(path: Path, obj: Any) -> None:
 def _mounted_under(path: Path) -> list[str]:
     """Mount points at or below `path` (from mountinfo: bind mounts fool os.path.ismount)."""
     prefix = str(path).rstrip("/")
+    needle = mountlib.escape_mountinfo(prefix)
     res = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mp = cgroups._unescape(line.split()[4])
+        if needle not in line:  # a node's hundreds of other mounts: no parsing
+            continue
+        mp = mountlib.unescape_mountinfo(line.split()[4])
         if mp == prefix or mp.startswith(prefix + "/"):
             res.append(mp)
     return res

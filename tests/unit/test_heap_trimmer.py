@@ -1,0 +1,31 @@
+"""The heap trimmer: a trim after every burst, a full collection at most once a minute."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from linerd import server
+
+pytestmark = pytest.mark.unit
+
+
+def test_collects_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[bool] = []
+    monkeypatch.setattr(
+        server._HeapTrimmer, "_collect_and_trim", staticmethod(lambda _t, c: runs.append(c))
+    )
+
+    async def body() -> None:
+        trimmer = server._HeapTrimmer(asyncio.get_running_loop())
+        trimmer._trim = lambda _pad: 0
+        for n, elapsed in enumerate((0.0, 1.0, server._HeapTrimmer.COLLECT_EVERY), 1):
+            trimmer._collected -= elapsed  # as if that long had passed since the last one
+            trimmer._run()
+            while len(runs) < n:  # the executor's call
+                await asyncio.sleep(0.01)
+
+    asyncio.run(body())
+    # the GIL-holding collection: the first burst's, then one a COLLECT_EVERY later
+    assert runs == [True, False, True]
