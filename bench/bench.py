@@ -58,7 +58,7 @@ import cri  # noqa: E402
 import imagebuild  # noqa: E402
 import pulls  # noqa: E402
 import scale  # noqa: E402
-from procs import cmdlines, mem_kb, parent_of  # noqa: E402
+from procs import cmdlines, mem_kb, parent_of, pss_mb  # noqa: E402
 from registry import Registry, ThrottlingProxy  # noqa: E402
 from support import Linerd  # noqa: E402
 
@@ -772,8 +772,8 @@ def node_memory(
             helpers = d.helpers()
             if len(helpers) != n:
                 log(f"{d.name}: {len(helpers)} helpers for {n} containers")
-            h_pss = sum(mem_kb(pid).get("pss", 0) for pid in helpers) / 1024
-            z_pss = sum(mem_kb(pid).get("pss", 0) for pid in d.zygotes()) / 1024
+            h_pss = pss_mb(helpers)
+            z_pss = pss_mb(d.zygotes())
             if z_pss:
                 zygote.add(d.name, z_pss)
             at[n] = mem.get("pss", 0) / 1024

@@ -50,7 +50,7 @@ from cri_support import (
     push_busybox_image,
     push_pause_image,
 )
-from procs import cmdlines, mem_kb, parent_of
+from procs import cmdlines, mem_kb, parent_of, pss_mb
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as pb
@@ -365,9 +365,6 @@ class Driver:
                 name.startswith("containerd-shim") and self.d.socket in argv and "start" not in argv
             ):
                 helpers.append(pid)
-
-        def pss_mb(pids: list[int]) -> float:
-            return sum(mem_kb(p).get("pss", 0) for p in pids) / 1024
 
         parts = {
             "daemon": pss_mb([self.d.pid]),

@@ -19,6 +19,11 @@ def mem_kb(pid: int) -> dict[str, int]:
     return out
 
 
+def pss_mb(pids: list[int]) -> float:
+    """The processes' PSS summed, in MB (a process gone meanwhile counts 0)."""
+    return sum(mem_kb(p).get("pss", 0) for p in pids) / 1024
+
+
 def cmdlines() -> Iterator[tuple[int, list[str]]]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

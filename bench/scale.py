@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import cri
 import grpc
-from procs import mem_kb
+from procs import mem_kb, pss_mb
 
 from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
@@ -166,10 +166,6 @@ def measure(calls: dict[str, Callable[[], Any]], seconds: float) -> dict[str, Se
     return out
 
 
-def _pss_mb(pids: list[int]) -> float:
-    return sum(mem_kb(p).get("pss", 0) for p in pids) / 1024
-
-
 # ------------------------------------------------------------------------ containerd's API
 
 
@@ -198,7 +194,7 @@ def _api_one(
     log(f"(g) {d.name}: {n} running after {time.monotonic() - t0:.1f}s")
     try:
         helpers = d.helpers()
-        pss = {"daemon": _pss_mb([d.pid]), "helpers": _pss_mb(helpers)}
+        pss = {"daemon": pss_mb([d.pid]), "helpers": pss_mb(helpers)}
         out.add("scale_pss_daemon", f"(g) PSS daemon, {n} running", "MB", d.name, pss["daemon"])
         out.add("scale_pss_helpers", f"(g) PSS helpers, {n} running", "MB", d.name, pss["helpers"])
         out.add(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from cri_support import free_subnet
 from imagebuild import (
     OCILayout,
     build_config,
@@ -105,20 +106,12 @@ class Net:
         return sorted(p.name for p in d.iterdir() if p.name[0].isdigit())
 
 
-def _free_subnet() -> IPv4Network:
-    used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
-    while True:
-        third = secrets.randbelow(250) + 3
-        if f"10.89.{third}." not in used:
-            return IPv4Network(f"10.89.{third}.0/24")
-
-
 def make_net(base: Path) -> Net:
     tag = secrets.token_hex(3)
     n = Net(
         name=f"lnrp-{tag}",
         bridge=f"lnrp{tag}",
-        subnet=_free_subnet(),
+        subnet=free_subnet(),
         conf_dir=base / "net.d",
         cache_dir=base / "cni-cache",
         ipam_dir=base / "ipam",

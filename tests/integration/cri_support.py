@@ -247,7 +247,8 @@ class PodNetwork:
             subprocess.run(["ip", "link", "del", self.bridge], check=False)
 
 
-def _free_subnet() -> IPv4Network:
+def free_subnet() -> IPv4Network:
+    """A /24 of 10.89.0.0/16 that no route of this machine uses (a test's bridge)."""
     used = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True).stdout
     while True:
         third = secrets.randbelow(250) + 3
@@ -260,7 +261,7 @@ def new_pod_network(base: Path) -> PodNetwork:
     net = PodNetwork(
         name=f"lnrc-{tag}",
         bridge=f"lnrc{tag}",
-        subnet=_free_subnet(),
+        subnet=free_subnet(),
         conf_dir=base / "net.d",
         ipam_dir=base / "ipam",
     )

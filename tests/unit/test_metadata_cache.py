@@ -317,10 +317,8 @@ def test_snapshot_stat_cached_until_updated_committed_or_removed(
 
 
 def test_container_copy_keeps_every_field() -> None:
-    """The store's copy spells the fields out: a field added to Container must be added there."""
+    """The copy spells the fields out: a field added to Container must be added there."""
     from datetime import UTC, datetime
-
-    from linerd.metadata.containers import _copy
 
     now = datetime.now(UTC)
     values = {
@@ -339,6 +337,6 @@ def test_container_copy_keeps_every_field() -> None:
     }
     assert {f.name for f in dataclasses.fields(Container)} == set(values)
     original = Container(**values)  # type: ignore[arg-type]
-    dup = _copy(original)
+    dup = original.copy()
     assert dataclasses.asdict(dup) == dataclasses.asdict(original)
     assert dup.labels is not original.labels and dup.extensions is not original.extensions

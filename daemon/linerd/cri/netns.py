@@ -101,30 +101,10 @@ def _on_fresh_thread(fn: Callable[[], T]) -> T:
     return box[0]
 
 
-def _pin_new(path: Path) -> None:
-    if _ns().unshare(CLONE_NEWNET) != 0:
-        raise _errno_error("unshare(CLONE_NEWNET)")
-    own = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
-    _sys_mount(own, str(path), None, MS_BIND, None)
-
-
 def create(directory: Path) -> Path:
     """A new, empty network namespace pinned at `directory/cni-<uuid>`; returns that path.
-
-    Blocking (a thread start and two syscalls): call it through asyncio.to_thread.
-    """
-    directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-    path = directory / f"{PREFIX}{uuid.uuid4()}"
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
-    try:
-        _on_fresh_thread(lambda: _pin_new(path))
-    except OSError as e:
-        path.unlink(missing_ok=True)
-        raise FailedPrecondition(f"create network namespace {path}: {e.strerror or e}") from None
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return path
+    Blocking: call it through asyncio.to_thread."""
+    return create_pod(directory, [NET])[NET]
 
 
 def create_pod(directory: Path, kinds: Sequence[str], hostname: str = "") -> dict[str, Path]:

@@ -93,7 +93,7 @@ class Records:
 
     async def list(self, kind: str) -> list[Container]:
         """The records of that kind with CRI metadata (copies: the caller may change them)."""
-        return [_copy(e.record) for e in await self.entries(kind)]
+        return [e.record.copy() for e in await self.entries(kind)]
 
     async def find(self, kind: str, id_or_prefix: str) -> Container:
         what = "sandbox" if kind == meta.KIND_SANDBOX else "container"
@@ -108,7 +108,7 @@ class Records:
             return record
         found = [e.record for e in await self.entries(kind) if e.record.id.startswith(id_or_prefix)]
         if len(found) == 1:
-            return _copy(found[0])
+            return found[0].copy()
         if len(found) > 1:
             raise InvalidArgument(f"{what} id prefix {id_or_prefix!r} is ambiguous")
         raise NotFound(f"{what} {id_or_prefix!r} not found")
@@ -135,9 +135,3 @@ class Records:
             if lease.id.startswith(prefix):
                 with contextlib.suppress(NotFound):
                     await leases.delete(meta.NAMESPACE, lease.id)
-
-
-def _copy(record: Container) -> Container:
-    return dataclasses.replace(
-        record, labels=dict(record.labels), extensions=dict(record.extensions)
-    )

@@ -80,30 +80,11 @@ def _set_spec(row: dict[str, Any], spec: Encoded | None) -> None:
     row["spec_type"], row["spec"] = spec.type_url, spec.value
 
 
-def _copy(c: Container) -> Container:
-    # Spelled out: a List copies every record, and dataclasses.replace (fields() each call)
-    # or copy.copy (__reduce_ex__ on a slots class) cost 8-30 times as much.
-    return Container(
-        id=c.id,
-        runtime=c.runtime,
-        spec=c.spec,
-        runtime_options=c.runtime_options,
-        image=c.image,
-        labels=dict(c.labels),
-        snapshotter=c.snapshotter,
-        snapshot_key=c.snapshot_key,
-        sandbox=c.sandbox,
-        extensions=dict(c.extensions),
-        created_at=c.created_at,
-        updated_at=c.updated_at,
-    )
-
-
 class ContainerStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         # One `ctr run` looks its container up four times (Tasks/Create included).
-        self._cache: RecordCache[tuple[str, str], Container] = RecordCache(_copy)
+        self._cache: RecordCache[tuple[str, str], Container] = RecordCache(Container.copy)
         # namespace -> count of writes, moved when a write begins and again once it committed
         # (on the database thread): a reader that saw the same generation before a list and
         # now may reuse that list (the CRI's relist; cri/records.py). The second move is for
@@ -138,7 +119,7 @@ class ContainerStore:
         """Every record of the namespace, by id. `shared`: the cached records themselves,
         not copies, for a caller that only reads them (a List answer); never change one."""
         if (records := self._lists.get(namespace)) is not None:
-            return list(records.values()) if shared else [_copy(c) for c in records.values()]
+            return list(records.values()) if shared else [c.copy() for c in records.values()]
 
         def list_(conn: Connection) -> list[Container]:
             rows = conn.execute(
@@ -148,7 +129,7 @@ class ContainerStore:
             )
             found = [_container(r._mapping) for r in rows]
             self._lists[namespace] = {c.id: c for c in found}
-            return list(found) if shared else [_copy(c) for c in found]
+            return list(found) if shared else [c.copy() for c in found]
 
         return await self._db.run(list_)
 
@@ -212,7 +193,7 @@ class ContainerStore:
                 self._listed(namespace, container.id, created)
 
             self._db.after_commit(conn, committed)
-            return _copy(created)
+            return created.copy()
 
         return await self._db.run(create)
 
@@ -265,7 +246,7 @@ class ContainerStore:
                 self._listed(namespace, container.id, updated)
 
             self._db.after_commit(conn, committed)
-            return _copy(updated)
+            return updated.copy()
 
         return await self._db.run(update_)
 

@@ -58,28 +58,13 @@ def _debug_enabled() -> bool:
     return enabled
 
 
-class RequestInterceptor(grpc.aio.ServerInterceptor):
+class RequestInterceptor:
     def __init__(self, observers: list[CallObserver] | None = None) -> None:
         self.observers = observers if observers is not None else []
         # method -> (the service's handler, our wrapper of it). Wrapping once per method
         # instead of once per call saves building a handler for every request; the call's
         # metadata is read from its context instead.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(details.method, handler)
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
 
     def wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of `method` (/service/Method) wrapped, once."""
