@@ -229,50 +229,26 @@ class Containers:
             target_pid = st.pid if st is not None and st.status == TaskStatus.RUNNING else 0
         local = self.core.local
         snapshotter = self.core.default_snapshotter
-        lease = f"cri-create-{container_id}"
-        await local.leases.create(meta.NAMESPACE, lease, {})
-        created = False
-        try:
-            mounts = await local.snapshots.prepare(
-                meta.NAMESPACE, snapshotter, container_id, image.chain_id, {}, lease
+        image_name = image.first_tag or config.image.image
+
+        def spec_with(users: ImageUsers) -> dict[str, Any]:
+            return specs.container_spec(
+                container_id=container_id,
+                config=config,
+                sandbox_id=sandbox.id,
+                sandbox_config=sconfig,
+                image_config=image.config,
+                image_name=image_name,
+                namespaces=podns.of(smeta, pause.pid if pause is not None else 0),
+                target_pid=target_pid,
+                files=smeta.files,
+                shm=smeta.shm,
+                hostname=smeta.hostname,
+                cgroup_driver=self.cgroup_driver,
+                rootfs=users,
             )
-            image_name = image.first_tag or config.image.image
 
-            known = self._image_users.get(image.chain_id) if image.chain_id else None
-
-            def build() -> tuple[dict[str, Any], ImageUsers | None]:
-                def spec_with(users: ImageUsers) -> dict[str, Any]:
-                    return specs.container_spec(
-                        container_id=container_id,
-                        config=config,
-                        sandbox_id=sandbox.id,
-                        sandbox_config=sconfig,
-                        image_config=image.config,
-                        image_name=image_name,
-                        namespaces=podns.of(smeta, pause.pid if pause is not None else 0),
-                        target_pid=target_pid,
-                        files=smeta.files,
-                        shm=smeta.shm,
-                        hostname=smeta.hostname,
-                        cgroup_driver=self.cgroup_driver,
-                        rootfs=users,
-                    )
-
-                if known is not None:
-                    return spec_with(known), None
-                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                    users = ImageUsers(rootfs)
-                    spec = spec_with(users)
-                    try:  # both read while mounted: kept for the image's next containers
-                        users.passwd()
-                        users.group()
-                    except LinerError:
-                        return spec, None
-                    return spec, users
-
-            spec, users = await asyncio.to_thread(build)
-            if users is not None and image.chain_id:
-                self._keep_users(image.chain_id, users)
+        def record_with(spec: dict[str, Any]) -> Container:
             log_path = ""
             if config.log_path and sconfig.log_directory:
                 log_path = str(Path(sconfig.log_directory) / config.log_path)
@@ -287,19 +263,55 @@ class Containers:
                 log_path=log_path,
                 stop_signal=stop_signal_name(config, image.config),
             )
-            record = Container(
+            return Container(
                 id=container_id,
                 runtime=meta.RUNTIME,
                 runtime_options=specs.runc_options(self.cgroup_driver),
                 spec=spec_encoded(spec),
-                image=image.first_tag or config.image.image,
+                image=image_name,
                 labels={**config.labels, meta.KIND_LABEL: meta.KIND_CONTAINER},
                 snapshotter=snapshotter,
                 snapshot_key=container_id,
                 sandbox=sandbox.id,
                 extensions=meta.container_extension(m),
             )
-            await local.containers.create(meta.NAMESPACE, record)
+
+        known = self._image_users.get(image.chain_id) if image.chain_id else None
+        if known is not None:
+            # The image's users are known: the spec needs no rootfs, so the snapshot and
+            # the record are written together (one transaction, no lease).
+            spec = await asyncio.to_thread(spec_with, known)
+            await local.containers.create_with_snapshot(
+                meta.NAMESPACE, record_with(spec), local.snapshots, image.chain_id
+            )
+            faults.point("cri-container-created")
+            return cri.CreateContainerResponse(container_id=container_id)
+        # The image's first container: its rootfs is mounted for a moment to read the
+        # image's /etc/passwd and /etc/group, so the snapshot comes first, held by a lease
+        # until the record holds it.
+        lease = f"cri-create-{container_id}"
+        await local.leases.create(meta.NAMESPACE, lease, {})
+        created = False
+        try:
+            mounts = await local.snapshots.prepare(
+                meta.NAMESPACE, snapshotter, container_id, image.chain_id, {}, lease
+            )
+
+            def build() -> tuple[dict[str, Any], ImageUsers | None]:
+                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                    users = ImageUsers(rootfs)
+                    spec = spec_with(users)
+                    try:  # both read while mounted: kept for the image's next containers
+                        users.passwd()
+                        users.group()
+                    except LinerError:
+                        return spec, None
+                    return spec, users
+
+            spec, users = await asyncio.to_thread(build)
+            if users is not None and image.chain_id:
+                self._keep_users(image.chain_id, users)
+            await local.containers.create(meta.NAMESPACE, record_with(spec))
             created = True
             faults.point("cri-container-created")
         except BaseException:
@@ -419,12 +431,16 @@ class Containers:
                 with contextlib.suppress(NotFound):
                     await local.tasks.delete(meta.NAMESPACE, record.id)
             with contextlib.suppress(NotFound):
-                await local.containers.delete(meta.NAMESPACE, record.id)
-            if record.snapshot_key:
-                with contextlib.suppress(NotFound):
-                    await local.snapshots.remove(
-                        meta.NAMESPACE, record.snapshotter, record.snapshot_key
+                if record.snapshot_key:  # one transaction for both
+                    await local.containers.delete_with_snapshot(
+                        meta.NAMESPACE,
+                        record.id,
+                        local.snapshots,
+                        record.snapshotter,
+                        record.snapshot_key,
                     )
+                else:
+                    await local.containers.delete(meta.NAMESPACE, record.id)
         self.names.release_by_key(record.id)
         self._locks.pop(record.id, None)
 

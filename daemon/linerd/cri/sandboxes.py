@@ -8,12 +8,15 @@ everywhere with `[cri] drop_infra_ctr = false` (CRI-O's rule and setting; `podns
 RunPodSandbox, as containerd 1.7 with the record first so every later step leaves a trace a
 restarted linerd can undo:
 
-    reserve the name -> [sandbox image (pulled on demand) -> snapshot] + record ("creating")
-    -> hostname, hosts, resolv.conf -> net/IPC/UTS namespaces pinned (paths saved) -> CNI ADD
-    (result cached by the CNI client) -> sysctls -> /dev/shm -> [pause spec -> pause task
-    started] -> "ready"
+    reserve the name -> [sandbox image (pulled on demand) -> snapshot, in the record's
+    transaction] + record ("creating") -> hostname, hosts, resolv.conf -> net/IPC/UTS
+    namespaces pinned (paths saved) -> CNI ADD (result cached by the CNI client) -> sysctls
+    -> /dev/shm -> [pause spec -> pause task started] -> "ready"
 
-A failure unwinds in reverse. StopPodSandbox stops every container and the pause, then CNI
+With a pause, CNI ADD and the sysctls run beside the /dev/shm mount and the pause's start
+(the pause joins the pinned namespaces by path and needs nothing of their network), and the
+record says "ready" once both are done. A failure unwinds in reverse (after a CNI ADD in
+flight has finished). StopPodSandbox stops every container and the pause, then CNI
 DEL (while the netns still exists: bridge's ipMasq needs it) and the pinned namespaces,
 idempotently and from the saved state alone. Orphans of a crash (a namespace file no record
 names) are reaped the first time the group is used.
@@ -36,7 +39,7 @@ from linerd import faults
 from linerd import mounts as mountlib
 from linerd.core.types import Container
 from linerd.cri import meta, netns, podns, sandbox_files, specs
-from linerd.cri.cni import CNI, PodRef, PortMapping
+from linerd.cri.cni import CNI, PodNetwork, PodRef, PortMapping
 from linerd.cri.containers import Containers, _readonly, spec_encoded
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
@@ -57,6 +60,11 @@ _PROTOCOLS = {cri.TCP: "tcp", cri.UDP: "udp", cri.SCTP: "sctp"}
 def pod_ref(config: cri.PodSandboxConfig) -> PodRef:
     md = config.metadata
     return PodRef(namespace=md.namespace, name=md.name, uid=md.uid)
+
+
+def _set_network(m: meta.SandboxMeta, network: PodNetwork | None) -> None:
+    if network is not None:
+        m.ip, m.additional_ips = network.ip, list(network.additional_ips)
 
 
 def port_mappings(config: cri.PodSandboxConfig) -> list[PortMapping]:
@@ -216,6 +224,7 @@ class Sandboxes:
         )
         record: Container | None = None
         mounts: Any = None
+        networking: asyncio.Future[PodNetwork | None] | None = None
         try:
             draft = Container(
                 id=sandbox_id,
@@ -228,18 +237,11 @@ class Sandboxes:
             )
             if image is None:
                 record = await local.containers.create(meta.NAMESPACE, draft)
-            else:
-                lease = f"cri-run-{sandbox_id}"
-                await local.leases.create(meta.NAMESPACE, lease, {})
-                try:
-                    mounts = await local.snapshots.prepare(
-                        meta.NAMESPACE, snapshotter, sandbox_id, image.chain_id, {}, lease
-                    )
-                    draft.snapshotter, draft.snapshot_key = snapshotter, sandbox_id
-                    record = await local.containers.create(meta.NAMESPACE, draft)
-                finally:
-                    with contextlib.suppress(LinerError):
-                        await local.leases.delete(meta.NAMESPACE, lease)
+            else:  # the pause's snapshot and the record in one transaction (no lease)
+                draft.snapshotter, draft.snapshot_key = snapshotter, sandbox_id
+                record, mounts = await local.containers.create_with_snapshot(
+                    meta.NAMESPACE, draft, local.snapshots, image.chain_id
+                )
             files = self.files_dir / sandbox_id
             dns = None
             if config.HasField("dns_config"):
@@ -256,16 +258,14 @@ class Sandboxes:
                 m.utsns = str(paths.get(netns.UTS, ""))
                 record = await self.records.save_sandbox(record, m)
                 faults.point("cri-sandbox-netns-created")
-                if netns.NET in paths:
-                    assert self.cni is not None
-                    network = await self.cni.setup(
-                        sandbox_id, paths[netns.NET], pod_ref(config), port_mappings(config)
-                    )
-                    m.ip, m.additional_ips = network.ip, list(network.additional_ips)
-                    faults.point("cri-sandbox-cni-added")
-                if config.linux.sysctls:
-                    # After CNI ADD, as runc did when the pause started (eth0 exists).
-                    await asyncio.to_thread(netns.apply_sysctls, paths, config.linux.sysctls)
+                if image is None:
+                    _set_network(m, await self._network(sandbox_id, config, paths))
+                else:
+                    # The pause joins the pinned namespaces by path and needs nothing of
+                    # their network: CNI ADD runs while it is created and started (what
+                    # kubelet waits for is the two together), and RunPodSandbox answers once
+                    # both are done.
+                    networking = asyncio.ensure_future(self._network(sandbox_id, config, paths))
             if opts.ipc != specs.NODE:
                 shm = self.state_dir / sandbox_id / "shm"
                 m.shm = str(shm)
@@ -305,13 +305,42 @@ class Sandboxes:
                 await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
                 await local.tasks.start(meta.NAMESPACE, sandbox_id)
                 faults.point("cri-sandbox-started")
+                if networking is not None:
+                    _set_network(m, await networking)
                 m.state = "ready"
                 await self.records.save_sandbox(record, m)
         except BaseException:
-            await asyncio.shield(self._unwind(sandbox_id, record, m))
+            await asyncio.shield(self._unwind(sandbox_id, record, m, networking))
             raise
 
-    async def _unwind(self, sandbox_id: str, record: Container | None, m: meta.SandboxMeta) -> None:
+    async def _network(
+        self, sandbox_id: str, config: cri.PodSandboxConfig, paths: dict[str, Path]
+    ) -> PodNetwork | None:
+        """CNI ADD in the pinned netns (if the pod has one), then the pod's sysctls."""
+        network = None
+        if netns.NET in paths:
+            assert self.cni is not None
+            network = await self.cni.setup(
+                sandbox_id, paths[netns.NET], pod_ref(config), port_mappings(config)
+            )
+            faults.point("cri-sandbox-cni-added")
+        if config.linux.sysctls:
+            # After CNI ADD, as runc did when the pause started (eth0 exists).
+            await asyncio.to_thread(netns.apply_sysctls, paths, config.linux.sysctls)
+        return network
+
+    async def _unwind(
+        self,
+        sandbox_id: str,
+        record: Container | None,
+        m: meta.SandboxMeta,
+        networking: asyncio.Future[PodNetwork | None] | None = None,
+    ) -> None:
+        if networking is not None:
+            # A CNI ADD still running is let finish: the teardown below undoes its result.
+            await asyncio.wait([networking])
+            if not networking.cancelled():
+                networking.exception()  # retrieved: the first failure is what is raised
         try:
             if record is None:
                 with contextlib.suppress(LinerError):

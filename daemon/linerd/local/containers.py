@@ -9,13 +9,18 @@ from typing import TYPE_CHECKING
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from liner_api.containerd.events import container_pb2 as events
+from linerd.errdefs import NotFound
 
 if TYPE_CHECKING:
-    from linerd.core.types import Container
+    from linerd.core.types import Container, Mount
     from linerd.gc.collector import Collector
     from linerd.local.events import Publisher
+    from linerd.local.snapshots import Snapshots
     from linerd.metadata.containers import ContainerStore
 
+
+# Update mask heads that can drop a reference GC follows (gc/collector.py container_roots).
+_REFERENCING = ("labels", "snapshotkey")
 
 # Removes what the runtime kept of a container (its log file), given namespace and id.
 Forget = Callable[[str, str], Awaitable[None]]
@@ -39,6 +44,26 @@ class Containers:
 
     async def create(self, namespace: str, container: Container) -> Container:
         created = await self.store.create(namespace, container)
+        self._created(namespace, created)
+        return created
+
+    async def create_with_snapshot(
+        self, namespace: str, container: Container, snapshots: Snapshots, parent: str
+    ) -> tuple[Container, list[Mount]]:
+        """The container's new active snapshot (its snapshotter and key, on the committed
+        `parent`) and its record, in one transaction: one database round trip, and no lease
+        to hold the snapshot until the record does (GC and a crash see both or neither)."""
+        mounts, created = await snapshots.prepare_with(
+            namespace,
+            container.snapshotter,
+            container.snapshot_key,
+            parent,
+            self.store.creator(namespace, container),
+        )
+        self._created(namespace, created)
+        return created, mounts
+
+    def _created(self, namespace: str, created: Container) -> None:
         options = created.runtime_options
         self._publisher.publish(
             namespace,
@@ -56,7 +81,6 @@ class Containers:
                 ),
             ),
         )
-        return created
 
     async def update(self, namespace: str, container: Container, paths: list[str]) -> Container:
         updated = await self.store.update(namespace, container, paths)
@@ -70,13 +94,38 @@ class Containers:
                 snapshot_key=updated.snapshot_key,
             ),
         )
-        self._gc.schedule()
+        # Only a container's snapshot key and labels reference anything GC collects: an
+        # update of its spec or extensions alone (the CRI saving a container's state at
+        # each start and stop) can leave no garbage.
+        if not paths or any(p.split(".", 1)[0] in _REFERENCING for p in paths):
+            self._gc.schedule()
         return updated
 
     async def delete(self, namespace: str, container_id: str) -> None:
         await self.store.delete(namespace, container_id)
+        await self._deleted(namespace, container_id)
+        self._gc.schedule()
+
+    async def delete_with_snapshot(
+        self, namespace: str, container_id: str, snapshots: Snapshots, snapshotter: str, key: str
+    ) -> None:
+        """Delete the record and its snapshot in one transaction (ctr's `rm` with
+        snapshot cleanup, in one database round trip); either may be gone already. NotFound
+        when neither existed."""
+        deleted, removed = await snapshots.remove_with(
+            namespace, snapshotter, key, self.store.deleter(namespace, container_id)
+        )
+        if deleted:
+            await self._deleted(namespace, container_id)
+        if removed:
+            snapshots.removed(namespace, snapshotter, key)  # schedules GC
+        elif deleted:
+            self._gc.schedule()
+        else:
+            raise NotFound(f"container {container_id!r} not found")
+
+    async def _deleted(self, namespace: str, container_id: str) -> None:
         await self._forget(namespace, container_id)
         self._publisher.publish(
             namespace, "/containers/delete", events.ContainerDelete(id=container_id)
         )
-        self._gc.schedule()

@@ -3,7 +3,8 @@ containerd's snapshot events; a removal schedules GC (parents may be unreference
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from liner_api.containerd.events import snapshot_pb2 as events
 from linerd.core.types import Mount, SnapshotInfo, SnapshotKind, Usage
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from linerd.gc.collector import Collector
     from linerd.local.events import Publisher
     from linerd.snapshots.store import SnapshotStore
+
+T = TypeVar("T")
 
 
 class Snapshots:
@@ -54,6 +57,44 @@ class Snapshots:
         )
         return mounts
 
+    async def prepare_with(
+        self,
+        namespace: str,
+        snapshotter: str,
+        key: str,
+        parent: str,
+        then: Callable[[Any], T],
+    ) -> tuple[list[Mount], T]:
+        """Prepare `key`, and `then(transaction)` in the transaction that records it (the
+        record that holds the snapshot: local Containers.create_with_snapshot). No lease."""
+        store = self.store(snapshotter)
+        mounts, held = await store.create_with(
+            namespace, key, parent, {}, SnapshotKind.ACTIVE, None, then
+        )
+        self._publisher.publish(
+            namespace,
+            "/snapshot/prepare",
+            events.SnapshotPrepare(key=key, parent=parent, snapshotter=store.name),
+        )
+        return mounts, held  # type: ignore[return-value]  # held: T, `then` was given
+
+    async def remove_with(
+        self, namespace: str, snapshotter: str, key: str, first: Callable[[Any], T]
+    ) -> tuple[T, bool]:
+        """`first(transaction)`, then remove `key` if it exists, in one transaction
+        (local Containers.delete_with_snapshot); (what `first` returned, whether it
+        existed). The caller publishes its own events first, then calls `removed`."""
+        held, existed = await self.store(snapshotter).remove_with(namespace, key, first)
+        return held, existed  # type: ignore[return-value]  # `first` was given
+
+    def removed(self, namespace: str, snapshotter: str, key: str) -> None:
+        """After `remove_with` removed `key`: its event, and GC (parents may be unreferenced)."""
+        store = self.store(snapshotter)
+        self._publisher.publish(
+            namespace, "/snapshot/remove", events.SnapshotRemove(key=key, snapshotter=store.name)
+        )
+        self._gc.schedule()
+
     async def view(
         self,
         namespace: str,
@@ -89,12 +130,8 @@ class Snapshots:
         )
 
     async def remove(self, namespace: str, snapshotter: str, key: str) -> None:
-        store = self.store(snapshotter)
-        await store.remove(namespace, key)
-        self._publisher.publish(
-            namespace, "/snapshot/remove", events.SnapshotRemove(key=key, snapshotter=store.name)
-        )
-        self._gc.schedule()
+        await self.store(snapshotter).remove(namespace, key)
+        self.removed(namespace, snapshotter, key)
 
     async def stat(self, namespace: str, snapshotter: str, key: str) -> SnapshotInfo:
         return await self.store(snapshotter).stat(namespace, key)

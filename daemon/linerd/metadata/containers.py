@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,6 +157,11 @@ class ContainerStore:
         self._lists[namespace] = changed
 
     async def create(self, namespace: str, container: Container) -> Container:
+        return await self._db.run(self.creator(namespace, container))
+
+    def creator(self, namespace: str, container: Container) -> Callable[[Connection], Container]:
+        """The insert of `create` (the container checked now), for a caller's transaction
+        (a snapshot prepared with its container: SnapshotStore.create_with)."""
         check(container)
 
         def create(conn: Connection) -> Container:
@@ -195,7 +200,7 @@ class ContainerStore:
             self._db.after_commit(conn, committed)
             return created.copy()
 
-        return await self._db.run(create)
+        return create
 
     async def update(self, namespace: str, container: Container, paths: list[str]) -> Container:
         """Masks as containerd's: `labels[.<k>]`, `extensions[.<k>]`, `spec`, `image`,
@@ -251,14 +256,22 @@ class ContainerStore:
         return await self._db.run(update_)
 
     async def delete(self, namespace: str, container_id: str) -> None:
-        def delete_(conn: Connection) -> None:
+        if not await self._db.run(self.deleter(namespace, container_id)):
+            raise NotFound(f"container {container_id!r} not found")
+
+    def deleter(self, namespace: str, container_id: str) -> Callable[[Connection], bool]:
+        """The delete of `delete`, for a caller's transaction (a container removed with its
+        snapshot: SnapshotStore.remove_with); it returns whether the record existed."""
+
+        def delete_(conn: Connection) -> bool:
             self._written(namespace, container_id)
             key = {"b_namespace": namespace, "b_id": container_id}
             if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
-                raise NotFound(f"container {container_id!r} not found")
+                return False
             self._db.after_commit(conn, lambda: self._listed(namespace, container_id, None))
+            return True
 
-        await self._db.run(delete_)
+        return delete_
 
     def count_sync(self) -> int:
         """How many container records there are, in all namespaces. Blocks."""

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import Connection, bindparam, case, delete, exists, func, insert, select, update
@@ -44,6 +44,8 @@ from linerd.snapshots.usage import disk_usage
 from linerd.topdir import mark_top_directory
 
 log = structlog.get_logger("linerd.snapshots")
+
+T = TypeVar("T")
 
 UNMEASURED = -1  # size and inodes of a committed snapshot whose usage is not measured yet
 
@@ -151,6 +153,23 @@ class SnapshotStore:
         lease: str | None,
     ) -> list[Mount]:
         """Prepare (ACTIVE) or View (VIEW) `key` on top of committed `parent` ("" = none)."""
+        mounts, _ = await self.create_with(namespace, key, parent, labels, kind, lease, None)
+        return mounts
+
+    async def create_with(
+        self,
+        namespace: str,
+        key: str,
+        parent: str,
+        labels: dict[str, str],
+        kind: SnapshotKind,
+        lease: str | None,
+        then: Callable[[Connection], T] | None,
+    ) -> tuple[list[Mount], T | None]:
+        """`create`, and `then(conn)` in the same transaction once the snapshot is recorded:
+        a record that holds the new snapshot (a container's) is written with it, so nothing
+        needs a lease between the two (GC sees both or neither; a crash keeps both or
+        neither) and it costs one database round trip."""
         if not key:
             raise InvalidArgument("snapshot key must not be empty")
         labels = validate.labels(labels)
@@ -174,7 +193,7 @@ class SnapshotStore:
             if not cheap:
                 await asyncio.to_thread(self._populate, tmp, kind, parents)
 
-            def record(conn: Connection) -> list[Mount]:
+            def record(conn: Connection) -> tuple[list[Mount], T | None]:
                 chain = check(conn)  # again, after a copy: the world may have changed
                 if cheap:
                     self._populate(tmp, kind, chain)
@@ -202,6 +221,9 @@ class SnapshotStore:
                 inserted = conn.execute(_INSERT, row).inserted_primary_key
                 assert inserted is not None  # a single-row insert
                 row["id"] = inserted[0]
+                # Before the rename: a failing `then` leaves only the tmp directory (removed
+                # below), never a directory named by an id the rollback unrecorded.
+                held = then(conn) if then is not None else None
                 tmp.rename(self.root / str(row["id"]))
                 faults.point("snapshot-prepare")
                 mounts = self._mounts(conn, row, cache=False)
@@ -209,7 +231,7 @@ class SnapshotStore:
                 # away (Snapshots/Mounts before Tasks/Create), a database round trip each.
                 cached = list(mounts)
                 Database.after_commit(conn, lambda: self._cache_mounts(namespace, key, cached))
-                return mounts
+                return mounts, held
 
             return await self._db.run(record)
         finally:
@@ -283,10 +305,23 @@ class SnapshotStore:
         return usage
 
     async def remove(self, namespace: str, key: str) -> None:
+        _, removed = await self.remove_with(namespace, key, None)
+        if not removed:
+            raise NotFound(f"snapshot {key!r} does not exist")
+
+    async def remove_with(
+        self, namespace: str, key: str, first: Callable[[Connection], T] | None
+    ) -> tuple[T | None, bool]:
+        """`first(conn)` (the delete of a record that held the snapshot: a container's),
+        then the snapshot's removal, in one transaction; (what `first` returned, whether
+        the snapshot existed and is removed). A missing snapshot is no error here."""
         moved: list[Path] = []
 
-        def remove(conn: Connection) -> None:
-            row = self._get(conn, namespace, key)
+        def remove(conn: Connection) -> tuple[T | None, bool]:
+            held = first(conn) if first is not None else None
+            row = self._row(conn, namespace, key)
+            if row is None:
+                return held, False
             if self._has_children(conn, namespace, key):
                 raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
             self.forget(namespace, key)
@@ -296,10 +331,12 @@ class SnapshotStore:
             # own); its contents go in the background. A crash leaves an rm- directory no
             # record names, which the start-up cleanup removes.
             Database.after_commit(conn, lambda: moved.extend(self._move_aside(snapshot_id)))
+            return held, True
 
-        await self._db.run(remove)
+        result = await self._db.run(remove)
         for doomed in moved:
             self._discard(doomed)
+        return result
 
     def _move_aside(self, snapshot_id: int) -> list[Path]:
         # A unique name, whatever an earlier removal (still running, or cut by a crash) left.
