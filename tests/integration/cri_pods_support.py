@@ -38,6 +38,7 @@ from imagebuild import (
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
+from linerd import faults
 from linerd.assembly import Core, build_core
 from linerd.config import Config
 from linerd.cri import meta
@@ -360,8 +361,10 @@ def leftovers(p: Pods, ids: list[str]) -> list[str]:
 
 
 def child_main(base: str, net_json: str, images_json: str, what: str, pid: str = "0") -> None:
-    """Run a pod (and with `what` == "container", create a container in it) in this process;
-    print the ids. LINERD_CRASH_AT in the environment kills the process at that point."""
+    """Run a pod (and with `what` == "container", create a container in it; with "second",
+    two, the crash point armed only for the second: the image's next containers take
+    another path) in this process; print the ids. LINERD_CRASH_AT in the environment kills
+    the process at that point."""
     doc = json.loads(net_json)
     net = Net(
         name=doc["name"],
@@ -374,6 +377,9 @@ def child_main(base: str, net_json: str, images_json: str, what: str, pid: str =
     images = Images(**json.loads(images_json))
 
     async def main() -> None:
+        crash_at = faults._AT
+        if what == "second":
+            faults._AT = ""  # armed for the second container only (not the pull's unpack)
         core = await open_core(Path(base))
         sandboxes, containers = build(core, net, images)
         await core.local.transfer.pull(meta.NAMESPACE, images.busybox, plain_http=True)
@@ -381,7 +387,11 @@ def child_main(base: str, net_json: str, images_json: str, what: str, pid: str =
         config = p.sandbox_config("crashing", pid=int(pid))
         pod = await p.run_pod(config)
         ids = [pod]
-        if what == "container":
+        if what == "second":
+            cid = await p.create(pod, config, p.container_config("c1", ["-c", "sleep 1000"]))
+            ids.append(cid)
+            faults._AT = crash_at
+        if what in ("container", "second"):
             cid = await p.create(pod, config, p.container_config("c", ["-c", "sleep 1000"]))
             ids.append(cid)
         print(json.dumps(ids), flush=True)

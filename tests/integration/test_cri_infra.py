@@ -270,3 +270,28 @@ def test_orphan_namespaces_are_reaped_on_first_use(
         assert leftovers(p, [pod]) == []
 
     run(tmp_path, net, cri_images, body)
+
+
+def test_a_failure_beside_the_pauses_start_unwinds_both(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    """With a pause, CNI ADD and the sysctls run while the pause starts: a sysctl the kernel
+    refuses (after CNI ADD) fails the run once the pause is up too, and both are undone."""
+
+    async def body(p: Pods) -> None:
+        config = p.sandbox_config("refused", pid=cri.POD)
+        config.linux.sysctls["net.ipv4.ip_local_port_range"] = "not numbers"
+        with pytest.raises(InvalidArgument, match="ip_local_port_range"):
+            await p.run_pod(config)
+        assert await p.core.local.containers.list(meta.NAMESPACE) == []
+        assert leftovers(p, []) == []  # CNI DEL ran (no host-local lease), no conmon
+        left = await p.core.local.snapshots.list(meta.NAMESPACE, "")
+        assert [s.name for s in left if s.kind.name != "COMMITTED"] == []
+        del config.linux.sysctls["net.ipv4.ip_local_port_range"]
+        pod = await p.run_pod(config)  # the name is free again
+        assert has_pause(p, pod)
+        assert IPv4Address((await p.sandbox_status(pod)).network.ip) in net.subnet
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod]) == []
+
+    run(tmp_path, net, cri_images, body)

@@ -260,3 +260,53 @@ def test_a_killed_daemon_comes_back_with_its_pods(
         daemon.stop()
         net.remove()
         forward.write_text(before)
+
+
+@pytest.mark.parametrize("point", ["container-create", "snapshot-prepare", "cri-container-created"])
+def test_a_crash_in_the_images_next_container_keeps_both_or_neither(
+    point: str, tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    """The image's second container: its snapshot and its record are written in one
+    transaction (no lease). A crash inside it leaves neither (only a directory no record
+    names, which start-up removes), a crash after it both."""
+    from linerd.fsck import check_store
+
+    base = tmp_path / "pods"
+    base.mkdir()
+    child = run_child(base, net, cri_images, "second", point, cri.CONTAINER)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    root = base / "root"
+    findings = [f for f in check_store(root, base / "state") if f.kind != "orphan-snapshot-dir"]
+    assert findings == [], "\n".join(map(str, findings))
+
+    async def after() -> None:
+        p = await _opened(base, net, cri_images)
+        try:
+            for store in p.core.snapshots.values():
+                await store.cleanup()  # as start-up does
+            assert check_store(root, base / "state") == []
+            listed = await p.containers.list_containers(cri.ListContainersRequest())
+            names = sorted(c.metadata.name for c in listed.containers)
+            assert names == (["c", "c1"] if point == "cri-container-created" else ["c1"])
+            snapshots = await p.core.local.snapshots.list(meta.NAMESPACE, "")
+            active = sorted(s.name for s in snapshots if s.kind.name == "ACTIVE")
+            assert active == sorted(c.id for c in listed.containers)  # no pause: no other
+            leases = await p.core.local.leases.list(meta.NAMESPACE)
+            assert [x.id for x in leases if x.id.startswith("cri-")] == []
+            # The name of a container that was never recorded is free again.
+            pod = (await p.sandboxes.list_pod_sandbox(cri.ListPodSandboxRequest())).items[0]
+            config = cri.PodSandboxConfig.FromString(
+                meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod.id)).config
+            )
+            if point != "cri-container-created":
+                await p.create(pod.id, config, p.container_config("c", ["-c", "true"]))
+            await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.id))
+            await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id))
+            assert leftovers(p, [pod.id]) == []
+            left = await p.core.local.snapshots.list(meta.NAMESPACE, "")
+            assert [s.name for s in left if s.kind.name != "COMMITTED"] == []
+        finally:
+            await p.remove_all()
+            await close_core(p.core)
+
+    asyncio.run(after())

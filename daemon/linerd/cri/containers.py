@@ -94,7 +94,11 @@ class Containers:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _keep_users(self, chain_id: str, users: ImageUsers) -> None:
+    def image_users(self, chain_id: str) -> ImageUsers | None:
+        """The user databases read from a snapshot of `chain_id` (an image's), if kept."""
+        return self._image_users.get(chain_id) if chain_id else None
+
+    def keep_users(self, chain_id: str, users: ImageUsers) -> None:
         if len(self._image_users) >= IMAGE_USERS_KEPT and chain_id not in self._image_users:
             del self._image_users[next(iter(self._image_users))]  # oldest first
         self._image_users[chain_id] = users
@@ -276,7 +280,7 @@ class Containers:
                 extensions=meta.container_extension(m),
             )
 
-        known = self._image_users.get(image.chain_id) if image.chain_id else None
+        known = self.image_users(image.chain_id)
         if known is not None:
             # The image's users are known: the spec needs no rootfs, so the snapshot and
             # the record are written together (one transaction, no lease).
@@ -310,7 +314,7 @@ class Containers:
 
             spec, users = await asyncio.to_thread(build)
             if users is not None and image.chain_id:
-                self._keep_users(image.chain_id, users)
+                self.keep_users(image.chain_id, users)
             await local.containers.create(meta.NAMESPACE, record_with(spec))
             created = True
             faults.point("cri-container-created")

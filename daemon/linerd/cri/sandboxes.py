@@ -44,6 +44,7 @@ from linerd.cri.containers import Containers, _readonly, spec_encoded
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.records import Records
+from linerd.cri.users import ImageUsers
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError, NotFound
 from linerd.local.tasks import Stdio
 from linerd.runtime import TaskStatus
@@ -280,22 +281,40 @@ class Sandboxes:
                 )
                 m.state = "ready"
             else:
-                image_config = image.config
+                image_config, chain_id = image.config, image.chain_id
 
-                def build() -> dict[str, Any]:
+                def spec_with(users: ImageUsers) -> dict[str, Any]:
+                    return specs.pause_spec(
+                        sandbox_id=sandbox_id,
+                        config=config,
+                        image_config=image_config,
+                        namespaces=namespaces,
+                        hostname=m.hostname,
+                        shm=m.shm,
+                        cgroup_driver=self.cgroup_driver,
+                        rootfs=users,
+                    )
+
+                # The sandbox image's users, read once from a mount of its first pod's
+                # snapshot and kept as a container's image's are (Containers.image_users).
+                known = self.containers.image_users(chain_id)
+
+                def build() -> tuple[dict[str, Any], ImageUsers | None]:
+                    if known is not None:
+                        return spec_with(known), None
                     with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                        return specs.pause_spec(
-                            sandbox_id=sandbox_id,
-                            config=config,
-                            image_config=image_config,
-                            namespaces=namespaces,
-                            hostname=m.hostname,
-                            shm=m.shm,
-                            cgroup_driver=self.cgroup_driver,
-                            rootfs=rootfs,
-                        )
+                        users = ImageUsers(rootfs)
+                        spec = spec_with(users)
+                        try:
+                            users.passwd()
+                            users.group()
+                        except LinerError:
+                            return spec, None
+                        return spec, users
 
-                spec = await asyncio.to_thread(build)
+                spec, users = await asyncio.to_thread(build)
+                if users is not None and chain_id:
+                    self.containers.keep_users(chain_id, users)
             record.spec = spec_encoded(spec)
             record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
             record = await local.containers.update(

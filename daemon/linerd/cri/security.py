@@ -322,17 +322,18 @@ def apply_sandbox_security_context(
     spec: Spec,
     sc: api_pb2.LinuxSandboxSecurityContext,
     *,
-    rootfs: Path,
+    rootfs: Path | ImageUsers,
     image_user: str,
 ) -> None:
     """The pause container's user and groups, seccomp (none if privileged) and read-only
-    rootfs (always, as containerd: pause writes nothing)."""
+    rootfs (always, as containerd: pause writes nothing). ``rootfs``: as for a container."""
     process = spec.setdefault("process", {})
     linux = spec.setdefault("linux", {})
     run_as_user = sc.run_as_user.value if sc.HasField("run_as_user") else None
     run_as_group = sc.run_as_group.value if sc.HasField("run_as_group") else None
     userstr = _user_string("", run_as_user, run_as_group) or image_user
-    uid, gid = ImageUsers(rootfs).resolve(userstr) if userstr else (0, 0)
+    db = rootfs if isinstance(rootfs, ImageUsers) else ImageUsers(rootfs)
+    uid, gid = db.resolve(userstr) if userstr else (0, 0)
     _set_user(process, uid, gid, _supplemental(sc.supplemental_groups))
     spec.setdefault("root", {})["readonly"] = True
     bounding = process.get("capabilities", {}).get("bounding", [])

@@ -94,7 +94,7 @@ def pause_spec(
     hostname: str,
     shm: str,
     cgroup_driver: str,
-    rootfs: Path,
+    rootfs: Path | ImageUsers,
 ) -> Spec:
     """The pause joins the pod's pinned namespaces like any container of the pod (the pod's
     sysctls were written in them already: `netns.apply_sysctls`); it only owns the pod's
