@@ -13,9 +13,10 @@ restarted linerd can undo:
     namespaces pinned (paths saved) -> CNI ADD (result cached by the CNI client) -> sysctls
     -> /dev/shm -> [pause spec -> pause task started] -> "ready"
 
-With a pause, CNI ADD and the sysctls run beside the /dev/shm mount and the pause's start
-(the pause joins the pinned namespaces by path and needs nothing of their network), and the
-record says "ready" once both are done. A failure unwinds in reverse (after a CNI ADD in
+With a pause, its spec is saved with the namespaces' paths (one transaction), then CNI ADD
+and the sysctls run beside the /dev/shm mount and the pause's start (the pause joins the
+pinned namespaces by path and needs nothing of their network), and the record says "ready"
+once both are done. A failure unwinds in reverse (after a CNI ADD in
 flight has finished). StopPodSandbox stops every container and the pause, then CNI
 DEL (while the netns still exists: bridge's ipMasq needs it) and the pinned namespaces,
 idempotently and from the saved state alone. Orphans of a crash (a namespace file no record
@@ -252,85 +253,105 @@ class Sandboxes:
             m.hostname = await asyncio.to_thread(
                 sandbox_files.write_files, files, config.hostname, dns
             )
+            paths: dict[str, Path] = {}
             if kinds:
                 paths = await asyncio.to_thread(netns.create_pod, self.netns_dir, kinds, m.hostname)
                 m.netns = str(paths.get(netns.NET, ""))
                 m.ipcns = str(paths.get(netns.IPC, ""))
                 m.utsns = str(paths.get(netns.UTS, ""))
-                record = await self.records.save_sandbox(record, m)
-                faults.point("cri-sandbox-netns-created")
-                if image is None:
-                    _set_network(m, await self._network(sandbox_id, config, paths))
-                else:
-                    # The pause joins the pinned namespaces by path and needs nothing of
-                    # their network: CNI ADD runs while it is created and started (what
-                    # kubelet waits for is the two together), and RunPodSandbox answers once
-                    # both are done.
-                    networking = asyncio.ensure_future(self._network(sandbox_id, config, paths))
-            if opts.ipc != specs.NODE:
-                shm = self.state_dir / sandbox_id / "shm"
+            shm = self.state_dir / sandbox_id / "shm" if opts.ipc != specs.NODE else None
+            if shm is not None:
                 m.shm = str(shm)
-                await asyncio.to_thread(sandbox_files.mount_shm, shm)
-            namespaces = podns.of(m, 0)
             if image is None:
+                if kinds:
+                    record = await self.records.save_sandbox(record, m)
+                    faults.point("cri-sandbox-netns-created")
+                    _set_network(m, await self._network(sandbox_id, config, paths))
+                if shm is not None:
+                    await asyncio.to_thread(sandbox_files.mount_shm, shm)
                 spec = specs.sandbox_spec(
                     sandbox_id=sandbox_id,
                     config=config,
-                    namespaces=namespaces,
+                    namespaces=podns.of(m, 0),
                     hostname=m.hostname,
                 )
                 m.state = "ready"
-            else:
-                image_config, chain_id = image.config, image.chain_id
-
-                def spec_with(users: ImageUsers) -> dict[str, Any]:
-                    return specs.pause_spec(
-                        sandbox_id=sandbox_id,
-                        config=config,
-                        image_config=image_config,
-                        namespaces=namespaces,
-                        hostname=m.hostname,
-                        shm=m.shm,
-                        cgroup_driver=self.cgroup_driver,
-                        rootfs=users,
-                    )
-
-                # The sandbox image's users, read once from a mount of its first pod's
-                # snapshot and kept as a container's image's are (Containers.image_users).
-                known = self.containers.image_users(chain_id)
-
-                def build() -> tuple[dict[str, Any], ImageUsers | None]:
-                    if known is not None:
-                        return spec_with(known), None
-                    with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                        users = ImageUsers(rootfs)
-                        spec = spec_with(users)
-                        try:
-                            users.passwd()
-                            users.group()
-                        except LinerError:
-                            return spec, None
-                        return spec, users
-
-                spec, users = await asyncio.to_thread(build)
-                if users is not None and chain_id:
-                    self.containers.keep_users(chain_id, users)
+                record.spec = spec_encoded(spec)
+                record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
+                await local.containers.update(
+                    meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
+                )
+                return
+            # With a pause: its spec is saved with the namespaces' paths (one transaction).
+            # It joins them by path and needs nothing of their network, so CNI ADD runs
+            # while the pause is created and started (kubelet waits for the two together),
+            # and RunPodSandbox answers once both are done.
+            spec = await self._pause_spec(sandbox_id, config, image, m, mounts)
             record.spec = spec_encoded(spec)
             record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
             record = await local.containers.update(
                 meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
             )
-            if image is not None:
-                await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
-                await local.tasks.start(meta.NAMESPACE, sandbox_id)
-                faults.point("cri-sandbox-started")
-                if networking is not None:
-                    _set_network(m, await networking)
-                m.state = "ready"
-                await self.records.save_sandbox(record, m)
+            if kinds:
+                faults.point("cri-sandbox-netns-created")
+                networking = asyncio.ensure_future(self._network(sandbox_id, config, paths))
+            if shm is not None:
+                await asyncio.to_thread(sandbox_files.mount_shm, shm)
+            await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
+            await local.tasks.start(meta.NAMESPACE, sandbox_id)
+            faults.point("cri-sandbox-started")
+            if networking is not None:
+                _set_network(m, await networking)
+            m.state = "ready"
+            await self.records.save_sandbox(record, m)
         except BaseException:
             await asyncio.shield(self._unwind(sandbox_id, record, m, networking))
             raise
+
+    async def _pause_spec(
+        self,
+        sandbox_id: str,
+        config: cri.PodSandboxConfig,
+        image: Any,
+        m: meta.SandboxMeta,
+        mounts: Any,
+    ) -> dict[str, Any]:
+        image_config, chain_id = image.config, image.chain_id
+        namespaces = podns.of(m, 0)
+
+        def spec_with(users: ImageUsers) -> dict[str, Any]:
+            return specs.pause_spec(
+                sandbox_id=sandbox_id,
+                config=config,
+                image_config=image_config,
+                namespaces=namespaces,
+                hostname=m.hostname,
+                shm=m.shm,
+                cgroup_driver=self.cgroup_driver,
+                rootfs=users,
+            )
+
+        # The sandbox image's users, read once from a mount of its first pod's snapshot and
+        # kept as a container's image's are (Containers.image_users).
+        known = self.containers.image_users(chain_id)
+
+        def build() -> tuple[dict[str, Any], ImageUsers | None]:
+            if known is not None:
+                return spec_with(known), None
+            with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                users = ImageUsers(rootfs)
+                spec = spec_with(users)
+                try:
+                    users.passwd()
+                    users.group()
+                except LinerError:
+                    return spec, None
+                return spec, users
+
+        spec, users = await asyncio.to_thread(build)
+        if users is not None and chain_id:
+            self.containers.keep_users(chain_id, users)
+        return spec
 
     async def _network(
         self, sandbox_id: str, config: cri.PodSandboxConfig, paths: dict[str, Path]
