@@ -434,6 +434,12 @@ class Containers:
     # -- list / status ----------------------------------------------------------------------
 
     async def list_containers(self, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
+        return cri.ListContainersResponse.FromString(await self.list_containers_bytes(req))
+
+    async def list_containers_bytes(self, req: cri.ListContainersRequest) -> bytes:
+        """The ListContainersResponse, serialized: each container's part (a one-container
+        response; serialized messages concatenated are their merge, a repeated field's
+        items appended) is kept with its record's decoding, per state (records.py)."""
         f = req.filter
         selector = dict(f.label_selector)
         wanted = f.state.state if f.HasField("state") else None
@@ -461,24 +467,37 @@ class Containers:
                 state = self.state_of(record, m)
             if wanted is not None and wanted != state:
                 continue
-            if m is entry.meta:  # the message of this decoding in this state, built once
-                message = entry.views.get(state)
-                if message is None:
-                    message = entry.views[state] = _container_message(record, m, config, state)
+            if m is entry.meta:  # this decoding's part in this state, built once
+                part = entry.views.get(state)
+                if part is None:
+                    part = entry.views[state] = _container_part(record, m, config, state)
             else:  # finalize just recorded the exit
-                message = _container_message(record, m, config, state)
-            out.append(message)
-        return cri.ListContainersResponse(containers=out)
+                part = _container_part(record, m, config, state)
+            out.append(part)
+        return b"".join(out)
 
     async def container_status(
         self, req: cri.ContainerStatusRequest
     ) -> cri.ContainerStatusResponse:
+        return cri.ContainerStatusResponse.FromString(await self.container_status_bytes(req))
+
+    async def container_status_bytes(self, req: cri.ContainerStatusRequest) -> bytes:
+        """The ContainerStatusResponse, serialized; without `verbose` kept with the record's
+        decoding per state (what it shows of the task beyond its state, the exit, is in the
+        record once `finalize` recorded it)."""
         record, m = await self.finalize(await self._find(req.container_id))
-        config = self.records.decode(record).config
+        entry = self.records.decode(record)
+        config = entry.config
+        state = self.state_of(record, m)
+        key = ("status", state)
+        if not req.verbose and m is entry.meta:
+            cached = entry.views.get(key)
+            if cached is not None:
+                return cached
         status = cri.ContainerStatus(
             id=record.id,
             metadata=config.metadata,
-            state=self.state_of(record, m),
+            state=state,
             created_at=m.created_at,
             started_at=m.started_at,
             finished_at=m.finished_at,
@@ -495,10 +514,14 @@ class Containers:
         )
         if config.linux.HasField("resources"):
             status.resources.linux.CopyFrom(config.linux.resources)
-        info = {}
-        if req.verbose:
-            st = self.task_state(record.id)
-            info["info"] = json.dumps(
+        if not req.verbose:
+            raw = cri.ContainerStatusResponse(status=status).SerializeToString()
+            if m is entry.meta:
+                entry.views[key] = raw
+            return raw
+        st = self.task_state(record.id)
+        info = {
+            "info": json.dumps(
                 {
                     "sandboxID": record.sandbox,
                     "pid": st.pid if st is not None else 0,
@@ -507,7 +530,8 @@ class Containers:
                     "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
                 }
             )
-        return cri.ContainerStatusResponse(status=status, info=info)
+        }
+        return cri.ContainerStatusResponse(status=status, info=info).SerializeToString()
 
     # -- resources, logs, exec ---------------------------------------------------------------
 
@@ -578,10 +602,11 @@ class Containers:
         )
 
 
-def _container_message(
+def _container_part(
     record: Container, m: meta.ContainerMeta, config: cri.ContainerConfig, state: int
-) -> cri.Container:
-    return cri.Container(
+) -> bytes:
+    """A ListContainersResponse of this one container, serialized."""
+    container = cri.Container(
         id=record.id,
         pod_sandbox_id=record.sandbox,
         metadata=config.metadata,
@@ -593,6 +618,7 @@ def _container_message(
         annotations=config.annotations,
         image_id=m.image_id,
     )
+    return cri.ListContainersResponse(containers=[container]).SerializeToString()
 
 
 def _readonly(mounts: list[Any]) -> list[Any]:

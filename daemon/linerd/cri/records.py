@@ -6,7 +6,10 @@ kubelet lists every second what rarely changes. The records of `k8s.io` are kept
 listed, with their metadata decoded, until the container store's generation of the namespace
 moves (every create, update and delete, whoever makes it: the CRI, ctr, a restart's
 recovery; metadata/containers.py); a record's decoding is kept while its extension's bytes
-stay the same. What a record's task is doing is never kept: callers ask the runtime.
+stay the same, and with it what the read calls serialize of it (`Entry.views`: a List's part
+and a status per state), so a relist after one write decodes and serializes one record, not
+every one. What a record's task is doing is never kept: callers ask the runtime, and pick
+the bytes of the state it tells.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ class Entry:
     record: Container
     meta: Any  # meta.SandboxMeta or meta.ContainerMeta
     config: Any  # cri.PodSandboxConfig or cri.ContainerConfig
-    # What the list calls build of this decoding (their message per state), kept with it.
-    views: dict[Any, Any] = field(default_factory=dict)
+    # What the read calls serialize of this decoding (per state), kept with it: shared by
+    # every Entry of the same extension bytes. Nothing a client sees changes without the
+    # bytes (the exit, the timestamps, the config) but the task's state, which is the key.
+    views: dict[Any, bytes] = field(default_factory=dict)
 
 
 def _extension_of(kind: str) -> str:
@@ -80,7 +85,9 @@ class Records:
             return listed[1].get(kind, [])
         by_kind: dict[str, list[Entry]] = {meta.KIND_SANDBOX: [], meta.KIND_CONTAINER: []}
         seen = set()
-        for record in await self.containers.list(meta.NAMESPACE):
+        # The store's own records (read only here, as entries are): an unchanged record is
+        # the same object as at the last list, and its entry is reused as it is.
+        for record in await self.containers.list(meta.NAMESPACE, shared=True):
             k = meta.kind(record)
             if k not in by_kind or _extension_of(k) not in record.extensions:
                 continue
