@@ -122,6 +122,13 @@ class Containers:
         except NotFound:
             return None
 
+    def task_status(self, container_id: str) -> TaskStatus | None:
+        """The task's status alone (what a List asks of every container)."""
+        try:
+            return self.core.local.tasks.status(meta.NAMESPACE, container_id)
+        except NotFound:
+            return None
+
     async def finalize(
         self, record: Container, m: meta.ContainerMeta | None = None
     ) -> tuple[Container, meta.ContainerMeta]:
@@ -452,8 +459,8 @@ class Containers:
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            st = self.task_state(record.id) if m.state == "running" else None
-            if st is not None and st.status in _RUNNING:
+            status = self.task_status(record.id) if m.state == "running" else None
+            if status is not None and status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
             elif (lock := self._locks.get(record.id)) is not None and lock.locked():
                 # A Stop or Remove is at it (and will record the exit): waiting for it would

@@ -155,6 +155,8 @@ class Sandboxes:
             return None
 
     def ready(self, record: Container, m: meta.SandboxMeta) -> bool:
+        if m.state != "ready":  # podns.alive's first test, without asking for the pause
+            return False
         return podns.alive(m, self._pause(record.id) if m.infra else None)
 
     # -- run --------------------------------------------------------------------------------
