@@ -6,8 +6,8 @@ CRI metadata in an extension) and, from StartContainer on, a task (containerd's 
 task is created at start). Its output goes to kubelet's log path, written by conmon's
 `k8s-file` driver. Once the task has exited, the exit (code, time, reason, OOM) is recorded
 in the metadata and the task deleted on the first look after the exit (a status, a list, a
-stop, a removal; kubelet lists every second), so a restarted linerd answers from the records
-and the runtime's recovered tasks alone. (Not on the exit event: conmon may write its OOM
+stop, a removal; kubelet lists every second; a List has it done beside its answer), so a
+restarted linerd answers from the records and the runtime's recovered tasks alone. (Not on the exit event: conmon may write its OOM
 file after the exit file, and a later look sees it.)
 """
 
@@ -85,6 +85,9 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
         self._load_lock = asyncio.Lock()
+        # Exits a List found and records beside (`_finalize_soon`): ids, and their tasks.
+        self._finalizing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # container id -> pids its stop signal went to (a StopContainer in progress)
         self._signalled: dict[str, set[int]] = {}
         # chain ID -> the image's /etc/passwd and /etc/group, read from a new container's
@@ -173,6 +176,27 @@ class Containers:
                 with contextlib.suppress(NotFound):
                     await self.core.local.tasks.delete(meta.NAMESPACE, record.id)
             return record, m
+
+    def _finalize_soon(self, record: Container) -> None:
+        """`finalize` in a task of its own (once at a time per container), for a List."""
+        if record.id in self._finalizing:
+            return
+        self._finalizing.add(record.id)
+        task = asyncio.get_running_loop().create_task(self._finalize_beside(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finalize_beside(self, record: Container) -> None:
+        try:
+            await self.finalize(record)
+        except NotFound:  # removed meanwhile: nobody needs its lock any more
+            lock = self._locks.get(record.id)
+            if lock is not None and not lock.locked():
+                del self._locks[record.id]
+        except Exception as e:  # the next look (a status, a stop) tries again
+            log.warning("recording a container's exit", id=record.id, error=str(e))
+        finally:
+            self._finalizing.discard(record.id)
 
     def state_of(self, record: Container, m: meta.ContainerMeta) -> int:
         if m.state == "exited":
@@ -459,27 +483,25 @@ class Containers:
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            status = self.task_status(record.id) if m.state == "running" else None
-            if status is not None and status in _RUNNING:
+            if m.state != "running":
+                state = self.state_of(record, m)  # created or exited: no task to ask
+            elif (status := self.task_status(record.id)) is not None and status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
             elif (lock := self._locks.get(record.id)) is not None and lock.locked():
-                # A Stop or Remove is at it (and will record the exit): waiting for it would
-                # hold kubelet's relist for as long as a container takes to stop.
+                # A Stop or Remove is at it (and will record the exit).
                 state = self.state_of(record, m)
             else:
-                try:
-                    record, m = await self.finalize(record, m)
-                except NotFound:  # removed while this List ran: it is not in the answer
-                    continue
-                state = self.state_of(record, m)
+                # The task has ended (or is gone) and its exit is not recorded yet: recording
+                # it makes the container EXITED, which is the answer now; the recording and
+                # the task's deletion (a runtime delete) run beside, so kubelet's relist never
+                # waits for them (nor for a Stop's kill and wait, before it takes the lock).
+                state = cri.CONTAINER_EXITED
+                self._finalize_soon(record)
             if wanted is not None and wanted != state:
                 continue
-            if m is entry.meta:  # this decoding's part in this state, built once
-                part = entry.views.get(state)
-                if part is None:
-                    part = entry.views[state] = _container_part(record, m, config, state)
-            else:  # finalize just recorded the exit
-                part = _container_part(record, m, config, state)
+            part = entry.views.get(state)  # this decoding's part in this state, built once
+            if part is None:
+                part = entry.views[state] = _container_part(record, m, config, state)
             out.append(part)
         return b"".join(out)
 
