@@ -7,8 +7,8 @@ task is created at start). Its output goes to kubelet's log path, written by con
 `k8s-file` driver. Once the task has exited, the exit (code, time, reason, OOM) is recorded
 in the metadata and the task deleted on the first look after the exit (a status, a list, a
 stop, a removal; kubelet lists every second; a List has it done beside its answer), so a
-restarted linerd answers from the records and the runtime's recovered tasks alone. (Not on the exit event: conmon may write its OOM
-file after the exit file, and a later look sees it.)
+restarted linerd answers from the records and the runtime's recovered tasks alone. (Not on
+the exit event: conmon may write its OOM file after the exit file, and a later look sees it.)
 """
 
 from __future__ import annotations

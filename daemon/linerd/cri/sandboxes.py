@@ -155,9 +155,15 @@ class Sandboxes:
             return None
 
     def ready(self, record: Container, m: meta.SandboxMeta) -> bool:
-        if m.state != "ready":  # podns.alive's first test, without asking for the pause
-            return False
-        return podns.alive(m, self._pause(record.id) if m.infra else None)
+        if m.state == "ready" and m.infra:
+            # podns.alive's rule for a pod with a pause, asking its task for the status alone
+            # (a List asks it of every pod)
+            try:
+                status = self.core.local.tasks.status(meta.NAMESPACE, record.id)
+            except NotFound:
+                return False
+            return status == TaskStatus.RUNNING
+        return podns.alive(m, None)
 
     # -- run --------------------------------------------------------------------------------
 

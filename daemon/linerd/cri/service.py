@@ -92,9 +92,11 @@ def _unary(rpc: str, route: tuple[str, str] | None) -> Callable[..., Awaitable[A
 
 
 def _serialized(rpc: str, route: tuple[str, str] | None) -> Callable[..., Awaitable[bytes]]:
+    raw_name = f"{route[1]}_bytes" if route is not None else ""
+
     async def call(self: _Routed, request: Any, context: grpc.aio.ServicerContext) -> bytes:
         group = self.groups.get(route[0]) if route is not None else None
-        raw = getattr(group, f"{route[1]}_bytes", None) if route is not None else None
+        raw = getattr(group, raw_name, None) if group is not None else None
         if raw is not None:
             return await raw(request)
         response = await _handler(self.groups, rpc, route)(request)
