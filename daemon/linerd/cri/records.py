@@ -54,6 +54,8 @@ class Records:
         self._listed: tuple[int, dict[str, list[Entry]]] | None = None
         # record id -> (extension bytes, entry) of the last decoding
         self._decoded: dict[str, tuple[bytes, Entry]] = {}
+        # record id -> (record, kind, entry or None if not the CRI's) of the last list
+        self._last: dict[str, tuple[Container, str, Entry | None]] = {}
 
     def decode(self, record: Container) -> Entry:
         """`record` with its metadata and config decoded (kept while the bytes are equal).
@@ -84,17 +86,28 @@ class Records:
         if listed is not None and listed[0] == generation:
             return listed[1].get(kind, [])
         by_kind: dict[str, list[Entry]] = {meta.KIND_SANDBOX: [], meta.KIND_CONTAINER: []}
-        seen = set()
-        # The store's own records (read only here, as entries are): an unchanged record is
-        # the same object as at the last list, and its entry is reused as it is.
+        last = self._last
+        now: dict[str, tuple[Container, str, Entry | None]] = {}
+        # The store's own records (read only here, as entries are): a record not written
+        # since the last list is the same object, and its entry (or its exclusion) is reused
+        # without a look at it; only the records written since are decoded (one per write).
         for record in await self.containers.list(meta.NAMESPACE, shared=True):
+            kept = last.get(record.id)
+            if kept is not None and kept[0] is record:
+                now[record.id] = kept
+                if kept[2] is not None:
+                    by_kind[kept[1]].append(kept[2])
+                continue
             k = meta.kind(record)
             if k not in by_kind or _extension_of(k) not in record.extensions:
+                now[record.id] = (record, k, None)
                 continue
-            seen.add(record.id)
-            by_kind[k].append(self.decode(record))
-        for gone in self._decoded.keys() - seen:
+            entry = self.decode(record)
+            now[record.id] = (record, k, entry)
+            by_kind[k].append(entry)
+        for gone in self._decoded.keys() - now.keys():
             del self._decoded[gone]
+        self._last = now
         self._listed = (generation, by_kind)
         return by_kind.get(kind, [])
 
