@@ -102,6 +102,68 @@ def test_lists_follow_exits_and_writes_from_outside(
     asyncio.run(main())
 
 
+def test_statuses_follow_every_change_of_state(
+    tmp_path: Path, net: Net, cri_images: Images
+) -> None:
+    # The statuses are answered from bytes kept per record decoding and state
+    # (cri/records.py): each change a client sees must show at the next call, and a repeated
+    # call answer what the first did.
+    async def body(p: Pods) -> None:
+        config = p.sandbox_config()
+        pod = await p.run_pod(config)
+        cid = await p.create(pod, config, p.container_config("c", ["-c", "sleep 3600"]))
+        created = await p.status(cid)
+        assert created.state == cri.CONTAINER_CREATED and created.started_at == 0
+        assert await p.status(cid) == created
+        await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        running = await p.status(cid)
+        assert running.state == cri.CONTAINER_RUNNING and running.started_at > 0
+        assert await p.status(cid) == running
+        verbose = await p.containers.container_status(
+            cri.ContainerStatusRequest(container_id=cid, verbose=True)
+        )
+        assert verbose.status == running
+        assert json.loads(verbose.info["info"])["pid"] > 0
+
+        # An exit nobody asked the CRI about: the exit code and time at the next status.
+        await p.core.local.tasks.kill(meta.NAMESPACE, cid, signal.SIGKILL)
+        await p.core.local.tasks.wait(meta.NAMESPACE, cid)
+        exited = await p.status(cid)
+        assert (exited.state, exited.exit_code, exited.reason) == (
+            cri.CONTAINER_EXITED,
+            137,
+            "Error",
+        )
+        # (finished_at is the exit file's mtime: the kernel's coarse clock, maybe behind
+        # started_at by a tick when the kill follows the start at once)
+        assert exited.finished_at > 0 and exited.started_at == running.started_at
+        assert await p.status(cid) == exited
+
+        # A pod's status: its timestamp is the call's; the rest kept while it stays ready.
+        first = await p.sandboxes.pod_sandbox_status(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod)
+        )
+        again = await p.sandboxes.pod_sandbox_status(
+            cri.PodSandboxStatusRequest(pod_sandbox_id=pod)
+        )
+        assert first.status.state == cri.SANDBOX_READY and first.status == again.status
+        assert 0 < first.timestamp <= again.timestamp
+        await p.sandboxes.stop_pod_sandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod))
+        stopped = await p.sandbox_status(pod)
+        assert stopped.state == cri.SANDBOX_NOTREADY
+        assert (stopped.id, stopped.created_at) == (first.status.id, first.status.created_at)
+        await p.containers.remove_container(cri.RemoveContainerRequest(container_id=cid))
+        assert await containers(p) == {}
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert await sandboxes(p) == {}
+
+    async def main() -> None:
+        async with pods(tmp_path / "pods", net, cri_images) as p:
+            await body(p)
+
+    asyncio.run(main())
+
+
 def test_users_are_each_images_own_and_read_once_per_image(
     tmp_path: Path, net: Net, cri_images: Images, registry: Registry
 ) -> None:

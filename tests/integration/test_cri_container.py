@@ -160,28 +160,45 @@ def test_exit_codes_and_reasons(tmp_path: Path, net: Net, cri_images: Images) ->
         assert (done.state, done.exit_code, done.reason) == (cri.CONTAINER_EXITED, 0, "Completed")
         failed = await p.wait_exited(bad)
         assert (failed.exit_code, failed.reason) == (7, "Error")
-        # A container removed while a List records its exit is left out of the answer, not
-        # the List's failure (kubelet lists while pods come and go).
+        # A List answers an exit it finds at once (EXITED) and has it recorded beside: a
+        # container removed meanwhile is not the List's failure, nor the recording's (kubelet
+        # lists while pods come and go).
         gone = await p.create(pod, pod_config, p.container_config("gone", ["-c", "true"]))
         await p.containers.start_container(cri.StartContainerRequest(container_id=gone))
         with contextlib.suppress(Exception):
             await p.core.local.tasks.wait(meta.NAMESPACE, gone)  # its exit not yet recorded
         finalize = p.containers.finalize
+        recorded = asyncio.Event()
 
         async def removed_meanwhile(record: Any, m: Any = None) -> Any:
             if record.id == gone:
+                recorded.set()
                 raise NotFound(f"container {gone} not found")
             return await finalize(record, m)
 
         p.containers.finalize = removed_meanwhile  # type: ignore[method-assign]
         try:
             listed = await p.containers.list_containers(cri.ListContainersRequest())
+            await asyncio.wait_for(recorded.wait(), 60)  # a deadlock guard, not a timing
         finally:
             del p.containers.finalize
-        assert {ok, bad} <= {c.id for c in listed.containers} and gone not in {
-            c.id for c in listed.containers
-        }
+        states = {c.id: c.state for c in listed.containers}
+        assert states[gone] == cri.CONTAINER_EXITED
+        assert states[ok] == states[bad] == cri.CONTAINER_EXITED
         assert (await p.wait_exited(gone)).reason == "Completed"
+        # The exit a List found is recorded without another look: the record says so.
+        again = await p.create(pod, pod_config, p.container_config("again", ["-c", "exit 3"]))
+        await p.containers.start_container(cri.StartContainerRequest(container_id=again))
+        with contextlib.suppress(Exception):
+            await p.core.local.tasks.wait(meta.NAMESPACE, again)
+        listed = await p.containers.list_containers(cri.ListContainersRequest())
+        assert {c.id: c.state for c in listed.containers}[again] == cri.CONTAINER_EXITED
+        while p.containers._background:  # the recording the List started
+            await asyncio.gather(*p.containers._background, return_exceptions=True)
+        record = await p.core.local.containers.get(meta.NAMESPACE, again)
+        recorded_meta = meta.container_meta(record)
+        assert (recorded_meta.state, recorded_meta.exit_code) == ("exited", 3)
+        assert p.containers.task_state(again) is None  # the task deleted
         # A List does not wait for a Stop or Remove at work on an exited container (it would
         # hold kubelet's relist as long as a stop takes): it answers what the task says.
         busy = await p.create(pod, pod_config, p.container_config("busy", ["-c", "true"]))

@@ -58,6 +58,7 @@ class Pushed:
         self.untagged = push("untagged", ("latest",))
         self.by_digest = push("by-digest")
         self.three = push("three", ("one", "two", "three"))
+        self.kept = push("kept", ("one", "two"))
         self.remove = push("remove")
         self.remove_by_tag = push("remove-by-tag")
         self.ctr = push("ctr")
@@ -197,6 +198,34 @@ def test_three_tags_of_one_image_are_one_image(cri: CriDaemon, pushed: Pushed) -
     assert statuses[0] is not None and all(s == statuses[0] for s in statuses)
     assert sorted(statuses[0].repo_tags) == sorted(refs)
     assert list(statuses[0].repo_digests) == [image.by_digest]
+
+
+def test_status_and_list_follow_tags_added_and_removed(cri: CriDaemon, pushed: Pushed) -> None:
+    # liner answers both from bytes kept while the image records stay (cri/images.py): every
+    # record written, by the CRI or through the containerd API, must show at the next call.
+    image = pushed.kept
+    one, two = (image.ref(tag) for tag in image.tags)
+
+    def tags() -> list[str]:
+        status = _image(cri, image.id)
+        return sorted(status.repo_tags) if status is not None else []
+
+    def listed() -> list[str]:
+        return sorted(t for i in _list(cri) if i.id == image.id for t in i.repo_tags)
+
+    _pull(cri, one)
+    assert tags() == [one] and tags() == [one]  # the second from what the first kept
+    assert listed() == [one] and listed() == [one]
+    _pull(cri, two)
+    assert tags() == sorted([one, two]) and listed() == sorted([one, two])
+    # A tag removed with ctr: containerd's CRI learns of it from the event, liner at once.
+    cri.ctr("images", "rm", two)
+    _until(lambda: tags() == [one], "the status lacks the removed tag")
+    _until(lambda: listed() == [one], "the list lacks the removed tag")
+    assert _image(cri, two) is None
+    _remove(cri, one)
+    assert _image(cri, one) is None and _image(cri, image.id) is None
+    assert listed() == []
 
 
 def test_status_of_a_missing_image_is_empty_not_an_error(cri: CriDaemon) -> None:

@@ -11,7 +11,14 @@ import pytest
 from liner_api.runtime.v1 import api_pb2, api_pb2_grpc
 from linerd.cri.cni import NetworkStatus
 from linerd.cri.info import Info
-from linerd.cri.service import IMAGE_ROUTES, RUNTIME_ROUTES, ImageService, RuntimeService
+from linerd.cri.service import (
+    IMAGE_ROUTES,
+    RUNTIME_ROUTES,
+    SERIALIZED,
+    ImageService,
+    RuntimeService,
+    add_to_server,
+)
 from linerd.errdefs import NotImplementedYet
 
 pytestmark = pytest.mark.unit
@@ -54,9 +61,49 @@ def test_a_call_goes_to_its_groups_method() -> None:
     images = _Images()
     servicer = ImageService({"images": images})
     request = api_pb2.ListImagesRequest()
-    response = _run(servicer.ListImages(request, None))
+    # ListImages is answered serialized (SERIALIZED): a group without list_images_bytes
+    # has its message serialized by the servicer.
+    response = api_pb2.ListImagesResponse.FromString(_run(servicer.ListImages(request, None)))
     assert images.seen == [request]
     assert response.images[0].id == "sha256:x"
+
+
+class _RawImages(_Images):
+    async def list_images_bytes(self, request: api_pb2.ListImagesRequest) -> bytes:
+        self.seen.append(("bytes", request))
+        return b"kept"
+
+
+def test_a_serialized_rpc_prefers_the_groups_bytes() -> None:
+    images = _RawImages()
+    servicer = ImageService({"images": images})
+    request = api_pb2.ListImagesRequest()
+    assert _run(servicer.ListImages(request, None)) == b"kept"
+    assert images.seen == [("bytes", request)]
+
+
+def test_serialized_rpcs_are_registered_without_a_response_serializer() -> None:
+    class Server:
+        def __init__(self) -> None:
+            self.registered: dict[str, Any] = {}
+
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+            self.registered = handlers
+
+    server = Server()
+    add_to_server(RuntimeService({}), server, "RuntimeService")  # type: ignore[arg-type]
+    methods = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].methods
+    assert set(server.registered) == {m.name for m in methods}
+    for name, handler in server.registered.items():
+        if name in SERIALIZED:
+            assert handler.response_serializer is None, name
+        else:
+            assert handler.response_serializer is not None, name
+        assert handler.request_deserializer is not None, name
+    assert server.registered["GetContainerEvents"].response_streaming
 
 
 def test_an_absent_group_or_method_is_unimplemented() -> None:

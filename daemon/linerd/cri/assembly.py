@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from liner_api.runtime.v1 import api_pb2_grpc
 from linerd.cri import NAMESPACE as NAMESPACE  # re-exported
 from linerd.cri.cni import CNI
 from linerd.cri.containers import Containers
 from linerd.cri.images import CriImages
 from linerd.cri.info import Info
 from linerd.cri.sandboxes import Sandboxes
-from linerd.cri.service import ImageService, RuntimeService
+from linerd.cri.service import ImageService, RuntimeService, add_to_server
 from linerd.cri.stats import Stats
 from linerd.cri.streaming.handler import StreamingHandler
 
@@ -66,8 +65,8 @@ class Cri:
         self.images = ImageService(self.groups)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        api_pb2_grpc.add_RuntimeServiceServicer_to_server(self.runtime, server)
-        api_pb2_grpc.add_ImageServiceServicer_to_server(self.images, server)
+        add_to_server(self.runtime, server, "RuntimeService")
+        add_to_server(self.images, server, "ImageService")
 
     async def aclose(self) -> None:
         """After the gRPC server stopped: close what the groups serve beside it (the

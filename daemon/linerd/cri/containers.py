@@ -6,9 +6,9 @@ CRI metadata in an extension) and, from StartContainer on, a task (containerd's 
 task is created at start). Its output goes to kubelet's log path, written by conmon's
 `k8s-file` driver. Once the task has exited, the exit (code, time, reason, OOM) is recorded
 in the metadata and the task deleted on the first look after the exit (a status, a list, a
-stop, a removal; kubelet lists every second), so a restarted linerd answers from the records
-and the runtime's recovered tasks alone. (Not on the exit event: conmon may write its OOM
-file after the exit file, and a later look sees it.)
+stop, a removal; kubelet lists every second; a List has it done beside its answer), so a
+restarted linerd answers from the records and the runtime's recovered tasks alone. (Not on
+the exit event: conmon may write its OOM file after the exit file, and a later look sees it.)
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ class Containers:
         self._locks: dict[str, asyncio.Lock] = {}
         self._loaded = False
         self._load_lock = asyncio.Lock()
+        # Exits a List found and records beside (`_finalize_soon`): ids, and their tasks.
+        self._finalizing: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         # container id -> pids its stop signal went to (a StopContainer in progress)
         self._signalled: dict[str, set[int]] = {}
         # chain ID -> the image's /etc/passwd and /etc/group, read from a new container's
@@ -123,6 +126,13 @@ class Containers:
     def task_state(self, container_id: str) -> ProcessState | None:
         try:
             return self.core.local.tasks.state(meta.NAMESPACE, container_id)
+        except NotFound:
+            return None
+
+    def task_status(self, container_id: str) -> TaskStatus | None:
+        """The task's status alone (what a List asks of every container)."""
+        try:
+            return self.core.local.tasks.status(meta.NAMESPACE, container_id)
         except NotFound:
             return None
 
@@ -170,6 +180,27 @@ class Containers:
                 with contextlib.suppress(NotFound):
                     await self.core.local.tasks.delete(meta.NAMESPACE, record.id)
             return record, m
+
+    def _finalize_soon(self, record: Container) -> None:
+        """`finalize` in a task of its own (once at a time per container), for a List."""
+        if record.id in self._finalizing:
+            return
+        self._finalizing.add(record.id)
+        task = asyncio.get_running_loop().create_task(self._finalize_beside(record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finalize_beside(self, record: Container) -> None:
+        try:
+            await self.finalize(record)
+        except NotFound:  # removed meanwhile: nobody needs its lock any more
+            lock = self._locks.get(record.id)
+            if lock is not None and not lock.locked():
+                del self._locks[record.id]
+        except Exception as e:  # the next look (a status, a stop) tries again
+            log.warning("recording a container's exit", id=record.id, error=str(e))
+        finally:
+            self._finalizing.discard(record.id)
 
     def state_of(self, record: Container, m: meta.ContainerMeta) -> int:
         if m.state == "exited":
@@ -454,6 +485,12 @@ class Containers:
     # -- list / status ----------------------------------------------------------------------
 
     async def list_containers(self, req: cri.ListContainersRequest) -> cri.ListContainersResponse:
+        return cri.ListContainersResponse.FromString(await self.list_containers_bytes(req))
+
+    async def list_containers_bytes(self, req: cri.ListContainersRequest) -> bytes:
+        """The ListContainersResponse, serialized: each container's part (a one-container
+        response; serialized messages concatenated are their merge, a repeated field's
+        items appended) is kept with its record's decoding, per state (records.py)."""
         f = req.filter
         selector = dict(f.label_selector)
         wanted = f.state.state if f.HasField("state") else None
@@ -466,39 +503,50 @@ class Containers:
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            st = self.task_state(record.id) if m.state == "running" else None
-            if st is not None and st.status in _RUNNING:
+            if m.state != "running":
+                state = self.state_of(record, m)  # created or exited: no task to ask
+            elif (status := self.task_status(record.id)) is not None and status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
             elif (lock := self._locks.get(record.id)) is not None and lock.locked():
-                # A Stop or Remove is at it (and will record the exit): waiting for it would
-                # hold kubelet's relist for as long as a container takes to stop.
+                # A Stop or Remove is at it (and will record the exit).
                 state = self.state_of(record, m)
             else:
-                try:
-                    record, m = await self.finalize(record, m)
-                except NotFound:  # removed while this List ran: it is not in the answer
-                    continue
-                state = self.state_of(record, m)
+                # The task has ended (or is gone) and its exit is not recorded yet: recording
+                # it makes the container EXITED, which is the answer now; the recording and
+                # the task's deletion (a runtime delete) run beside, so kubelet's relist never
+                # waits for them (nor for a Stop's kill and wait, before it takes the lock).
+                state = cri.CONTAINER_EXITED
+                self._finalize_soon(record)
             if wanted is not None and wanted != state:
                 continue
-            if m is entry.meta:  # the message of this decoding in this state, built once
-                message = entry.views.get(state)
-                if message is None:
-                    message = entry.views[state] = _container_message(record, m, config, state)
-            else:  # finalize just recorded the exit
-                message = _container_message(record, m, config, state)
-            out.append(message)
-        return cri.ListContainersResponse(containers=out)
+            part = entry.views.get(state)  # this decoding's part in this state, built once
+            if part is None:
+                part = entry.views[state] = _container_part(record, m, config, state)
+            out.append(part)
+        return b"".join(out)
 
     async def container_status(
         self, req: cri.ContainerStatusRequest
     ) -> cri.ContainerStatusResponse:
+        return cri.ContainerStatusResponse.FromString(await self.container_status_bytes(req))
+
+    async def container_status_bytes(self, req: cri.ContainerStatusRequest) -> bytes:
+        """The ContainerStatusResponse, serialized; without `verbose` kept with the record's
+        decoding per state (what it shows of the task beyond its state, the exit, is in the
+        record once `finalize` recorded it)."""
         record, m = await self.finalize(await self._find(req.container_id))
-        config = self.records.decode(record).config
+        entry = self.records.decode(record)
+        config = entry.config
+        state = self.state_of(record, m)
+        key = ("status", state)
+        if not req.verbose and m is entry.meta:
+            cached = entry.views.get(key)
+            if cached is not None:
+                return cached
         status = cri.ContainerStatus(
             id=record.id,
             metadata=config.metadata,
-            state=self.state_of(record, m),
+            state=state,
             created_at=m.created_at,
             started_at=m.started_at,
             finished_at=m.finished_at,
@@ -515,10 +563,14 @@ class Containers:
         )
         if config.linux.HasField("resources"):
             status.resources.linux.CopyFrom(config.linux.resources)
-        info = {}
-        if req.verbose:
-            st = self.task_state(record.id)
-            info["info"] = json.dumps(
+        if not req.verbose:
+            raw = cri.ContainerStatusResponse(status=status).SerializeToString()
+            if m is entry.meta:
+                entry.views[key] = raw
+            return raw
+        st = self.task_state(record.id)
+        info = {
+            "info": json.dumps(
                 {
                     "sandboxID": record.sandbox,
                     "pid": st.pid if st is not None else 0,
@@ -527,7 +579,8 @@ class Containers:
                     "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
                 }
             )
-        return cri.ContainerStatusResponse(status=status, info=info)
+        }
+        return cri.ContainerStatusResponse(status=status, info=info).SerializeToString()
 
     # -- resources, logs, exec ---------------------------------------------------------------
 
@@ -598,10 +651,11 @@ class Containers:
         )
 
 
-def _container_message(
+def _container_part(
     record: Container, m: meta.ContainerMeta, config: cri.ContainerConfig, state: int
-) -> cri.Container:
-    return cri.Container(
+) -> bytes:
+    """A ListContainersResponse of this one container, serialized."""
+    container = cri.Container(
         id=record.id,
         pod_sandbox_id=record.sandbox,
         metadata=config.metadata,
@@ -613,6 +667,7 @@ def _container_message(
         annotations=config.annotations,
         image_id=m.image_id,
     )
+    return cri.ListContainersResponse(containers=[container]).SerializeToString()
 
 
 def _readonly(mounts: list[Any]) -> list[Any]:

@@ -211,6 +211,26 @@ def verbose_info(image: CriImage) -> dict[str, str]:
     return {"info": json.dumps({"chainID": image.chain_id, "imageSpec": image.spec})}
 
 
+def _find(images: dict[str, CriImage], name: str) -> CriImage | None:
+    """`CriImages.lookup` among `images`."""
+    if not name:
+        raise InvalidArgument("no image given")
+    if _IMAGE_ID.match(name):
+        return images.get(name)
+    normalized = _normalized(name)
+    if normalized:
+        for image in images.values():
+            if normalized in image.references:
+                return image
+    prefix = _ID_PREFIX.match(name)
+    if prefix is None:
+        return None
+    found = [i for i in images.values() if i.id[len("sha256:") :].startswith(prefix[1])]
+    if len(found) > 1:
+        raise InvalidArgument(f"image id prefix {name!r} is ambiguous")
+    return found[0] if found else None
+
+
 # ---- credentials -----------------------------------------------------------------------------
 
 
@@ -294,6 +314,9 @@ class CriImages:
         self._resolved: dict[str, Resolved] = {}
         # (image store generation, every CRI image by id) of the last `all`
         self._all: tuple[int, dict[str, CriImage]] | None = None
+        # What ImageStatus and ListImages serialized of one `all` (the dict it returned):
+        # ImageStatus (not verbose) by image id, and an unfiltered ListImages under "".
+        self._serialized: tuple[dict[str, CriImage], dict[str, bytes]] | None = None
 
     # -- for the other groups
 
@@ -325,23 +348,7 @@ class CriImages:
     async def lookup(self, name: str) -> CriImage | None:
         """The image `name` means: an id (`sha256:<hex>`), a reference (normalized: `busybox`
         is `docker.io/library/busybox:latest`), or a unique prefix of an id's hex."""
-        if not name:
-            raise InvalidArgument("no image given")
-        images = await self.all()
-        if _IMAGE_ID.match(name):
-            return images.get(name)
-        normalized = _normalized(name)
-        if normalized:
-            for image in images.values():
-                if normalized in image.references:
-                    return image
-        prefix = _ID_PREFIX.match(name)
-        if prefix is None:
-            return None
-        found = [i for i in images.values() if i.id[len("sha256:") :].startswith(prefix[1])]
-        if len(found) > 1:
-            raise InvalidArgument(f"image id prefix {name!r} is ambiguous")
-        return found[0] if found else None
+        return _find(await self.all(), name)
 
     async def ensure(self, name: str, auth: api_pb2.AuthConfig | None = None) -> CriImage:
         """The image `name`, pulled first if absent (the sandbox image, on demand)."""
@@ -356,24 +363,56 @@ class CriImages:
 
     # -- RPCs
 
+    def _kept(self, images: dict[str, CriImage]) -> dict[str, bytes]:
+        """The serialized answers kept for `images` (one `all`'s answer), emptied when
+        `all` answers another."""
+        kept = self._serialized
+        if kept is None or kept[0] is not images:
+            kept = self._serialized = (images, {})
+        return kept[1]
+
     async def list_images(self, request: api_pb2.ListImagesRequest) -> api_pb2.ListImagesResponse:
-        images = list((await self.all()).values())
+        return api_pb2.ListImagesResponse.FromString(await self.list_images_bytes(request))
+
+    async def list_images_bytes(self, request: api_pb2.ListImagesRequest) -> bytes:
+        """The ListImagesResponse, serialized; unfiltered, kept while the images are."""
+        everything = await self.all()
         wanted = request.filter.image.image if request.HasField("filter") else ""
+        kept = self._kept(everything)
+        if not wanted and (raw := kept.get("")) is not None:
+            return raw
+        images = list(everything.values())
         if wanted:
             images = [i for i in images if await self._matches(i, wanted)]
         images.sort(key=lambda i: i.id)
-        return api_pb2.ListImagesResponse(images=[to_cri_image(i) for i in images])
+        response = api_pb2.ListImagesResponse(images=[to_cri_image(i) for i in images])
+        raw = response.SerializeToString()
+        if not wanted:
+            kept[""] = raw
+        return raw
 
     async def image_status(
         self, request: api_pb2.ImageStatusRequest
     ) -> api_pb2.ImageStatusResponse:
-        image = await self.lookup(request.image.image)
+        return api_pb2.ImageStatusResponse.FromString(await self.image_status_bytes(request))
+
+    async def image_status_bytes(self, request: api_pb2.ImageStatusRequest) -> bytes:
+        """The ImageStatusResponse, serialized; not verbose, kept per image while the images
+        are (`lookup` answers from the same `all`)."""
+        images = await self.all()
+        image = _find(images, request.image.image)
         if image is None:
-            return api_pb2.ImageStatusResponse()  # absent is not an error
-        response = api_pb2.ImageStatusResponse(image=to_cri_image(image))
+            return b""  # absent is not an error: an empty response
         if request.verbose:
+            response = api_pb2.ImageStatusResponse(image=to_cri_image(image))
             response.info.update(verbose_info(image))
-        return response
+            return response.SerializeToString()
+        kept = self._kept(images)
+        raw = kept.get(image.id)
+        if raw is None:
+            raw = api_pb2.ImageStatusResponse(image=to_cri_image(image)).SerializeToString()
+            kept[image.id] = raw
+        return raw
 
     async def pull_image(self, request: api_pb2.PullImageRequest) -> api_pb2.PullImageResponse:
         auth = request.auth if request.HasField("auth") else None

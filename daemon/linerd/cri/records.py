@@ -6,7 +6,10 @@ kubelet lists every second what rarely changes. The records of `k8s.io` are kept
 listed, with their metadata decoded, until the container store's generation of the namespace
 moves (every create, update and delete, whoever makes it: the CRI, ctr, a restart's
 recovery; metadata/containers.py); a record's decoding is kept while its extension's bytes
-stay the same. What a record's task is doing is never kept: callers ask the runtime.
+stay the same, and with it what the read calls serialize of it (`Entry.views`: a List's part
+and a status per state), so a relist after one write decodes and serializes one record, not
+every one. What a record's task is doing is never kept: callers ask the runtime, and pick
+the bytes of the state it tells.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ class Entry:
     record: Container
     meta: Any  # meta.SandboxMeta or meta.ContainerMeta
     config: Any  # cri.PodSandboxConfig or cri.ContainerConfig
-    # What the list calls build of this decoding (their message per state), kept with it.
-    views: dict[Any, Any] = field(default_factory=dict)
+    # What the read calls serialize of this decoding (per state), kept with it: shared by
+    # every Entry of the same extension bytes. Nothing a client sees changes without the
+    # bytes (the exit, the timestamps, the config) but the task's state, which is the key.
+    views: dict[Any, bytes] = field(default_factory=dict)
 
 
 def _extension_of(kind: str) -> str:
@@ -49,6 +54,8 @@ class Records:
         self._listed: tuple[int, dict[str, list[Entry]]] | None = None
         # record id -> (extension bytes, entry) of the last decoding
         self._decoded: dict[str, tuple[bytes, Entry]] = {}
+        # record id -> (record, kind, entry or None if not the CRI's) of the last list
+        self._last: dict[str, tuple[Container, str, Entry | None]] = {}
 
     def decode(self, record: Container) -> Entry:
         """`record` with its metadata and config decoded (kept while the bytes are equal).
@@ -79,15 +86,28 @@ class Records:
         if listed is not None and listed[0] == generation:
             return listed[1].get(kind, [])
         by_kind: dict[str, list[Entry]] = {meta.KIND_SANDBOX: [], meta.KIND_CONTAINER: []}
-        seen = set()
-        for record in await self.containers.list(meta.NAMESPACE):
+        last = self._last
+        now: dict[str, tuple[Container, str, Entry | None]] = {}
+        # The store's own records (read only here, as entries are): a record not written
+        # since the last list is the same object, and its entry (or its exclusion) is reused
+        # without a look at it; only the records written since are decoded (one per write).
+        for record in await self.containers.list(meta.NAMESPACE, shared=True):
+            kept = last.get(record.id)
+            if kept is not None and kept[0] is record:
+                now[record.id] = kept
+                if kept[2] is not None:
+                    by_kind[kept[1]].append(kept[2])
+                continue
             k = meta.kind(record)
             if k not in by_kind or _extension_of(k) not in record.extensions:
+                now[record.id] = (record, k, None)
                 continue
-            seen.add(record.id)
-            by_kind[k].append(self.decode(record))
-        for gone in self._decoded.keys() - seen:
+            entry = self.decode(record)
+            now[record.id] = (record, k, entry)
+            by_kind[k].append(entry)
+        for gone in self._decoded.keys() - now.keys():
             del self._decoded[gone]
+        self._last = now
         self._listed = (generation, by_kind)
         return by_kind.get(kind, [])
 

@@ -44,7 +44,6 @@ from linerd.cri.cni import CNI, PodNetwork, PodRef, PortMapping
 from linerd.cri.containers import Containers, _readonly, spec_encoded
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
-from linerd.cri.records import Records
 from linerd.cri.users import ImageUsers
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError, NotFound
 from linerd.local.tasks import Stdio
@@ -102,7 +101,9 @@ class Sandboxes:
         self.sandbox_image = sandbox_image
         self.cgroup_driver = cgroup_driver
         self.drop_infra_ctr = drop_infra_ctr
-        self.records = Records(core.local.containers)
+        # The containers group's: one view of the records, rebuilt once per change for both
+        # halves of kubelet's relist.
+        self.records = containers.records
         self.images = ImageLookup(core.local.images, core.content, images)
         self.names = Names()
         self._pull = pull or (lambda ref: core.local.transfer.pull(meta.NAMESPACE, ref))
@@ -164,7 +165,15 @@ class Sandboxes:
             return None
 
     def ready(self, record: Container, m: meta.SandboxMeta) -> bool:
-        return podns.alive(m, self._pause(record.id) if m.infra else None)
+        if m.state == "ready" and m.infra:
+            # podns.alive's rule for a pod with a pause, asking its task for the status alone
+            # (a List asks it of every pod)
+            try:
+                status = self.core.local.tasks.status(meta.NAMESPACE, record.id)
+            except NotFound:
+                return False
+            return status == TaskStatus.RUNNING
+        return podns.alive(m, None)
 
     # -- run --------------------------------------------------------------------------------
 
@@ -474,9 +483,19 @@ class Sandboxes:
     async def pod_sandbox_status(
         self, req: cri.PodSandboxStatusRequest
     ) -> cri.PodSandboxStatusResponse:
+        return cri.PodSandboxStatusResponse.FromString(await self.pod_sandbox_status_bytes(req))
+
+    async def pod_sandbox_status_bytes(self, req: cri.PodSandboxStatusRequest) -> bytes:
+        """The PodSandboxStatusResponse, serialized; without `verbose`, all but its timestamp
+        kept with the record's decoding per readiness (serialized messages concatenated are
+        their merge: the call's timestamp is appended)."""
         entry = self.records.decode(await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id))
         record, m, config = entry.record, entry.meta, entry.config
         ready = self.ready(record, m)
+        key = ("status", ready)
+        now = cri.PodSandboxStatusResponse(timestamp=meta.now_ns()).SerializeToString()
+        if not req.verbose and (cached := entry.views.get(key)) is not None:
+            return cached + now
         status = cri.PodSandboxStatus(
             id=record.id,
             metadata=config.metadata,
@@ -490,10 +509,12 @@ class Sandboxes:
             status.network.ip = m.ip
             status.network.additional_ips.extend(cri.PodIP(ip=ip) for ip in m.additional_ips)
         status.linux.namespaces.options.CopyFrom(specs.namespace_options(config))
-        info = {}
-        if req.verbose:
-            st = self._pause(record.id)
-            info["info"] = json.dumps(
+        if not req.verbose:
+            raw = entry.views[key] = cri.PodSandboxStatusResponse(status=status).SerializeToString()
+            return raw + now
+        st = self._pause(record.id)
+        info = {
+            "info": json.dumps(
                 {
                     "pid": st.pid if st is not None else 0,
                     "netNamespacePath": m.netns,
@@ -505,9 +526,15 @@ class Sandboxes:
                     "runtimeSpec": json.loads(record.spec.value) if record.spec else None,
                 }
             )
-        return cri.PodSandboxStatusResponse(status=status, info=info, timestamp=meta.now_ns())
+        }
+        return cri.PodSandboxStatusResponse(status=status, info=info).SerializeToString() + now
 
     async def list_pod_sandbox(self, req: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
+        return cri.ListPodSandboxResponse.FromString(await self.list_pod_sandbox_bytes(req))
+
+    async def list_pod_sandbox_bytes(self, req: cri.ListPodSandboxRequest) -> bytes:
+        """The ListPodSandboxResponse, serialized: each pod's part (a one-pod response) kept
+        with its record's decoding per state, as ListContainers' (containers.py)."""
         f = req.filter
         selector = dict(f.label_selector)
         wanted = f.state.state if f.HasField("state") else None
@@ -521,9 +548,9 @@ class Sandboxes:
             state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
             if wanted is not None and wanted != state:
                 continue
-            message = entry.views.get(state)  # built once per decoding and state
-            if message is None:
-                message = entry.views[state] = cri.PodSandbox(
+            part = entry.views.get(state)  # built once per decoding and state
+            if part is None:
+                pod = cri.PodSandbox(
                     id=record.id,
                     metadata=config.metadata,
                     state=state,
@@ -532,5 +559,8 @@ class Sandboxes:
                     annotations=config.annotations,
                     runtime_handler=m.runtime_handler,
                 )
-            out.append(message)
-        return cri.ListPodSandboxResponse(items=out)
+                part = entry.views[state] = cri.ListPodSandboxResponse(
+                    items=[pod]
+                ).SerializeToString()
+            out.append(part)
+        return b"".join(out)

@@ -7,6 +7,11 @@ no group serves (the metrics and events RPCs, Stream*, CheckpointContainer, ...)
 method of the proto is overridden here, so grpcio's generated defaults (which raise
 NotImplementedError, an UNKNOWN through the daemon's interceptor) are never reached.
 Handlers raise `linerd.errdefs` exceptions; the daemon's one interceptor maps them.
+
+The reads kubelet repeats (`SERIALIZED`) answer the response already serialized: a group's
+`<method>_bytes` when it has one (built from bytes it keeps per record version, so a repeated
+call builds and serializes no message), else its message serialized here. Those RPCs are
+registered without a response serializer (`add_to_server`).
 """
 
 from __future__ import annotations
@@ -56,6 +61,18 @@ IMAGE_ROUTES: dict[str, tuple[str, str]] = {
     "ImageFsInfo": ("images", "image_fs_info"),
 }
 
+# RPCs answered as serialized bytes (see the module's docstring).
+SERIALIZED = frozenset(
+    {
+        "ListContainers",
+        "ContainerStatus",
+        "ListPodSandbox",
+        "PodSandboxStatus",
+        "ListImages",
+        "ImageStatus",
+    }
+)
+
 Groups = Mapping[str, object]
 
 
@@ -70,6 +87,20 @@ def _handler(groups: Groups, rpc: str, route: tuple[str, str] | None) -> Callabl
 def _unary(rpc: str, route: tuple[str, str] | None) -> Callable[..., Awaitable[Any]]:
     async def call(self: _Routed, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _handler(self.groups, rpc, route)(request)
+
+    return call
+
+
+def _serialized(rpc: str, route: tuple[str, str] | None) -> Callable[..., Awaitable[bytes]]:
+    raw_name = f"{route[1]}_bytes" if route is not None else ""
+
+    async def call(self: _Routed, request: Any, context: grpc.aio.ServicerContext) -> bytes:
+        group = self.groups.get(route[0]) if route is not None else None
+        raw = getattr(group, raw_name, None) if group is not None else None
+        if raw is not None:
+            return await raw(request)
+        response = await _handler(self.groups, rpc, route)(request)
+        return response.SerializeToString()
 
     return call
 
@@ -98,6 +129,8 @@ def _routed(
     for method in descriptor.methods:
         if method.server_streaming:
             call = _stream(f"{service}/{method.name}")
+        elif method.name in SERIALIZED:
+            call = _serialized(f"{service}/{method.name}", routes.get(method.name))
         else:
             call = _unary(f"{service}/{method.name}", routes.get(method.name))
         call.__name__ = call.__qualname__ = method.name
@@ -114,3 +147,27 @@ RuntimeService = _routed(
 ImageService = _routed(
     "ImageService", api_pb2_grpc.ImageServiceServicer, "ImageService", IMAGE_ROUTES
 )
+
+
+def add_to_server(servicer: _Routed, server: grpc.aio.Server, service: str) -> None:
+    """What grpcio's generated `add_<Service>Servicer_to_server` does, but with no response
+    serializer for the `SERIALIZED` RPCs (their handlers answer bytes)."""
+    descriptor = api_pb2.DESCRIPTOR.services_by_name[service]
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for method in descriptor.methods:
+        assert not method.client_streaming, method.name  # the CRI has none
+        request = getattr(api_pb2, method.input_type.name)
+        response = getattr(api_pb2, method.output_type.name)
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=None if method.name in SERIALIZED else response.SerializeToString,
+        )
+    full_name = descriptor.full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
+    server.add_registered_method_handlers(full_name, handlers)

@@ -243,6 +243,10 @@ class Tasks:
     def state(self, namespace: str, container_id: str, exec_id: str = "") -> ProcessState:
         return self.runtime.state(namespace, container_id, exec_id)
 
+    def status(self, namespace: str, container_id: str) -> TaskStatus:
+        """The task's status alone (NotFound without a task): cheaper than `state`."""
+        return self.runtime.status(namespace, container_id)
+
     def list(self, namespace: str) -> list[ProcessState]:
         return self.runtime.list_tasks(namespace)
 

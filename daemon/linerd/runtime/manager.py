@@ -795,6 +795,11 @@ class TaskRuntime:
         p = self._get(namespace, id).proc(exec_id)
         return self._state(p)
 
+    def status(self, namespace: str, id: str) -> TaskStatus:
+        """The init process's status alone: what the CRI's lists ask of every container,
+        without building its whole state."""
+        return self._get(namespace, id).init.status()
+
     def _state(self, p: _Proc) -> ProcessState:
         return ProcessState(
             namespace=p.task.namespace,
