@@ -161,6 +161,10 @@ def _deferred_module(name: str) -> None:
 
 def _tune_process(args: argparse.Namespace) -> None:
     """Settings for a linerd process (not for a test calling main() in its own process)."""
+    from linerd import leancode
+
+    # Code without docstrings and column tables for what is imported from here on (~3 MB).
+    leancode.install()
     if "MALLOC_ARENA_MAX" not in os.environ:  # the environment's setting wins
         try:
             import ctypes

@@ -215,3 +215,18 @@ def test_daemon_start_up_defers_importlib_metadata_and_leaves_out_the_cri() -> N
     for unwanted in ("email", "zipfile", "csv", "pygments"):  # rich: blocked (None), above
         assert unwanted not in started
     assert not {m for m in started if m.startswith(("liner_api.runtime", "linerd.cri"))}
+
+
+def test_cri_start_up_leaves_the_streaming_protocols_out() -> None:
+    # SPDY, WebSocket and the streaming server (~0.75 MB) load at the first Exec, Attach or
+    # PortForward.
+    loaded = _modules_after("import linerd.cri.assembly")
+    streaming = {m for m in loaded if m.startswith("linerd.cri.streaming.")}
+    assert streaming == {"linerd.cri.streaming.handler", "linerd.cri.streaming.lookup"}
+
+
+def test_the_zygote_module_imports_no_worker_code_before_its_main() -> None:
+    # The zygote installs the lean loader (linerd.leancode) before the worker's imports.
+    loaded = _modules_after("import linerd.diff.zygote")
+    for unwanted in ("linerd.diff.apply", "linerd.diff.compression", "zstandard", "isal"):
+        assert unwanted not in loaded

@@ -140,6 +140,9 @@ ZYGOTE = Zygote()
 
 def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[0]))
+    from linerd import leancode
+
+    leancode.install()  # as linerd's own code (linerd.main)
     from linerd.diff import worker  # with what it imports: what each fork would load
 
     worker.preload()
