@@ -180,6 +180,11 @@ def _tune_process(args: argparse.Namespace) -> None:
     # its other imports that is ~1 MB kept for good. Loaded on first use instead.
     if "importlib.metadata" not in sys.modules:
         _deferred_module("importlib.metadata")
+    # zstandard (~0.75 MB with its library's tables) is imported by the unpack code, which the
+    # first pull of any image loads; only a zstd layer small enough to be staged in the
+    # daemon (large ones go to the zygote's workers) or a zstd Diff uses it.
+    if "zstandard" not in sys.modules:
+        _deferred_module("zstandard")
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:

@@ -230,3 +230,20 @@ def test_the_zygote_module_imports_no_worker_code_before_its_main() -> None:
     loaded = _modules_after("import linerd.diff.zygote")
     for unwanted in ("linerd.diff.apply", "linerd.diff.compression", "zstandard", "isal"):
         assert unwanted not in loaded
+
+
+def test_daemon_unpack_code_loads_zstandard_at_its_first_use() -> None:
+    tune = (
+        "import argparse\nfrom linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import linerd.unpack, linerd.layers, linerd.diff.compression, linerd.diff.worker\n"
+    )
+    assert "zstandard.backend_c" not in _modules_after(tune)
+    used = (
+        "import io, zstandard\n"
+        "from linerd.diff.compression import open_layer\n"
+        "blob = zstandard.ZstdCompressor().compress(bytes(1024))\n"
+        "layer = open_layer(io.BytesIO(blob), 'application/vnd.oci.image.layer.v1.tar+zstd')\n"
+        "assert layer.read() == bytes(1024)\n"
+    )
+    assert "zstandard.backend_c" in _modules_after(tune + used)
