@@ -247,3 +247,10 @@ def test_daemon_unpack_code_loads_zstandard_at_its_first_use() -> None:
         "assert layer.read() == bytes(1024)\n"
     )
     assert "zstandard.backend_c" in _modules_after(tune + used)
+
+
+def test_linerd_main_imports_nothing_before_its_lean_loader() -> None:
+    # main() installs linerd.leancode first: what the module imports is loaded in full.
+    loaded = _modules_after("import linerd.main")
+    for unwanted in ("typing", "argparse", "dataclasses", "linerd.config", "linerd.leancode"):
+        assert unwanted not in loaded
