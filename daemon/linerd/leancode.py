@@ -70,7 +70,13 @@ class LeanLoader(importlib.machinery.SourceFileLoader):
     cache: Path = CACHE
 
     def get_code(self, fullname: str) -> CodeType:
-        source_path = self.get_filename(fullname)
+        code = self.code_of(self.get_filename(fullname))
+        assert code is not None
+        return code
+
+    def code_of(self, source_path: str, *, load: bool = True) -> CodeType | None:
+        """The lean code of `source_path`: from the cache, or compiled and cached. With
+        `load` False, None where the cache is up to date (nothing unmarshalled)."""
         st = os.stat(source_path)
         header = (
             importlib.util.MAGIC_NUMBER
@@ -82,6 +88,8 @@ class LeanLoader(importlib.machinery.SourceFileLoader):
         with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
             data = cached.read_bytes()
             if data[:16] == header:
+                if not load:
+                    return None
                 code = marshal.loads(memoryview(data)[16:])
                 if isinstance(code, CodeType):
                     return code
@@ -130,6 +138,7 @@ def install(cache: Path | None = None) -> bool:
         (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
     )
     hook.lean = True  # type: ignore[attr-defined]
+    hook.loader = loader  # type: ignore[attr-defined]
     # Before the default FileFinder hook (the zipimporter's stays first).
     at = next(
         (i for i, h in enumerate(sys.path_hooks) if "FileFinder" in getattr(h, "__qualname__", "")),
@@ -142,22 +151,47 @@ def install(cache: Path | None = None) -> bool:
 
 def warm() -> int:
     """Compile linerd's modules and what they import into the cache (`make setup` and
-    `make install` do, so that a daemon's first start does not: compiling leaves ~2 MB of
-    freed syntax trees in its heap). Returns how many modules are loaded."""
+    `make install` do, so that a daemon does not: compiling leaves ~2-5 MB of freed syntax
+    trees in its heap), and every module of the installed packages among them (what
+    linerd imports only at work: anyio's backend at httpx's first request, ...). Returns
+    how many of those packages' modules are in the cache."""
     import importlib
     import pkgutil
+    import sysconfig
 
     if not install():
         return 0
-    import linerd
+    import argparse
 
+    import linerd
+    from linerd.main import _tune_process
+
+    _tune_process(argparse.Namespace(log_format="json", config=None))  # as a daemon imports
     for info in pkgutil.walk_packages(linerd.__path__, "linerd."):
         if info.name.endswith("__main__"):
             continue
         with contextlib.suppress(Exception):
             importlib.import_module(info.name)
-    return len(sys.modules)
+    with contextlib.suppress(Exception):  # httpx's transport is imported by the first client
+        import httpx
+
+        httpx.AsyncClient()
+    installed = Path(sysconfig.get_paths()["purelib"])
+    packages = set()
+    for name, module in list(sys.modules.items()):
+        init = getattr(module, "__file__", None) or ""
+        top = "." not in name and init.endswith("__init__.py")
+        if top and Path(init).parent.parent == installed:
+            packages.add(Path(init).parent)
+    loader = next(getattr(h, "loader", None) for h in sys.path_hooks if getattr(h, "lean", 0))
+    cached = 0
+    for package in sorted(packages):
+        for source in package.rglob("*.py"):
+            with contextlib.suppress(Exception):  # a file no import reaches may not compile
+                loader("", str(source)).code_of(str(source), load=False)
+                cached += 1
+    return cached
 
 
 if __name__ == "__main__":
-    print(f"linerd.leancode: {warm()} modules compiled or up to date")
+    print(f"linerd.leancode: {warm()} modules of the daemon's packages in the cache")

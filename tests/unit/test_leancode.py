@@ -165,3 +165,13 @@ def test_a_daemon_process_loads_lean_code(tmp_path: Path) -> None:
     env = {**os.environ, leancode.ENV: str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
     assert list(tmp_path.rglob("selectable.*.pyc"))
+
+
+def test_warm_fills_the_cache_with_what_a_daemon_imports_at_work(tmp_path: Path) -> None:
+    env = {**os.environ, leancode.ENV: str(tmp_path)}
+    run = [sys.executable, "-m", "linerd.leancode"]
+    out = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout
+    assert int(out.split(":")[1].split()[0]) > 0
+    for module in ("linerd/server", "sqlalchemy/sql/selectable", "anyio/_backends/_asyncio"):
+        assert list(tmp_path.rglob(f"{module}.*.pyc")), module
+    assert not list(tmp_path.rglob("rich/*.pyc"))  # a daemon's JSON logging never loads it
