@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-# Only light modules here: the rest of the daemon is imported in main(), after the process
-# is tuned (which optional modules stay out), so that the tuning applies to those imports.
-from linerd import __version__
-from linerd.config import (
-    LOG_LEVELS,
-    Config,
-    ConfigError,
-    check_host,
-    load,
-    read,
-    to_toml,
-    validate,
-)
+# Nothing else here: a linerd process installs its lean loader first thing in main() (the
+# standard library's argparse, dataclasses, typing and inspect, which the configuration
+# imports, load through it too), and the rest of the daemon is imported after the process is
+# tuned (which optional modules stay out), so that the tuning applies to those imports.
+TYPE_CHECKING = False  # typing's, without importing typing (0.45 MB) before the loader
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+
+    from linerd.config import Config
 
 _M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
 # glibc gives each thread that contends for malloc an arena of its own (up to 8 per core); the
@@ -32,6 +27,11 @@ _ARENA_MAX = 2
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from linerd import __version__
+    from linerd.config import LOG_LEVELS
+
     p = argparse.ArgumentParser(prog="linerd", description="liner container manager daemon")
     p.add_argument(
         "-c",
@@ -87,6 +87,7 @@ def _missing_extra() -> str | None:
 
 def _check_store(args: argparse.Namespace) -> int:
     """`linerd check-store`: one line per inconsistency; the daemon's files, read directly."""
+    from linerd.config import ConfigError
     from linerd.fsck import RootBusy, check_store, repair
 
     try:
@@ -112,6 +113,7 @@ def _check_store(args: argparse.Namespace) -> int:
 
 def _loader(args: argparse.Namespace) -> Callable[[], Config]:
     """The configuration: the file, then the flags over it. Called again on SIGHUP."""
+    from linerd.config import check_host, load, validate
 
     def load_config() -> Config:
         config = load(args.config)
@@ -161,6 +163,12 @@ def _deferred_module(name: str) -> None:
 
 def _tune_process(args: argparse.Namespace) -> None:
     """Settings for a linerd process (not for a test calling main() in its own process)."""
+    from linerd import leancode
+    from linerd.config import ConfigError, read
+
+    # Code without docstrings and column tables for what is imported from here on (~3 MB);
+    # main() installs it before anything else already.
+    leancode.install()
     if "MALLOC_ARENA_MAX" not in os.environ:  # the environment's setting wins
         try:
             import ctypes
@@ -176,6 +184,11 @@ def _tune_process(args: argparse.Namespace) -> None:
     # its other imports that is ~1 MB kept for good. Loaded on first use instead.
     if "importlib.metadata" not in sys.modules:
         _deferred_module("importlib.metadata")
+    # zstandard (~0.75 MB with its library's tables) is imported by the unpack code, which the
+    # first pull of any image loads; only a zstd layer small enough to be staged in the
+    # daemon (large ones go to the zygote's workers) or a zstd Diff uses it.
+    if "zstandard" not in sys.modules:
+        _deferred_module("zstandard")
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:
@@ -187,6 +200,12 @@ def _tune_process(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a linerd process (not a test calling main() in its own process)
+        from linerd import leancode
+
+        leancode.install()
+    from linerd.config import Config, ConfigError, to_toml
+
     args = _parser().parse_args(argv)
     if args.command == "config-default":
         sys.stdout.write(to_toml(Config()))

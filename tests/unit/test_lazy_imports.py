@@ -215,3 +215,42 @@ def test_daemon_start_up_defers_importlib_metadata_and_leaves_out_the_cri() -> N
     for unwanted in ("email", "zipfile", "csv", "pygments"):  # rich: blocked (None), above
         assert unwanted not in started
     assert not {m for m in started if m.startswith(("liner_api.runtime", "linerd.cri"))}
+
+
+def test_cri_start_up_leaves_the_streaming_protocols_out() -> None:
+    # SPDY, WebSocket and the streaming server (~0.75 MB) load at the first Exec, Attach or
+    # PortForward.
+    loaded = _modules_after("import linerd.cri.assembly")
+    streaming = {m for m in loaded if m.startswith("linerd.cri.streaming.")}
+    assert streaming == {"linerd.cri.streaming.handler", "linerd.cri.streaming.lookup"}
+
+
+def test_the_zygote_module_imports_no_worker_code_before_its_main() -> None:
+    # The zygote installs the lean loader (linerd.leancode) before the worker's imports.
+    loaded = _modules_after("import linerd.diff.zygote")
+    for unwanted in ("linerd.diff.apply", "linerd.diff.compression", "zstandard", "isal"):
+        assert unwanted not in loaded
+
+
+def test_daemon_unpack_code_loads_zstandard_at_its_first_use() -> None:
+    tune = (
+        "import argparse\nfrom linerd import main\n"
+        "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
+        "import linerd.unpack, linerd.layers, linerd.diff.compression, linerd.diff.worker\n"
+    )
+    assert "zstandard.backend_c" not in _modules_after(tune)
+    used = (
+        "import io, zstandard\n"
+        "from linerd.diff.compression import open_layer\n"
+        "blob = zstandard.ZstdCompressor().compress(bytes(1024))\n"
+        "layer = open_layer(io.BytesIO(blob), 'application/vnd.oci.image.layer.v1.tar+zstd')\n"
+        "assert layer.read() == bytes(1024)\n"
+    )
+    assert "zstandard.backend_c" in _modules_after(tune + used)
+
+
+def test_linerd_main_imports_nothing_before_its_lean_loader() -> None:
+    # main() installs linerd.leancode first: what the module imports is loaded in full.
+    loaded = _modules_after("import linerd.main")
+    for unwanted in ("typing", "argparse", "dataclasses", "linerd.config", "linerd.leancode"):
+        assert unwanted not in loaded

@@ -3,12 +3,24 @@
 Pure and synchronous; the daemon runs these in worker threads.
 """
 
-from linerd.diff.apply import apply_tar
-from linerd.diff.compression import (
-    MEDIA_TYPE_LAYER,
-    SUPPORTED_MEDIA_TYPES,
-    HashingReader,
-    open_layer,
-)
+from __future__ import annotations
 
-__all__ = ["MEDIA_TYPE_LAYER", "SUPPORTED_MEDIA_TYPES", "HashingReader", "apply_tar", "open_layer"]
+# Loaded on first use: the unpack zygote (linerd.diff.zygote) starts from this package and
+# chooses how its modules are compiled before it imports them.
+_EXPORTS = {
+    "apply_tar": "linerd.diff.apply",
+    "MEDIA_TYPE_LAYER": "linerd.diff.compression",
+    "SUPPORTED_MEDIA_TYPES": "linerd.diff.compression",
+    "HashingReader": "linerd.diff.compression",
+    "open_layer": "linerd.diff.compression",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -21,14 +21,12 @@ import structlog
 
 from liner_api.runtime.v1 import api_pb2
 from linerd.cri import NAMESPACE
-from linerd.cri.streaming import channels, portforward, upgrade, wsportforward
 from linerd.cri.streaming.lookup import RecordLookup
-from linerd.cri.streaming.process import EXEC_PREFIX, AttachSession, ExecSession
-from linerd.cri.streaming.remotecommand import Options, Runner, serve_spdy
-from linerd.cri.streaming.server import Request, Session, StreamServer
-from linerd.cri.streaming.wsconn import serve_websocket
 from linerd.errdefs import FailedPrecondition, InvalidArgument, LinerError
 from linerd.runtime import TaskStatus
+
+# The protocols' modules (SPDY, WebSocket, the server: ~0.75 MB) are imported at the first
+# Exec, Attach or PortForward: a node may never use them.
 
 log = structlog.get_logger("linerd.cri.streaming")
 LEFT_EXEC_WAIT = 10.0  # how long a SIGKILLed exec a previous daemon left may take to exit
@@ -36,6 +34,8 @@ LEFT_EXEC_WAIT = 10.0  # how long a SIGKILLed exec a previous daemon left may ta
 if TYPE_CHECKING:
     from linerd.assembly import Core
     from linerd.config import Config
+    from linerd.cri.streaming.remotecommand import Options, Runner
+    from linerd.cri.streaming.server import Request, Session, StreamServer
     from linerd.local.containers import Containers
     from linerd.local.tasks import Tasks
 
@@ -52,6 +52,8 @@ class Lookup(Protocol):
 
 
 def _options(request: api_pb2.ExecRequest | api_pb2.AttachRequest) -> Options:
+    from linerd.cri.streaming.remotecommand import Options
+
     if not (request.stdin or request.stdout or request.stderr):
         raise InvalidArgument("one of stdin, stdout, or stderr must be set")
     if request.tty and request.stderr:
@@ -74,13 +76,22 @@ class StreamingHandler:
         self.containers = containers
         self.lookup = lookup
         self.namespace = namespace  # where the CRI's tasks, and so the sessions' execs, are
-        self.server = StreamServer(address, port)
+        self._listen = (address, port)
+        self._server: StreamServer | None = None
         # One directory of FIFOs per exec session, removed when the session ends.
         self.fifo_dir = Path(state_dir) / "cri-streams"
         self._sweep: asyncio.Task[None] | None = None
         with contextlib.suppress(RuntimeError):  # built on the event loop: start now
             asyncio.get_running_loop()
             self._sweep = asyncio.create_task(self._clean_up_left())
+
+    @property
+    def server(self) -> StreamServer:
+        if self._server is None:
+            from linerd.cri.streaming.server import StreamServer
+
+            self._server = StreamServer(*self._listen)
+        return self._server
 
     async def _url(self, kind: str, session: Session) -> str:
         if self._sweep is None:
@@ -107,6 +118,10 @@ class StreamingHandler:
             except LinerError:
                 continue  # gone meanwhile
             for info in pids:
+                if not info.exec_id:
+                    continue
+                from linerd.cri.streaming.process import EXEC_PREFIX
+
                 if info.exec_id.startswith(EXEC_PREFIX):
                     await self._end_exec(state.container_id, info.exec_id)
 
@@ -146,7 +161,8 @@ class StreamingHandler:
             self._sweep.cancel()
             with contextlib.suppress(BaseException):
                 await self._sweep
-        await self.server.close()
+        if self._server is not None:
+            await self._server.close()
 
     async def _running(self, container_id: str) -> tuple[str, str]:
         if not container_id:
@@ -168,6 +184,8 @@ class StreamingHandler:
         command = list(request.cmd)
 
         def runner() -> Runner:
+            from linerd.cri.streaming.process import ExecSession
+
             session = ExecSession(
                 self.tasks, self.containers, self.fifo_dir, namespace, task_id, command
             )
@@ -182,6 +200,8 @@ class StreamingHandler:
         sock = self.tasks.runtime.attach_socket(namespace, task_id)
 
         def runner() -> Runner:
+            from linerd.cri.streaming.process import AttachSession
+
             return AttachSession(self.tasks, namespace, task_id, sock).run
 
         url = await self._url("attach", partial(self._remote, options, runner))
@@ -205,6 +225,10 @@ class StreamingHandler:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        from linerd.cri.streaming import channels, upgrade
+        from linerd.cri.streaming.remotecommand import serve_spdy
+        from linerd.cri.streaming.wsconn import serve_websocket
+
         decision = upgrade.negotiate(
             request.method,
             request.headers,
@@ -232,6 +256,8 @@ class StreamingHandler:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        from linerd.cri.streaming import portforward, upgrade, wsportforward
+
         decision = upgrade.negotiate(
             request.method, request.headers, upgrade.PORTFORWARD_SPDY, wsportforward.PROTOCOLS
         )
