@@ -24,7 +24,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from liner_api.containerd.services.containers.v1 import containers_pb2
 from liner_api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from liner_api.containerd.services.diff.v1 import diff_pb2, diff_pb2_grpc
 from liner_api.containerd.services.events.v1 import events_pb2, events_pb2_grpc
@@ -33,7 +33,7 @@ from liner_api.containerd.services.introspection.v1 import introspection_pb2, in
 from liner_api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
 from liner_api.containerd.services.namespaces.v1 import namespaces_pb2, namespaces_pb2_grpc
 from liner_api.containerd.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
-from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from liner_api.containerd.services.tasks.v1 import tasks_pb2
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.policy.v1 import policy_pb2, policy_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
@@ -47,7 +47,7 @@ from linerd.log import setup as setup_logging
 from linerd.metrics import Metrics, MetricsServer
 from linerd.remotes.hosts import HostsConfig
 from linerd.runtime import TaskRuntime
-from linerd.services.containers import ContainersService
+from linerd.services.containers import ContainersService, add_containers_to_server
 from linerd.services.content import ContentService
 from linerd.services.diff import DiffService
 from linerd.services.events import EventsService
@@ -58,7 +58,7 @@ from linerd.services.leases import LeasesService
 from linerd.services.namespaces import NamespacesService
 from linerd.services.policy import PolicyService
 from linerd.services.snapshots import SnapshotsService
-from linerd.services.tasks import TasksService, encode_cgroup_metrics
+from linerd.services.tasks import TasksService, add_tasks_to_server, encode_cgroup_metrics
 from linerd.services.transfer import TransferService
 from linerd.services.version import VersionService
 
@@ -235,7 +235,14 @@ class _HeapTrimmer:
     @staticmethod
     def _collect_and_trim(trim: Callable[[int], int], collect: bool) -> None:
         if collect:
+            # What survives a full collection is mostly for good (modules, the stores, the
+            # tasks): frozen, the full collections that allocation triggers (a few a minute
+            # under churn) walk only what came after, not all ~70,000 objects (80-150 ms
+            # holding the GIL with 200 containers on the loaded bench machine). Cycles among
+            # frozen objects wait for this collection, which walks everything again.
+            gc.unfreeze()
             gc.collect()
+            gc.freeze()
         trim(0)
 
     def close(self) -> None:
@@ -381,14 +388,14 @@ class Daemon:
                 "containers",
                 (METADATA,),
                 containers_pb2,
-                containers_pb2_grpc.add_ContainersServicer_to_server,
+                add_containers_to_server,
                 lambda: ContainersService(local.containers),
             ),
             grpc_plugin(
                 "tasks",
                 (RUNTIME,),
                 tasks_pb2,
-                tasks_pb2_grpc.add_TasksServicer_to_server,
+                add_tasks_to_server,
                 lambda: TasksService(local.tasks, encode_cgroup_metrics),
             ),
             grpc_plugin(

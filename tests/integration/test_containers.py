@@ -153,3 +153,52 @@ def test_container_holds_its_snapshot_against_gc(linerd: Linerd) -> None:
             )
             == grpc.StatusCode.NOT_FOUND
         )
+
+
+def test_list_follows_every_write(channel: grpc.Channel) -> None:
+    """List and ListStream answer from serializations kept per record and per namespace:
+    each write shows in the next List, in every namespace, with or without filters."""
+    stub = containers_pb2_grpc.ContainersStub(channel)
+
+    def listed(namespace: str = "lists", *filters: str) -> list[pb.Container]:
+        req = pb.ListContainersRequest(filters=list(filters))
+        answer = list(stub.List(req, metadata=ns(namespace)).containers)
+        streamed = [m.container for m in stub.ListStream(req, metadata=ns(namespace))]
+        assert streamed == answer
+        return answer
+
+    def got(cid: str, namespace: str = "lists") -> pb.Container:
+        return stub.Get(pb.GetContainerRequest(id=cid), metadata=ns(namespace)).container
+
+    assert listed() == []
+    for cid in ("l2", "l1", "l3"):
+        stub.Create(
+            pb.CreateContainerRequest(container=container(cid, labels={"n": cid})),
+            metadata=ns("lists"),
+        )
+    assert listed() == [got("l1"), got("l2"), got("l3")]
+    assert listed() == [got("l1"), got("l2"), got("l3")]  # unchanged: the kept answer
+
+    stub.Update(
+        pb.UpdateContainerRequest(
+            container=container("l2", labels={"n": "changed"}),
+            update_mask={"paths": ["labels"]},
+        ),
+        metadata=ns("lists"),
+    )
+    assert dict(got("l2").labels) == {"n": "changed"}
+    assert listed() == [got("l1"), got("l2"), got("l3")]
+    assert listed("lists", "labels.n==changed") == [got("l2")]
+
+    stub.Delete(pb.DeleteContainerRequest(id="l1"), metadata=ns("lists"))
+    stub.Create(pb.CreateContainerRequest(container=container("l0")), metadata=ns("lists"))
+    assert [c.id for c in listed()] == ["l0", "l2", "l3"]
+    assert listed() == [got("l0"), got("l2"), got("l3")]
+
+    # Another namespace's List neither sees nor disturbs this one's.
+    stub.Create(pb.CreateContainerRequest(container=container("l1")), metadata=ns("other"))
+    assert listed("other") == [got("l1", "other")]
+    assert [c.id for c in listed()] == ["l0", "l2", "l3"]
+    for cid in ("l0", "l2", "l3"):
+        stub.Delete(pb.DeleteContainerRequest(id=cid), metadata=ns("lists"))
+    assert listed() == []

@@ -500,6 +500,37 @@ def test_lifecycle_statuses_wait_and_delete(api: Api) -> None:
     api.delete(cid)
 
 
+def test_list_follows_each_state_change(api: Api) -> None:
+    """Tasks/List answers from states and serializations kept while a task's state does not
+    change: every change shows in the next List, as Get shows it."""
+    cid, pid = api.task("listed", ["sleep", "300"])
+    other, _ = api.task("listed-other", ["sleep", "300"])
+
+    def same() -> task_pb2.Process:
+        listed = api.list()
+        assert listed[cid] == api.get(cid)
+        assert listed[other] == api.get(other)
+        return listed[cid]
+
+    assert same().status == S.CREATED
+    assert same().status == S.CREATED  # unchanged: the kept answer
+    api.start(cid)
+    assert (same().status, same().pid) == (S.RUNNING, pid)
+    api.tasks.Pause(tasks_pb2.PauseTaskRequest(container_id=cid), metadata=api.md)
+    assert same().status == S.PAUSED
+    api.tasks.Resume(tasks_pb2.ResumeTaskRequest(container_id=cid), metadata=api.md)
+    assert same().status == S.RUNNING
+    api.kill(cid)
+    exited = api.wait(cid)
+    p = same()
+    assert (p.status, p.exit_status, p.exited_at) == (S.STOPPED, 137, exited.exited_at)
+    api.delete(cid)
+    assert cid not in api.list()
+    assert api.list()[other] == api.get(other)
+    api.delete(other)
+    assert api.list() == {}
+
+
 def test_kill_all_and_delete_of_a_running_task(api: Api) -> None:
     # PID 1 ignores TERM and has a child: `all` reaches the child too.
     cid, _pid = api.task("killall", ["sh", "-c", "trap '' TERM; sleep 300 & wait; exit 9"])

@@ -29,3 +29,30 @@ def test_collects_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> 
     asyncio.run(body())
     # the GIL-holding collection: the first burst's, then one a COLLECT_EVERY later
     assert runs == [True, False, True]
+
+
+def test_a_collection_freezes_what_survives() -> None:
+    """After its full collection the survivors are frozen (gc.freeze): the collections that
+    allocation triggers walk only what came after; the next full collection walks all."""
+    import gc
+    import weakref
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    trims: list[int] = []
+    try:
+        kept = Cycle()
+        ref = weakref.ref(kept)
+        server._HeapTrimmer._collect_and_trim(trims.append, True)
+        assert gc.get_freeze_count() > 0 and trims == [0]
+        del kept  # garbage now, in a cycle among the frozen
+        gc.collect()  # what allocation triggers: frozen objects are left out
+        assert ref() is not None
+        server._HeapTrimmer._collect_and_trim(trims.append, False)  # a trim alone
+        assert ref() is not None and trims == [0, 0]
+        server._HeapTrimmer._collect_and_trim(trims.append, True)  # walks everything
+        assert ref() is None and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

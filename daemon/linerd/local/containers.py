@@ -3,7 +3,7 @@ labelled reference may be left unreferenced), and the kept output of a deleted c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -41,6 +41,11 @@ class Containers:
     async def list(self, namespace: str, *, shared: bool = False) -> list[Container]:
         """`shared`: read-only records (ContainerStore.list), for answers that only read."""
         return await self.store.list(namespace, shared=shared)
+
+    async def records(self, namespace: str) -> Mapping[str, Container]:
+        """The namespace's records by id, read-only; the same object while none changed
+        (ContainerStore.records)."""
+        return await self.store.records(namespace)
 
     async def create(self, namespace: str, container: Container) -> Container:
         created = await self.store.create(namespace, container)

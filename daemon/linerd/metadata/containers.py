@@ -118,18 +118,25 @@ class ContainerStore:
     async def list(self, namespace: str, *, shared: bool = False) -> list[Container]:
         """Every record of the namespace, by id. `shared`: the cached records themselves,
         not copies, for a caller that only reads them (a List answer); never change one."""
-        if (records := self._lists.get(namespace)) is not None:
-            return list(records.values()) if shared else [c.copy() for c in records.values()]
+        records = await self.records(namespace)
+        return list(records.values()) if shared else [c.copy() for c in records.values()]
 
-        def list_(conn: Connection) -> list[Container]:
+    async def records(self, namespace: str) -> Mapping[str, Container]:
+        """Every record of the namespace by id, in id order: the kept list itself, for a
+        caller that only reads it. It is never changed (a write replaces it), so the same
+        object means nothing changed since; never change it or a record in it."""
+        if (records := self._lists.get(namespace)) is not None:
+            return records
+
+        def list_(conn: Connection) -> dict[str, Container]:
             rows = conn.execute(
                 select(containers)
                 .where(containers.c.namespace == namespace)
                 .order_by(containers.c.id)
             )
-            found = [_container(r._mapping) for r in rows]
-            self._lists[namespace] = {c.id: c for c in found}
-            return list(found) if shared else [c.copy() for c in found]
+            found = {c.id: c for c in (_container(r._mapping) for r in rows)}
+            self._lists[namespace] = found
+            return found
 
         return await self._db.run(list_)
 

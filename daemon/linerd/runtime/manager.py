@@ -163,6 +163,10 @@ class _Proc:
     wds: list[int] = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     monitor_done: asyncio.Event = field(default_factory=asyncio.Event)
+    # (what of a ProcessState can change, that state): the same state object while nothing
+    # of it changed, so a Tasks/List of hundreds builds none (and its answer's per-task
+    # serializations, kept by state object, are reused).
+    shown: tuple[tuple[Any, ...], ProcessState] | None = None
 
     @property
     def exit_file(self) -> Path:
@@ -801,7 +805,11 @@ class TaskRuntime:
         return self._get(namespace, id).init.status()
 
     def _state(self, p: _Proc) -> ProcessState:
-        return ProcessState(
+        key = (p.pid, p.started, p.exit, p.task.paused, p.monitor_lost)
+        shown = p.shown
+        if shown is not None and shown[0] == key:
+            return shown[1]
+        state = ProcessState(
             namespace=p.task.namespace,
             container_id=p.task.id,
             exec_id=p.exec_id,
@@ -815,6 +823,8 @@ class TaskRuntime:
             terminal=p.terminal,
             monitor_lost=p.monitor_lost,
         )
+        p.shown = (key, state)
+        return state
 
     def list_tasks(self, namespace: str | None = None) -> list[ProcessState]:
         """Init-process states of every task (of one namespace)."""

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyPb
@@ -11,7 +11,12 @@ from linerd import context
 from linerd.core import filters
 from linerd.core.types import Container, Encoded
 from linerd.local.containers import Containers
-from linerd.services.convert import timestamp
+from linerd.services.convert import answering_bytes, framed, timestamp
+
+# List and ListStream answer with serializations (ContainersService._selected).
+add_containers_to_server = answering_bytes(
+    containers_pb2_grpc.add_ContainersServicer_to_server, "List", "ListStream"
+)
 
 
 def _any(value: Encoded | None) -> AnyPb | None:
@@ -67,31 +72,37 @@ def _adaptor(c: Container) -> filters.Adaptor:
 class ContainersService(containers_pb2_grpc.ContainersServicer):
     def __init__(self, local: Containers) -> None:
         self._local = local
-        # Per namespace, id -> (record, its message) of the last List: a List answers with
-        # the messages of the records that did not change since (the store hands out the
-        # same record object until a write replaces it), built once instead of every time.
-        self._built: dict[str, dict[str, tuple[Container, containers_pb2.Container]]] = {}
+        # Per namespace, id -> (record, its Container serialized as one element of a List
+        # answer) of the last List: the store hands out the same record object until a write
+        # replaces it, so a List serializes only the records that changed since.
+        self._framed: dict[str, dict[str, tuple[Container, bytes]]] = {}
+        # Per namespace, (the records of the last unfiltered List, its answer): the store's
+        # records mapping is the same object while nothing changed (ContainerStore.records).
+        self._answers: dict[str, tuple[Mapping[str, Container], bytes]] = {}
 
-    async def _matching(
-        self, request: containers_pb2.ListContainersRequest
-    ) -> list[containers_pb2.Container]:
+    def _frames(self, namespace: str, records: Mapping[str, Container]) -> list[bytes]:
+        """Each record's Container serialized as one element of a List answer (in order),
+        those of unchanged records kept from the last List. Called with no await between
+        reading `records` and answering: two Lists never interleave over the frames."""
+        before = self._framed.get(namespace, {})
+        frames: dict[str, tuple[Container, bytes]] = {}
+        for id, c in records.items():  # a deleted or replaced record drops out
+            hit = before.get(id)
+            if hit is None or hit[0] is not c:
+                hit = (c, framed(to_pb(c).SerializeToString()))
+            frames[id] = hit
+        self._framed[namespace] = frames
+        return [f for _, f in frames.values()]
+
+    async def _matching(self, request: containers_pb2.ListContainersRequest) -> list[bytes]:
         namespace = context.namespace()
-        records = await self._local.list(namespace, shared=True)
-        # No await from here: two Lists never interleave over the namespace's messages.
-        before = self._built.get(namespace, {})
-        built: dict[str, tuple[Container, containers_pb2.Container]] = {}
-        for c in records:  # what is still current (a deleted or replaced record drops out)
-            hit = before.get(c.id)
-            if hit is not None and hit[0] is c:
-                built[c.id] = hit
-        self._built[namespace] = built
-        if request.filters:
-            match = filters.parse_all(list(request.filters))
-            records = [c for c in records if match.match(_adaptor(c))]
-        for c in records:
-            if c.id not in built:
-                built[c.id] = (c, to_pb(c))
-        return [built[c.id][1] for c in records]
+        records = await self._local.records(namespace)
+        frames = self._frames(namespace, records)
+        if not request.filters:
+            return frames
+        match = filters.parse_all(list(request.filters))
+        pairs = zip(records.values(), frames, strict=True)
+        return [f for c, f in pairs if match.match(_adaptor(c))]
 
     async def Get(
         self, request: containers_pb2.GetContainerRequest, ctx: grpc.aio.ServicerContext
@@ -101,16 +112,26 @@ class ContainersService(containers_pb2_grpc.ContainersServicer):
 
     async def List(
         self, request: containers_pb2.ListContainersRequest, ctx: grpc.aio.ServicerContext
-    ) -> containers_pb2.ListContainersResponse:
-        return containers_pb2.ListContainersResponse(containers=await self._matching(request))
+    ) -> bytes:
+        # The serialized ListContainersResponse: its `containers` (field 1) are the frames.
+        if request.filters:
+            return b"".join(await self._matching(request))
+        namespace = context.namespace()
+        records = await self._local.records(namespace)
+        kept = self._answers.get(namespace)
+        if kept is None or kept[0] is not records:
+            kept = (records, b"".join(self._frames(namespace, records)))
+            self._answers[namespace] = kept
+        return kept[1]
 
     async def ListStream(
         self,
         request: containers_pb2.ListContainersRequest,
         ctx: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[containers_pb2.ListContainerMessage]:
-        for container in await self._matching(request):
-            yield containers_pb2.ListContainerMessage(container=container)
+    ) -> AsyncIterator[bytes]:
+        # Each serialized ListContainerMessage is its `container` (field 1): one frame.
+        for frame in await self._matching(request):
+            yield frame
 
     async def Create(
         self, request: containers_pb2.CreateContainerRequest, ctx: grpc.aio.ServicerContext

@@ -19,7 +19,10 @@ from linerd.core.types import Mount
 from linerd.errdefs import NotImplementedYet
 from linerd.local.tasks import Stdio, Tasks
 from linerd.runtime import ExitInfo, ProcessState, TaskMetrics
-from linerd.services.convert import pack, timestamp
+from linerd.services.convert import answering_bytes, framed, pack, timestamp
+
+# Tasks/List may answer with its serialization (TasksService._answer).
+add_tasks_to_server = answering_bytes(tasks_pb2_grpc.add_TasksServicer_to_server, "List")
 
 # Task metrics are filled by `metrics_encoder` (cgroup v1 Metrics), set when available.
 MetricsEncoder = Callable[[Any], AnyPb]
@@ -51,6 +54,10 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
     def __init__(self, local: Tasks, metrics_encoder: MetricsEncoder | None = None) -> None:
         self._local = local
         self._metrics_encoder = metrics_encoder
+        # Per namespace, container id -> (state, its Process serialized as a List answer's
+        # element) of the last List: a state object stays the same while the task's state
+        # does (TaskRuntime), so a List of 200 serializes only what changed since.
+        self._framed: dict[str, dict[str, tuple[ProcessState, bytes]]] = {}
 
     async def Create(
         self, request: tasks_pb2.CreateTaskRequest, ctx: grpc.aio.ServicerContext
@@ -93,20 +100,34 @@ class TasksService(tasks_pb2_grpc.TasksServicer):
 
     async def List(
         self, request: tasks_pb2.ListTasksRequest, ctx: grpc.aio.ServicerContext
-    ) -> tasks_pb2.ListTasksResponse:
-        states = self._local.list(context.namespace())
-        if request.filter:
-            match = filters.parse(request.filter)
-            states = [
-                s
-                for s in states
-                if match.match(
-                    filters.dict_adaptor(
-                        {"id": s.container_id, "status": s.status.name.lower(), "pid": str(s.pid)}
-                    )
+    ) -> tasks_pb2.ListTasksResponse | bytes:
+        namespace = context.namespace()
+        states = self._local.list(namespace)
+        if not request.filter:
+            return self._answer(namespace, states)
+        match = filters.parse(request.filter)
+        states = [
+            s
+            for s in states
+            if match.match(
+                filters.dict_adaptor(
+                    {"id": s.container_id, "status": s.status.name.lower(), "pid": str(s.pid)}
                 )
-            ]
+            )
+        ]
         return tasks_pb2.ListTasksResponse(tasks=[_process(s) for s in states])
+
+    def _answer(self, namespace: str, states: list[ProcessState]) -> bytes:
+        """The serialized ListTasksResponse of `states` (no await: Lists never interleave)."""
+        before = self._framed.get(namespace, {})
+        now: dict[str, tuple[ProcessState, bytes]] = {}
+        for s in states:
+            hit = before.get(s.container_id)
+            if hit is None or hit[0] is not s:
+                hit = (s, framed(_process(s).SerializeToString()))
+            now[s.container_id] = hit
+        self._framed[namespace] = now
+        return b"".join(hit[1] for hit in now.values())
 
     async def Kill(self, request: tasks_pb2.KillRequest, ctx: grpc.aio.ServicerContext) -> Empty:
         await self._local.kill(
