@@ -8,10 +8,12 @@ Refs are arbitrary client strings, so they are hashed, never used as file names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -163,6 +165,38 @@ class LocalStore:
         with open(self.path(digest), "rb") as f:
             f.seek(offset)
             return f.read(size)
+
+    def put(self, digest: str, data: bytes) -> bool:
+        """Store a small blob given whole (a pull's manifest or config) without an ingest:
+        written beside the ingests (a crash leaves a `.tmp` that start-up removes), synced,
+        renamed into place. False when the blob is there already; FailedPrecondition when
+        `data` is not `digest` (sha256 only, as every blob here)."""
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise FailedPrecondition(f"unexpected commit digest {actual}, expected {digest}")
+        path = self.path(digest)
+        if path.exists():
+            return False
+        fd, tmp = tempfile.mkstemp(dir=self.ingests, prefix="put-", suffix=".tmp")
+        try:
+            try:
+                view = memoryview(data)
+                while view:  # a write may be short
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if path.exists():
+                os.unlink(tmp)
+                return False
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return True
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -123,6 +123,13 @@ class ContentStore:
     ) -> ContentInfo:
         return await self.records.update(namespace, validate.digest(digest), labels, paths)
 
+    async def change_labels(
+        self, namespace: str, digest: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> ContentInfo:
+        """Labels made from the current ones by `change` (run on the database thread), in
+        one transaction; no write when they stay the same."""
+        return await self.records.change_labels(namespace, validate.digest(digest), change)
+
     async def list(self, namespace: str) -> list[ContentInfo]:
         return await self.records.list(namespace)
 
@@ -200,6 +207,22 @@ class ContentStore:
                 ref, expected, ingest.directory / "data", ingest.offset, total
             )
         return writer
+
+    async def put(
+        self, namespace: str, digest: str, data: bytes, labels: dict[str, str], lease: str | None
+    ) -> bool:
+        """Store and record a small blob given whole (a pull's manifest or config): one file
+        write and one transaction, where an ingest costs four thread hops, two transactions
+        and its directory. False when this namespace had it already (`lease` then holds it
+        all the same). FailedPrecondition when `data` is not `digest`."""
+        validate.digest(digest)
+        labels = validate.labels(labels)
+        faults.point("content-write")
+        async with self.gc_lock:
+            await asyncio.to_thread(self.local.put, digest, data)
+            faults.point("content-commit")
+            info = await self.records.add(namespace, digest, len(data), labels, lease)
+        return info is not None
 
     async def adopt(
         self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
