@@ -72,6 +72,9 @@ ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 MAX_MANIFEST_SIZE = MAX_DOCUMENT  # what the store reads back, it accepts
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A client lives across pulls (linerd.remotes.pool): a few idle connections are kept for the
+# next pull (a burst of pulls does not leave dozens open), each at most this long.
+KEEPALIVE = httpx.Limits(max_keepalive_connections=4, keepalive_expiry=30.0)
 # A blob transfer must move at least 1 MiB per 64 s (16 KiB/s) or it is given up.
 MIN_RATE = (1 << 20, 64.0)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -219,6 +222,7 @@ class RegistryClient:
             follow_redirects=False,  # by hand: see the module docstring
             trust_env=self._trust_env,
             headers={"User-Agent": self._user_agent},
+            limits=KEEPALIVE,
         )
         self._clients[tls] = (verify, client)
         return client
