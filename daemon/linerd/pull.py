@@ -303,10 +303,7 @@ class Puller:
         """A manifest, index or config: from the store if there, else fetched and stored."""
         documents.check_size(desc, kind)
         try:
-            # No blob file, no use for its record: fetched without asking the database.
-            if self._content.local.size(desc.digest) is None:
-                raise NotFound(desc.digest)
-            info = await self._content.info(job.namespace, desc.digest)
+            info = await self._content.info(job.namespace, desc.digest)  # no file: no query
         except NotFound:
             pass
         else:

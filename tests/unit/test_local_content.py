@@ -101,6 +101,7 @@ def test_broken_ingest_dirs_are_removed(tmp_path: Path) -> None:
     committing = store.open_ingest("ns", "committed", 0, "")
     committing.close()
     (committing.directory / "data").unlink()  # a crash after the commit's rename
+    store = LocalStore(tmp_path)  # the daemon's restart reads the ingests again
     assert [s.ref for _, s in store.list_ingests("ns")] == ["kept"]
     assert len(store.remove_broken()) == 3
     assert [s.ref for _, s in store.list_ingests()] == ["kept"]
@@ -122,6 +123,7 @@ def test_ingest_left_by_a_crashed_commit_starts_again(tmp_path: Path) -> None:
     first.write(0, b"abc")
     first.close()
     (first.directory / "data").unlink()  # renamed into blobs, then SIGKILL before cleanup
+    store = LocalStore(tmp_path)  # the daemon's restart reads the ingests again
     with pytest.raises(NotFound):
         store.ingest_status("ns", "r")
     again = store.open_ingest("ns", "r", 0, "")
