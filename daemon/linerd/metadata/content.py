@@ -97,9 +97,12 @@ class ContentRecords:
                     "updated_at": now,
                 },
             )
-            return ContentInfo(
+            info = ContentInfo(
                 digest=digest, size=size, created_at=now, updated_at=now, labels=dict(labels)
             )
+            # ctr asks Info of what it just wrote: answered without a transaction.
+            Database.after_commit(conn, lambda: self.cache.put((namespace, digest), info))
+            return _copy(info)
 
         return await self._db.run(add)
 
@@ -121,13 +124,15 @@ class ContentRecords:
                 update(content).where(_KEY).values(labels=new, updated_at=now),
                 {"b_namespace": namespace, "b_digest": digest},
             )
-            return ContentInfo(
+            info = ContentInfo(
                 digest=digest,
                 size=row.size,
                 created_at=row.created_at,
                 updated_at=now,
                 labels=dict(new),
             )
+            Database.after_commit(conn, lambda: self.cache.put((namespace, digest), info))
+            return _copy(info)
 
         return await self._db.run(update_)
 
