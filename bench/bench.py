@@ -1110,8 +1110,8 @@ def main(argv: list[str] | None = None) -> int:
         log("containerd is not installed: measuring liner alone")
 
     args.cache.mkdir(parents=True, exist_ok=True)
-    # (g) alone runs busybox only: the deb images are for the pulls of a-e
-    small = args.smoke or not (only & {"a", "b", "c", "e"} or args.load or args.profile)
+    # (g) alone runs busybox only: the deb images are for the pulls of a-e and h
+    small = args.smoke or not (only & {"a", "b", "c", "e", "h"} or args.load or args.profile)
     layout, meta = build_images(args.cache, small) if with_ctr else (None, {"tags": {}})
     parent = args.workdir or Path("/dev/shm" if args.tmpfs else "/var/tmp")
     work = Path(tempfile.mkdtemp(prefix="liner-bench-", dir=parent))

@@ -397,6 +397,23 @@ class Registry:
             self._kill()
         raise RuntimeError(f"docker-registry did not start; log:\n{self.log_text()}")
 
+    def restart(self, timeout: float = 15.0) -> None:
+        """Stop the registry process and start it again on the same port (its clients' kept
+        connections are closed by it)."""
+        self._kill()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        log = self._log.open("ab")
+        self._proc = subprocess.Popen(
+            [DOCKER_REGISTRY, "serve", str(self.workdir / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        if not self._wait_ready(timeout):
+            raise RuntimeError(f"docker-registry did not restart; log:\n{self.log_text()}")
+
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         ctx = self._ssl_context()
@@ -569,6 +586,7 @@ class Served:
     range: str | None
     status: int
     sent: int = 0
+    peer: tuple[str, int] = ("", 0)  # the client's address: which connection asked
 
 
 @dataclass
@@ -602,7 +620,9 @@ class ThrottlingProxy:
                 }
                 conn.request(self.command, self.path, headers=headers)
                 resp = conn.getresponse()
-                record = Served(self.path, self.headers.get("Range"), resp.status)
+                record = Served(
+                    self.path, self.headers.get("Range"), resp.status, peer=self.client_address
+                )
                 proxy.served.append(record)
                 body = b"" if self.command == "HEAD" else None
                 length = resp.getheader("Content-Length")

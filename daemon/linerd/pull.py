@@ -44,6 +44,7 @@ from linerd.metadata.leases import LeaseStore
 from linerd.remotes import reference
 from linerd.remotes.client import RegistryClient
 from linerd.remotes.hosts import HostsConfig
+from linerd.remotes.pool import ClientPool
 from linerd.unpack import Unpacker, check_layers
 
 log = structlog.get_logger("linerd.pull")
@@ -145,6 +146,8 @@ class Puller:
         self._default_snapshotter = default_snapshotter
         self._gc = gc
         self._hosts = hosts
+        # One registry client per configuration, across pulls: its connections and tokens.
+        self._clients = ClientPool()
         self._downloads = SingleFlight()
         self._small_fetches = SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
@@ -164,7 +167,7 @@ class Puller:
         await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         started = time.monotonic()
         try:
-            async with RegistryClient(self._hosts_for(ref, request)) as client:
+            async with self._clients.client(self._hosts_for(ref, request)) as client:
                 host = ref.host
                 job = _Job(
                     namespace,
@@ -283,12 +286,16 @@ class Puller:
         """Set `labels` and record the source repository (a comma-separated list, as
         containerd keeps it, so a push can mount the blob from any of them)."""
         key, repository = job.source_label
-        info = await self._content.info(job.namespace, digest)
-        sources = [r for r in info.labels.get(key, "").split(",") if r]
-        if repository not in sources:
-            sources.append(repository)
-        labels = {**labels, key: ",".join(sources)}
-        await self._content.update(job.namespace, digest, labels, gc_labels.field_paths(labels))
+
+        def change(current: dict[str, str]) -> dict[str, str]:
+            sources = [r for r in current.get(key, "").split(",") if r]
+            if repository not in sources:
+                sources.append(repository)
+            return {**current, **labels, key: ",".join(sources)}
+
+        # One transaction, and none that writes when the labels are there already (a pull of
+        # an image whose blobs are present).
+        await self._content.change_labels(job.namespace, digest, change)
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -296,7 +303,7 @@ class Puller:
         """A manifest, index or config: from the store if there, else fetched and stored."""
         documents.check_size(desc, kind)
         try:
-            info = await self._content.info(job.namespace, desc.digest)
+            info = await self._content.info(job.namespace, desc.digest)  # no file: no query
         except NotFound:
             pass
         else:
@@ -307,11 +314,16 @@ class Puller:
             return await asyncio.to_thread(documents.read_verified, path, desc, kind)
         job.progress.update(desc.digest, state="downloading")
         # Concurrent pulls of one image share the fetch (a second writer of the same ref would
-        # be refused as locked).
-        data = await self._small_fetches.run(
-            (job.namespace, desc.digest), lambda: self._fetch_and_store(job, desc, kind)
-        )
-        await self._hold(job, desc)
+        # be refused as locked). The one that stores it records it under its own lease.
+        stored: list[bool] = []
+
+        def fetch() -> Awaitable[bytes]:
+            stored.append(True)
+            return self._fetch_and_store(job, desc, kind)
+
+        data = await self._small_fetches.run((job.namespace, desc.digest), fetch)
+        if not stored:
+            await self._hold(job, desc)
         job.progress.update(desc.digest, offset=desc.size, state="downloaded")
         return data
 
@@ -327,6 +339,10 @@ class Puller:
 
     async def _store(self, job: _Job, ref: str, desc: Descriptor, data: bytes) -> None:
         labels = {job.source_label[0]: job.source_label[1]}
+        if desc.digest.startswith("sha256:"):  # the store's own algorithm: no ingest needed
+            if not await self._content.put(job.namespace, desc.digest, data, labels, job.lease):
+                await self._label(job, desc.digest, {})  # this namespace had it already
+            return
         try:
             writer = await self._content.writer(
                 job.namespace, ref, desc.size, desc.digest, job.lease
@@ -343,8 +359,17 @@ class Puller:
             writer.close()
 
     async def _fetch_layer(self, job: _Job, desc: Descriptor) -> None:
-        await self._downloads.run((job.namespace, desc.digest), lambda: self._download(job, desc))
-        await self._hold(job, desc)
+        # The download records the blob under its pull's lease (written or adopted); a pull
+        # that waited for another's holds it in its own lease too.
+        downloaded: list[bool] = []
+
+        def download() -> Awaitable[None]:
+            downloaded.append(True)
+            return self._download(job, desc)
+
+        await self._downloads.run((job.namespace, desc.digest), download)
+        if not downloaded:
+            await self._hold(job, desc)
 
     async def _hold(self, job: _Job, desc: Descriptor) -> None:
         """Put the blob in this pull's lease too: another pull may have fetched it, and its

@@ -101,6 +101,7 @@ def test_broken_ingest_dirs_are_removed(tmp_path: Path) -> None:
     committing = store.open_ingest("ns", "committed", 0, "")
     committing.close()
     (committing.directory / "data").unlink()  # a crash after the commit's rename
+    store = LocalStore(tmp_path)  # the daemon's restart reads the ingests again
     assert [s.ref for _, s in store.list_ingests("ns")] == ["kept"]
     assert len(store.remove_broken()) == 3
     assert [s.ref for _, s in store.list_ingests()] == ["kept"]
@@ -122,9 +123,36 @@ def test_ingest_left_by_a_crashed_commit_starts_again(tmp_path: Path) -> None:
     first.write(0, b"abc")
     first.close()
     (first.directory / "data").unlink()  # renamed into blobs, then SIGKILL before cleanup
+    store = LocalStore(tmp_path)  # the daemon's restart reads the ingests again
     with pytest.raises(NotFound):
         store.ingest_status("ns", "r")
     again = store.open_ingest("ns", "r", 0, "")
     assert again.offset == 0
     again.write(0, b"abc")
     assert again.digest == sha(b"abc")
+
+
+def test_put_stores_a_whole_blob_once(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    with pytest.raises(FailedPrecondition, match="digest"):
+        store.put(sha(b"other"), b"document")
+    assert list(store.digests()) == []
+    assert store.put(sha(b"document"), b"document")
+    assert not store.put(sha(b"document"), b"document")  # there already
+    assert store.read(sha(b"document"), 0, 100) == b"document"
+    assert list(store.ingests.iterdir()) == []  # no temporary file left
+
+
+def test_listing_follows_the_ingests_without_rereading_them(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    ingest = store.open_ingest("ns", "r", 10, "")
+    ingest.write(0, b"12345")
+    assert [(ns, s.ref, s.offset) for ns, s in store.list_ingests()] == [("ns", "r", 5)]
+    ingest.close()  # closed: still there, to be resumed
+    assert store.ingest_status("ns", "r").offset == 5
+    again = LocalStore(tmp_path)  # a restart reads them from disk
+    assert [(ns, s.ref, s.offset) for ns, s in again.list_ingests()] == [("ns", "r", 5)]
+    resumed = again.open_ingest("ns", "r", 10, "")
+    resumed.write(5, b"67890")
+    resumed.commit(again.path(sha(b"1234567890")), 10, "")
+    assert again.list_ingests() == []

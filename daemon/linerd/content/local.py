@@ -8,10 +8,12 @@ Refs are arbitrary client strings, so they are hashed, never used as file names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,6 +44,7 @@ class Ingest:
         total: int,
         expected: str,
         started_at: datetime,
+        index: dict[str, _Indexed] | None = None,
     ) -> None:
         self.directory = directory
         self.namespace = namespace
@@ -59,6 +62,10 @@ class Ingest:
         # When the data last changed, kept here so the writer's per-message answer needs no
         # stat (other clients' Status calls read the file's mtime).
         self.updated_ns = os.fstat(self._file.fileno()).st_mtime_ns
+        # The store's ingests by directory name: a listing answers from memory.
+        self._index = index
+        if index is not None:
+            index[directory.name] = self
 
     @property
     def digest(self) -> str:
@@ -124,17 +131,24 @@ class Ingest:
         os.fsync(self._file.fileno())
         self._file.close()
         if blob_path.exists():
+            self._unindex()
             shutil.rmtree(self.directory, ignore_errors=True)
             raise AlreadyExists(f"content {digest} already exists")
         os.chmod(self.directory / "data", 0o444)
+        self._unindex()
         os.rename(self.directory / "data", blob_path)
         _fsync_dir(blob_path.parent)
         shutil.rmtree(self.directory, ignore_errors=True)
         return digest
 
     def close(self) -> None:
+        # Still listed: a closed ingest stays on disk to be resumed, as its status says.
         if not self._file.closed:
             self._file.close()
+
+    def _unindex(self) -> None:
+        if self._index is not None and self._index.get(self.directory.name) is self:
+            del self._index[self.directory.name]
 
     def _save_meta(self) -> None:
         _write_meta(
@@ -149,6 +163,12 @@ class LocalStore:
         self.ingests = root / "ingest"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.ingests.mkdir(parents=True, exist_ok=True)
+        # Every ingest by directory name: read from disk once here, then kept by this process,
+        # the only one writing them (the root lock). ctr lists them every 100 ms while it
+        # pulls (each of ten concurrent pulls does), which read every meta.json and statted
+        # every data file in a thread. An entry is the Ingest last opened (it knows its
+        # offset and times, open or closed), or the status read at start-up.
+        self._index: dict[str, _Indexed] = _scan(self.ingests)
 
     def path(self, digest: str) -> Path:
         return self.blobs / digest.removeprefix("sha256:")
@@ -163,6 +183,38 @@ class LocalStore:
         with open(self.path(digest), "rb") as f:
             f.seek(offset)
             return f.read(size)
+
+    def put(self, digest: str, data: bytes) -> bool:
+        """Store a small blob given whole (a pull's manifest or config) without an ingest:
+        written beside the ingests (a crash leaves a `.tmp` that start-up removes), synced,
+        renamed into place. False when the blob is there already; FailedPrecondition when
+        `data` is not `digest` (sha256 only, as every blob here)."""
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise FailedPrecondition(f"unexpected commit digest {actual}, expected {digest}")
+        path = self.path(digest)
+        if path.exists():
+            return False
+        fd, tmp = tempfile.mkstemp(dir=self.ingests, prefix="put-", suffix=".tmp")
+        try:
+            try:
+                view = memoryview(data)
+                while view:  # a write may be short
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if path.exists():
+                os.unlink(tmp)
+                return False
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        return True
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
@@ -199,6 +251,7 @@ class LocalStore:
             int(meta["total"]),
             meta.get("expected", ""),
             datetime.fromisoformat(meta["started_at"]),
+            self._index,
         )
         if expected and expected != ingest.expected:
             ingest.expected = expected
@@ -207,30 +260,23 @@ class LocalStore:
         return ingest
 
     def ingest_status(self, namespace: str, ref: str) -> IngestStatus:
-        directory = self._ingest_dir(namespace, ref)
-        meta = _read_meta(directory)
-        if meta is None:
+        found = self._index.get(self._ingest_dir(namespace, ref).name)
+        if found is None:
             raise NotFound(f"ref {ref!r} not found")
-        return _status(directory, meta)
+        return _indexed_status(found)[1]
 
     def list_ingests(self, namespace: str | None = None) -> list[tuple[str, IngestStatus]]:
-        """(namespace, status) of every ingest, or of one namespace's."""
-        found = []
-        for entry in os.scandir(self.ingests):
-            directory = Path(entry.path)
-            meta = _read_meta(directory)
-            if meta is None or (namespace is not None and meta["namespace"] != namespace):
-                continue
-            try:
-                found.append((meta["namespace"], _status(directory, meta)))
-            except FileNotFoundError:  # committed or aborted meanwhile
-                continue
+        """(namespace, status) of every ingest, or of one namespace's. From memory: cheap
+        enough for the event loop."""
+        found = [_indexed_status(entry) for entry in list(self._index.values())]
+        if namespace is not None:
+            found = [item for item in found if item[0] == namespace]
         found.sort(key=lambda item: (item[0], item[1].ref))
         return found
 
     def abort(self, namespace: str, ref: str) -> None:
         directory = self._ingest_dir(namespace, ref)
-        if _read_meta(directory) is None:
+        if self._index.pop(directory.name, None) is None:
             raise NotFound(f"ref {ref!r} not found")
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -240,9 +286,31 @@ class LocalStore:
         for entry in os.scandir(self.ingests):
             directory = Path(entry.path)
             if entry.name.endswith(".tmp") or _read_meta(directory) is None:
+                self._index.pop(entry.name, None)
                 shutil.rmtree(directory, ignore_errors=True)
                 removed.append(directory)
         return removed
+
+
+# An ingest as the store's index keeps it: its Ingest, or (namespace, status) read from disk.
+_Indexed = Ingest | tuple[str, IngestStatus]
+
+
+def _indexed_status(entry: _Indexed) -> tuple[str, IngestStatus]:
+    return (entry.namespace, entry.status()) if isinstance(entry, Ingest) else entry
+
+
+def _scan(ingests: Path) -> dict[str, _Indexed]:
+    """The whole ingests on disk (half-made ones are left to `remove_broken`)."""
+    index: dict[str, _Indexed] = {}
+    for entry in os.scandir(ingests):
+        directory = Path(entry.path)
+        meta = None if entry.name.endswith(".tmp") else _read_meta(directory)
+        if meta is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            index[entry.name] = (str(meta["namespace"]), _status(directory, meta))
+    return index
 
 
 def _status(directory: Path, meta: dict[str, str | int]) -> IngestStatus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,9 +97,12 @@ class ContentRecords:
                     "updated_at": now,
                 },
             )
-            return ContentInfo(
+            info = ContentInfo(
                 digest=digest, size=size, created_at=now, updated_at=now, labels=dict(labels)
             )
+            # ctr asks Info of what it just wrote: answered without a transaction.
+            Database.after_commit(conn, lambda: self.cache.put((namespace, digest), info))
+            return _copy(info)
 
         return await self._db.run(add)
 
@@ -120,15 +124,45 @@ class ContentRecords:
                 update(content).where(_KEY).values(labels=new, updated_at=now),
                 {"b_namespace": namespace, "b_digest": digest},
             )
-            return ContentInfo(
+            info = ContentInfo(
                 digest=digest,
                 size=row.size,
                 created_at=row.created_at,
                 updated_at=now,
                 labels=dict(new),
             )
+            Database.after_commit(conn, lambda: self.cache.put((namespace, digest), info))
+            return _copy(info)
 
         return await self._db.run(update_)
+
+    async def change_labels(
+        self, namespace: str, digest: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> ContentInfo:
+        """Set the labels `change` makes of the current ones, in one transaction (a pull
+        labels each blob it records); nothing is written when they stay the same. Called on
+        the database thread: `change` must be quick and pure."""
+        key = (namespace, digest)
+
+        def change_(conn: Connection) -> ContentInfo:
+            row = _get(conn, namespace, digest)
+            new = validate.labels(change(dict(row.labels)))
+            if new == row.labels:
+                return self.cache.put(key, _info(row))
+            self.cache.drop(key)
+            now = datetime.now(UTC)
+            conn.execute(
+                update(content).where(_KEY).values(labels=new, updated_at=now),
+                {"b_namespace": namespace, "b_digest": digest},
+            )
+            info = ContentInfo(
+                digest=digest, size=row.size, created_at=row.created_at, updated_at=now,
+                labels=new,
+            )  # fmt: skip
+            Database.after_commit(conn, lambda: self.cache.put(key, info))
+            return _copy(info)
+
+        return await self._db.run(change_)
 
     async def list(self, namespace: str) -> list[ContentInfo]:
         def list_(conn: Connection) -> list[ContentInfo]:

@@ -326,6 +326,16 @@ class HostsConfig:
             plain_http=plain_http or self.plain_http,
         )
 
+    def key(self) -> tuple[object, ...]:
+        """What tells configurations apart (hashable): equal keys mean the same endpoints,
+        TLS settings and credentials (a registry client is shared by equal keys)."""
+        return (
+            tuple(sorted(self.registries.items())),
+            tuple(sorted(self.auths.items())),
+            str(self.config_path) if self.config_path is not None else None,
+            self.plain_http,
+        )
+
     # -- lookup -------------------------------------------------------------------------------
 
     def registry(self, host: str) -> RegistryHosts:
