@@ -11,7 +11,7 @@ Handlers raise `linerd.errdefs` exceptions; the daemon's one interceptor maps th
 The reads kubelet repeats (`SERIALIZED`) answer the response already serialized: a group's
 `<method>_bytes` when it has one (built from bytes it keeps per record version, so a repeated
 call builds and serializes no message), else its message serialized here. Those RPCs are
-registered without a response serializer (`add_to_server`).
+registered with a serializer that passes bytes through (`add_to_server`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import grpc
 
 from liner_api.runtime.v1 import api_pb2, api_pb2_grpc
 from linerd.errdefs import NotImplementedYet
+from linerd.services.convert import answering_bytes
 
 # RPC name -> (group, method): who answers what (CRI-CONTEXT.md's groups).
 RUNTIME_ROUTES: dict[str, tuple[str, str]] = {
@@ -150,24 +151,7 @@ ImageService = _routed(
 
 
 def add_to_server(servicer: _Routed, server: grpc.aio.Server, service: str) -> None:
-    """What grpcio's generated `add_<Service>Servicer_to_server` does, but with no response
-    serializer for the `SERIALIZED` RPCs (their handlers answer bytes)."""
-    descriptor = api_pb2.DESCRIPTOR.services_by_name[service]
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in descriptor.methods:
-        assert not method.client_streaming, method.name  # the CRI has none
-        request = getattr(api_pb2, method.input_type.name)
-        response = getattr(api_pb2, method.output_type.name)
-        factory = (
-            grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
-        handlers[method.name] = factory(
-            getattr(servicer, method.name),
-            request_deserializer=request.FromString,
-            response_serializer=None if method.name in SERIALIZED else response.SerializeToString,
-        )
-    full_name = descriptor.full_name
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(full_name, handlers),))
-    server.add_registered_method_handlers(full_name, handlers)
+    """grpcio's generated `add_<service>Servicer_to_server`, with the `SERIALIZED` RPCs'
+    bytes passed through as the containerd API's kept Lists are (services/convert.py)."""
+    add = getattr(api_pb2_grpc, f"add_{service}Servicer_to_server")
+    answering_bytes(add, *SERIALIZED)(servicer, server)
