@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import signal as signals
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import structlog
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd import faults
 from linerd import mounts as mountlib
-from linerd.core.types import Container, Encoded
+from linerd.core.types import Container, Encoded, Mount
 from linerd.cri import execsync, meta, podns, security, specs
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
@@ -105,6 +106,32 @@ class Containers:
         if len(self._image_users) >= IMAGE_USERS_KEPT and chain_id not in self._image_users:
             del self._image_users[next(iter(self._image_users))]  # oldest first
         self._image_users[chain_id] = users
+
+    async def spec_reading_users(
+        self,
+        chain_id: str,
+        mounts: list[Mount],
+        spec_with: Callable[[ImageUsers], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """`spec_with` the users of `mounts` (an image's snapshot), mounted read-only for a
+        moment; the user databases, when both could be read, are kept for `chain_id`'s next
+        containers (`image_users`)."""
+
+        def build() -> tuple[dict[str, Any], ImageUsers | None]:
+            with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
+                users = ImageUsers(rootfs)
+                spec = spec_with(users)
+                try:  # both read while mounted
+                    users.passwd()
+                    users.group()
+                except LinerError:
+                    return spec, None
+                return spec, users
+
+        spec, users = await asyncio.to_thread(build)
+        if users is not None and chain_id:
+            self.keep_users(chain_id, users)
+        return spec
 
     def _lock(self, container_id: str) -> asyncio.Lock:
         return self._locks.setdefault(container_id, asyncio.Lock())
@@ -332,20 +359,7 @@ class Containers:
                 meta.NAMESPACE, snapshotter, container_id, image.chain_id, {}, lease
             )
 
-            def build() -> tuple[dict[str, Any], ImageUsers | None]:
-                with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                    users = ImageUsers(rootfs)
-                    spec = spec_with(users)
-                    try:  # both read while mounted: kept for the image's next containers
-                        users.passwd()
-                        users.group()
-                    except LinerError:
-                        return spec, None
-                    return spec, users
-
-            spec, users = await asyncio.to_thread(build)
-            if users is not None and image.chain_id:
-                self.keep_users(image.chain_id, users)
+            spec = await self.spec_reading_users(image.chain_id, mounts, spec_with)
             await local.containers.create(meta.NAMESPACE, record_with(spec))
             created = True
             faults.point("cri-container-created")
@@ -672,8 +686,6 @@ def _container_part(
 
 def _readonly(mounts: list[Any]) -> list[Any]:
     """The snapshot's mounts, read-only: the lookup must not write into the new container."""
-    from linerd.core.types import Mount
-
     out = []
     for m in mounts:
         options = [o for o in m.options if o not in ("rw",)]

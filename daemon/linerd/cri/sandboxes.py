@@ -37,11 +37,10 @@ import structlog
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd import faults
-from linerd import mounts as mountlib
 from linerd.core.types import Container
 from linerd.cri import meta, netns, podns, sandbox_files, specs
 from linerd.cri.cni import CNI, PodNetwork, PodRef, PortMapping
-from linerd.cri.containers import Containers, _readonly, spec_encoded
+from linerd.cri.containers import Containers, spec_encoded
 from linerd.cri.image_lookup import ImageLookup
 from linerd.cri.names import Names
 from linerd.cri.users import ImageUsers
@@ -110,7 +109,6 @@ class Sandboxes:
         self.files_dir = core.root / "cri" / "sandboxes"
         self.state_dir = core.state / "cri" / "sandboxes"
         self.netns_dir = core.state / "cri" / "netns"
-        self.scratch = core.state / "cri" / "mnt"
         self._locks: dict[str, asyncio.Lock] = {}
         self._pulling: asyncio.Lock = asyncio.Lock()
         self._loaded = False
@@ -344,23 +342,9 @@ class Sandboxes:
         # kept as a container's image's are (Containers.image_users).
         known = self.containers.image_users(chain_id)
 
-        def build() -> tuple[dict[str, Any], ImageUsers | None]:
-            if known is not None:
-                return spec_with(known), None
-            with mountlib.temp_mount(_readonly(mounts), self.scratch) as rootfs:
-                users = ImageUsers(rootfs)
-                spec = spec_with(users)
-                try:
-                    users.passwd()
-                    users.group()
-                except LinerError:
-                    return spec, None
-                return spec, users
-
-        spec, users = await asyncio.to_thread(build)
-        if users is not None and chain_id:
-            self.containers.keep_users(chain_id, users)
-        return spec
+        if known is not None:
+            return await asyncio.to_thread(spec_with, known)
+        return await self.containers.spec_reading_users(chain_id, mounts, spec_with)
 
     async def _network(
         self, sandbox_id: str, config: cri.PodSandboxConfig, paths: dict[str, Path]
