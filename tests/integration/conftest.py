@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cri_pods_support import cri_images, net  # noqa: F401 - the CRI pods' fixtures, likewise
 from cri_support import cri, pause_image  # noqa: F401 - the CRI fixtures, for every module
 from imagebuild import BusyboxLayout, build_busybox_layout
 from registry import Registry

@@ -20,12 +20,13 @@ import secrets
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
+import pytest
 from cri_support import free_subnet
 from imagebuild import (
     OCILayout,
@@ -105,6 +106,22 @@ class Net:
         if not d.exists():
             return []
         return sorted(p.name for p in d.iterdir() if p.name[0].isdigit())
+
+
+@pytest.fixture(scope="session")
+def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    """The CRI tests' images, pushed once per session (a fixture of every module: conftest)."""
+    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    """A CNI network of the test's own, its bridge removed afterwards."""
+    n = make_net(tmp_path / "net")
+    try:
+        yield n
+    finally:
+        drop_net(n)
 
 
 def make_net(base: Path) -> Net:

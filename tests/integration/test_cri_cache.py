@@ -9,11 +9,10 @@ import asyncio
 import json
 import secrets
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cri_pods_support import Images, Net, Pods, drop_net, make_net, missing, pods, push_images
+from cri_pods_support import Images, Net, Pods, missing, pods
 from cri_support import push_busybox_image
 from imagebuild import file
 from registry import Registry
@@ -22,20 +21,6 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
-
-
-@pytest.fixture(scope="module")
-def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path / "net")
-    try:
-        yield n
-    finally:
-        drop_net(n)
 
 
 async def containers(p: Pods) -> dict[str, int]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,10 @@ from cri_pods_support import (
     Images,
     Net,
     Pods,
-    drop_net,
     leftovers,
-    make_net,
     missing,
     pods,
-    push_images,
 )
-from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta
@@ -39,20 +35,6 @@ from linerd.errdefs import AlreadyExists, DeadlineExceeded, FailedPrecondition, 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
 
 LOG_LINE = re.compile(rb"^(\S+) (stdout|stderr) (F|P) (.*)$")
-
-
-@pytest.fixture(scope="session")
-def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path / "net")
-    try:
-        yield n
-    finally:
-        drop_net(n)
 
 
 def run(tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]) -> None:

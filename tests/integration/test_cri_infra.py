@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -26,14 +26,10 @@ from cri_pods_support import (
     Net,
     Pods,
     conmons_under,
-    drop_net,
     leftovers,
-    make_net,
     missing,
     pods,
-    push_images,
 )
-from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta, netns
@@ -43,20 +39,6 @@ from linerd.errdefs import InvalidArgument, NotFound
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
 
 MODES = ["no-pause", "pause"]
-
-
-@pytest.fixture(scope="session")
-def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path / "net")
-    try:
-        yield n
-    finally:
-        drop_net(n)
 
 
 def run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,9 @@ from cri_pods_support import (
     Pods,
     build,
     close_core,
-    drop_net,
     leftovers,
-    make_net,
     missing,
     open_core,
-    push_images,
     run_child,
 )
 from registry import Registry
@@ -35,20 +31,6 @@ from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
-
-
-@pytest.fixture(scope="session")
-def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path / "net")
-    try:
-        yield n
-    finally:
-        drop_net(n)
 
 
 async def _opened(base: Path, net: Net, images: Images) -> Pods:

@@ -9,7 +9,7 @@ here; containerd answers an unknown sandbox's StopPodSandbox with NotFound too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -18,14 +18,10 @@ from cri_pods_support import (
     Images,
     Net,
     Pods,
-    drop_net,
     leftovers,
-    make_net,
     missing,
     pods,
-    push_images,
 )
-from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.core.types import Container
@@ -33,20 +29,6 @@ from linerd.cri import meta
 from linerd.errdefs import AlreadyExists, NotFound
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
-
-
-@pytest.fixture(scope="session")
-def cri_images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Images:
-    return push_images(registry, tmp_path_factory.mktemp("cri-images"))
-
-
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
-    n = make_net(tmp_path / "net")
-    try:
-        yield n
-    finally:
-        drop_net(n)
 
 
 def run(tmp_path: Path, net: Net, images: Images, body: Callable[[Pods], Awaitable[None]]) -> None:
