@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEB_PACKAGES := python3-venv runc crun conmon containerd busybox-static docker-registry skopeo gnupg \
 	umoci prometheus systemd golang-github-containerd-containerd-dev \
 	golang-github-containerd-cgroups-dev containernetworking-plugins \
-	iptables
+	iptables tinyproxy
 STAMP := $(VENV)/.installed
 
 .PHONY: setup deps proto run test test-unit test-reference lint install bench clean

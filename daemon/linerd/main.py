@@ -66,7 +66,7 @@ _DAEMON_MODULES = (
     "structlog",
     "zstandard",
     "isal",
-    "httpx",
+    "h11",
     "prometheus_client",
     "grpc_health",
     "cryptography",

@@ -145,7 +145,7 @@ def test_write_actions_match_the_proto() -> None:
 def test_daemon_imports_no_pull_or_metrics_code_at_start_up() -> None:
     loaded = _modules_after("import linerd.main, linerd.server")
     for unwanted in (
-        "httpx",
+        "h11",
         "prometheus_client",
         "linerd.pull",
         "linerd.push",
@@ -176,15 +176,26 @@ def test_daemon_process_tuning_keeps_rich_out_of_json_logging() -> None:
     assert "rich" in console
 
 
-def test_a_daemon_pull_leaves_out_httpx_command_line_and_layer_writing() -> None:
+def test_a_daemon_pull_leaves_out_httpx_and_layer_writing() -> None:
     # What the first pull imports stays for the daemon's lifetime.
     loaded = _modules_after(
         "import argparse\nfrom linerd import main\n"
         "main._tune_process(argparse.Namespace(log_format=None, config=None))\n"
         "import linerd.pull, linerd.remotes.client, linerd.services.diff"
     )
-    assert "httpx" in loaded
-    for unwanted in ("httpx._main", "pygments", "tarfile", "linerd.diff.compare"):
+    assert "h11" in loaded and "linerd.remotes.httpclient" in loaded
+    # liner's own HTTP client: no httpx, httpcore, anyio, certifi, email or urllib.request
+    for unwanted in (
+        "httpx",
+        "httpcore",
+        "anyio",
+        "certifi",
+        "email",
+        "urllib.request",
+        "pygments",
+        "tarfile",
+        "linerd.diff.compare",
+    ):
         assert unwanted not in loaded
 
 

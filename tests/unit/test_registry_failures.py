@@ -6,9 +6,9 @@ import errno
 import socket
 import ssl
 
-import httpx
 import pytest
 
+from linerd.remotes import httpclient as http
 from linerd.remotes.failures import Retryable, classify
 from linerd.remotes.hosts import HostsConfig, is_loopback
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.unit
 WHAT = "GET 127.0.0.1:5000/library/busybox/manifests/latest"
 
 
-def wrapped(cause: BaseException, outer: type[httpx.TransportError] = httpx.ConnectError):
-    """As httpx raises them: the OS or ssl error is the cause of the cause."""
+def wrapped(cause: BaseException, outer: type[http.TransportError] = http.ConnectError):
+    """With the OS or ssl error as the cause of the cause (as httpx raised them)."""
     try:
         try:
             raise cause
@@ -92,11 +92,11 @@ def test_connection_failures(cause: OSError, message: str, retry: bool) -> None:
 
 
 def test_timeouts_and_cut_connections_are_retried() -> None:
-    failure = classify(httpx.ConnectTimeout("timed out"), "r:1", WHAT)
+    failure = classify(http.ConnectTimeout("timed out"), "r:1", WHAT)
     assert failure.retry and failure.message == "cannot reach registry r:1: connection timed out"
-    failure = classify(httpx.ReadTimeout("timed out"), "r:1", WHAT)
+    failure = classify(http.ReadTimeout("timed out"), "r:1", WHAT)
     assert failure.retry and failure.message.startswith("registry r:1 stopped answering")
-    failure = classify(httpx.RemoteProtocolError("peer closed connection"), "r:1", WHAT)
+    failure = classify(http.RemoteProtocolError("peer closed connection"), "r:1", WHAT)
     assert failure.retry and failure.message.startswith("registry r:1 closed the connection")
 
 

@@ -10,7 +10,7 @@ and a `/images/refused` event (`liner.events.ImageRefused`). Verdicts are cached
 evaluator per (manifest digest, reference, generation), so an image verified once pays nothing
 twice until the policy is reloaded.
 
-With no policy configured nothing of `linerd.policy` (cryptography, httpx) is imported.
+With no policy configured nothing of `linerd.policy` (cryptography) is imported.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ fetched, with the pull's own registry client reading signatures, before any laye
 or any record made; an import's images before anything is unpacked or recorded.
 
 The machinery (the unpacker, `Puller`, `Pusher`, `Archives`) is built here and only here,
-each on first use: pulls, pushes and archives load the registry client (httpx, ~6 MB and
-~0.2 s of imports) and the layer decompressors, which a daemon never asked for them never
+each on first use: pulls, pushes and archives load the registry client (its HTTP client
+and h11, ~1 MB) and the layer decompressors, which a daemon never asked for them never
 loads. `build` makes this service and the local Diff service, which shares the unpacker.
 """
 

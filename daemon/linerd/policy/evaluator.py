@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import httpx
+from typing import TYPE_CHECKING
 
 from linerd.policy import gpg, lookaside, payload, sigstore
 from linerd.policy.policyfile import Policy
@@ -29,6 +28,9 @@ from linerd.policy.requirements import (
     SigstoreSigned,
 )
 from linerd.remotes.reference import Reference
+
+if TYPE_CHECKING:
+    from linerd.remotes.httpclient import HTTPClient
 
 SIMPLE_SIGNING_PREFIX = b"\x00simple-signing\n"
 SIGSTORE_JSON_PREFIX = b"\x00sigstore-json\n"
@@ -72,7 +74,7 @@ class Evaluator:
         registries: RegistriesD,
         generation: int = 0,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: HTTPClient | None = None,
         cache_size: int = 4096,
     ) -> None:
         self.policy = policy
@@ -242,6 +244,7 @@ def _sigstore(
     digest: str,
     manifest: bytes | None,
 ) -> str | None:
+
     try:
         sigstore.verify_signature(requirement.public_key, attachment)
         claims = payload.parse_claims(attachment.payload, payload.COSIGN_TYPE)

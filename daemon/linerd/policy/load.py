@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-
-import httpx
+from typing import TYPE_CHECKING
 
 from linerd.policy.evaluator import Evaluator
 from linerd.policy.policyfile import load_policy
 from linerd.policy.registriesd import RegistriesD, load_dir
+
+if TYPE_CHECKING:
+    from linerd.remotes.httpclient import HTTPClient
 
 
 def load_evaluator_sync(
@@ -16,7 +18,7 @@ def load_evaluator_sync(
     registries_d: str,
     generation: int,
     *,
-    http_client: httpx.AsyncClient | None = None,
+    http_client: HTTPClient | None = None,
 ) -> Evaluator | None:
     """The evaluator for ``policy_path``; None when the path is empty (no policy: every image
     is accepted, as before policies existed). Raises PolicyError for a bad file."""
@@ -32,7 +34,7 @@ async def load_evaluator(
     registries_d: str,
     generation: int,
     *,
-    http_client: httpx.AsyncClient | None = None,
+    http_client: HTTPClient | None = None,
 ) -> Evaluator | None:
     """`load_evaluator_sync` in a thread (file reads and key parsing stay off the loop)."""
     return await asyncio.to_thread(

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 
-import httpx
-
 from linerd.policy.refs import DockerRef
 from linerd.policy.registriesd import lookaside_url
+from linerd.remotes.httpclient import HTTPClient, HTTPError
 
 MAX_SIGNATURE_BYTES = 4 << 20
 MAX_SIGNATURES = 128
@@ -44,13 +43,16 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
-async def _read_http(client: httpx.AsyncClient, url: str) -> bytes | None:
+async def _read_http(client: HTTPClient, url: str) -> bytes | None:
     origin = _origin(url)
     for _hop in range(MAX_REDIRECTS + 1):
-        async with client.stream("GET", url, follow_redirects=False) as response:
+        response = await client.send("GET", url, {"Accept": "*/*"})
+        try:
             if response.status_code == 404:
                 return None
-            if response.is_redirect:
+            if response.status_code in (301, 302, 303, 307, 308) and (
+                "location" in response.headers
+            ):
                 location = response.headers.get("location", "")
                 target = urllib.parse.urljoin(url, location)
                 if _origin(target) != origin:
@@ -72,6 +74,8 @@ async def _read_http(client: httpx.AsyncClient, url: str) -> bytes | None:
                         f"signature {url} is larger than {MAX_SIGNATURE_BYTES} bytes"
                     )
             return bytes(body)
+        finally:
+            await response.aclose()
     raise LookasideError(f"signature {url}: more than {MAX_REDIRECTS} redirects")
 
 
@@ -80,7 +84,7 @@ async def fetch_signatures(
     ref: DockerRef,
     manifest_digest: str,
     *,
-    client: httpx.AsyncClient | None = None,
+    client: HTTPClient | None = None,
 ) -> list[bytes]:
     """All signatures stored for ``manifest_digest`` of ``ref``'s repository under ``base``."""
     scheme = urllib.parse.urlsplit(base).scheme
@@ -88,7 +92,7 @@ async def fetch_signatures(
         raise LookasideError(f"lookaside {base!r}: unsupported URL scheme")
     own_client = None
     if scheme != "file" and client is None:
-        own_client = client = httpx.AsyncClient(timeout=HTTP_TIMEOUT)
+        own_client = client = HTTPClient(timeout=HTTP_TIMEOUT)
 
     async def read(url: str) -> bytes | None:
         if scheme == "file":
@@ -97,7 +101,7 @@ async def fetch_signatures(
         assert client is not None
         try:
             return await _read_http(client, url)
-        except httpx.HTTPError as e:
+        except HTTPError as e:
             raise LookasideError(f"signature {url}: {e}") from None
 
     out: list[bytes] = []

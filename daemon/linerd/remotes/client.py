@@ -1,11 +1,12 @@
 """An async OCI distribution client: resolve, fetch manifests, stream blobs.
 
-One `httpx.AsyncClient` per distinct TLS configuration. Every response body is read with a
-bound: manifests are capped (4 MiB default), blobs never past their descriptor's size, token
-responses at 1 MiB. Digests are checked as bytes arrive, and the last chunk of a blob is only
-handed out once the whole blob checked out, so a consumer never holds a complete wrong blob.
+One `HTTPClient` (liner's own, `linerd.remotes.httpclient`) per distinct TLS configuration.
+Every response body is read with a bound: manifests are capped (4 MiB default), blobs never
+past their descriptor's size, token responses at 1 MiB. Digests are checked as bytes arrive,
+and the last chunk of a blob is only handed out once the whole blob checked out, so a
+consumer never holds a complete wrong blob.
 
-Hashing happens inline on the event loop: chunks from httpx are at most tens of KiB and
+Hashing happens inline on the event loop: chunks are at most a few hundred KiB and
 sha256 runs at ~1 GB/s, so each update blocks the loop for well under a millisecond; moving it
 to a thread would cost more in hand-offs than it saves. Callers that re-hash large existing
 prefixes (resuming an ingest) should do that in a thread.
@@ -20,19 +21,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import random
 import ssl
-import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import structlog
 
 import linerd
@@ -45,16 +43,17 @@ from linerd.remotes.auth import MAX_TOKEN_RESPONSE, Authorizer, repository_scope
 from linerd.remotes.failures import Retryable as _Retryable
 from linerd.remotes.failures import classify
 from linerd.remotes.hosts import Endpoint, HostsConfig, TLSConfig
+from linerd.remotes.httpclient import (
+    HTTPClient,
+    HTTPError,
+    Response,
+    Timeout,
+    TransportError,
+    default_ssl_context,
+)
 
 if TYPE_CHECKING:
     from hashlib import _Hash
-
-# httpcore runs `import sniffio` for every lock and event it sets up (several per request);
-# without that package (anyio no longer needs it) each of those imports searched sys.path
-# and failed: ~0.2 ms of a request's ~1 ms of CPU on the event loop. None in sys.modules
-# makes the import fail at once, and httpcore then takes asyncio, the daemon's only loop.
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 log = structlog.get_logger("linerd.remotes")
 
@@ -71,10 +70,11 @@ MANIFEST_MEDIA_TYPES = (
 ACCEPT_MANIFESTS = ", ".join(MANIFEST_MEDIA_TYPES)
 MAX_MANIFEST_SIZE = MAX_DOCUMENT  # what the store reads back, it accepts
 MAX_REDIRECTS = 5
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+DEFAULT_TIMEOUT = Timeout(30.0, connect=10.0)
 # A client lives across pulls (linerd.remotes.pool): a few idle connections are kept for the
 # next pull (a burst of pulls does not leave dozens open), each at most this long.
-KEEPALIVE = httpx.Limits(max_keepalive_connections=4, keepalive_expiry=30.0)
+MAX_IDLE_CONNECTIONS = 4
+IDLE_EXPIRY = 30.0
 # A blob transfer must move at least 1 MiB per 64 s (16 KiB/s) or it is given up.
 MIN_RATE = (1 << 20, 64.0)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -83,6 +83,7 @@ _ERROR_BODY_LIMIT = 4096
 
 # A request body: bytes, or a factory of an async byte stream (called again on a resend).
 Body = bytes | Callable[[], AsyncIterator[bytes]] | None
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def hasher_for(digest: str) -> _Hash:
@@ -116,7 +117,11 @@ def sniff_manifest_media_type(body: bytes) -> str:
 def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     """System trust plus configured CAs; client certificates; verification unless skipped.
     Built once per configuration and files' state: loading the system's trust store costs
-    ~10-30 ms of CPU on the event loop, and every pull makes a client (the CRI's included)."""
+    ~10-30 ms of CPU on the event loop and ~1 MB, and every pull makes a client (the CRI's
+    included). The default configuration shares the process's one context
+    (`default_ssl_context`: token servers, policy lookasides and registries alike)."""
+    if tls == _DEFAULT_TLS:
+        return default_ssl_context()
     stamps = []
     for path in (*tls.ca, *(f for pair in tls.client for f in pair if f)):
         try:
@@ -143,9 +148,18 @@ def _ssl_context(tls: TLSConfig, _files: tuple[tuple[str, int, int], ...]) -> ss
     return ctx
 
 
-def _origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
-    u = httpx.URL(str(url))
-    return (u.scheme, u.host, u.port)
+_DEFAULT_TLS = TLSConfig()
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    u = urllib.parse.urlsplit(url)
+    scheme = u.scheme.lower()
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    return (scheme, (u.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme))
 
 
 class RegistryClient:
@@ -168,7 +182,7 @@ class RegistryClient:
         backoff: float = 0.2,
         backoff_max: float = 5.0,
         retry_deadline: float = 60.0,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        timeout: Timeout | float = DEFAULT_TIMEOUT,
         user_agent: str | None = None,
         min_rate: tuple[int, float] = MIN_RATE,
         trust_env: bool = True,
@@ -184,9 +198,9 @@ class RegistryClient:
         # The version from the one place it is written (pyproject.toml, see linerd.__init__).
         self._user_agent = user_agent or f"liner/{linerd.__version__}"
         self._trust_env = trust_env
-        # Per TLS configuration: the SSL context it was built with, and the client.
-        self._clients: dict[TLSConfig, tuple[ssl.SSLContext, httpx.AsyncClient]] = {}
-        self._retired: list[httpx.AsyncClient] = []  # built with TLS files since changed
+        # Per TLS configuration: its connections. A CA or client certificate file that
+        # changes makes a new SSL context (`ssl_context`), and new connections with it.
+        self._clients: dict[TLSConfig, HTTPClient] = {}
         self._plain_hosts: set[str] = set()  # loopback hosts found to speak plain HTTP
         self.auth = Authorizer(
             self.hosts, self._token_transport, max_token_response=max_token_response
@@ -201,30 +215,23 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        clients = [c for _, c in self._clients.values()] + self._retired
-        self._clients, self._retired = {}, []
+        clients, self._clients = list(self._clients.values()), {}
         for c in clients:
             await c.aclose()
 
-    def _http(self, tls: TLSConfig) -> httpx.AsyncClient:
-        verify = ssl_context(tls)
-        cached = self._clients.get(tls)
-        if cached is not None and cached[0] is verify:
-            return cached[1]
-        if cached is not None:
-            # A CA or client certificate file changed: new connections with the new files
-            # (a client lives across pulls, `linerd.remotes.pool`). Requests still streaming
-            # from the old one finish; it is closed with this client.
-            self._retired.append(cached[1])
-        client = httpx.AsyncClient(
-            verify=verify,
-            timeout=self._timeout,
-            follow_redirects=False,  # by hand: see the module docstring
-            trust_env=self._trust_env,
-            headers={"User-Agent": self._user_agent},
-            limits=KEEPALIVE,
-        )
-        self._clients[tls] = (verify, client)
+    def _http(self, tls: TLSConfig) -> HTTPClient:
+        client = self._clients.get(tls)
+        if client is None:
+            # The SSL context is asked for at each HTTPS request (a plain-HTTP registry never
+            # loads one); redirects are followed by hand (see the module docstring).
+            client = self._clients[tls] = HTTPClient(
+                ssl_context=functools.partial(ssl_context, tls),
+                timeout=self._timeout,
+                headers=[("User-Agent", self._user_agent)],
+                trust_env=self._trust_env,
+                max_idle=MAX_IDLE_CONNECTIONS,
+                idle_expiry=IDLE_EXPIRY,
+            )
         return client
 
     # -- public API -----------------------------------------------------------------------
@@ -340,7 +347,7 @@ class RegistryClient:
                 async for piece in state.consume(resp):
                     yield piece
                 return
-            except (httpx.TransportError, _Retryable) as e:
+            except (TransportError, _Retryable) as e:
                 if resumes >= self.retries or time.monotonic() - started > self.retry_deadline:
                     raise errdefs.Unavailable(
                         f"blob {desc.digest}: transfer from {ep.host} interrupted at byte "
@@ -428,7 +435,7 @@ class RegistryClient:
         *,
         offset: int = 0,
         head_ok: bool = False,
-    ) -> httpx.Response:
+    ) -> Response:
         """Send with auth, retries and redirects; return a 200/206 response, open for
         streaming (the caller closes it). Non-success statuses become errdefs errors.
 
@@ -471,7 +478,7 @@ class RegistryClient:
                     retry_after = _retry_after(resp.headers.get("Retry-After"))
                     detail = await _error_detail(resp)
                     raise _Retryable(f"HTTP {status}{detail}", retry_after)
-            except (httpx.TransportError, _Retryable) as e:
+            except (TransportError, _Retryable) as e:
                 ep = await self._after_failure(ep, what, e, attempt, started)
                 continue
             if status in (200, 206):
@@ -525,40 +532,39 @@ class RegistryClient:
         self,
         ep: Endpoint,
         method: str,
-        url: str | httpx.URL,
+        url: str,
         headers: dict[str, str],
         authorization: str | None,
         body: Body = None,
-    ) -> tuple[httpx.Response, bool]:
+    ) -> tuple[Response, bool]:
         """One logical request, following redirects by hand (credentials only to the
         endpoint's own origin, never HTTPS to HTTP; a request with a body follows only
         307/308, which resend it); returns the final (streaming) response and whether it came
         from the endpoint's own origin."""
         client = self._http(ep.tls)
         origin = _origin(ep.base_url)
-        current = httpx.URL(url)
+        current = url
         for _hop in range(MAX_REDIRECTS + 1):
-            same_origin = _origin(current) == origin
+            here = _origin(current)
+            same_origin = here == origin
             h = dict(headers)
             if same_origin:
                 h.update(ep.headers)
                 if authorization is not None:
                     h["Authorization"] = authorization
-            content = body() if callable(body) else body
-            request = client.build_request(method, current, headers=h, content=content)
-            resp = await client.send(request, stream=True)
-            log.debug("registry response", method=method, host=current.netloc.decode(),
-                      path=current.path, status=resp.status_code)  # fmt: skip
-            if resp.status_code not in (301, 302, 303, 307, 308):
+            resp = await client.send(method, current, h, body)
+            log.debug("registry response", method=method, host=here[1], status=resp.status_code)
+            if resp.status_code not in _REDIRECTS:
                 return resp, same_origin
             location = resp.headers.get("Location")
             await resp.aclose()
             if not location:
                 raise errdefs.FailedPrecondition(f"{ep.host}: redirect without a Location")
-            target = current.join(location)
-            if target.scheme not in ("http", "https"):
+            target = urllib.parse.urljoin(current, location.strip())
+            target_scheme = urllib.parse.urlsplit(target).scheme.lower()
+            if target_scheme not in ("http", "https"):
                 raise errdefs.FailedPrecondition(f"{ep.host}: redirect to a non-HTTP URL")
-            if current.scheme == "https" and target.scheme == "http":
+            if here[0] == "https" and target_scheme == "http":
                 raise errdefs.PermissionDenied(f"{ep.host}: refusing redirect from HTTPS to HTTP")
             if method not in ("GET", "HEAD") and resp.status_code in (301, 302, 303):
                 raise errdefs.FailedPrecondition(
@@ -579,17 +585,20 @@ class RegistryClient:
     ) -> tuple[int, bytes]:
         """The Authorizer's HTTP: default TLS (realms are public services), retries on
         connect errors/429/5xx, no redirects (they would carry the credentials along)."""
-        client = self._http(TLSConfig())
+        client = self._http(_DEFAULT_TLS)
         host = urllib.parse.urlsplit(url).netloc
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
+        body: bytes | None = None
+        if form is not None:
+            body = urllib.parse.urlencode(form).encode()
+            headers = {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                request = client.build_request(
-                    method, url, headers=headers, params=params or None, data=form
-                )
-                resp = await client.send(request, stream=True)
+                resp = await client.send(method, url, headers, body)
                 try:
                     if resp.status_code in _RETRY_STATUSES:
                         raise _Retryable(f"HTTP {resp.status_code}")
@@ -604,7 +613,7 @@ class RegistryClient:
                     return 200, body
                 finally:
                     await resp.aclose()
-            except (httpx.TransportError, _Retryable) as e:
+            except (TransportError, _Retryable) as e:
                 failure = classify(e, host, f"token server {host}")
                 if not failure.retry:
                     raise errdefs.Unavailable(failure.message) from None
@@ -655,7 +664,7 @@ class _BlobState:
         if f"{self.hasher.name}:{self.hasher.hexdigest()}" != self.desc.digest:
             raise errdefs.DataLoss(f"blob {self.desc.digest}: digest mismatch")
 
-    async def consume(self, resp: httpx.Response) -> AsyncIterator[bytes]:
+    async def consume(self, resp: Response) -> AsyncIterator[bytes]:
         desc = self.desc
         if resp.status_code == 206:
             start = _content_range_start(resp.headers.get("Content-Range"), desc)
@@ -719,7 +728,7 @@ def _content_range_start(value: str | None, desc: Descriptor) -> int:
     return first
 
 
-async def _read_capped(resp: httpx.Response, limit: int, what: str, cap: int) -> bytes:
+async def _read_capped(resp: Response, limit: int, what: str, cap: int) -> bytes:
     """Read a body of at most ``limit`` bytes; refuse a bigger one as soon as it shows
     (by Content-Length, before reading; else after ``limit`` + 1 bytes).
 
@@ -744,7 +753,7 @@ async def _read_capped(resp: httpx.Response, limit: int, what: str, cap: int) ->
     return bytes(buf)
 
 
-async def _error_detail(resp: httpx.Response) -> str:
+async def _error_detail(resp: Response) -> str:
     """A short ": CODE: message" from a registry error body (never headers: no secrets)."""
     try:
         body = b""
@@ -759,7 +768,7 @@ async def _error_detail(resp: httpx.Response) -> str:
         first: dict[str, Any] = errors[0]
         code, message = str(first.get("code", "")), str(first.get("message", ""))
         return f": {code}: {message}"[:200] if code or message else ""
-    except (ValueError, AttributeError, IndexError, TypeError, KeyError, httpx.HTTPError):
+    except (ValueError, AttributeError, IndexError, TypeError, KeyError, HTTPError):
         return ""
 
 

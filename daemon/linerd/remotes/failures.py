@@ -15,7 +15,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
+from linerd.remotes import httpclient as http
 
 # OpenSSL's reasons when the peer's first bytes are not a TLS record: a plain HTTP server's
 # "HTTP/1.1 400" answer to the ClientHello.
@@ -98,11 +98,13 @@ def classify(e: BaseException, host: str, what: str) -> Failure:
             return Failure(
                 f"cannot reach registry {host}: {_RETRIED_ERRNOS[cause.errno]}", retry=True
             )
-    if isinstance(e, httpx.ConnectTimeout):
+    if isinstance(e, http.ConnectTimeout):
         return Failure(f"cannot reach registry {host}: connection timed out", retry=True)
-    if isinstance(e, httpx.TimeoutException):
+    if isinstance(e, http.TimeoutException):
         return Failure(f"registry {host} stopped answering ({what}): timed out", retry=True)
-    if isinstance(e, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+    if isinstance(e, http.ProxyError):
+        return Failure(f"registry {host} through the proxy: {e}", retry=False)
+    if isinstance(e, http.RemoteProtocolError | http.ReadError | http.WriteError):
         return Failure(f"registry {host} closed the connection ({what}): {_text(e)}", retry=True)
     return Failure(f"{what}: {_text(e)}", retry=True)
 

@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import httpx
 import structlog
 
 from linerd import errdefs
@@ -59,6 +59,7 @@ from linerd.remotes.client import (
     _Retryable,
 )
 from linerd.remotes.hosts import Endpoint
+from linerd.remotes.httpclient import Response, TransportError
 
 log = structlog.get_logger("linerd.remotes.push")
 
@@ -126,7 +127,7 @@ class RepositoryPusher:
         """Get ``desc`` into the repository: "mounted" (from the first of ``mount_from`` that
         is another repository here) or "uploaded". The caller checked it is not there yet."""
         report = on_progress or (lambda _n: None)
-        location: httpx.URL | None = None
+        location: str | None = None
         source_repo = next((r for r in mount_from if r and r != self.ref.repository), None)
         if source_repo is not None:
             location = await self._mount(desc, source_repo)
@@ -160,12 +161,10 @@ class RepositoryPusher:
                 location = None
                 await asyncio.sleep(delay)
 
-    async def _mount(self, desc: Descriptor, source_repo: str) -> httpx.URL | None:
+    async def _mount(self, desc: Descriptor, source_repo: str) -> str | None:
         """None when mounted; else the upload session the registry began instead."""
-        url = httpx.URL(
-            self.endpoint.url(self._path("blobs/uploads/")),
-            params={"mount": desc.digest, "from": source_repo},
-        )
+        query = urllib.parse.urlencode({"mount": desc.digest, "from": source_repo})
+        url = f"{self.endpoint.url(self._path('blobs/uploads/'))}?{query}"
         scopes = (*self._scopes, repository_scope(source_repo, "pull"))
         try:
             resp = await self._call("POST", url, ok=(201, 202), scopes=scopes, body=b"")
@@ -178,14 +177,14 @@ class RepositoryPusher:
             return None
         return self._location(resp, url)
 
-    async def _start_upload(self) -> httpx.URL:
-        url = httpx.URL(self.endpoint.url(self._path("blobs/uploads/")))
+    async def _start_upload(self) -> str:
+        url = self.endpoint.url(self._path("blobs/uploads/"))
         resp = await self._call("POST", url, ok=(202,), body=b"")
         return self._location(resp, url)
 
     async def _upload(
         self,
-        location: httpx.URL,
+        location: str,
         desc: Descriptor,
         source: BlobSource,
         report: Callable[[int], None],
@@ -246,12 +245,12 @@ class RepositoryPusher:
     async def _session(
         self,
         method: str,
-        url: httpx.URL,
+        url: str,
         *,
         headers: dict[str, str],
         body: Body,
         ok: tuple[int, ...],
-    ) -> httpx.Response:
+    ) -> Response:
         """A request inside an upload session: a failure another session may fix restarts."""
         try:
             return await self._call(method, url, headers=headers, body=body, ok=ok, retry=False)
@@ -280,7 +279,7 @@ class RepositoryPusher:
     def _path(self, rest: str) -> str:
         return f"{self.ref.repository}/{rest}"
 
-    def _check_digest(self, resp: httpx.Response, desc: Descriptor, what: str) -> None:
+    def _check_digest(self, resp: Response, desc: Descriptor, what: str) -> None:
         got = resp.headers.get("Docker-Content-Digest")
         algorithm = desc.digest.split(":", 1)[0]
         if got and got.startswith(f"{algorithm}:") and got != desc.digest:
@@ -289,16 +288,17 @@ class RepositoryPusher:
                 f"({self.endpoint.host}/{self.ref.repository})"
             )
 
-    def _location(self, resp: httpx.Response, base: httpx.URL) -> httpx.URL:
+    def _location(self, resp: Response, base: str) -> str:
         location = resp.headers.get("Location")
         if not location:
             raise errdefs.FailedPrecondition(
                 f"{self.endpoint.host}: upload reply (HTTP {resp.status_code}) without a Location"
             )
-        target = base.join(location)
-        if target.scheme not in ("http", "https"):
+        target = urllib.parse.urljoin(base, location.strip())
+        scheme = urllib.parse.urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
             raise errdefs.FailedPrecondition(f"{self.endpoint.host}: upload Location is not HTTP")
-        if base.scheme == "https" and target.scheme == "http":
+        if urllib.parse.urlsplit(base).scheme.lower() == "https" and scheme == "http":
             raise errdefs.PermissionDenied(
                 f"{self.endpoint.host}: refusing an upload Location downgrading HTTPS to HTTP"
             )
@@ -307,21 +307,22 @@ class RepositoryPusher:
     async def _call(
         self,
         method: str,
-        url: str | httpx.URL,
+        url: str,
         *,
         ok: tuple[int, ...],
         headers: dict[str, str] | None = None,
         body: Body = None,
         scopes: tuple[str, ...] | None = None,
         retry: bool = True,
-    ) -> httpx.Response:
+    ) -> Response:
         """One request with auth, redirects and (unless ``retry`` is off) retries on transport
         errors, 429 and 5xx. Returns a response in ``ok`` with its (small) body read; anything
         else becomes an errdefs error. ``url``: absolute, or a path under the endpoint."""
         ep = self.endpoint
-        target = httpx.URL(url if isinstance(url, httpx.URL) else ep.url(url))
+        absolute = "://" in url
+        target = url if absolute else ep.url(url)
         scopes = scopes or self._scopes
-        what = f"{method} {ep.host}{target.path}"
+        what = f"{method} {ep.host}{urllib.parse.urlsplit(target).path}"
         self.requests[method] = self.requests.get(method, 0) + 1
         attempt = 0
         auth_retries = 0
@@ -353,14 +354,14 @@ class RepositoryPusher:
                     detail = await _error_detail(resp)
                     await resp.aclose()
                     raise _Retryable(f"HTTP {status}{detail}", retry_after)
-            except (httpx.TransportError, _Retryable) as e:
+            except (TransportError, _Retryable) as e:
                 fallback = await self.client._after_failure(
                     ep, what, e, attempt, started, retry=retry
                 )
                 if fallback is not ep:  # a loopback registry speaking plain HTTP
                     self.endpoint = ep = fallback
-                    if not isinstance(url, httpx.URL):
-                        target = httpx.URL(ep.url(url))
+                    if not absolute:
+                        target = ep.url(url)
                 continue
             if status in ok:
                 try:
@@ -374,10 +375,9 @@ class RepositoryPusher:
             raise _status_error(status, what, detail)
 
 
-def _with_digest(location: httpx.URL, digest: str) -> httpx.URL:
+def _with_digest(location: str, digest: str) -> str:
     """``location`` plus ``digest=``, keeping its query (``_state``) byte for byte."""
-    raw = str(location)
-    return httpx.URL(f"{raw}{'&' if '?' in raw else '?'}digest={digest.replace(':', '%3A')}")
+    return f"{location}{'&' if '?' in location else '?'}digest={digest.replace(':', '%3A')}"
 
 
 def _range_end(value: str | None) -> int | None:
