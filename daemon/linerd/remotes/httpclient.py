@@ -32,6 +32,8 @@ import h11
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Read size and the stream's buffer: a blob arrives in chunks up to this size.
 READ_SIZE = 256 << 10
+# A response's head may be this big (h11's default is 16 KiB; httpcore allowed 100 KiB).
+MAX_HEAD = 100 << 10
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -298,7 +300,7 @@ class _Connection:
     ) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.key = key
         self.idle_since = 0.0
         self.requests = 0
