@@ -249,6 +249,24 @@ def test_a_pooled_connection_closed_unseen_is_retried_for_idempotent_requests(
     run(main())
 
 
+def test_a_post_on_a_pooled_connection_closed_unseen_is_not_sent_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http._Connection, "usable", lambda self: True)
+
+    async def main() -> None:
+        async with Server(reply(202)) as srv, HTTPClient(trust_env=False) as c:
+            assert await get(c, srv.url()) == (202, b"")
+            srv.writers[0].close()
+            await srv.writers[0].wait_closed()
+            with pytest.raises(http.TransportError):
+                await c.send("POST", srv.url(), {}, b"x")
+            assert srv.connections == 1
+            assert await get(c, srv.url()) == (202, b"")  # a new connection after it
+
+    run(main())
+
+
 def test_streamed_request_body_is_chunked_and_resent_from_its_factory() -> None:
     async def main() -> None:
         calls = 0

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
     from linerd.remotes.reference import parse as parse_reference
 
 # Names are loaded on first use: importing linerd.remotes.hosts or .reference (the config
-# does, at start-up) must not import the HTTP client (httpx), which only pulls and pushes need.
+# does, at start-up) must not import the HTTP client (httpclient, h11), which only pulls and
+# pushes need.
 _WHERE = {
     **dict.fromkeys(("Authorizer", "Challenge", "parse_www_authenticate"), "auth"),
     **dict.fromkeys(

@@ -2,7 +2,7 @@
 
 A pull that made its own `RegistryClient` opened a new connection (a TCP, maybe a TLS
 handshake), asked the token server again for a private image, and set up and tore down
-httpx's client on the event loop: ~1 ms of CPU and a round trip or more per pull, which a
+its HTTP client on the event loop: ~1 ms of CPU and a round trip or more per pull, which a
 CRI PullImage of a small image (three requests) felt. The pool hands out one client per
 distinct configuration (`HostsConfig.key`: the registries' endpoints, TLS settings,
 credentials and plain HTTP), so pulls with other credentials never share a connection or a
