@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -461,3 +465,112 @@ def test_a_cgi_environment_ignores_upper_case_http_proxy() -> None:
 def test_unsupported_proxy_scheme_is_refused() -> None:
     with pytest.raises(http.ProxyError):
         proxies(ALL_PROXY="socks5://proxy:1080")
+
+
+# -- TLS: the system store read as a hashed directory ------------------------------------------
+
+
+def _ca_and_server(tmp: Path) -> tuple[bytes, Path, Path]:
+    """A CA's PEM, and a server certificate for 127.0.0.1 it signed (cert file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(subject: str, issuer: str, key: Any, signer: Any, ca: bool) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        else:
+            usage = x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            )
+            b = b.add_extension(usage, critical=True)
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build("liner test CA", "liner test CA", ca_key, ca_key, True)
+    server = build("127.0.0.1", "liner test CA", server_key, ca_key, False)
+    cert, key = tmp / "server.pem", tmp / "server.key"
+    cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca.public_bytes(serialization.Encoding.PEM), cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl (for rehash) is absent")
+def test_the_system_store_is_read_as_a_hashed_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    ca_pem, cert, key = _ca_and_server(tmp_path)
+    store, empty = tmp_path / "certs", tmp_path / "other-certs"
+    store.mkdir()
+    empty.mkdir()
+    (store / "liner-test-ca.pem").write_bytes(ca_pem)
+    subprocess.run(["openssl", "rehash", str(store)], check=True, capture_output=True)
+    assert http._hashed(str(store))
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    trusted = http.system_ssl_context(str(store))
+    assert trusted.cert_store_stats()["x509_ca"] == 0  # nothing parsed up front
+    assert trusted.verify_mode is ssl.CERT_REQUIRED and trusted.check_hostname
+
+    async def main() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        async with HTTPClient(ssl_context=trusted, trust_env=False) as c:
+            assert await get(c, url) == (200, b"ok")
+        # A store without that CA refuses the server (the empty directory: the default one).
+        refusing = http.system_ssl_context(str(empty))
+        async with HTTPClient(ssl_context=refusing, trust_env=False) as c:
+            with pytest.raises(http.ConnectError) as caught:
+                await get(c, url)
+            assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
+        server.close()
+
+    run(main())
+
+
+def test_a_store_without_hash_links_falls_back_to_the_default_reading(tmp_path: Path) -> None:
+    assert not http._hashed(str(tmp_path))
+    ctx = http.system_ssl_context(str(tmp_path))
+    assert ctx.verify_mode is ssl.CERT_REQUIRED and ctx.check_hostname

@@ -50,6 +50,7 @@ from linerd.remotes.httpclient import (
     Timeout,
     TransportError,
     default_ssl_context,
+    system_ssl_context,
 )
 
 if TYPE_CHECKING:
@@ -116,10 +117,10 @@ def sniff_manifest_media_type(body: bytes) -> str:
 
 def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     """System trust plus configured CAs; client certificates; verification unless skipped.
-    Built once per configuration and files' state: loading the system's trust store costs
-    ~10-30 ms of CPU on the event loop and ~1 MB, and every pull makes a client (the CRI's
-    included). The default configuration shares the process's one context
-    (`default_ssl_context`: token servers, policy lookasides and registries alike)."""
+    Built once per configuration and files' state (a context holds the CAs it parsed, and
+    every pull makes a client, the CRI's included). The default configuration shares the
+    process's one context (`default_ssl_context`: token servers, policy lookasides and
+    registries alike); the system's CAs are looked up per handshake (`system_ssl_context`)."""
     if tls == _DEFAULT_TLS:
         return default_ssl_context()
     stamps = []
@@ -134,7 +135,7 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 
 @functools.lru_cache(maxsize=16)
 def _ssl_context(tls: TLSConfig, _files: tuple[tuple[str, int, int], ...]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
+    ctx = system_ssl_context()
     try:
         for ca in tls.ca:
             ctx.load_verify_locations(cafile=ca)

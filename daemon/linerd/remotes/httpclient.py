@@ -21,6 +21,7 @@ import contextlib
 import functools
 import ipaddress
 import os
+import re
 import ssl
 import time
 import urllib.parse
@@ -110,11 +111,45 @@ class Timeout:
         return value if isinstance(value, Timeout) else cls(value)
 
 
+_HASHED_NAME = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+def system_ssl_context(capath: str | None = None) -> ssl.SSLContext:
+    """A new client context trusting the system's store, verification and host names on.
+
+    The store is the directory OpenSSL hashes (/etc/ssl/certs: the CAs containerd and curl
+    trust, which `update-ca-certificates` maintains, with its ``<hash>.0`` links), looked up
+    per issuer at a handshake: loading its bundle file instead parses all ~150 CAs into every
+    context (~0.9 MB each). ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` in the environment, or a
+    directory without hash links, get `ssl.create_default_context`'s reading."""
+    paths = ssl.get_default_verify_paths()
+    capath = capath or paths.capath
+    if (
+        os.environ.get(paths.openssl_cafile_env) is None
+        and os.environ.get(paths.openssl_capath_env) is None
+        and capath
+        and _hashed(capath)
+    ):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname
+        ctx.load_verify_locations(capath=capath)
+        return ctx
+    return ssl.create_default_context()
+
+
+@functools.cache
+def _hashed(directory: str) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            return any(_HASHED_NAME.fullmatch(e.name) for e in entries)
+    except OSError:
+        return False
+
+
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
-    """The system's trust store (/etc/ssl/certs, what containerd and curl use and an admin
-    extends), verification on: one per process, its CA list parsed once (~1 MB)."""
-    return ssl.create_default_context()
+    """`system_ssl_context`, one per process (registries without a TLS configuration of
+    their own, token servers, policy lookasides, HTTPS proxies)."""
+    return system_ssl_context()
 
 
 class Headers:
