@@ -254,3 +254,32 @@ def test_linerd_main_imports_nothing_before_its_lean_loader() -> None:
     loaded = _modules_after("import linerd.main")
     for unwanted in ("typing", "argparse", "dataclasses", "linerd.config", "linerd.leancode"):
         assert unwanted not in loaded
+
+
+def test_daemon_tuning_defers_locale_and_protobufs_python_messages() -> None:
+    # locale's tables (read by argparse's gettext before the tuning) and protobuf's
+    # pure-Python message implementation (unused on upb) stay out of a started daemon; both
+    # still work where something reads them.
+    code = (
+        "import sys\n"
+        "from linerd import main\n"
+        "args = main._parser().parse_args([])\n"
+        "main._tune_process(args)\n"
+        "import linerd.server, linerd.cri.assembly\n"
+        "from google.protobuf.timestamp_pb2 import Timestamp\n"
+        "from liner_api.runtime.v1 import api_pb2\n"
+        "import datetime\n"
+        "ts = Timestamp()\n"
+        "ts.FromDatetime(datetime.datetime(2020, 1, 2))\n"
+        "assert ts.ToDatetime().year == 2020\n"
+        "msg = api_pb2.PodSandboxMetadata(name='p', uid='u')\n"
+        "assert api_pb2.PodSandboxMetadata.FromString(msg.SerializeToString()) == msg\n"
+        "assert 'name' in str(msg)\n"
+        "stubs = ['locale', 'google.protobuf.internal.python_message']\n"
+        "assert not [m for m in stubs if '__file__' in vars(sys.modules[m])], stubs\n"
+        "import locale, subprocess\n"
+        "assert subprocess.run(['echo', 'x'], capture_output=True, text=True).stdout == 'x\\n'\n"
+        "assert locale.normalize('C') == 'C'\n"
+        "assert '__file__' in vars(sys.modules['locale'])\n"
+    )
+    _modules_after(code)  # raises where an assertion fails
