@@ -195,6 +195,11 @@ def _tune_process(args: argparse.Namespace) -> None:
     # the python backend uses it; the daemon runs on upb.
     if _PYTHON_MESSAGE not in sys.modules:
         _deferred_module(_PYTHON_MESSAGE)
+    # SQLAlchemy's SQLite package imports its asyncio and SQLCipher dialects beside pysqlite
+    # (with its asyncio connector, ~0.12 MB); a URL naming one loads it through the stub.
+    for dialect in ("aiosqlite", "pysqlcipher"):
+        if f"sqlalchemy.dialects.sqlite.{dialect}" not in sys.modules:
+            _deferred_module(f"sqlalchemy.dialects.sqlite.{dialect}")
     # locale's alias tables (~0.55 MB): argparse's gettext read them to name the language of
     # its messages (nothing is translated); later, subprocess and calendar import locale but
     # only read it for text-mode pipes without an encoding and localized calendars. The

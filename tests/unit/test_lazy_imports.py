@@ -256,10 +256,10 @@ def test_linerd_main_imports_nothing_before_its_lean_loader() -> None:
         assert unwanted not in loaded
 
 
-def test_daemon_tuning_defers_locale_and_protobufs_python_messages() -> None:
-    # locale's tables (read by argparse's gettext before the tuning) and protobuf's
-    # pure-Python message implementation (unused on upb) stay out of a started daemon; both
-    # still work where something reads them.
+def test_daemon_tuning_defers_locale_protobufs_python_messages_and_sqlite_dialects() -> None:
+    # locale's tables (read by argparse's gettext before the tuning), protobuf's pure-Python
+    # message implementation (unused on upb) and the SQLite dialects other than pysqlite stay
+    # out of a started daemon; each still works where something reads it.
     code = (
         "import sys\n"
         "from linerd import main\n"
@@ -275,11 +275,17 @@ def test_daemon_tuning_defers_locale_and_protobufs_python_messages() -> None:
         "msg = api_pb2.PodSandboxMetadata(name='p', uid='u')\n"
         "assert api_pb2.PodSandboxMetadata.FromString(msg.SerializeToString()) == msg\n"
         "assert 'name' in str(msg)\n"
+        "from linerd.metadata.db import Database\n"
+        "db = Database('sqlite://')\n"
+        "assert db.run_sync(lambda conn: conn.exec_driver_sql('select 1').scalar()) == 1\n"
         "stubs = ['locale', 'google.protobuf.internal.python_message']\n"
+        "stubs += [f'sqlalchemy.dialects.sqlite.{d}' for d in ('aiosqlite', 'pysqlcipher')]\n"
         "assert not [m for m in stubs if '__file__' in vars(sys.modules[m])], stubs\n"
         "import locale, subprocess\n"
         "assert subprocess.run(['echo', 'x'], capture_output=True, text=True).stdout == 'x\\n'\n"
         "assert locale.normalize('C') == 'C'\n"
         "assert '__file__' in vars(sys.modules['locale'])\n"
+        "from sqlalchemy.dialects.sqlite import pysqlcipher\n"
+        "assert pysqlcipher.dialect.driver == 'pysqlcipher'\n"
     )
     _modules_after(code)  # raises where an assertion fails
