@@ -1,12 +1,17 @@
-"""Modules compiled lean for linerd's processes: no docstrings, no column ranges.
+"""Modules compiled lean for linerd's processes: no docstrings, no column ranges, no
+function annotations where they are only strings.
 
 Code objects are about half of what the daemon's imports allocate, and they stay for the
-process's lifetime. Two parts of them are never used by a daemon: docstrings (~2.7 MB idle,
-most of them SQLAlchemy's) and the column ranges of Python 3.11's location tables (what draws
-the ^^^ under a traceback's line; ~0.2 MB). Python leaves out both only with -OO plus
-`-X no_debug_ranges`, and -OO also removes every `assert` of the libraries, which changes
-their behaviour. This loader compiles each module from its syntax tree without them and
-keeps everything else (asserts, line numbers in tracebacks, `__debug__`).
+process's lifetime. Three parts of them are never used by a daemon: docstrings (~2.7 MB idle,
+most of them SQLAlchemy's), the column ranges of Python 3.11's location tables (what draws
+the ^^^ under a traceback's line; ~0.2 MB), and the annotations of functions in modules
+that postpone their evaluation (`from __future__ import annotations`: each annotated
+function keeps a tuple of strings that only `typing.get_type_hints` would read; ~0.5 MB).
+Python leaves out the first two only with -OO plus `-X no_debug_ranges`, and -OO also
+removes every `assert` of the libraries, which changes their behaviour. This loader compiles
+each module from its syntax tree without them and keeps everything else (asserts, line
+numbers in tracebacks, `__debug__`, the annotations of classes, which dataclasses and
+NamedTuples read, and every annotation a module evaluates at definition time).
 
 The code is cached in a directory of its own (CACHE; LINERD_PYCACHE overrides it, empty
 turns this off): the venv's .pyc files hold the full code. The cache is written whatever
@@ -29,7 +34,7 @@ from types import CodeType
 CACHE = Path("/var/cache/liner/pycache")
 ENV = "LINERD_PYCACHE"
 # In every cached file's name: a change to what `_lean` does must change it.
-_TAG = "lean1"
+_TAG = "lean2"
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
@@ -41,8 +46,28 @@ def _is_string(stmt: ast.stmt) -> bool:
     )
 
 
+def _postpones_annotations(tree: ast.Module) -> bool:
+    return any(
+        isinstance(stmt, ast.ImportFrom)
+        and stmt.module == "__future__"
+        and any(alias.name == "annotations" for alias in stmt.names)
+        for stmt in tree.body
+    )
+
+
+def _drop_annotations(node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+    node.returns = None
+    a = node.args
+    for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+        if arg is not None:
+            arg.annotation = None
+
+
 def _lean(tree: ast.Module) -> ast.Module:
+    postponed = _postpones_annotations(tree)
     for node in ast.walk(tree):
+        if postponed and isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            _drop_annotations(node)
         if isinstance(node, _DOCUMENTED):
             body = node.body
             # A string statement does nothing but document; the one after a removed

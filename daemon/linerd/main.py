@@ -24,6 +24,7 @@ _M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
 # higher than with two arenas. Allocation-heavy work runs under the GIL or in the unpack
 # worker process, so two arenas cost no measurable speed.
 _ARENA_MAX = 2
+_PYTHON_MESSAGE = "google.protobuf.internal.python_message"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,6 +190,29 @@ def _tune_process(args: argparse.Namespace) -> None:
     # daemon (large ones go to the zygote's workers) or a zstd Diff uses it.
     if "zstandard" not in sys.modules:
         _deferred_module("zstandard")
+    # protobuf's pure-Python message implementation: descriptor_pool and builder import it
+    # (with text_format, its encoder and decoder: ~0.7 MB) whatever the backend, and only
+    # the python backend uses it; the daemon runs on upb.
+    if _PYTHON_MESSAGE not in sys.modules:
+        _deferred_module(_PYTHON_MESSAGE)
+    # SQLAlchemy's SQLite package imports its asyncio and SQLCipher dialects beside pysqlite
+    # (with its asyncio connector, ~0.12 MB); a URL naming one loads it through the stub.
+    for dialect in ("aiosqlite", "pysqlcipher"):
+        if f"sqlalchemy.dialects.sqlite.{dialect}" not in sys.modules:
+            _deferred_module(f"sqlalchemy.dialects.sqlite.{dialect}")
+    # locale's alias tables (~0.55 MB): argparse's gettext read them to name the language of
+    # its messages (nothing is translated); later, subprocess and calendar import locale but
+    # only read it for text-mode pipes without an encoding and localized calendars. The
+    # parser is done, and no module took a reference to it yet (gettext imports it in a
+    # function): a stub stands in until an attribute is read.
+    locale = sys.modules.get("locale")
+    if locale is not None and not any(
+        value is locale
+        for module in list(sys.modules.values())
+        for value in getattr(module, "__dict__", {}).values()
+    ):
+        del sys.modules["locale"]
+        _deferred_module("locale")
     try:
         fmt = args.log_format or read(args.config).log.format
     except ConfigError:

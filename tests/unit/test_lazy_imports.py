@@ -265,3 +265,38 @@ def test_linerd_main_imports_nothing_before_its_lean_loader() -> None:
     loaded = _modules_after("import linerd.main")
     for unwanted in ("typing", "argparse", "dataclasses", "linerd.config", "linerd.leancode"):
         assert unwanted not in loaded
+
+
+def test_daemon_tuning_defers_locale_protobufs_python_messages_and_sqlite_dialects() -> None:
+    # locale's tables (read by argparse's gettext before the tuning), protobuf's pure-Python
+    # message implementation (unused on upb) and the SQLite dialects other than pysqlite stay
+    # out of a started daemon; each still works where something reads it.
+    code = (
+        "import sys\n"
+        "from linerd import main\n"
+        "args = main._parser().parse_args([])\n"
+        "main._tune_process(args)\n"
+        "import linerd.server, linerd.cri.assembly\n"
+        "from google.protobuf.timestamp_pb2 import Timestamp\n"
+        "from liner_api.runtime.v1 import api_pb2\n"
+        "import datetime\n"
+        "ts = Timestamp()\n"
+        "ts.FromDatetime(datetime.datetime(2020, 1, 2))\n"
+        "assert ts.ToDatetime().year == 2020\n"
+        "msg = api_pb2.PodSandboxMetadata(name='p', uid='u')\n"
+        "assert api_pb2.PodSandboxMetadata.FromString(msg.SerializeToString()) == msg\n"
+        "assert 'name' in str(msg)\n"
+        "from linerd.metadata.db import Database\n"
+        "db = Database('sqlite://')\n"
+        "assert db.run_sync(lambda conn: conn.exec_driver_sql('select 1').scalar()) == 1\n"
+        "stubs = ['locale', 'google.protobuf.internal.python_message']\n"
+        "stubs += [f'sqlalchemy.dialects.sqlite.{d}' for d in ('aiosqlite', 'pysqlcipher')]\n"
+        "assert not [m for m in stubs if '__file__' in vars(sys.modules[m])], stubs\n"
+        "import locale, subprocess\n"
+        "assert subprocess.run(['echo', 'x'], capture_output=True, text=True).stdout == 'x\\n'\n"
+        "assert locale.normalize('C') == 'C'\n"
+        "assert '__file__' in vars(sys.modules['locale'])\n"
+        "from sqlalchemy.dialects.sqlite import pysqlcipher\n"
+        "assert pysqlcipher.dialect.driver == 'pysqlcipher'\n"
+    )
+    _modules_after(code)  # raises where an assertion fails

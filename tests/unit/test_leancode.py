@@ -1,12 +1,15 @@
-"""linerd.leancode: modules compiled without docstrings and column ranges, cached apart."""
+"""linerd.leancode: modules compiled without docstrings, column ranges and postponed function
+annotations, cached apart."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import textwrap
 import traceback
+import types
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,45 @@ def test_docstrings_are_left_out_and_the_rest_kept() -> None:
     assert ns["__annotations__"] == {"ANNOTATION": "Documented | None"}
     with pytest.raises(AssertionError, match="kept"):  # asserts stay (unlike -OO)
         ns["failing"](0)  # type: ignore[operator]
+
+
+def test_postponed_function_annotations_are_left_out_class_annotations_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = textwrap.dedent(
+        """\
+        from __future__ import annotations
+
+        import dataclasses
+
+
+        @dataclasses.dataclass
+        class Record:
+            name: str
+            size: int = 0
+
+            def grown(self, by: int = 1) -> Record:
+                return Record(self.name, self.size + by)
+
+
+        async def fetch(ref: str, *more: str, timeout: float = 1.0, **kw: object) -> bytes:
+            return b""
+        """
+    )
+    module = types.ModuleType("lean_sample")
+    monkeypatch.setitem(sys.modules, "lean_sample", module)  # dataclasses looks it up
+    exec(leancode.compile_lean(source.encode(), "/sample.py"), module.__dict__)
+    ns = module.__dict__
+    record = ns["Record"]
+    assert record.__annotations__ == {"name": "str", "size": "int"}  # type: ignore[attr-defined]
+    assert record("a").grown(2) == record("a", 2)  # type: ignore[operator]
+    assert [f.name for f in dataclasses.fields(record)] == ["name", "size"]  # type: ignore[arg-type]
+    assert record.grown.__annotations__ == {}  # type: ignore[attr-defined]
+    assert ns["fetch"].__annotations__ == {}  # type: ignore[attr-defined]
+    # Where annotations are evaluated at definition time, the module may rely on it: kept.
+    evaluated = "def f(x: int) -> str:\n    return str(x)\n"
+    ns = _run(leancode.compile_lean(evaluated.encode(), "/evaluated.py"))
+    assert ns["f"].__annotations__ == {"x": int, "return": str}  # type: ignore[attr-defined]
 
 
 def test_tracebacks_keep_line_numbers_without_columns() -> None:
