@@ -178,8 +178,8 @@ def warm() -> int:
     """Compile linerd's modules and what they import into the cache (`make setup` and
     `make install` do, so that a daemon does not: compiling leaves ~2-5 MB of freed syntax
     trees in its heap), and every module of the installed packages among them (what
-    linerd imports only at work: anyio's backend at httpx's first request, ...). Returns
-    how many of those packages' modules are in the cache."""
+    linerd imports only at work). Returns how many of those packages' modules are in the
+    cache."""
     import importlib
     import pkgutil
     import sysconfig
@@ -197,10 +197,6 @@ def warm() -> int:
             continue
         with contextlib.suppress(Exception):
             importlib.import_module(info.name)
-    with contextlib.suppress(Exception):  # httpx's transport is imported by the first client
-        import httpx
-
-        httpx.AsyncClient()
     installed = Path(sysconfig.get_paths()["purelib"])
     packages = set()
     for name, module in list(sys.modules.items()):

@@ -177,9 +177,6 @@ def _tune_process(args: argparse.Namespace) -> None:
             ctypes.CDLL(None).mallopt(_M_ARENA_MAX, _ARENA_MAX)
         except (OSError, AttributeError):  # not glibc
             pass
-    # httpx imports its command line's modules to offer `httpx.main`: click and pygments,
-    # ~2 MB kept for good after the first pull. Without click, it skips them.
-    sys.modules.setdefault("click", None)  # type: ignore[assignment]
     # SQLAlchemy imports importlib.metadata at import time for its plugin entry points, which
     # a daemon with the built-in SQLite dialect never reads: with email, zipfile, csv and
     # its other imports that is ~1 MB kept for good. Loaded on first use instead.
