@@ -67,6 +67,8 @@ class PullRequest:
     secret: str = field(default="", repr=False)
     # The caller's registry configuration instead of the daemon's (the CRI's own auth).
     hosts: HostsConfig | None = None
+    # Labels of the image record the pull makes (the CRI's, in the same transaction).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -217,11 +219,12 @@ class Puller:
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
-        image = Image(name=str(job.ref), target=root)
+        image = Image(name=str(job.ref), target=root, labels=dict(request.labels))
         try:
             return await self._images.create(job.namespace, image), True
         except AlreadyExists:
-            return await self._images.update(job.namespace, image, ["target"]), False
+            paths = ["target", *(f"labels.{k}" for k in request.labels)]
+            return await self._images.update(job.namespace, image, paths), False
 
     async def _manifest(
         self,
