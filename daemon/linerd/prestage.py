@@ -13,7 +13,7 @@ file's, whose digest the writer's commit verified (not hashed again here); it mu
 digest being applied. A stage that fails, mismatches, is not committed or is never claimed
 is dropped, and Apply unpacks as before.
 
-The worker staging a layer runs at nice 10 until the client's last byte is written, then at
+The worker staging a layer runs at nice 5 until the client's last byte is written, then at
 0 (`stage_in_process`'s `yielding`). A fetch alone (`ctr content fetch`) cannot be told from
 a pull's first half (ctr pulls by fetching, then applying), and staging took the CPU the
 download needed: the writes come first, staging fills the CPU they leave, and whatever is
