@@ -10,21 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Protocol
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TransferSpeedColumn,
-)
+from typing import IO, TYPE_CHECKING, Protocol
 
 from liner.client import BlobProgress, PullProgress, PushProgress
 from liner.format import human_size
 from liner.images import kind
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 # States after which a blob's bytes are all there.
 _COMPLETE = frozenset({"downloaded", "exists", "unpacking", "unpacked"})
@@ -108,6 +101,16 @@ class LiveDisplay:
     """A live table on a terminal: one row per blob with its state, a bar, bytes and speed."""
 
     def __init__(self, file: IO[str] | None = None, *, force_terminal: bool | None = None):
+        # rich only here: importing it takes a third of a quiet or plain pull's start-up.
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
         console = Console(file=file, force_terminal=force_terminal, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"),

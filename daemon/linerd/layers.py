@@ -76,12 +76,19 @@ WORKER_MIN_SIZE = 4 << 20
 
 
 def stage_stream(
-    raw: BinaryIO, media_type: str, staging: Path, name: str, *, size: int
+    raw: BinaryIO,
+    media_type: str,
+    staging: Path,
+    name: str,
+    *,
+    size: int,
+    yielding: bool = False,
 ) -> StagedLayer:
     """Phase one of a staged apply (`stage_tar`) of a (compressed) layer stream of `size`
-    bytes: in a worker process if it is large. Blocking: run it in a thread."""
+    bytes: in a worker process if it is large (`yielding`: see `stage_in_process`).
+    Blocking: run it in a thread."""
     if size >= WORKER_MIN_SIZE:
-        return stage_in_process(raw, staging, media_type, name)
+        return stage_in_process(raw, staging, media_type, name, yielding=yielding)
     return stage_blob(raw, staging, media_type, name)
 
 

@@ -12,6 +12,12 @@ Diff.Apply that follows only moves the files into place. The bytes staged are th
 file's, whose digest the writer's commit verified (not hashed again here); it must be the
 digest being applied. A stage that fails, mismatches, is not committed or is never claimed
 is dropped, and Apply unpacks as before.
+
+The worker staging a layer runs at nice 5 until the client's last byte is written, then at
+0 (`stage_in_process`'s `yielding`). A fetch alone (`ctr content fetch`) cannot be told from
+a pull's first half (ctr pulls by fetching, then applying), and staging took the CPU the
+download needed: the writes come first, staging fills the CPU they leave, and whatever is
+left of it once the bytes are all there (what the Apply waits for) runs at full priority.
 """
 
 from __future__ import annotations
@@ -115,7 +121,14 @@ class Prestager:
                 # A large layer in a worker process (a thread would fight the event loop
                 # receiving the bytes for the GIL); a small one in this thread, where it costs
                 # less than starting a process (~0.1 s of CPU while the machine is busiest).
-                staged = stage_stream(raw, _ANY_LAYER, directory, f"layer {digest}", size=total)  # type: ignore[arg-type]
+                staged = stage_stream(
+                    raw,  # type: ignore[arg-type]
+                    _ANY_LAYER,
+                    directory,
+                    f"layer {digest}",
+                    size=total,
+                    yielding=True,
+                )
             # The bytes staged are the file's, which the writer's commit hashed: its digest
             # is theirs (not hashed a second time here). No commit, no stage.
             staged.compressed = live.committed()

@@ -67,6 +67,8 @@ class PullRequest:
     secret: str = field(default="", repr=False)
     # The caller's registry configuration instead of the daemon's (the CRI's own auth).
     hosts: HostsConfig | None = None
+    # Labels of the image record the pull makes (the CRI's, in the same transaction).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -121,11 +123,40 @@ class _Job:
     client: RegistryClient
     progress: Progress
     source_label: tuple[str, str]  # the distribution source label: key, repository
+    # The lease's creation, made while the reference resolves: awaited before any blob.
+    lease_made: asyncio.Future[None]
 
 
 # Judges the image before anything but its root is fetched and before its record exists:
 # (namespace, reference, root descriptor, root bytes, the pull's registry client).
 Admit = Callable[[str, reference.Reference, Descriptor, bytes, RegistryClient], Awaitable[None]]
+
+
+def _labeller(job: _Job, labels: dict[str, str]) -> Callable[[dict[str, str]], dict[str, str]]:
+    """Labels made of a blob's current ones: `labels` set, and the pull's source repository
+    added (a comma-separated list, as containerd keeps it, so a push can mount the blob from
+    any of them). Run on the database thread."""
+    key, repository = job.source_label
+
+    def change(current: dict[str, str]) -> dict[str, str]:
+        sources = [r for r in current.get(key, "").split(",") if r]
+        if repository not in sources:
+            sources.append(repository)
+        return {**current, **labels, key: ",".join(sources)}
+
+    return change
+
+
+def _manifest_labels(desc: Descriptor) -> Callable[[bytes], dict[str, str]]:
+    """A manifest's references to its config and layers, read from its bytes (the GC's)."""
+
+    def labels_of(data: bytes) -> dict[str, str]:
+        manifest = imagespec.parse_manifest(data, desc.digest)
+        return gc_labels.manifest_refs(
+            manifest.config.digest, [layer.digest for layer in manifest.layers]
+        )
+
+    return labels_of
 
 
 class Puller:
@@ -164,7 +195,10 @@ class Puller:
         if request.unpack:
             self._unpacker.snapshotter(snapshotter)  # InvalidArgument if not loaded
         lease = f"pull-{time.time_ns()}-{secrets.token_hex(3)}"
-        await self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
+        # The lease (a transaction) is made while the reference resolves (a request).
+        lease_made = asyncio.ensure_future(
+            self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
+        )
         started = time.monotonic()
         try:
             async with self._clients.client(self._hosts_for(ref, request)) as client:
@@ -176,11 +210,17 @@ class Puller:
                     client,
                     progress,
                     (gc_labels.source_key(host), ref.repository),
+                    lease_made,
                 )
                 result = await self._pull(job, request, snapshotter)
         finally:
-            with contextlib.suppress(NotFound):
-                await self._leases.delete(namespace, lease)
+            try:
+                await lease_made
+            except Exception:
+                pass  # never made: the pull failed with it (or before needing it)
+            else:
+                with contextlib.suppress(NotFound):
+                    await self._leases.delete(namespace, lease)
             self._gc.schedule()
         log.info(
             "pulled",
@@ -196,10 +236,12 @@ class Puller:
 
     async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> tuple[Image, bool]:
         _, root = await job.client.resolve(job.ref)
+        await job.lease_made
         job.progress.add(root)
-        data = await self._fetch_small(
-            job, root, "index" if root.media_type in imagespec.INDEXES else "manifest"
-        )
+        if root.media_type in imagespec.INDEXES:
+            data = await self._fetch_small(job, root, "index")
+        else:
+            data = await self._fetch_small(job, root, "manifest", _manifest_labels(root))
         if self.admit is not None:
             # Before layers are fetched or a record made: a refused image costs its root only,
             # which stays under this pull's lease for the collector.
@@ -217,11 +259,12 @@ class Puller:
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
-        image = Image(name=str(job.ref), target=root)
+        image = Image(name=str(job.ref), target=root, labels=dict(request.labels))
         try:
             return await self._images.create(job.namespace, image), True
         except AlreadyExists:
-            return await self._images.update(job.namespace, image, ["target"]), False
+            paths = ["target", *(f"labels.{k}" for k in request.labels)]
+            return await self._images.update(job.namespace, image, paths), False
 
     async def _manifest(
         self,
@@ -232,23 +275,20 @@ class Puller:
         snapshotter: str,
         unpack: bool,
     ) -> None:
-        """Record one manifest's labels and config; start its downloads (and unpack)."""
+        """Its config (the manifest was labelled as it was stored); start its downloads (and
+        unpack)."""
         manifest = imagespec.parse_manifest(body, desc.digest)
-        labels = gc_labels.manifest_refs(
-            manifest.config.digest, [layer.digest for layer in manifest.layers]
-        )
-        await self._label(job, desc.digest, labels)
         job.progress.add(manifest.config)
         for layer in manifest.layers:
             job.progress.add(layer)
-        config_bytes = await self._fetch_small(job, manifest.config, "config")
-        config = imagespec.parse_config(config_bytes, manifest.config.digest)
-        check_layers(desc, manifest, config)
         for layer in manifest.layers:
             if layer.media_type not in imagespec.LAYERS:
                 raise InvalidArgument(
                     f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
                 )
+        config_bytes = await self._fetch_small(job, manifest.config, "config")
+        config = imagespec.parse_config(config_bytes, manifest.config.digest)
+        check_layers(desc, manifest, config)
         downloads = {
             layer.digest: tasks.create_task(self._fetch_layer(job, layer))
             for layer in manifest.layers
@@ -278,29 +318,29 @@ class Puller:
         for entry in chosen:
             assert entry is not None
             job.progress.add(entry.descriptor)
-            body = await self._fetch_small(job, entry.descriptor, "manifest")
+            body = await self._fetch_small(
+                job, entry.descriptor, "manifest", _manifest_labels(entry.descriptor)
+            )
             result.append((entry.descriptor, body, entry is match))
         return result
 
     async def _label(self, job: _Job, digest: str, labels: dict[str, str]) -> None:
-        """Set `labels` and record the source repository (a comma-separated list, as
-        containerd keeps it, so a push can mount the blob from any of them)."""
-        key, repository = job.source_label
-
-        def change(current: dict[str, str]) -> dict[str, str]:
-            sources = [r for r in current.get(key, "").split(",") if r]
-            if repository not in sources:
-                sources.append(repository)
-            return {**current, **labels, key: ",".join(sources)}
-
+        """Set `labels` and record the source repository (`_labeller`)."""
         # One transaction, and none that writes when the labels are there already (a pull of
         # an image whose blobs are present).
-        await self._content.change_labels(job.namespace, digest, change)
+        await self._content.change_labels(job.namespace, digest, _labeller(job, labels))
 
     # -- fetching ---------------------------------------------------------------------------
 
-    async def _fetch_small(self, job: _Job, desc: Descriptor, kind: str) -> bytes:
-        """A manifest, index or config: from the store if there, else fetched and stored."""
+    async def _fetch_small(
+        self,
+        job: _Job,
+        desc: Descriptor,
+        kind: str,
+        labels_of: Callable[[bytes], dict[str, str]] | None = None,
+    ) -> bytes:
+        """A manifest, index or config: from the store if there, else fetched and stored;
+        labelled with `labels_of` its bytes (in the transaction that records it, if any)."""
         documents.check_size(desc, kind)
         try:
             info = await self._content.info(job.namespace, desc.digest)  # no file: no query
@@ -311,7 +351,10 @@ class Puller:
             await self._hold(job, desc)  # before reading: the collector keeps what is held
             job.progress.update(desc.digest, offset=desc.size, state="exists")
             path = self._content.local.path(desc.digest)
-            return await asyncio.to_thread(documents.read_verified, path, desc, kind)
+            data = await asyncio.to_thread(documents.read_verified, path, desc, kind)
+            if labels_of is not None:
+                await self._label(job, desc.digest, labels_of(data))
+            return data
         job.progress.update(desc.digest, state="downloading")
         # Concurrent pulls of one image share the fetch (a second writer of the same ref would
         # be refused as locked). The one that stores it records it under its own lease.
@@ -319,42 +362,54 @@ class Puller:
 
         def fetch() -> Awaitable[bytes]:
             stored.append(True)
-            return self._fetch_and_store(job, desc, kind)
+            return self._fetch_and_store(job, desc, kind, labels_of)
 
         data = await self._small_fetches.run((job.namespace, desc.digest), fetch)
         if not stored:
             await self._hold(job, desc)
+            if labels_of is not None:
+                await self._label(job, desc.digest, labels_of(data))
         job.progress.update(desc.digest, offset=desc.size, state="downloaded")
         return data
 
-    async def _fetch_and_store(self, job: _Job, desc: Descriptor, kind: str) -> bytes:
+    async def _fetch_and_store(
+        self,
+        job: _Job,
+        desc: Descriptor,
+        kind: str,
+        labels_of: Callable[[bytes], dict[str, str]] | None,
+    ) -> bytes:
         if kind == "config":
             chunks = [c async for c in job.client.fetch_blob(job.ref, desc)]
             data = b"".join(chunks)
         else:
             data = await job.client.fetch_manifest(job.ref, desc)
         job.progress.fetched += len(data)
-        await self._store(job, f"{kind}-{desc.digest}", desc, data)
+        extra = labels_of(data) if labels_of is not None else {}
+        await self._store(job, f"{kind}-{desc.digest}", desc, data, extra)
         return data
 
-    async def _store(self, job: _Job, ref: str, desc: Descriptor, data: bytes) -> None:
-        labels = {job.source_label[0]: job.source_label[1]}
+    async def _store(
+        self, job: _Job, ref: str, desc: Descriptor, data: bytes, extra: dict[str, str]
+    ) -> None:
+        labels = {**extra, job.source_label[0]: job.source_label[1]}
         if desc.digest.startswith("sha256:"):  # the store's own algorithm: no ingest needed
-            if not await self._content.put(job.namespace, desc.digest, data, labels, job.lease):
-                await self._label(job, desc.digest, {})  # this namespace had it already
+            # This namespace may have it already: then the same transaction labels it.
+            change = _labeller(job, extra)
+            await self._content.put(job.namespace, desc.digest, data, labels, job.lease, change)
             return
         try:
             writer = await self._content.writer(
                 job.namespace, ref, desc.size, desc.digest, job.lease
             )
         except AlreadyExists:
-            await self._label(job, desc.digest, {})  # adopted from another namespace
+            await self._label(job, desc.digest, extra)  # adopted from another namespace
             return
         try:
             await writer.write(0, data, desc.size)
             await writer.commit(desc.size, desc.digest, labels)
         except AlreadyExists:
-            pass
+            await self._label(job, desc.digest, extra)
         finally:
             writer.close()
 
@@ -383,6 +438,13 @@ class Puller:
         progress = job.progress
         labels = {job.source_label[0]: job.source_label[1]}
         ref = f"layer-{desc.digest}"
+        # Present already (an image sharing it, one pulled before): recorded, held and
+        # labelled in one transaction.
+        if self._content.local.size(desc.digest) is not None and await self._content.adopt(
+            job.namespace, desc.digest, labels, job.lease, _labeller(job, {})
+        ):
+            progress.update(desc.digest, offset=desc.size, state="exists")
+            return
         try:
             writer = await self._content.writer(
                 job.namespace, ref, desc.size, desc.digest, job.lease

@@ -126,6 +126,17 @@ def test_pull_by_tag_records_the_tag_the_digest_and_the_id(cri: CriDaemon, pushe
     assert {image.ref(), image.by_digest, image.id} <= _ctr_names(cri)
 
 
+def test_every_record_of_a_pull_is_labelled_a_cri_image(cri: CriDaemon, pushed: Pushed) -> None:
+    # liner's pull makes the tag's record with the label (one transaction), then the others.
+    image = pushed.plain
+    _pull(cri, image.ref())
+    rows = {
+        line.split()[0]: line for line in cri.ctr("images", "ls").stdout.splitlines()[1:] if line
+    }
+    for name in (image.ref(), image.by_digest, image.id):
+        assert "io.cri-containerd.image=managed" in rows[name]
+
+
 def test_image_status_is_the_same_by_every_name(cri: CriDaemon, pushed: Pushed) -> None:
     image = pushed.plain
     _pull(cri, image.ref())

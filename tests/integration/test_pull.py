@@ -159,3 +159,13 @@ def test_source_labels_list_every_repository(
         ):
             info = content.Info(content_pb2.InfoRequest(digest=layer), metadata=ns(namespace))
             assert info.info.labels[key] == expected
+            # The manifest's references (set as it is recorded, or on the adopted record).
+            image = busybox_layout.latest
+            got = content.Info(
+                content_pb2.InfoRequest(digest=image.manifest.digest), metadata=ns(namespace)
+            ).info.labels
+            assert got["containerd.io/gc.ref.content.config"] == image.config.digest
+            assert [got[f"containerd.io/gc.ref.content.l.{i}"] for i in range(3)] == [
+                layer.blob.digest for layer in image.layers
+            ]
+            assert got[key] == expected

@@ -48,3 +48,33 @@ def test_a_blob_swept_while_the_write_waits_is_written_again(tmp_path: Path) -> 
         asyncio.run(main())
     finally:
         db.close()
+
+
+def test_adopting_a_recorded_blob_changes_its_labels_in_the_same_transaction(
+    tmp_path: Path,
+) -> None:
+    db = Database(sqlite_url(tmp_path))
+    db.migrate()
+    store = ContentStore(LocalStore(tmp_path / "content"), ContentRecords(db))
+
+    def add_source(current: dict[str, str]) -> dict[str, str]:
+        return {**current, "source": current.get("source", "") + "+b"}
+
+    async def main() -> None:
+        await _written(store, "a")
+        await store.records.update("a", DIGEST, {"source": "a"}, ["labels.source"])
+        # recorded already: the labels change, the first ones kept
+        assert await store.adopt("a", DIGEST, {"ignored": "x"}, None, add_source)
+        assert (await store.records.get("a", DIGEST)).labels == {"source": "a+b"}
+        # not recorded in this namespace: recorded with the labels given
+        assert await store.adopt("b", DIGEST, {"source": "b"}, None, add_source)
+        assert (await store.records.get("b", DIGEST)).labels == {"source": "b"}
+        # the same labels again: nothing written (its update time stays)
+        before = await store.records.get("a", DIGEST)
+        assert await store.adopt("a", DIGEST, {}, None, lambda current: current)
+        assert (await store.records.get("a", DIGEST)).updated_at == before.updated_at
+
+    try:
+        asyncio.run(main())
+    finally:
+        db.close()

@@ -66,6 +66,16 @@ def test_liner_version_loads_only_what_it_calls(tmp_path: Path) -> None:
     assert {m for m in loaded if m.startswith("liner.results.")} <= {"liner.results.system"}
 
 
+@pytest.mark.parametrize("progress", ["quiet", "plain"])
+def test_a_pull_without_a_live_display_leaves_rich_unloaded(tmp_path: Path, progress: str) -> None:
+    # rich was a third of a scripted pull's start-up; only the terminal's live table uses it.
+    loaded = _modules_after(
+        _cli("-a", str(tmp_path / "none.sock"), "images", "pull", "--progress", progress, "x")
+    )
+    assert "liner.progress" in loaded
+    assert "rich" not in loaded
+
+
 def test_image_documents_load_neither_daemon_code_nor_other_result_types() -> None:
     loaded = _modules_after(
         "import liner.images, liner.client, liner_common.platforms\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linerd.diff.worker import stage_in_process
+from linerd.diff.worker import YIELDING_NICE, stage_in_process
 from linerd.errdefs import Internal, InvalidArgument
 from linerd.layers import Target, apply_staged_to, stage_stream
 
@@ -110,6 +110,64 @@ def test_worker_stages_and_moves_what_a_thread_does(tmp_path: Path, as_file: boo
             "root": (0o755, 0, 0),
             "group": (0o600, 0, 9),
         }
+
+
+def _descendants_nice() -> dict[int, set[int]]:
+    """The nice values of the threads of every process below this one, by pid."""
+    parents: dict[int, int] = {}
+    nices: dict[int, set[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(pid)] = int(
+                Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]
+            )
+            nices[int(pid)] = {
+                int(Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()[16])
+                for tid in os.listdir(f"/proc/{pid}/task")
+            }
+        except (OSError, IndexError):
+            continue
+    below = {os.getpid()}
+    for _ in range(3):  # the zygote's workers are our grandchildren
+        below |= {p for p, parent in parents.items() if parent in below}
+    return {p: nices[p] for p in below - {os.getpid()} if p in nices}
+
+
+class Watched(Pipe):
+    """Bytes still being written: the worker's priority is looked at half-way through."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.half = len(data) // 2
+        self.seen: dict[int, set[int]] | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        if self._src.tell() >= self.half and self.seen is None:
+            self.seen = _descendants_nice()
+        return super().read(min(size, 4096) if size > 0 else size)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs CAP_SYS_NICE")
+def test_a_yielding_worker_is_nice_while_its_bytes_come_and_stages_the_same(
+    tmp_path: Path,
+) -> None:
+    for d in ("plain", "yielding"):
+        (tmp_path / d).mkdir()
+    want = stage_in_process(Pipe(BLOB), tmp_path / "plain", GZIP, "L")  # type: ignore[arg-type]
+    source = Watched(BLOB)
+    got = stage_in_process(source, tmp_path / "yielding", GZIP, "L", yielding=True)  # type: ignore[arg-type]
+    try:
+        after = _descendants_nice()
+        assert got.applied == want.applied
+        assert staged_files(tmp_path / "yielding") == staged_files(tmp_path / "plain")
+    finally:
+        got.close()
+        want.close()
+    assert source.seen is not None
+    niced = {p for p, nices in source.seen.items() if nices == {YIELDING_NICE}}
+    assert len(niced) == 1  # the worker, every thread of it; not the zygote
+    (worker,) = niced
+    assert after[worker] == {0}  # the bytes were all there: staging what is left comes first
 
 
 def test_a_worker_let_go_moves_nothing_and_ends(tmp_path: Path) -> None:

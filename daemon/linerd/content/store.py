@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from linerd.prestage import Prestager
 
 READ_CHUNK = 1 << 20
+# Labels made of a record's current ones (run on the database thread: quick and pure).
+Labeller = Callable[[dict[str, str]], dict[str, str]]
 
 
 @dataclass(slots=True)
@@ -215,36 +217,53 @@ class ContentStore:
         return writer
 
     async def put(
-        self, namespace: str, digest: str, data: bytes, labels: dict[str, str], lease: str | None
+        self,
+        namespace: str,
+        digest: str,
+        data: bytes,
+        labels: dict[str, str],
+        lease: str | None,
+        change: Labeller | None = None,
     ) -> bool:
         """Store and record a small blob given whole (a pull's manifest or config): one file
         write and one transaction, where an ingest costs four thread hops, two transactions
         and its directory. False when this namespace had it already (`lease` then holds it
-        all the same). FailedPrecondition when `data` is not `digest`."""
+        all the same, and `change` makes its labels of the current ones). FailedPrecondition
+        when `data` is not `digest`."""
         validate.digest(digest)
         labels = validate.labels(labels)
         faults.point("content-write")
         async with self.gc_lock:
             await asyncio.to_thread(self.local.put, digest, data)
             faults.point("content-commit")
-            info = await self.records.add(namespace, digest, len(data), labels, lease)
+            info = await self.records.add(namespace, digest, len(data), labels, lease, change)
         return info is not None
 
     async def adopt(
-        self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
+        self,
+        namespace: str,
+        digest: str,
+        labels: dict[str, str],
+        lease: str | None,
+        change: Labeller | None = None,
     ) -> bool:
         """Record a blob that is on disk already (written by another namespace, or by
-        another writer); False if it is not there (any more)."""
+        another writer; `change`: as in `put`); False if it is not there (any more)."""
         async with self.gc_lock:
-            return await self.adopt_locked(namespace, digest, labels, lease)
+            return await self.adopt_locked(namespace, digest, labels, lease, change)
 
     async def adopt_locked(
-        self, namespace: str, digest: str, labels: dict[str, str], lease: str | None
+        self,
+        namespace: str,
+        digest: str,
+        labels: dict[str, str],
+        lease: str | None,
+        change: Labeller | None = None,
     ) -> bool:
         size = self.local.size(digest)
         if size is None:
             return False
-        await self.records.add(namespace, digest, size, labels, lease)
+        await self.records.add(namespace, digest, size, labels, lease, change)
         return True
 
     async def status(self, namespace: str, ref: str) -> IngestStatus:

@@ -476,22 +476,22 @@ class CriImages:
         hosts = None  # without credentials: the daemon's, and no hosts.toml to read here
         if auth is not None and auth_credentials(auth) is not None:
             hosts = await asyncio.to_thread(hosts_with_auth, self._hosts(), ref.host, auth)
-        result = await self._transfer.pull(NAMESPACE, str(ref), hosts=hosts)
+        labels = {IMAGE_LABEL: IMAGE_LABEL_VALUE}
+        if str(ref) == self._sandbox_image:
+            labels[PINNED_LABEL] = PINNED_LABEL_VALUE
+        # The pull records `ref` itself, with these labels, in the transaction that makes it.
+        result = await self._transfer.pull(NAMESPACE, str(ref), hosts=hosts, labels=labels)
         target = result.image.target
         # What a target resolves to depends on its digest only (immutable content).
         resolved = self._resolved.get(target.digest) or await self._resolve(target)
         if resolved is None:
             raise NotFound(f"image {ref}: no image for this platform after the pull")
         self._resolved[target.digest] = resolved
-        labels = {IMAGE_LABEL: IMAGE_LABEL_VALUE}
-        if str(ref) == self._sandbox_image:
-            labels[PINNED_LABEL] = PINNED_LABEL_VALUE
-        if ref.digest:
-            names = [resolved.config.digest, str(ref)]
-        else:
-            names = [resolved.config.digest, str(ref), f"{ref.name}@{target.digest}"]
-        for record in names:
-            await self._record(record, target, labels)
+        names = [resolved.config.digest]
+        if not ref.digest:
+            names.append(f"{ref.name}@{target.digest}")
+        # At once: the database thread takes them in turn, without a loop round trip between.
+        await asyncio.gather(*(self._record(record, target, labels) for record in names))
         log.info("pulled image", reference=str(ref), image_id=resolved.config.digest)
         return resolved.config.digest
 

@@ -185,10 +185,12 @@ class LocalTransfer:
         secret: str = "",
         hosts: HostsConfig | None = None,
         progress: Progress | None = None,
+        labels: dict[str, str] | None = None,
     ) -> PullResult:
         """Pull `reference` into `namespace` (and unpack it for `platforms`, default this
         machine's, into `snapshotter`, default the daemon's). `hosts` replaces the daemon's
-        registry configuration for this pull; `progress`, if given, is kept up to date."""
+        registry configuration for this pull; `progress`, if given, is kept up to date;
+        `labels` are set on the image record the pull makes."""
         from linerd.pull import Progress, PullRequest
 
         request = PullRequest(
@@ -201,6 +203,7 @@ class LocalTransfer:
             username=username,
             secret=secret,
             hosts=hosts,
+            labels=dict(labels or {}),
         )
         progress = progress if progress is not None else Progress()
         started = time.monotonic()

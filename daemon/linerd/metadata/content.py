@@ -72,10 +72,17 @@ class ContentRecords:
         await self._db.run(lambda c: ensure(c, namespace))
 
     async def add(
-        self, namespace: str, digest: str, size: int, labels: dict[str, str], lease: str | None
+        self,
+        namespace: str,
+        digest: str,
+        size: int,
+        labels: dict[str, str],
+        lease: str | None,
+        change: Callable[[dict[str, str]], dict[str, str]] | None = None,
     ) -> ContentInfo | None:
         """Record a committed blob held by `lease`; None if this namespace had it already
-        (the lease then holds it all the same)."""
+        (the lease then holds it all the same, and `change`, if given, makes its labels of
+        the current ones as in `change_labels`: a pull's second blob transaction saved)."""
         labels = validate.labels(labels)
 
         def add(conn: Connection) -> ContentInfo | None:
@@ -83,7 +90,17 @@ class ContentRecords:
             ensure(conn, namespace)
             if lease:
                 add_resource_in(conn, namespace, lease, LeaseResource(id=digest, type="content"))
-            if _row(conn, namespace, digest) is not None:
+            row = _row(conn, namespace, digest)
+            if row is not None:
+                if change is not None:
+                    new = validate.labels(change(dict(row.labels)))
+                    if new != row.labels:
+                        conn.execute(
+                            update(content)
+                            .where(_KEY)
+                            .values(labels=new, updated_at=datetime.now(UTC)),
+                            {"b_namespace": namespace, "b_digest": digest},
+                        )
                 return None
             now = datetime.now(UTC)
             conn.execute(
