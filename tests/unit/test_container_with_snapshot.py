@@ -38,6 +38,7 @@ class World:
     snapshots: Snapshots
     topics: list[str]
     gc_asked: list[str]
+    forgotten: list[str]
 
 
 @pytest.fixture
@@ -58,13 +59,13 @@ def world(tmp_path: Path) -> Iterator[World]:
     publisher = Publisher(Recording())
     forgotten: list[str] = []
 
-    async def forget(namespace: str, container_id: str) -> None:
+    def forget(namespace: str, container_id: str) -> None:
         forgotten.append(container_id)
 
     snapshots = Snapshots({"overlayfs": store}, "overlayfs", gc, publisher)
     containers = Containers(ContainerStore(db), gc, publisher, forget)
     try:
-        yield World(db, root, store, containers, snapshots, topics, asked)
+        yield World(db, root, store, containers, snapshots, topics, asked, forgotten)
     finally:
         db.close()
 
@@ -149,6 +150,7 @@ def test_removed_together_in_order(world: World) -> None:
         await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
         assert w.topics == ["/containers/delete", "/snapshot/remove"]
         assert w.gc_asked == ["schedule"]
+        assert w.forgotten == ["c1"]  # the runtime's log, once the delete committed
         with pytest.raises(NotFound):
             await w.containers.get("ns", "c1")
         with pytest.raises(NotFound):
@@ -181,6 +183,7 @@ def test_a_refused_snapshot_removal_keeps_the_record(world: World) -> None:
         with pytest.raises(FailedPrecondition):
             await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "layer-c")
         assert (await w.containers.get("ns", "c1")).id == "c1"
+        assert w.forgotten == []  # rolled back: the log stays with the record
 
     asyncio.run(body())
 

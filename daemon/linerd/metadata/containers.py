@@ -43,6 +43,11 @@ _KEY = (containers.c.namespace == bindparam("b_namespace")) & (containers.c.id =
 _GET = select(containers).where(_KEY)
 _EXISTS = select(containers.c.id).where(_KEY)
 _INSERT = insert(containers)
+# Built once as well (the CRI saves a container's state at each start and stop, and removes
+# it): building a statement and finding it in SQLAlchemy's compiled cache costs ~10 times
+# running it. An update's values come with the parameters (its SET clause is their columns).
+_UPDATE = update(containers).where(_KEY)
+_DELETE = delete(containers).where(_KEY)
 
 
 def _container(row: Mapping[str, Any]) -> Container:
@@ -243,12 +248,8 @@ class ContainerStore:
             if extensions is not None:
                 row["extensions"] = extensions
             row["updated_at"] = datetime.now(UTC)
-            conn.execute(
-                update(containers)
-                .where(_KEY)
-                .values({k: v for k, v in row.items() if k not in ("namespace", "id")}),
-                {"b_namespace": namespace, "b_id": container.id},
-            )
+            values = {k: v for k, v in row.items() if k not in ("namespace", "id")}
+            conn.execute(_UPDATE, {**values, "b_namespace": namespace, "b_id": container.id})
             updated = _container(row)
             # The CRI looks a container up right after saving its state (status, remove).
             key = (namespace, container.id)
@@ -262,20 +263,28 @@ class ContainerStore:
 
         return await self._db.run(update_)
 
-    async def delete(self, namespace: str, container_id: str) -> None:
-        if not await self._db.run(self.deleter(namespace, container_id)):
+    async def delete(
+        self, namespace: str, container_id: str, after: Callable[[], None] | None = None
+    ) -> None:
+        if not await self._db.run(self.deleter(namespace, container_id, after)):
             raise NotFound(f"container {container_id!r} not found")
 
-    def deleter(self, namespace: str, container_id: str) -> Callable[[Connection], bool]:
+    def deleter(
+        self, namespace: str, container_id: str, after: Callable[[], None] | None = None
+    ) -> Callable[[Connection], bool]:
         """The delete of `delete`, for a caller's transaction (a container removed with its
-        snapshot: SnapshotStore.remove_with); it returns whether the record existed."""
+        snapshot: SnapshotStore.remove_with); it returns whether the record existed.
+        `after`: called on the database thread once a delete that found the record
+        committed (the runtime's log of the container removed without a thread hop)."""
 
         def delete_(conn: Connection) -> bool:
             self._written(namespace, container_id)
             key = {"b_namespace": namespace, "b_id": container_id}
-            if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
+            if conn.execute(_DELETE, key).rowcount == 0:
                 return False
             self._db.after_commit(conn, lambda: self._listed(namespace, container_id, None))
+            if after is not None:
+                self._db.after_commit(conn, after)
             return True
 
         return delete_
