@@ -149,7 +149,8 @@ def test_removed_together_in_order(world: World) -> None:
         w.topics.clear()
         await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
         assert w.topics == ["/containers/delete", "/snapshot/remove"]
-        assert w.gc_asked == ["schedule"]
+        # The parent still has a child (c2's snapshot): nothing can have become garbage.
+        assert w.gc_asked == []
         assert w.forgotten == ["c1"]  # the runtime's log, once the delete committed
         with pytest.raises(NotFound):
             await w.containers.get("ns", "c1")
@@ -169,6 +170,46 @@ def test_removed_together_in_order(world: World) -> None:
         await w.containers.delete_with_snapshot("ns", "c3", w.snapshots, "overlayfs", "lone")
         with pytest.raises(NotFound):
             await w.snapshots.stat("ns", "overlayfs", "lone")
+
+    asyncio.run(body())
+
+
+def test_gc_after_a_removal_only_where_garbage_may_be_left(world: World) -> None:
+    w = world
+
+    async def body() -> None:
+        parent = await committed_parent(w)
+        for cid in ("c1", "c2", "c3"):
+            await w.containers.create_with_snapshot("ns", record(cid), w.snapshots, parent)
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
+        assert w.gc_asked == []  # siblings hold the parent
+        # A container whose labels reference content: dropping them may leave garbage.
+        await w.containers.update(
+            "ns",
+            dataclasses.replace(
+                record("c2"), labels={"containerd.io/gc.ref.content.x": "sha256:" + "a" * 64}
+            ),
+            ["labels"],
+        )
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c2", w.snapshots, "overlayfs", "c2")
+        assert w.gc_asked == ["schedule"]
+        # The parent's last child: the parent may be unreferenced now.
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c3", w.snapshots, "overlayfs", "c3")
+        assert w.gc_asked == ["schedule"]
+        # A snapshot removed after its record went: only its parent decides.
+        await w.containers.create_with_snapshot("ns", record("c4"), w.snapshots, parent)
+        await w.containers.create_with_snapshot("ns", record("c5"), w.snapshots, parent)
+        await w.containers.delete("ns", "c4")
+        w.gc_asked.clear()
+        await w.snapshots.remove("ns", "overlayfs", "c4")
+        assert w.gc_asked == ["schedule"]  # a plain Remove always asks (containerd's API)
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c5", w.snapshots, "overlayfs", "c5")
+        assert w.gc_asked == ["schedule"]
+        assert await w.store.list("ns") == [await w.snapshots.stat("ns", "overlayfs", parent)]
 
     asyncio.run(body())
 

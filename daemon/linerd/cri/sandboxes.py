@@ -452,14 +452,22 @@ class Sandboxes:
             await self.containers.remove(c)
         local = self.core.local
         with contextlib.suppress(NotFound):
-            await local.containers.delete(meta.NAMESPACE, record.id)
-        if record.snapshot_key:
-            with contextlib.suppress(NotFound):
-                await local.snapshots.remove(
-                    meta.NAMESPACE, record.snapshotter, record.snapshot_key
+            if record.snapshot_key:  # the record and the pause's snapshot: one transaction
+                await local.containers.delete_with_snapshot(
+                    meta.NAMESPACE,
+                    record.id,
+                    local.snapshots,
+                    record.snapshotter,
+                    record.snapshot_key,
                 )
-        await asyncio.to_thread(sandbox_files.remove_files, self.files_dir / record.id)
-        await asyncio.to_thread(sandbox_files.remove_files, self.state_dir / record.id)
+            else:
+                await local.containers.delete(meta.NAMESPACE, record.id)
+
+        def remove_files() -> None:
+            sandbox_files.remove_files(self.files_dir / record.id)
+            sandbox_files.remove_files(self.state_dir / record.id)
+
+        await asyncio.to_thread(remove_files)
         self.names.release_by_key(record.id)
 
     # -- status / list ------------------------------------------------------------------------

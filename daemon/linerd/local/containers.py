@@ -11,6 +11,7 @@ from google.protobuf.any_pb2 import Any as AnyPb
 
 from liner_api.containerd.events import container_pb2 as events
 from linerd.errdefs import NotFound
+from linerd.gc.labels import has_gc_refs
 
 if TYPE_CHECKING:
     from linerd.core.types import Container, Mount
@@ -120,18 +121,24 @@ class Containers:
     ) -> None:
         """Delete the record and its snapshot in one transaction (ctr's `rm` with
         snapshot cleanup, in one database round trip); either may be gone already. NotFound
-        when neither existed."""
-        deleted, removed = await snapshots.remove_with(
+        when neither existed. GC is scheduled only where something may have become garbage:
+        not for a container that held only that snapshot (no reference labels) whose parent
+        still has other children (a CRI pod's containers on one image)."""
+        deleted, removed, orphans = await snapshots.remove_with(
             namespace,
             snapshotter,
             key,
             self.store.deleter(namespace, container_id, self._forgetting(namespace, container_id)),
         )
-        if deleted:
+        if deleted is not None:
             self._deleted(namespace, container_id)
         if removed:
-            snapshots.removed(namespace, snapshotter, key)  # schedules GC
-        elif deleted:
+            held_only_it = deleted is None or (
+                (deleted.snapshotter, deleted.snapshot_key) in (("", ""), (snapshotter, key))
+                and not has_gc_refs(deleted.labels)
+            )
+            snapshots.removed(namespace, snapshotter, key, collect=orphans or not held_only_it)
+        elif deleted is not None:
             self._gc.schedule()
         else:
             raise NotFound(f"container {container_id!r} not found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +48,21 @@ _INSERT = insert(containers)
 # it): building a statement and finding it in SQLAlchemy's compiled cache costs ~10 times
 # running it. An update's values come with the parameters (its SET clause is their columns).
 _UPDATE = update(containers).where(_KEY)
-_DELETE = delete(containers).where(_KEY)
+# What the deleted record referenced comes back with the delete (one statement).
+_DELETE = (
+    delete(containers)
+    .where(_KEY)
+    .returning(containers.c.labels, containers.c.snapshotter, containers.c.snapshot_key)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What a deleted container record referenced (what GC roots it held)."""
+
+    labels: dict[str, str]
+    snapshotter: str
+    snapshot_key: str
 
 
 def _container(row: Mapping[str, Any]) -> Container:
@@ -266,26 +281,28 @@ class ContainerStore:
     async def delete(
         self, namespace: str, container_id: str, after: Callable[[], None] | None = None
     ) -> None:
-        if not await self._db.run(self.deleter(namespace, container_id, after)):
+        if await self._db.run(self.deleter(namespace, container_id, after)) is None:
             raise NotFound(f"container {container_id!r} not found")
 
     def deleter(
         self, namespace: str, container_id: str, after: Callable[[], None] | None = None
-    ) -> Callable[[Connection], bool]:
+    ) -> Callable[[Connection], Deleted | None]:
         """The delete of `delete`, for a caller's transaction (a container removed with its
-        snapshot: SnapshotStore.remove_with); it returns whether the record existed.
-        `after`: called on the database thread once a delete that found the record
-        committed (the runtime's log of the container removed without a thread hop)."""
+        snapshot: SnapshotStore.remove_with); it returns what the record referenced, None
+        when there was none. `after`: called on the database thread once a delete that
+        found the record committed (the runtime's log of the container removed without a
+        thread hop)."""
 
-        def delete_(conn: Connection) -> bool:
+        def delete_(conn: Connection) -> Deleted | None:
             self._written(namespace, container_id)
             key = {"b_namespace": namespace, "b_id": container_id}
-            if conn.execute(_DELETE, key).rowcount == 0:
-                return False
+            row = conn.execute(_DELETE, key).first()
+            if row is None:
+                return None
             self._db.after_commit(conn, lambda: self._listed(namespace, container_id, None))
             if after is not None:
                 self._db.after_commit(conn, after)
-            return True
+            return Deleted(dict(row.labels), row.snapshotter or "", row.snapshot_key or "")
 
         return delete_
 

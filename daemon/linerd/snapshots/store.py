@@ -34,6 +34,7 @@ from linerd.errdefs import (
     NotFound,
 )
 from linerd.gc.collector import Cleanup, GcObject, Node
+from linerd.gc.labels import has_gc_refs
 from linerd.metadata.cache import RecordCache
 from linerd.metadata.db import Database
 from linerd.metadata.leases import add_resource_in
@@ -314,33 +315,46 @@ class SnapshotStore:
         return usage
 
     async def remove(self, namespace: str, key: str) -> None:
-        _, removed = await self.remove_with(namespace, key, None)
+        _, removed, _ = await self.remove_with(namespace, key, None)
         if not removed:
             raise NotFound(f"snapshot {key!r} does not exist")
 
     async def remove_with(
         self, namespace: str, key: str, first: Callable[[Connection], T] | None
-    ) -> tuple[T | None, bool]:
+    ) -> tuple[T | None, bool, bool]:
         """`first(conn)` (the delete of a record that held the snapshot: a container's),
         then the snapshot's removal, in one transaction; (what `first` returned, whether
-        the snapshot existed and is removed). A missing snapshot is no error here."""
+        the snapshot existed and is removed, whether its removal may have left garbage). A
+        missing snapshot is no error here.
+
+        No garbage can be left when the snapshot referenced nothing by label and its parent
+        (if any) still has another child: whether that child is reachable or not, the
+        parent's reachability did not change (an unreachable child is garbage already, and
+        whatever made it so scheduled a collection, which takes the parent too)."""
         moved: list[Path] = []
 
-        def remove(conn: Connection) -> tuple[T | None, bool]:
+        def remove(conn: Connection) -> tuple[T | None, bool, bool]:
             held = first(conn) if first is not None else None
             row = self._row(conn, namespace, key)
             if row is None:
-                return held, False
-            if self._has_children(conn, namespace, key):
+                return held, False, False
+            # Only a committed snapshot can be a parent (create checks it).
+            if row["kind"] == SnapshotKind.COMMITTED.value and self._has_children(
+                conn, namespace, key
+            ):
                 raise FailedPrecondition(f"cannot remove snapshot {key!r}: it has children")
             self.forget(namespace, key)
             conn.execute(_DELETE, {"b_id": row["id"]})
             snapshot_id = int(row["id"])
+            parent = row["parent"]
+            orphans = has_gc_refs(row["labels"]) or (
+                bool(parent) and not self._has_children(conn, namespace, parent)
+            )
             # Moved aside once committed, still on the database thread (no thread hop of its
             # own); its contents go in the background. A crash leaves an rm- directory no
             # record names, which the start-up cleanup removes.
             Database.after_commit(conn, lambda: moved.extend(self._move_aside(snapshot_id)))
-            return held, True
+            return held, True, orphans
 
         result = await self._db.run(remove)
         for doomed in moved:
