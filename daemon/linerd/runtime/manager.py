@@ -612,7 +612,9 @@ class TaskRuntime:
         spawned: Spawned | None = None
         try:
             if p.log_path:
-                Path(p.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # A caller's log directory (kubelet's) as containerd makes it; ours private.
+                mode = 0o755 if p.kept_log else 0o700
+                Path(p.log_path).parent.mkdir(parents=True, exist_ok=True, mode=mode)
             bundle.mkdir(parents=True)
             for d in ("rootfs", "exit", "persist"):
                 (bundle / d).mkdir()
