@@ -28,6 +28,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ from linerd.errdefs import (
 )
 
 log = structlog.get_logger("linerd.cri.cni")
+# Where plugins run (CNI._exec): threads made as needed, up to this many pods' operations
+# at once; more wait their turn.
+_PLUGINS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="linerd-cni")
 
 DEFAULT_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -606,9 +610,11 @@ class CNI:
         # The plugin runs from a worker thread, start to exit (one thread hop): asyncio's
         # subprocess transport forks on the event loop and starts a thread per child to
         # wait for it, ~2 ms of the daemon's CPU per plugin (three per ADD and per DEL).
+        # The threads are CNI's own (_PLUGINS): a plugin holds one for its whole run, which
+        # must not take the default pool's few workers from the runtime's task creates.
         started: list[subprocess.Popen[bytes]] = []
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self._exec_sync, kind, command, stdin, dict(env), started)
+        work = asyncio.get_running_loop().run_in_executor(
+            _PLUGINS, self._exec_sync, kind, command, stdin, dict(env), started
         )
         try:
             stdout = await asyncio.shield(work)
