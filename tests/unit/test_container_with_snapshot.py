@@ -24,7 +24,7 @@ from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
 from linerd.snapshots.backends import OverlayBackend
-from linerd.snapshots.store import SnapshotStore
+from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
 
 pytestmark = pytest.mark.unit
 
@@ -39,6 +39,7 @@ class World:
     topics: list[str]
     gc_asked: list[str]
     forgotten: list[str]
+    gc: Collector
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     snapshots = Snapshots({"overlayfs": store}, "overlayfs", gc, publisher)
     containers = Containers(ContainerStore(db), gc, publisher, forget)
     try:
-        yield World(db, root, store, containers, snapshots, topics, asked, forgotten)
+        yield World(db, root, store, containers, snapshots, topics, asked, forgotten, gc)
     finally:
         db.close()
 
@@ -177,6 +178,8 @@ def test_removed_together_in_order(world: World) -> None:
 def test_gc_after_a_removal_only_where_garbage_may_be_left(world: World) -> None:
     w = world
 
+    w.gc.register_kind("snapshots", SnapshotsCollectable({"overlayfs": w.store}))
+
     async def body() -> None:
         parent = await committed_parent(w)
         for cid in ("c1", "c2", "c3"):
@@ -184,6 +187,7 @@ def test_gc_after_a_removal_only_where_garbage_may_be_left(world: World) -> None
         w.gc_asked.clear()
         await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
         assert w.gc_asked == []  # siblings hold the parent
+        assert await w.db.run(w.gc.unreachable) == []  # indeed: no garbage was left
         # A container whose labels reference content: dropping them may leave garbage.
         await w.containers.update(
             "ns",
@@ -210,6 +214,12 @@ def test_gc_after_a_removal_only_where_garbage_may_be_left(world: World) -> None
         await w.containers.delete_with_snapshot("ns", "c5", w.snapshots, "overlayfs", "c5")
         assert w.gc_asked == ["schedule"]
         assert await w.store.list("ns") == [await w.snapshots.stat("ns", "overlayfs", parent)]
+        # Nothing holds the parent now (no image here): the collection asked takes it, and
+        # its directory goes once the background removals are done.
+        await w.gc.collect()
+        assert await w.store.list("ns") == []
+        await w.store.settle()
+        assert dirs(w) == []
 
     asyncio.run(body())
 
