@@ -161,7 +161,7 @@ def build_core(
             leases=Leases(leases, gc),
             content=Content(content, gc, publisher),
             images=Images(images, gc, publisher, policy),
-            containers=Containers(containers, gc, publisher, runtime.remove_log),
+            containers=Containers(containers, gc, publisher, runtime.remove_log_sync),
             snapshots=Snapshots(snapshots, default, gc, publisher),
             tasks=Tasks(runtime, runtimes, containers, snapshots, publisher),
             transfer=transfer,

@@ -75,7 +75,9 @@ def test_container_lifecycle(tmp_path: Path, net: Net, cri_images: Images) -> No
         assert status.log_path == str(log_path)
         assert dict(status.labels) == {"c": "main"}
 
+        assert not log_path.parent.exists()  # made by the start, as containerd makes it
         await p.containers.start_container(cri.StartContainerRequest(container_id=cid))
+        assert log_path.parent.stat().st_mode & 0o777 == 0o755
         status = await p.status(cid)
         assert status.state == cri.CONTAINER_RUNNING and status.started_at >= status.created_at
 

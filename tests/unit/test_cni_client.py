@@ -33,7 +33,7 @@ name = os.path.basename(sys.argv[0])
 here = os.environ["FAKE_CNI_DIR"]
 env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
 with open(os.path.join(here, "calls.jsonl"), "a") as f:
-    f.write(json.dumps({"plugin": name, "env": env, "conf": conf}) + "\\n")
+    f.write(json.dumps({"plugin": name, "env": env, "conf": conf, "pid": os.getpid()}) + "\\n")
 try:
     with open(os.path.join(here, name + ".json")) as f:
         how = json.load(f)
@@ -231,6 +231,31 @@ def test_a_hanging_plugin_times_out(fakes: Fakes) -> None:
     fakes.behave("ipam-ish", sleep={"ADD": 60})
     with pytest.raises(DeadlineExceeded, match="timed out"):
         asyncio.run(fakes.client(timeout=0.5).setup(SANDBOX, fakes.netns, POD))
+
+
+def test_a_cancelled_operation_kills_its_plugin_before_it_ends(fakes: Fakes) -> None:
+    # The plugin runs from a worker thread; a cancelled caller (a client gone) must not leave
+    # it running after the sandbox's lock is released (a DEL may come next).
+    fakes.behave("ipam-ish", result=RESULT, sleep={"ADD": 60})
+    cni = fakes.client()
+    calls = fakes.state / "calls.jsonl"
+
+    def hanging() -> list[int]:
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return [c["pid"] for c in map(json.loads, lines) if c["plugin"] == "ipam-ish"]
+
+    async def body() -> int:
+        task = asyncio.create_task(cni.setup(SANDBOX, fakes.netns, POD))
+        while not hanging():  # the plugin has started (its call recorded)
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return hanging()[0]
+
+    pid = asyncio.run(body())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert cni._locks == {}
 
 
 def test_check_uses_the_cached_result(fakes: Fakes) -> None:

@@ -24,7 +24,7 @@ from linerd.metadata.containers import ContainerStore
 from linerd.metadata.content import ContentRecords
 from linerd.metadata.db import Database, sqlite_url
 from linerd.snapshots.backends import OverlayBackend
-from linerd.snapshots.store import SnapshotStore
+from linerd.snapshots.store import SnapshotsCollectable, SnapshotStore
 
 pytestmark = pytest.mark.unit
 
@@ -38,6 +38,8 @@ class World:
     snapshots: Snapshots
     topics: list[str]
     gc_asked: list[str]
+    forgotten: list[str]
+    gc: Collector
 
 
 @pytest.fixture
@@ -58,13 +60,13 @@ def world(tmp_path: Path) -> Iterator[World]:
     publisher = Publisher(Recording())
     forgotten: list[str] = []
 
-    async def forget(namespace: str, container_id: str) -> None:
+    def forget(namespace: str, container_id: str) -> None:
         forgotten.append(container_id)
 
     snapshots = Snapshots({"overlayfs": store}, "overlayfs", gc, publisher)
     containers = Containers(ContainerStore(db), gc, publisher, forget)
     try:
-        yield World(db, root, store, containers, snapshots, topics, asked)
+        yield World(db, root, store, containers, snapshots, topics, asked, forgotten, gc)
     finally:
         db.close()
 
@@ -148,7 +150,9 @@ def test_removed_together_in_order(world: World) -> None:
         w.topics.clear()
         await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
         assert w.topics == ["/containers/delete", "/snapshot/remove"]
-        assert w.gc_asked == ["schedule"]
+        # The parent still has a child (c2's snapshot): nothing can have become garbage.
+        assert w.gc_asked == []
+        assert w.forgotten == ["c1"]  # the runtime's log, once the delete committed
         with pytest.raises(NotFound):
             await w.containers.get("ns", "c1")
         with pytest.raises(NotFound):
@@ -171,6 +175,55 @@ def test_removed_together_in_order(world: World) -> None:
     asyncio.run(body())
 
 
+def test_gc_after_a_removal_only_where_garbage_may_be_left(world: World) -> None:
+    w = world
+
+    w.gc.register_kind("snapshots", SnapshotsCollectable({"overlayfs": w.store}))
+
+    async def body() -> None:
+        parent = await committed_parent(w)
+        for cid in ("c1", "c2", "c3"):
+            await w.containers.create_with_snapshot("ns", record(cid), w.snapshots, parent)
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "c1")
+        assert w.gc_asked == []  # siblings hold the parent
+        assert await w.db.run(w.gc.unreachable) == []  # indeed: no garbage was left
+        # A container whose labels reference content: dropping them may leave garbage.
+        await w.containers.update(
+            "ns",
+            dataclasses.replace(
+                record("c2"), labels={"containerd.io/gc.ref.content.x": "sha256:" + "a" * 64}
+            ),
+            ["labels"],
+        )
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c2", w.snapshots, "overlayfs", "c2")
+        assert w.gc_asked == ["schedule"]
+        # The parent's last child: the parent may be unreferenced now.
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c3", w.snapshots, "overlayfs", "c3")
+        assert w.gc_asked == ["schedule"]
+        # A snapshot removed after its record went: only its parent decides.
+        await w.containers.create_with_snapshot("ns", record("c4"), w.snapshots, parent)
+        await w.containers.create_with_snapshot("ns", record("c5"), w.snapshots, parent)
+        await w.containers.delete("ns", "c4")
+        w.gc_asked.clear()
+        await w.snapshots.remove("ns", "overlayfs", "c4")
+        assert w.gc_asked == ["schedule"]  # a plain Remove always asks (containerd's API)
+        w.gc_asked.clear()
+        await w.containers.delete_with_snapshot("ns", "c5", w.snapshots, "overlayfs", "c5")
+        assert w.gc_asked == ["schedule"]
+        assert await w.store.list("ns") == [await w.snapshots.stat("ns", "overlayfs", parent)]
+        # Nothing holds the parent now (no image here): the collection asked takes it, and
+        # its directory goes once the background removals are done.
+        await w.gc.collect()
+        assert await w.store.list("ns") == []
+        await w.store.settle()
+        assert dirs(w) == []
+
+    asyncio.run(body())
+
+
 def test_a_refused_snapshot_removal_keeps_the_record(world: World) -> None:
     w = world
 
@@ -181,6 +234,7 @@ def test_a_refused_snapshot_removal_keeps_the_record(world: World) -> None:
         with pytest.raises(FailedPrecondition):
             await w.containers.delete_with_snapshot("ns", "c1", w.snapshots, "overlayfs", "layer-c")
         assert (await w.containers.get("ns", "c1")).id == "c1"
+        assert w.forgotten == []  # rolled back: the log stays with the record
 
     asyncio.run(body())
 

@@ -44,7 +44,7 @@ class _Quiet:
         pass
 
 
-async def _forget(_namespace: str, _id: str) -> None:
+def _forget(_namespace: str, _id: str) -> None:
     pass
 
 

@@ -62,3 +62,21 @@ def test_expiry_is_rfc3339_utc() -> None:
 def test_source_key_leaves_the_port_out_and_paths_name_each_label() -> None:
     assert labels.source_key("127.0.0.1:5000") == "containerd.io/distribution.source.127.0.0.1"
     assert labels.field_paths({"a": "1", "b.c": "2"}) == ["labels.a", "labels.b.c"]
+
+
+def test_has_gc_refs_matches_what_the_collector_follows() -> None:
+    from linerd.gc.collector import label_refs
+    from linerd.gc.labels import has_gc_refs
+
+    cases = [
+        {},
+        {"io.kubernetes.pod.name": "p", "containerd.io/gc.root": "x"},
+        {"containerd.io/gc.ref.content": "sha256:1"},
+        {"containerd.io/gc.ref.content.l.0": "sha256:1"},
+        {"containerd.io/gc.ref.contentx": "sha256:1"},
+        {"containerd.io/gc.ref.snapshot.overlayfs": "k"},
+        {"containerd.io/gc.ref.snapshot.overlayfs/1": "k"},
+        {"containerd.io/gc.ref.snapshot.": "k"},
+    ]
+    for case in cases:
+        assert has_gc_refs(case) == bool(list(label_refs("ns", case))), case

@@ -390,10 +390,7 @@ class Containers:
             config = cri.ContainerConfig.FromString(m.config)
             tasks = self.core.local.tasks
             try:
-                if m.log_path:
-                    await asyncio.to_thread(
-                        Path(m.log_path).parent.mkdir, parents=True, exist_ok=True
-                    )
+                # The log's directory is made with the task (in its thread hop).
                 await tasks.create(
                     meta.NAMESPACE,
                     record.id,

@@ -257,18 +257,39 @@ class Sandboxes:
                 d = config.dns_config
                 dns = sandbox_files.DNS(list(d.servers), list(d.searches), list(d.options))
             m.files = str(files)
-            m.hostname = await asyncio.to_thread(
-                sandbox_files.write_files, files, config.hostname, dns
-            )
-            paths: dict[str, Path] = {}
-            if kinds:
-                paths = await asyncio.to_thread(netns.create_pod, self.netns_dir, kinds, m.hostname)
-                m.netns = str(paths.get(netns.NET, ""))
-                m.ipcns = str(paths.get(netns.IPC, ""))
-                m.utsns = str(paths.get(netns.UTS, ""))
             shm = self.state_dir / sandbox_id / "shm" if opts.ipc != specs.NODE else None
             if shm is not None:
                 m.shm = str(shm)
+            # The sandbox image's users, when kept (every pod but the image's first): the
+            # pause's spec is then built with the files and namespaces, in one thread hop.
+            known = self.containers.image_users(image.chain_id) if image is not None else None
+
+            def prepare() -> tuple[str, dict[str, Path], dict[str, Any] | BaseException | None]:
+                hostname = sandbox_files.write_files(files, config.hostname, dns)
+                paths = netns.create_pod(self.netns_dir, kinds, hostname) if kinds else {}
+                if known is None or image is None:
+                    return hostname, paths, None
+                try:  # a failure is raised once the namespaces are recorded (unwound then)
+                    pinned = podns.PodNamespaces(
+                        net=str(paths.get(netns.NET, "")),
+                        ipc=str(paths.get(netns.IPC, "")),
+                        uts=str(paths.get(netns.UTS, "")),
+                        pid="",
+                    )
+                    spec = self._pause_spec_with(
+                        sandbox_id, config, image, pinned, hostname, str(shm or ""), known
+                    )
+                except Exception as e:
+                    return hostname, paths, e
+                return hostname, paths, spec
+
+            m.hostname, paths, prepared = await asyncio.to_thread(prepare)
+            if kinds:
+                m.netns = str(paths.get(netns.NET, ""))
+                m.ipcns = str(paths.get(netns.IPC, ""))
+                m.utsns = str(paths.get(netns.UTS, ""))
+            if isinstance(prepared, BaseException):
+                raise prepared
             if image is None:
                 if kinds:
                     record = await self.records.save_sandbox(record, m)
@@ -293,7 +314,7 @@ class Sandboxes:
             # It joins them by path and needs nothing of their network, so CNI ADD runs
             # while the pause is created and started (kubelet waits for the two together),
             # and RunPodSandbox answers once both are done.
-            spec = await self._pause_spec(sandbox_id, config, image, m, mounts)
+            spec = prepared or await self._pause_spec(sandbox_id, config, image, m, mounts)
             record.spec = spec_encoded(spec)
             record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
             record = await local.containers.update(
@@ -315,6 +336,27 @@ class Sandboxes:
             await asyncio.shield(self._unwind(sandbox_id, record, m, networking))
             raise
 
+    def _pause_spec_with(
+        self,
+        sandbox_id: str,
+        config: cri.PodSandboxConfig,
+        image: Any,
+        namespaces: podns.PodNamespaces,
+        hostname: str,
+        shm: str,
+        users: ImageUsers,
+    ) -> dict[str, Any]:
+        return specs.pause_spec(
+            sandbox_id=sandbox_id,
+            config=config,
+            image_config=image.config,
+            namespaces=namespaces,
+            hostname=hostname,
+            shm=shm,
+            cgroup_driver=self.cgroup_driver,
+            rootfs=users,
+        )
+
     async def _pause_spec(
         self,
         sandbox_id: str,
@@ -323,28 +365,20 @@ class Sandboxes:
         m: meta.SandboxMeta,
         mounts: Any,
     ) -> dict[str, Any]:
-        image_config, chain_id = image.config, image.chain_id
+        """The pause's spec for the sandbox image's first pod (since a start): its users
+        read from a mount of the pod's snapshot, then kept as a container's image's are
+        (Containers.image_users)."""
         namespaces = podns.of(m, 0)
 
         def spec_with(users: ImageUsers) -> dict[str, Any]:
-            return specs.pause_spec(
-                sandbox_id=sandbox_id,
-                config=config,
-                image_config=image_config,
-                namespaces=namespaces,
-                hostname=m.hostname,
-                shm=m.shm,
-                cgroup_driver=self.cgroup_driver,
-                rootfs=users,
+            return self._pause_spec_with(
+                sandbox_id, config, image, namespaces, m.hostname, m.shm, users
             )
 
-        # The sandbox image's users, read once from a mount of its first pod's snapshot and
-        # kept as a container's image's are (Containers.image_users).
-        known = self.containers.image_users(chain_id)
-
+        known = self.containers.image_users(image.chain_id)
         if known is not None:
             return await asyncio.to_thread(spec_with, known)
-        return await self.containers.spec_reading_users(chain_id, mounts, spec_with)
+        return await self.containers.spec_reading_users(image.chain_id, mounts, spec_with)
 
     async def _network(
         self, sandbox_id: str, config: cri.PodSandboxConfig, paths: dict[str, Path]
@@ -452,14 +486,22 @@ class Sandboxes:
             await self.containers.remove(c)
         local = self.core.local
         with contextlib.suppress(NotFound):
-            await local.containers.delete(meta.NAMESPACE, record.id)
-        if record.snapshot_key:
-            with contextlib.suppress(NotFound):
-                await local.snapshots.remove(
-                    meta.NAMESPACE, record.snapshotter, record.snapshot_key
+            if record.snapshot_key:  # the record and the pause's snapshot: one transaction
+                await local.containers.delete_with_snapshot(
+                    meta.NAMESPACE,
+                    record.id,
+                    local.snapshots,
+                    record.snapshotter,
+                    record.snapshot_key,
                 )
-        await asyncio.to_thread(sandbox_files.remove_files, self.files_dir / record.id)
-        await asyncio.to_thread(sandbox_files.remove_files, self.state_dir / record.id)
+            else:
+                await local.containers.delete(meta.NAMESPACE, record.id)
+
+        def remove_files() -> None:
+            sandbox_files.remove_files(self.files_dir / record.id)
+            sandbox_files.remove_files(self.state_dir / record.id)
+
+        await asyncio.to_thread(remove_files)
         self.names.release_by_key(record.id)
 
     # -- status / list ------------------------------------------------------------------------

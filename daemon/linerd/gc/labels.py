@@ -25,6 +25,16 @@ UNCOMPRESSED = "containerd.io/uncompressed"
 DISTRIBUTION_SOURCE = "containerd.io/distribution.source."
 
 
+def has_gc_refs(labels: Mapping[str, str]) -> bool:
+    """Do these labels reference anything the collector follows (collector.label_refs)?"""
+    for key in labels:
+        if key == CONTENT_REF or key.startswith(CONTENT_REF + "."):
+            return True
+        if key.startswith(SNAPSHOT_REF) and key[len(SNAPSHOT_REF) :].split("/", 1)[0]:
+            return True
+    return False
+
+
 def index_refs(manifests: Iterable[str]) -> dict[str, str]:
     """An index's (or a manifest list's) references to its manifests' digests."""
     return {f"{CONTENT_REF}.m.{i}": digest for i, digest in enumerate(manifests)}

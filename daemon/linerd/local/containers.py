@@ -3,13 +3,15 @@ labelled reference may be left unreferenced), and the kept output of a deleted c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+import structlog
 from google.protobuf.any_pb2 import Any as AnyPb
 
 from liner_api.containerd.events import container_pb2 as events
 from linerd.errdefs import NotFound
+from linerd.gc.labels import has_gc_refs
 
 if TYPE_CHECKING:
     from linerd.core.types import Container, Mount
@@ -22,8 +24,11 @@ if TYPE_CHECKING:
 # Update mask heads that can drop a reference GC follows (gc/collector.py container_roots).
 _REFERENCING = ("labels", "snapshotkey")
 
+log = structlog.get_logger("linerd.containers")
+
 # Removes what the runtime kept of a container (its log file), given namespace and id.
-Forget = Callable[[str, str], Awaitable[None]]
+# Called on the database thread once the record's delete committed (blocks, briefly).
+Forget = Callable[[str, str], None]
 
 
 class Containers:
@@ -107,8 +112,8 @@ class Containers:
         return updated
 
     async def delete(self, namespace: str, container_id: str) -> None:
-        await self.store.delete(namespace, container_id)
-        await self._deleted(namespace, container_id)
+        await self.store.delete(namespace, container_id, self._forgetting(namespace, container_id))
+        self._deleted(namespace, container_id)
         self._gc.schedule()
 
     async def delete_with_snapshot(
@@ -116,21 +121,39 @@ class Containers:
     ) -> None:
         """Delete the record and its snapshot in one transaction (ctr's `rm` with
         snapshot cleanup, in one database round trip); either may be gone already. NotFound
-        when neither existed."""
-        deleted, removed = await snapshots.remove_with(
-            namespace, snapshotter, key, self.store.deleter(namespace, container_id)
+        when neither existed. GC is scheduled only where something may have become garbage:
+        not for a container that held only that snapshot (no reference labels) whose parent
+        still has other children (a CRI pod's containers on one image)."""
+        deleted, removed, orphans = await snapshots.remove_with(
+            namespace,
+            snapshotter,
+            key,
+            self.store.deleter(namespace, container_id, self._forgetting(namespace, container_id)),
         )
-        if deleted:
-            await self._deleted(namespace, container_id)
+        if deleted is not None:
+            self._deleted(namespace, container_id)
         if removed:
-            snapshots.removed(namespace, snapshotter, key)  # schedules GC
-        elif deleted:
+            held_only_it = deleted is None or (
+                (deleted.snapshotter, deleted.snapshot_key) in (("", ""), (snapshotter, key))
+                and not has_gc_refs(deleted.labels)
+            )
+            snapshots.removed(namespace, snapshotter, key, collect=orphans or not held_only_it)
+        elif deleted is not None:
             self._gc.schedule()
         else:
             raise NotFound(f"container {container_id!r} not found")
 
-    async def _deleted(self, namespace: str, container_id: str) -> None:
-        await self._forget(namespace, container_id)
+    def _forgetting(self, namespace: str, container_id: str) -> Callable[[], None]:
+        def forget() -> None:
+            # The record is gone whatever happens here: a log left behind is only logged.
+            try:
+                self._forget(namespace, container_id)
+            except Exception as e:
+                log.warning("removing a container's log", id=container_id, error=str(e))
+
+        return forget
+
+    def _deleted(self, namespace: str, container_id: str) -> None:
         self._publisher.publish(
             namespace, "/containers/delete", events.ContainerDelete(id=container_id)
         )

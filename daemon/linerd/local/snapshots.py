@@ -80,20 +80,23 @@ class Snapshots:
 
     async def remove_with(
         self, namespace: str, snapshotter: str, key: str, first: Callable[[Any], T]
-    ) -> tuple[T, bool]:
+    ) -> tuple[T, bool, bool]:
         """`first(transaction)`, then remove `key` if it exists, in one transaction
         (local Containers.delete_with_snapshot); (what `first` returned, whether it
-        existed). The caller publishes its own events first, then calls `removed`."""
-        held, existed = await self.store(snapshotter).remove_with(namespace, key, first)
-        return held, existed  # type: ignore[return-value]  # `first` was given
+        existed, whether its removal may have left garbage: SnapshotStore.remove_with). The
+        caller publishes its own events first, then calls `removed`."""
+        held, existed, orphans = await self.store(snapshotter).remove_with(namespace, key, first)
+        return held, existed, orphans  # type: ignore[return-value]  # `first` was given
 
-    def removed(self, namespace: str, snapshotter: str, key: str) -> None:
-        """After `remove_with` removed `key`: its event, and GC (parents may be unreferenced)."""
+    def removed(self, namespace: str, snapshotter: str, key: str, collect: bool = True) -> None:
+        """After `remove_with` removed `key`: its event, and GC unless `collect` is False
+        (nothing can have become garbage)."""
         store = self.store(snapshotter)
         self._publisher.publish(
             namespace, "/snapshot/remove", events.SnapshotRemove(key=key, snapshotter=store.name)
         )
-        self._gc.schedule()
+        if collect:
+            self._gc.schedule()
 
     async def view(
         self,

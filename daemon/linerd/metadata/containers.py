@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,25 @@ _KEY = (containers.c.namespace == bindparam("b_namespace")) & (containers.c.id =
 _GET = select(containers).where(_KEY)
 _EXISTS = select(containers.c.id).where(_KEY)
 _INSERT = insert(containers)
+# Built once as well (the CRI saves a container's state at each start and stop, and removes
+# it): building a statement and finding it in SQLAlchemy's compiled cache costs ~10 times
+# running it. An update's values come with the parameters (its SET clause is their columns).
+_UPDATE = update(containers).where(_KEY)
+# What the deleted record referenced comes back with the delete (one statement).
+_DELETE = (
+    delete(containers)
+    .where(_KEY)
+    .returning(containers.c.labels, containers.c.snapshotter, containers.c.snapshot_key)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What a deleted container record referenced (what GC roots it held)."""
+
+    labels: dict[str, str]
+    snapshotter: str
+    snapshot_key: str
 
 
 def _container(row: Mapping[str, Any]) -> Container:
@@ -243,12 +263,8 @@ class ContainerStore:
             if extensions is not None:
                 row["extensions"] = extensions
             row["updated_at"] = datetime.now(UTC)
-            conn.execute(
-                update(containers)
-                .where(_KEY)
-                .values({k: v for k, v in row.items() if k not in ("namespace", "id")}),
-                {"b_namespace": namespace, "b_id": container.id},
-            )
+            values = {k: v for k, v in row.items() if k not in ("namespace", "id")}
+            conn.execute(_UPDATE, {**values, "b_namespace": namespace, "b_id": container.id})
             updated = _container(row)
             # The CRI looks a container up right after saving its state (status, remove).
             key = (namespace, container.id)
@@ -262,21 +278,31 @@ class ContainerStore:
 
         return await self._db.run(update_)
 
-    async def delete(self, namespace: str, container_id: str) -> None:
-        if not await self._db.run(self.deleter(namespace, container_id)):
+    async def delete(
+        self, namespace: str, container_id: str, after: Callable[[], None] | None = None
+    ) -> None:
+        if await self._db.run(self.deleter(namespace, container_id, after)) is None:
             raise NotFound(f"container {container_id!r} not found")
 
-    def deleter(self, namespace: str, container_id: str) -> Callable[[Connection], bool]:
+    def deleter(
+        self, namespace: str, container_id: str, after: Callable[[], None] | None = None
+    ) -> Callable[[Connection], Deleted | None]:
         """The delete of `delete`, for a caller's transaction (a container removed with its
-        snapshot: SnapshotStore.remove_with); it returns whether the record existed."""
+        snapshot: SnapshotStore.remove_with); it returns what the record referenced, None
+        when there was none. `after`: called on the database thread once a delete that
+        found the record committed (the runtime's log of the container removed without a
+        thread hop)."""
 
-        def delete_(conn: Connection) -> bool:
+        def delete_(conn: Connection) -> Deleted | None:
             self._written(namespace, container_id)
             key = {"b_namespace": namespace, "b_id": container_id}
-            if conn.execute(delete(containers).where(_KEY), key).rowcount == 0:
-                return False
+            row = conn.execute(_DELETE, key).first()
+            if row is None:
+                return None
             self._db.after_commit(conn, lambda: self._listed(namespace, container_id, None))
-            return True
+            if after is not None:
+                self._db.after_commit(conn, after)
+            return Deleted(dict(row.labels), row.snapshotter or "", row.snapshot_key or "")
 
         return delete_
 

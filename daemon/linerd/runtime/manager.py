@@ -263,17 +263,18 @@ class TaskRuntime:
 
     async def remove_log(self, namespace: str, container_id: str) -> None:
         """Remove a container's log file (when its record is deleted); nothing if none."""
+        await asyncio.to_thread(self.remove_log_sync, namespace, container_id)
+
+    def remove_log_sync(self, namespace: str, container_id: str) -> None:
+        """`remove_log`, on the caller's thread (the database thread once a container's
+        delete committed: no thread hop of its own). Blocks."""
         _validate_id("namespace", namespace)
         _validate_id("container id", container_id)
         path = self.log_path(namespace, container_id)
-
-        def remove() -> None:
-            # `.tmp`: conmon's new file for a moment while it starts the log afresh.
-            for p in (path, path.with_name(path.name + ".tmp")):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-
-        await asyncio.to_thread(remove)
+        # `.tmp`: conmon's new file for a moment while it starts the log afresh.
+        for p in (path, path.with_name(path.name + ".tmp")):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
 
     def attach_socket(self, namespace: str, id: str, exec_id: str = "") -> Path:
         """conmon's attach socket of a process. A client gets its output (frames of one
@@ -611,7 +612,9 @@ class TaskRuntime:
         spawned: Spawned | None = None
         try:
             if p.log_path:
-                Path(p.log_path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                # A caller's log directory (kubelet's) as containerd makes it; ours private.
+                mode = 0o755 if p.kept_log else 0o700
+                Path(p.log_path).parent.mkdir(parents=True, exist_ok=True, mode=mode)
             bundle.mkdir(parents=True)
             for d in ("rootfs", "exit", "persist"):
                 (bundle / d).mkdir()

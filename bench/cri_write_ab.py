@@ -1,0 +1,191 @@
+"""A/B two linerd trees' CRI write calls, pod by pod (docs/PERFORMANCE.md, ninth session).
+
+`.venv/bin/python bench/cri_write_ab.py A_TREE [B_TREE] [--pods N]`: A_TREE and B_TREE are
+source trees (`git archive <commit> | tar -x -C DIR`; B defaults to this checkout); each
+daemon runs with its tree first on PYTHONPATH. Then N pod cycles on each daemon, one at a
+time, the order alternating per cycle, so the machine's load drifts over both alike (other
+engineers share these cores). A cycle is critest's: RunPodSandbox (pid namespace POD: a
+pause), ImageStatus, CreateContainer, StartContainer, StopContainer, RemoveContainer,
+StopPodSandbox, RemovePodSandbox. Printed per call: the median wall time and the daemon's
+mean CPU per call (utime + stime of its own threads; 10 ms clock ticks, so N >= 30), and B / A;
+"a pod's start" adds up RunPodSandbox to StartContainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
+from cri import cpu_seconds
+from cri_support import ip_forward_kept, liner_cri, push_busybox_image, push_pause_image
+from registry import Registry
+
+from liner_api.runtime.v1 import api_pb2 as pb
+
+CALLS = (
+    "RunPodSandbox",
+    "ImageStatus",
+    "CreateContainer",
+    "StartContainer",
+    "PodStart",
+    "StopContainer",
+    "RemoveContainer",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+)
+# Exits at once on TERM: StopContainer measures a real stop.
+SCRIPT = "trap 'exit 0' TERM; sleep 3600 & wait"
+
+
+def pythonpath(tree: Path) -> str:
+    return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.wall: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        self.cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+
+    def timed(self, name: str, pid: int, call: str, fn: Callable[[], Any]) -> Any:
+        c0, t0 = cpu_seconds(pid), time.perf_counter()
+        result = fn()
+        self.wall[(name, call)].append(time.perf_counter() - t0)
+        self.cpu[(name, call)].append(cpu_seconds(pid) - c0)
+        return result
+
+
+def cycle(rec: Recorder, name: str, d: Any, image: str, work: Path, i: int) -> None:
+    rt, im = d.runtime, d.images
+    ns = pb.NamespaceOption(pid=pb.POD)
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(name=f"p{i}", namespace="b", uid=str(uuid.uuid4())),
+        log_directory=str(work / "logs" / f"p{i}"),
+        labels={"app": "x"},
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=ns)
+        ),
+    )
+    spec = pb.ImageSpec(image=image)
+    container = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="c"),
+        image=spec,
+        command=["/bin/sh", "-c", SCRIPT],
+        log_path="c.log",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(namespace_options=ns)
+        ),
+    )
+
+    def timed(call: str, fn: Callable[[], Any]) -> Any:
+        return rec.timed(name, d.pid, call, fn)
+
+    c0, t0 = cpu_seconds(d.pid), time.perf_counter()
+    sid = timed(
+        "RunPodSandbox",
+        lambda: rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=120),
+    ).pod_sandbox_id
+    timed("ImageStatus", lambda: im.ImageStatus(pb.ImageStatusRequest(image=spec), timeout=30))
+    cid = timed(
+        "CreateContainer",
+        lambda: rt.CreateContainer(
+            pb.CreateContainerRequest(pod_sandbox_id=sid, config=container, sandbox_config=config),
+            timeout=60,
+        ),
+    ).container_id
+    timed(
+        "StartContainer",
+        lambda: rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=60),
+    )
+    rec.wall[(name, "PodStart")].append(time.perf_counter() - t0)
+    rec.cpu[(name, "PodStart")].append(cpu_seconds(d.pid) - c0)
+    timed(
+        "StopContainer",
+        lambda: rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10), timeout=60),
+    )
+    timed(
+        "RemoveContainer",
+        lambda: rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60),
+    )
+    timed(
+        "StopPodSandbox",
+        lambda: rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60),
+    )
+    timed(
+        "RemovePodSandbox",
+        lambda: rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path, nargs="?")
+    p.add_argument("--pods", type=int, default=40)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="liner-criwab-", dir="/dev/shm"))
+    (work / "registry").mkdir()
+    reg = Registry("open", workdir=work / "registry")
+    reg.start()
+    try:
+        images = work / "images"
+        images.mkdir()
+        pause = push_pause_image(reg, images)
+        busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
+        with ip_forward_kept(), contextlib.ExitStack() as stack:
+            daemons = {}
+            for name, tree in (("A", args.a), ("B", args.b)):
+                env = os.environ.get("PYTHONPATH")
+                if tree is not None:
+                    os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
+                try:
+                    (work / name).mkdir()
+                    daemons[name] = stack.enter_context(
+                        liner_cri(work / name, pause, reg.host, log_level="info")
+                    )
+                finally:
+                    if env is None:
+                        os.environ.pop("PYTHONPATH", None)
+                    else:
+                        os.environ["PYTHONPATH"] = env
+            for d in daemons.values():
+                for ref in (pause, busybox):
+                    d.images.PullImage(
+                        pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300
+                    )
+            rec = Recorder()
+            for i in range(2):  # warm-up: the images' users read, caches filled
+                for name, d in daemons.items():
+                    cycle(rec, "warm", d, busybox, work, 900 + 10 * i + len(name))
+            for i in range(args.pods):
+                for name in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                    cycle(rec, name, daemons[name], busybox, work, i * 10 + len(name))
+            walls = f"{'A wall':>8} {'B wall':>8} {'B/A':>5}"
+            cpus = f"{'A cpu':>6} {'B cpu':>6} {'B/A':>5}"
+            note = f"ms: median wall, mean daemon CPU; {args.pods} pods each"
+            print(f"{'call':17} {walls}   {cpus}  ({note})")
+            for call in CALLS:
+                wa, wb = (statistics.median(rec.wall[(n, call)]) * 1000 for n in "AB")
+                ca, cb = (statistics.mean(rec.cpu[(n, call)]) * 1000 for n in "AB")
+                cpu_ratio = f"{cb / ca:5.2f}" if ca else "    -"
+                walls = f"{wa:8.2f} {wb:8.2f} {wb / wa:5.2f}"
+                print(f"{call:17} {walls}   {ca:6.2f} {cb:6.2f} {cpu_ratio}")
+    finally:
+        reg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
