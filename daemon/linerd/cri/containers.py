@@ -506,24 +506,20 @@ class Containers:
         response; serialized messages concatenated are their merge, a repeated field's
         items appended) is kept with its record's decoding, per state (records.py)."""
         f = req.filter
-        # The filter's fields read once (a protobuf field read per container adds up at 100).
-        wanted_id, wanted_pod = f.id, f.pod_sandbox_id
         selector = dict(f.label_selector)
         wanted = f.state.state if f.HasField("state") else None
-        entries = await self.records.entries(meta.KIND_CONTAINER)
-        status_of = self.core.local.tasks.statuses(meta.NAMESPACE)  # after the await
         out = []
-        for entry in entries:
+        for entry in await self.records.entries(meta.KIND_CONTAINER):
             record, m, config = entry.record, entry.meta, entry.config
-            if wanted_id and not record.id.startswith(wanted_id):
+            if f.id and not record.id.startswith(f.id):
                 continue
-            if wanted_pod and not record.sandbox.startswith(wanted_pod):
+            if f.pod_sandbox_id and not record.sandbox.startswith(f.pod_sandbox_id):
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
             if m.state != "running":
                 state = self.state_of(record, m)  # created or exited: no task to ask
-            elif (status := status_of(record.id)) is not None and status in _RUNNING:
+            elif (status := self.task_status(record.id)) is not None and status in _RUNNING:
                 state = cri.CONTAINER_RUNNING  # kubelet's relist: most of them, unchanged
             elif (lock := self._locks.get(record.id)) is not None and lock.locked():
                 # A Stop or Remove is at it (and will record the exit).

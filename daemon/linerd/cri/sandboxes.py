@@ -520,23 +520,16 @@ class Sandboxes:
         """The ListPodSandboxResponse, serialized: each pod's part (a one-pod response) kept
         with its record's decoding per state, as ListContainers' (containers.py)."""
         f = req.filter
-        wanted_id = f.id  # read once (a protobuf field read per pod adds up)
         selector = dict(f.label_selector)
         wanted = f.state.state if f.HasField("state") else None
-        entries = await self.records.entries(meta.KIND_SANDBOX)
-        status_of = self.core.local.tasks.statuses(meta.NAMESPACE)  # after the await
         out = []
-        for entry in entries:
+        for entry in await self.records.entries(meta.KIND_SANDBOX):
             record, m, config = entry.record, entry.meta, entry.config
-            if wanted_id and not record.id.startswith(wanted_id):
+            if f.id and not record.id.startswith(f.id):
                 continue
             if selector and not meta.matches_labels(config.labels, selector):
                 continue
-            if m.state == "ready" and m.infra:  # `ready`'s rule, one lookup per pod
-                ready = status_of(record.id) == TaskStatus.RUNNING
-            else:
-                ready = self.ready(record, m)
-            state = cri.SANDBOX_READY if ready else cri.SANDBOX_NOTREADY
+            state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
             if wanted is not None and wanted != state:
                 continue
             part = entry.views.get(state)  # built once per decoding and state

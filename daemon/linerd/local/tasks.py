@@ -247,10 +247,6 @@ class Tasks:
         """The task's status alone (NotFound without a task): cheaper than `state`."""
         return self.runtime.status(namespace, container_id)
 
-    def statuses(self, namespace: str) -> Callable[[str], TaskStatus | None]:
-        """container id -> its task's status, None without a task (`status` for a List)."""
-        return self.runtime.statuses(namespace)
-
     def list(self, namespace: str) -> list[ProcessState]:
         return self.runtime.list_tasks(namespace)
 

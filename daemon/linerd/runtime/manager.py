@@ -804,17 +804,6 @@ class TaskRuntime:
         without building its whole state."""
         return self._get(namespace, id).init.status()
 
-    def statuses(self, namespace: str) -> Callable[[str], TaskStatus | None]:
-        """id -> its init process's status, None without a task: `status` for a List that
-        asks it of every container (one dict lookup each, no NotFound raised and caught)."""
-        tasks = self._tasks
-
-        def status(id: str) -> TaskStatus | None:
-            task = tasks.get((namespace, id))
-            return None if task is None else task.init.status()
-
-        return status
-
     def _state(self, p: _Proc) -> ProcessState:
         key = (p.pid, p.started, p.exit, p.task.paused, p.monitor_lost)
         shown = p.shown
