@@ -5,7 +5,8 @@
 each daemon runs with its tree first on PYTHONPATH. Both daemons get the same N pods of K
 containers; then for each bookkeeping call, R rounds of C calls on each daemon, the order
 alternating per round, so the machine's load drifts over both alike (other engineers share
-these cores). Printed per call: the daemons' CPU per call (utime + stime) and mean wall time,
+these cores); the Lists also as kubelet filters them (running containers, one pod's, ready
+pods). Printed per call: the daemons' CPU per call (utime + stime) and mean wall time,
 and B / A.
 """
 
@@ -79,6 +80,20 @@ def populate(d: Any, busybox: str, pause: str, work: Path, pods: int, per_pod: i
         ),
         "ListContainers": lambda: rt.ListContainers(pb.ListContainersRequest()),
         "ListPodSandbox": lambda: rt.ListPodSandbox(pb.ListPodSandboxRequest()),
+        # kubelet's filtered Lists: its running containers, one pod's, its ready pods.
+        "ListContainers(running)": lambda: rt.ListContainers(
+            pb.ListContainersRequest(
+                filter=pb.ContainerFilter(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))
+            )
+        ),
+        "ListContainers(pod)": lambda: rt.ListContainers(
+            pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=sid))
+        ),
+        "ListPodSandbox(ready)": lambda: rt.ListPodSandbox(
+            pb.ListPodSandboxRequest(
+                filter=pb.PodSandboxFilter(state=pb.PodSandboxStateValue(state=pb.SANDBOX_READY))
+            )
+        ),
         "ListImages": lambda: im.ListImages(pb.ListImagesRequest()),
         "Version": lambda: rt.Version(pb.VersionRequest()),
     }

@@ -119,24 +119,59 @@ class _Wrapping(grpc.GenericRpcHandler):
         return self._owner.wrapped(details.method, handler)
 
 
+class _Dispatch(grpc.GenericRpcHandler):
+    """The server's one generic handler: every registered method's wrapped handler by its
+    full name (one dict lookup per call), then the services that registered only generic
+    handlers, in order."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self.methods.get(details.method)
+        if handler is not None:
+            return handler
+        for generic in self.generic:
+            handler = generic.service(details)
+            if handler is not None:
+                return handler
+        return None
+
+
 class _Registering:
     """A grpc.aio.Server as the generated `add_*_to_server` functions see it: the handlers
-    they register are wrapped by the interceptor; anything else goes to the server."""
+    they register are wrapped by the interceptor and served through one generic handler
+    (`_Dispatch`); anything else goes to the server.
+
+    No method is registered with the server itself (`add_registered_method_handlers`):
+    grpc.aio's server keeps one pending request task per registered method and, on every
+    call, waits on all of them (`asyncio.wait` over ~120 tasks with the daemon's services:
+    a set built, each task type-checked, a done callback added to and removed from each;
+    ~10 % of the event loop's samples for a status call, docs/PERFORMANCE.md). With generic
+    handlers only it keeps one."""
 
     def __init__(self, server: grpc.aio.Server, owner: RequestInterceptor) -> None:
         self._server = server
         self._owner = owner
+        self._dispatch: _Dispatch | None = None
+
+    def _dispatcher(self) -> _Dispatch:
+        if self._dispatch is None:
+            self._dispatch = _Dispatch()
+            self._server.add_generic_rpc_handlers((self._dispatch,))
+        return self._dispatch
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_Wrapping(h, self._owner) for h in handlers))
+        self._dispatcher().generic.extend(_Wrapping(h, self._owner) for h in handlers)
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self._server.add_registered_method_handlers(
-            service,
-            {name: self._owner.wrapped(f"/{service}/{name}", h) for name, h in handlers.items()},
-        )
+        methods = self._dispatcher().methods
+        for name, handler in handlers.items():
+            method = f"/{service}/{name}"
+            methods[method] = self._owner.wrapped(method, handler)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
