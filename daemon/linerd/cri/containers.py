@@ -477,16 +477,7 @@ class Containers:
                 with contextlib.suppress(NotFound):
                     await local.tasks.delete(meta.NAMESPACE, record.id)
             with contextlib.suppress(NotFound):
-                if record.snapshot_key:  # one transaction for both
-                    await local.containers.delete_with_snapshot(
-                        meta.NAMESPACE,
-                        record.id,
-                        local.snapshots,
-                        record.snapshotter,
-                        record.snapshot_key,
-                    )
-                else:
-                    await local.containers.delete(meta.NAMESPACE, record.id)
+                await local.containers.delete_owning(meta.NAMESPACE, record, local.snapshots)
         self.names.release_by_key(record.id)
         self._locks.pop(record.id, None)
 

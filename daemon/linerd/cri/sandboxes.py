@@ -486,16 +486,7 @@ class Sandboxes:
             await self.containers.remove(c)
         local = self.core.local
         with contextlib.suppress(NotFound):
-            if record.snapshot_key:  # the record and the pause's snapshot: one transaction
-                await local.containers.delete_with_snapshot(
-                    meta.NAMESPACE,
-                    record.id,
-                    local.snapshots,
-                    record.snapshotter,
-                    record.snapshot_key,
-                )
-            else:
-                await local.containers.delete(meta.NAMESPACE, record.id)
+            await local.containers.delete_owning(meta.NAMESPACE, record, local.snapshots)
 
         def remove_files() -> None:
             sandbox_files.remove_files(self.files_dir / record.id)

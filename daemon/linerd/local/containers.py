@@ -116,6 +116,16 @@ class Containers:
         self._deleted(namespace, container_id)
         self._gc.schedule()
 
+    async def delete_owning(self, namespace: str, record: Container, snapshots: Snapshots) -> None:
+        """Delete a record that owns its snapshot (the CRI's containers and pauses), with
+        the snapshot it names in the same transaction."""
+        if record.snapshot_key:
+            await self.delete_with_snapshot(
+                namespace, record.id, snapshots, record.snapshotter, record.snapshot_key
+            )
+        else:
+            await self.delete(namespace, record.id)
+
     async def delete_with_snapshot(
         self, namespace: str, container_id: str, snapshots: Snapshots, snapshotter: str, key: str
     ) -> None:

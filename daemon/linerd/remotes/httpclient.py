@@ -494,17 +494,6 @@ class HTTPClient:
             for conn in conns:
                 conn.close()
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-        body: Body = None,
-    ) -> Response:
-        """`send`, an alias with keyword arguments."""
-        return await self.send(method, url, headers, body)
-
     async def send(
         self,
         method: str,
