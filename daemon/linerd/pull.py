@@ -25,6 +25,7 @@ from liner_common import platforms
 from linerd import imagespec
 from linerd.asyncutil import SingleFlight, first_error
 from linerd.content import documents
+from linerd.content.documents import PlatformImage
 from linerd.content.live import LiveBlob
 from linerd.content.store import ContentStore
 from linerd.core.types import Descriptor, Image, LeaseResource
@@ -86,6 +87,15 @@ _RANK = {
     "unpacking": 3,
     "unpacked": 4,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    image: Image  # the record the pull made or updated
+    created: bool  # False: a record of that name existed and now points here
+    # The manifest chosen for the pull's platforms (a lone manifest whatever its platform)
+    # and its config, as the pull read and verified them; None if it chose none.
+    platform_image: PlatformImage | None
 
 
 class Progress:
@@ -186,10 +196,8 @@ class Puller:
         # The signature policy (set by the local Transfer service); raising refuses the pull.
         self.admit: Admit | None = None
 
-    async def pull(
-        self, namespace: str, request: PullRequest, progress: Progress
-    ) -> tuple[Image, bool]:
-        """Pull (and unpack) `request.reference`; returns the image and whether it is new."""
+    async def pull(self, namespace: str, request: PullRequest, progress: Progress) -> Pulled:
+        """Pull (and unpack) `request.reference`."""
         ref = reference.parse(request.reference)
         snapshotter = request.snapshotter or self._default_snapshotter
         if request.unpack:
@@ -200,6 +208,7 @@ class Puller:
             self._leases.create(namespace, lease, gc_labels.expire_after(LEASE_LIFETIME))
         )
         started = time.monotonic()
+        result: Pulled | None = None
         try:
             async with self._clients.client(self._hosts_for(ref, request)) as client:
                 host = ref.host
@@ -221,11 +230,14 @@ class Puller:
             else:
                 with contextlib.suppress(NotFound):
                     await self._leases.delete(namespace, lease)
-            self._gc.schedule()
+            # A new record references all its lease held (containerd's pull does not collect
+            # either): only a failed pull's leftovers or a record's old target are garbage.
+            if result is None or not result.created:
+                self._gc.schedule()
         log.info(
             "pulled",
             reference=str(ref),
-            digest=result[0].target.digest,
+            digest=result.image.target.digest,
             seconds=round(time.monotonic() - started, 3),
         )
         return result
@@ -234,7 +246,7 @@ class Puller:
         hosts = request.hosts if request.hosts is not None else self._hosts()
         return hosts.for_request(ref.host, request.plain_http, request.username, request.secret)
 
-    async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> tuple[Image, bool]:
+    async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> Pulled:
         _, root = await job.client.resolve(job.ref)
         await job.lease_made
         job.progress.add(root)
@@ -250,21 +262,25 @@ class Puller:
             manifests = await self._children(job, root, data, request)
         else:
             manifests = [(root, data, True)]  # a lone manifest is unpacked whatever its platform
+        chosen: PlatformImage | None = None
         try:
             async with asyncio.TaskGroup() as tasks:
                 for desc, body, unpack in manifests:
-                    await self._manifest(
+                    read = await self._manifest(
                         job, tasks, desc, body, snapshotter, request.unpack and unpack
                     )
+                    if unpack:
+                        chosen = read
         except BaseExceptionGroup as group:
             raise first_error(group) from None
 
         image = Image(name=str(job.ref), target=root, labels=dict(request.labels))
         try:
-            return await self._images.create(job.namespace, image), True
+            return Pulled(await self._images.create(job.namespace, image), True, chosen)
         except AlreadyExists:
             paths = ["target", *(f"labels.{k}" for k in request.labels)]
-            return await self._images.update(job.namespace, image, paths), False
+            updated = await self._images.update(job.namespace, image, paths)
+            return Pulled(updated, False, chosen)
 
     async def _manifest(
         self,
@@ -274,9 +290,9 @@ class Puller:
         body: bytes,
         snapshotter: str,
         unpack: bool,
-    ) -> None:
+    ) -> PlatformImage:
         """Its config (the manifest was labelled as it was stored); start its downloads (and
-        unpack)."""
+        unpack). Returns the manifest and config read."""
         manifest = imagespec.parse_manifest(body, desc.digest)
         job.progress.add(manifest.config)
         for layer in manifest.layers:
@@ -295,6 +311,7 @@ class Puller:
         }
         if unpack:
             tasks.create_task(self._unpack(job, snapshotter, manifest, config, downloads))
+        return PlatformImage(desc, manifest, config, config_bytes)
 
     async def _children(
         self, job: _Job, root: Descriptor, data: bytes, request: PullRequest

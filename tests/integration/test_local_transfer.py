@@ -1,6 +1,7 @@
 """The local Transfer service without gRPC, called as the CRI will call it: namespace k8s.io,
 no request context. It must give what the Transfer API gives: image events, pull metrics,
-the GC scheduled, the image unpacked and labelled for the collector."""
+the GC scheduled (after a pull that changed a record or failed), the image unpacked and
+labelled for the collector."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from registry import Registry
 from liner_api.containerd.events import image_pb2 as image_events
 from linerd.assembly import Core, build_core
 from linerd.config import Config
+from linerd.content.documents import read_image
 from linerd.errdefs import NotFound
 from linerd.events import Exchange
 from linerd.local.transfer import build
@@ -85,13 +87,20 @@ def test_pull_from_a_second_front_door(
         )
         first = await transfer.pull(NAMESPACE, ref, plain_http=True)
         assert first.created and first.image.name == ref and first.fetched > 0
+        # A new record references all the pull's lease held: nothing to collect (nor does
+        # containerd's pull collect).
+        assert scheduled == []
         assert first.image.target.digest == busybox_layout.latest.manifest.digest
+        # What the pull read of the image is what reading it back from the store gives (the
+        # CRI takes it instead of reading the manifest and config again).
+        assert first.platform_image == await read_image(c.content, NAMESPACE, first.image.target)
         config_info = await c.content.info(NAMESPACE, busybox_layout.latest.config.digest)
         top = config_info.labels[f"containerd.io/gc.ref.snapshot.{c.default_snapshotter}"]
         await c.snapshots[c.default_snapshotter].stat(NAMESPACE, top)
 
         again = await transfer.pull(NAMESPACE, ref, plain_http=True)
         assert not again.created and again.fetched == 0
+        assert len(scheduled) == 1  # the record's old target may be garbage now
 
         with pytest.raises(NotFound):
             await transfer.pull(NAMESPACE, registry.ref("library/busybox:absent"), plain_http=True)
@@ -104,4 +113,4 @@ def test_pull_from_a_second_front_door(
     created = image_events.ImageCreate.FromString(events.published[0][2])
     assert created.name == ref
     assert (_counted(metrics, "success"), _counted(metrics, "failure")) == (2.0, 1.0)
-    assert len(scheduled) == 3  # after each pull, the failed one too: its lease ended
+    assert len(scheduled) == 2  # and after the failed one: its lease ended

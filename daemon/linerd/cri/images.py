@@ -42,7 +42,7 @@ import structlog
 
 from liner_api.runtime.v1 import api_pb2
 from linerd import imagespec
-from linerd.content.documents import read_image
+from linerd.content.documents import PlatformImage, read_image
 from linerd.core.types import Descriptor, Image
 from linerd.cri import NAMESPACE
 from linerd.errdefs import AlreadyExists, InvalidArgument, LinerError, NotFound
@@ -482,8 +482,14 @@ class CriImages:
         # The pull records `ref` itself, with these labels, in the transaction that makes it.
         result = await self._transfer.pull(NAMESPACE, str(ref), hosts=hosts, labels=labels)
         target = result.image.target
-        # What a target resolves to depends on its digest only (immutable content).
-        resolved = self._resolved.get(target.digest) or await self._resolve(target)
+        # What a target resolves to depends on its digest only (immutable content); the
+        # pull's platform is this machine's, so its manifest and config are what a read of
+        # the target would give.
+        resolved = self._resolved.get(target.digest)
+        if resolved is None and result.platform_image is not None:
+            resolved = _resolved_of(target, result.platform_image)
+        if resolved is None:
+            resolved = await self._resolve(target)
         if resolved is None:
             raise NotFound(f"image {ref}: no image for this platform after the pull")
         self._resolved[target.digest] = resolved
@@ -527,14 +533,18 @@ class CriImages:
     async def _resolve_or_fail(self, target: Descriptor) -> Resolved | None:
         if target.media_type not in imagespec.INDEXES | imagespec.MANIFESTS:
             return None
-        image = await read_image(self._content, NAMESPACE, target)
-        manifest = image.manifest
-        size = target.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
-        if image.manifest_desc.digest != target.digest:  # an index's manifest counts too
-            size += image.manifest_desc.size
-        chain = imagespec.chain_ids(image.config.diff_ids)
-        spec = json.loads(image.config_data)
-        return Resolved(manifest.config, chain[-1] if chain else "", size, spec)
+        return _resolved_of(target, await read_image(self._content, NAMESPACE, target))
+
+
+def _resolved_of(target: Descriptor, image: PlatformImage) -> Resolved:
+    """What the CRI keeps of `target`, read as `image` (its manifest for this platform)."""
+    manifest = image.manifest
+    size = target.size + manifest.config.size + sum(layer.size for layer in manifest.layers)
+    if image.manifest_desc.digest != target.digest:  # an index's manifest counts too
+        size += image.manifest_desc.size
+    chain = imagespec.chain_ids(image.config.diff_ids)
+    spec = json.loads(image.config_data)
+    return Resolved(manifest.config, chain[-1] if chain else "", size, spec)
 
 
 def _fs_usage(timestamp: int, mountpoint: Path, used: int, inodes: int) -> api_pb2.FilesystemUsage:

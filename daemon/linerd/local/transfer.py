@@ -3,7 +3,8 @@
 The liner Transfer API, the CLI through it, and the CRI's PullImage (namespace `k8s.io`, its
 own credentials) all call here, and all get the same: the image events a new or changed
 image publishes (`/images/create`, `/images/update`), the pull metrics, a lease for the
-work (each operation holds its own until it ends), the GC scheduled after it, and the
+work (each operation holds its own until it ends), the GC scheduled after it (a pull: unless
+it made a new record, which references all its lease held), and the
 signature policy (`linerd.local.policy`): a pull is judged once its root manifest or index is
 fetched, with the pull's own registry client reading signatures, before any layer is fetched
 or any record made; an import's images before anything is unpacked or recorded.
@@ -38,6 +39,7 @@ from linerd.snapshots.store import SnapshotStore
 
 if TYPE_CHECKING:  # imported where built: they load the registry client and decompressors
     from linerd.archive import Archives
+    from linerd.content.documents import PlatformImage
     from linerd.metrics import Metrics
     from linerd.pull import Progress, Puller
     from linerd.push import Pusher, PushProgress
@@ -51,6 +53,9 @@ class PullResult:
     image: Image
     created: bool  # False: an image of that name existed and now points here
     fetched: int  # bytes that came over the network
+    # The manifest chosen for the pull's platforms and its config, as the pull read them
+    # (None if it chose none): what a caller would read back from the store.
+    platform_image: PlatformImage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,13 +213,13 @@ class LocalTransfer:
         progress = progress if progress is not None else Progress()
         started = time.monotonic()
         try:
-            image, created = await self.puller().pull(namespace, request, progress)
+            pulled = await self.puller().pull(namespace, request, progress)
         except BaseException:  # a client gone away too: the pull did not happen
             self._metrics.observe_pull(False, 0, time.monotonic() - started)
             raise
         self._metrics.observe_pull(True, progress.fetched, time.monotonic() - started)
-        self._published(namespace, image, created)
-        return PullResult(image, created, progress.fetched)
+        self._published(namespace, pulled.image, pulled.created)
+        return PullResult(pulled.image, pulled.created, progress.fetched, pulled.platform_image)
 
     async def push(
         self,
