@@ -629,34 +629,29 @@ class HTTPClient:
         proxy: Proxy | None,
         key: tuple[object, ...],
     ) -> _Connection:
-        where = f"{proxy.host}:{proxy.port}" if proxy else f"{t.host}:{t.port}"
+        if proxy is None:
+            host, port, first_ctx = t.host, t.port, ctx
+        else:  # the proxy first (TLS to it for an https:// proxy), then a tunnel for HTTPS
+            host, port = proxy.host, proxy.port
+            first_ctx = default_ssl_context() if proxy.scheme == "https" else None
+        where = f"{host}:{port}"
         try:
             async with asyncio.timeout(self.timeout.connect):
-                if proxy is None:
-                    reader, writer = await asyncio.open_connection(
-                        t.host,
-                        t.port,
-                        ssl=ctx,
-                        server_hostname=t.host if ctx else None,
-                        limit=READ_SIZE,
-                    )
-                else:
-                    proxy_ctx = default_ssl_context() if proxy.scheme == "https" else None
-                    reader, writer = await asyncio.open_connection(
-                        proxy.host,
-                        proxy.port,
-                        ssl=proxy_ctx,
-                        server_hostname=proxy.host if proxy_ctx else None,
-                        limit=READ_SIZE,
-                    )
-                    if t.scheme == "https":
-                        try:
-                            await self._tunnel(reader, writer, t, proxy)
-                            assert ctx is not None
-                            await writer.start_tls(ctx, server_hostname=t.host)
-                        except BaseException:
-                            writer.transport.abort()
-                            raise
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=first_ctx,
+                    server_hostname=host if first_ctx else None,
+                    limit=READ_SIZE,
+                )
+                if proxy is not None and t.scheme == "https":
+                    try:
+                        await self._tunnel(reader, writer, t, proxy)
+                        assert ctx is not None
+                        await writer.start_tls(ctx, server_hostname=t.host)
+                    except BaseException:
+                        writer.transport.abort()
+                        raise
         except TimeoutError as e:
             raise ConnectTimeout(f"connecting to {where} timed out") from e
         except (OSError, ssl.SSLError) as e:
