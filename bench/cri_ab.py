@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -27,14 +26,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, liner_cri, push_busybox_image, push_pause_image
+from cri_support import ip_forward_kept, push_busybox_image, push_pause_image
+from cri_write_ab import tree_daemon
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as pb
-
-
-def pythonpath(tree: Path) -> str:
-    return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
 
 
 def populate(d: Any, busybox: str, pause: str, work: Path, pods: int, per_pod: int) -> dict:
@@ -114,7 +110,6 @@ def main() -> None:
     (work / "registry").mkdir()
     reg = Registry("open", workdir=work / "registry")
     reg.start()
-    saved = os.environ.get("PYTHONPATH")
     try:
         images = work / "images"
         images.mkdir()
@@ -123,12 +118,9 @@ def main() -> None:
         with ip_forward_kept(), contextlib.ExitStack() as stack:
             daemons, calls = [], []
             for name, tree in (("A", args.a), ("B", args.b)):
-                os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
-                base = work / name
-                base.mkdir()
-                d = stack.enter_context(liner_cri(base, pause, reg.host, log_level="info"))
+                d = tree_daemon(stack, work / name, tree, pause, reg.host)
                 daemons.append(d)
-                calls.append(populate(d, busybox, pause, base, args.pods, args.per_pod))
+                calls.append(populate(d, busybox, pause, work / name, args.pods, args.per_pod))
             print(f"{args.pods} pods of {args.per_pod} in each of A={args.a} B={args.b}")
             for name in calls[0]:
                 if only is not None and name not in only:
@@ -154,10 +146,6 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
         reg.stop()
         shutil.rmtree(work, ignore_errors=True)
 

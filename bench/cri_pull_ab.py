@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import statistics
 import sys
@@ -26,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, liner_cri, push_busybox_image, push_pause_image
-from cri_write_ab import pythonpath
+from cri_support import ip_forward_kept, push_busybox_image, push_pause_image
+from cri_write_ab import tree_daemon
 from registry import Registry
 
 from liner_api.runtime.v1 import api_pb2 as pb
@@ -53,21 +52,10 @@ def main() -> None:
             push_busybox_image(reg, images, f"bench/cri-pull-{i}").ref() for i in range(args.images)
         ]
         with ip_forward_kept(), contextlib.ExitStack() as stack:
-            daemons = {}
-            for name, tree in (("A", args.a), ("B", args.b)):
-                env = os.environ.get("PYTHONPATH")
-                if tree is not None:
-                    os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
-                try:
-                    (work / name).mkdir()
-                    daemons[name] = stack.enter_context(
-                        liner_cri(work / name, pause, reg.host, log_level="info")
-                    )
-                finally:
-                    if env is None:
-                        os.environ.pop("PYTHONPATH", None)
-                    else:
-                        os.environ["PYTHONPATH"] = env
+            daemons = {
+                name: tree_daemon(stack, work / name, tree, pause, reg.host)
+                for name, tree in (("A", args.a), ("B", args.b))
+            }
             for d in daemons.values():
                 for ref in (pause, busybox, *refs):  # warm: every code path run once
                     d.images.PullImage(

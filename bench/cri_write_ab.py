@@ -54,6 +54,24 @@ def pythonpath(tree: Path) -> str:
     return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
 
 
+def tree_daemon(
+    stack: contextlib.ExitStack, base: Path, tree: Path | None, pause: str, registry: str
+) -> Any:
+    """A CRI linerd in `base` (made here) running `tree`'s code, this checkout's if None;
+    stopped when `stack` closes."""
+    saved = os.environ.get("PYTHONPATH")
+    if tree is not None:
+        os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
+    try:
+        base.mkdir()
+        return stack.enter_context(liner_cri(base, pause, registry, log_level="info"))
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 class Recorder:
     def __init__(self) -> None:
         self.wall: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -145,21 +163,10 @@ def main() -> None:
         pause = push_pause_image(reg, images)
         busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
         with ip_forward_kept(), contextlib.ExitStack() as stack:
-            daemons = {}
-            for name, tree in (("A", args.a), ("B", args.b)):
-                env = os.environ.get("PYTHONPATH")
-                if tree is not None:
-                    os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
-                try:
-                    (work / name).mkdir()
-                    daemons[name] = stack.enter_context(
-                        liner_cri(work / name, pause, reg.host, log_level="info")
-                    )
-                finally:
-                    if env is None:
-                        os.environ.pop("PYTHONPATH", None)
-                    else:
-                        os.environ["PYTHONPATH"] = env
+            daemons = {
+                name: tree_daemon(stack, work / name, tree, pause, reg.host)
+                for name, tree in (("A", args.a), ("B", args.b))
+            }
             for d in daemons.values():
                 for ref in (pause, busybox):
                     d.images.PullImage(
