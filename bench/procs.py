@@ -24,6 +24,17 @@ def pss_mb(pids: list[int]) -> float:
     return sum(mem_kb(p).get("pss", 0) for p in pids) / 1024
 
 
+def run_delay_s(pid: int) -> dict[int, float]:
+    """Each thread's time spent runnable but waiting for a CPU (s), from schedstat."""
+    out = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(entry.path, "schedstat").read_text().split()
+                out[int(entry.name)] = int(fields[1]) / 1e9
+    return out
+
+
 def cmdlines() -> Iterator[tuple[int, list[str]]]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

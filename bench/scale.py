@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import cri
 import grpc
-from procs import mem_kb, pss_mb
+from procs import mem_kb, pss_mb, run_delay_s
 
 from liner_api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from liner_api.containerd.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
@@ -138,6 +138,33 @@ class Writers:
             th.join()
 
 
+class RunQueueWait:
+    """How long the daemon's threads waited for a CPU while measured (schedstat's run
+    delay): what a List's tail under load is made of when the daemon's own work is not."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> RunQueueWait:
+        self._before = run_delay_s(self.pid)
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        after = run_delay_s(self.pid)
+        self.seconds = time.monotonic() - self._t0
+        # a thread made meanwhile waited all its run delay within the window
+        self.all = sum(v - self._before.get(t, 0.0) for t, v in after.items())
+        self.main = after.get(self.pid, 0.0) - self._before.get(self.pid, 0.0)
+
+    def add(self, out: Outcome, key: str, label: str, daemon: str) -> None:
+        per_s = 1e3 / self.seconds
+        out.add(f"{key}_wait", f"{label}: its threads' run-queue wait", "ms/s", daemon,
+                self.all * per_s)  # fmt: skip
+        out.add(f"{key}_wait_main", f"{label}: its main thread's run-queue wait", "ms/s",
+                daemon, self.main * per_s)  # fmt: skip
+
+
 def measure(calls: dict[str, Callable[[], Any]], seconds: float) -> dict[str, Series]:
     """Each call in a loop of its own (one thread per call, the channel shared), timed, for
     `seconds`: a slow call does not thin out the other's samples."""
@@ -228,7 +255,11 @@ def _api_one(
 
             calls = {"Containers/List": list_containers, "Tasks/List": list_tasks}
             idle = measure(calls, 3)
-            with Writers(load.writers, cycle) as w, profile(f"api-{d.name}", d.pid):
+            with (
+                Writers(load.writers, cycle) as w,
+                profile(f"api-{d.name}", d.pid),
+                RunQueueWait(d.pid) as waited,
+            ):
                 busy = measure(calls, load.seconds)
         for name, s in idle.items():
             key = name.replace("/", "_").lower()
@@ -238,6 +269,7 @@ def _api_one(
             label = f"(g) {name}, {n} running, {load.writers} writers"
             out.series(f"scale_{key}", label, d.name, s)
         out.add("scale_cycles", f"(g) writer cycles in {load.seconds:.0f}s", "n", d.name, w.cycles)
+        waited.add(out, "scale", f"(g) the daemon, {load.writers} writers", d.name)
         out.errors += [f"(g) {d.name} writer: {e}" for e in w.errors[:5]]
         log(
             f"(g) {d.name}: "
@@ -356,7 +388,11 @@ def _cri_one(
 
     calls = {"ListContainers": list_containers, "ListPodSandbox": list_pods}
     idle = measure(calls, 3)
-    with Writers(load.writers, cycle) as w, profile(f"cri-{d.kind}", d.pid):
+    with (
+        Writers(load.writers, cycle) as w,
+        profile(f"cri-{d.kind}", d.pid),
+        RunQueueWait(d.pid) as waited,
+    ):
         busy = measure(calls, load.seconds)
     for name, s in idle.items():
         out.series(
@@ -368,6 +404,7 @@ def _cri_one(
     out.add(
         "scale_cri_cycles", f"(g) CRI writer cycles in {load.seconds:.0f}s", "n", d.kind, w.cycles
     )
+    waited.add(out, "scale_cri", f"(g) the CRI daemon, {load.writers} writers", d.kind)
     out.errors += [f"(g) CRI {d.kind} writer: {e}" for e in w.errors[:5]]
     log(
         f"(g) CRI {d.kind}: "
