@@ -2,9 +2,12 @@
 
 - Config: the lexically first usable `*.conf|*.conflist|*.json` in the conf dir (a single
   plugin `.conf` is wrapped into a one-plugin list). No usable file = network not ready.
-- A pod gets two attachments: the built-in loopback list on `lo`, then the configured list on
-  `eth0`. ADD runs the list's plugins in order, each getting the previous one's result as
-  `prevResult`; DEL runs them all in reverse, even past a failing one.
+- A pod's `lo` is set up first, in process (`netns.loopback_up`: what the `loopback` plugin
+  containerd attaches does, without a Go binary's start per ADD and per DEL; the namespace's
+  removal undoes it). Then the configured list on `eth0`: ADD runs the list's plugins in
+  order, each getting the previous one's result as `prevResult`; DEL runs them all in
+  reverse, even past a failing one. A pod attached by an older liner has a cached loopback
+  attachment: its DEL still runs the plugin once, which removes that cache entry.
 - The final ADD result is cached per network, container and interface, in libcni's own format
   (`<cache>/results/<network>-<container>-<ifname>`, kind `cniCacheV1`, with the config used).
   DEL reads it (prevResult, the same config and arguments), so a DEL after a daemon restart or a
@@ -27,7 +30,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +60,8 @@ CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 DEFAULT_IFNAME = "eth0"
 CACHE_KIND = "cniCacheV1"
 
-# What containerd attaches to every pod first (`lo` up); the plugin ignores CNI_IFNAME.
+# What containerd attaches to every pod first (`lo` up); the plugin ignores CNI_IFNAME. liner
+# sets lo up itself; the list remains for the DEL of pods an older liner attached with it.
 LOOPBACK_CONFIG = b'{"cniVersion":"0.3.1","name":"cni-loopback","plugins":[{"type":"loopback"}]}'
 
 # libcni's rule for network names and container ids; both become parts of cache file names.
@@ -394,13 +398,14 @@ class CNI:
         cache_dir: Path | str,
         ifname: str = DEFAULT_IFNAME,
         timeout: float = 60.0,
+        loopback_up: Callable[[Path], None] = netns.loopback_up,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.bin_dirs = tuple(Path(d) for d in bin_dirs)
         self.cache_dir = Path(cache_dir)
         self.ifname = ifname
         self.timeout = timeout
-        self._loopback = parse_config_list(LOOPBACK_CONFIG, "built-in loopback")
+        self._loopback_up = loopback_up  # blocking; raises a LinerError
         self._locks: dict[str, _Gate] = {}
 
     # -- config and status
@@ -437,34 +442,32 @@ class CNI:
         port_mappings: Sequence[PortMapping] = (),
         extra_capability_args: Mapping[str, Any] | None = None,
     ) -> PodNetwork:
-        """Attach loopback and the configured network; returns the pod's addresses.
+        """Set lo up, then attach the configured network; returns the pod's addresses.
 
         On failure everything attempted is deleted again (best effort) before the error is
         raised; a caller keeping the sandbox should still call teardown, which is harmless.
         """
         _check_id(sandbox_id)
-        net = await asyncio.to_thread(self.load)
+        net = await asyncio.to_thread(self._load_and_loopback_up, netns_path)
         args = cni_args(pod, sandbox_id)
         caps = capability_args(port_mappings, extra_capability_args)
-        attachments = [
-            _Attachment(self._loopback, sandbox_id, "lo", args, {}),
-            _Attachment(net, sandbox_id, self.ifname, args, caps),
-        ]
+        a = _Attachment(net, sandbox_id, self.ifname, args, caps)
         async with self._lock(sandbox_id):
             try:
-                result: Mapping[str, Any] = {}
-                for a in attachments:
-                    result = await self._add(a, str(netns_path))
+                result = await self._add(a, str(netns_path))
             except BaseException:
-                for a in reversed(attachments):
-                    try:
-                        await self._delete(a, str(netns_path), cached=None)
-                    except Exception as e:  # the caller's teardown retries it
-                        log.warning(
-                            "cni cleanup after failed add", sandbox=sandbox_id, error=str(e)
-                        )
+                try:
+                    await self._delete(a, str(netns_path), cached=None)
+                except Exception as e:  # the caller's teardown retries it
+                    log.warning("cni cleanup after failed add", sandbox=sandbox_id, error=str(e))
                 raise
         return pod_network(result, self.ifname)
+
+    def _load_and_loopback_up(self, netns_path: Path) -> NetworkConfigList:
+        """The config (network not ready: no lo touched), then lo up. Blocking."""
+        net = self.load()
+        self._loopback_up(netns_path)
+        return net
 
     async def teardown(
         self,
@@ -485,7 +488,7 @@ class CNI:
         args = cni_args(pod, sandbox_id)
         caps = capability_args(port_mappings, extra_capability_args)
         async with self._lock(sandbox_id):
-            cached = await asyncio.to_thread(self._read_caches, sandbox_id, self.ifname)
+            cached, lo = await asyncio.to_thread(self._read_both_caches, sandbox_id)
             if cached is not None:
                 main = cached
             else:
@@ -502,9 +505,8 @@ class CNI:
                     if net is None
                     else (_Attachment(net, sandbox_id, self.ifname, args, caps), None)
                 )
-            lo = await asyncio.to_thread(self._read_caches, sandbox_id, "lo")
-            if lo is None:
-                lo = (_Attachment(self._loopback, sandbox_id, "lo", args, {}), None)
+            # lo needs no DEL (it goes with the namespace) unless an older liner attached
+            # the loopback plugin: its cache entry is undone (and removed) as it was made.
             first: LinerError | None = None
             for attachment, result in [x for x in (main, lo) if x is not None]:
                 try:
@@ -698,6 +700,15 @@ class CNI:
 
     def _remove_cache(self, network: str, container_id: str, ifname: str) -> None:
         self._cache_path(network, container_id, ifname).unlink(missing_ok=True)
+
+    def _read_both_caches(
+        self, container_id: str
+    ) -> tuple[
+        tuple[_Attachment, Mapping[str, Any] | None] | None,
+        tuple[_Attachment, Mapping[str, Any] | None] | None,
+    ]:
+        """The configured network's cached attachment and a legacy loopback one. Blocking."""
+        return self._read_caches(container_id, self.ifname), self._read_caches(container_id, "lo")
 
     def _read_caches(
         self, container_id: str, ifname: str
