@@ -9,14 +9,14 @@ RunPodSandbox, as containerd 1.7 does, but with the pod's files and namespaces b
 record, so the record is created naming them (one transaction, with the pause's snapshot):
 
     reserve the name -> [sandbox image (pulled on demand)] -> hostname, hosts, resolv.conf
-    -> net/IPC/UTS namespaces pinned [+ the pause's spec] -> record ("creating", the
-    namespaces' paths) [+ snapshot, in its transaction] -> CNI ADD (lo up, then the
-    configured list; result cached by the CNI client) -> sysctls -> /dev/shm -> [pause task
+    -> net/IPC/UTS namespaces pinned -> /dev/shm [+ the pause's spec] -> record
+    ("creating", the namespaces' paths) [+ snapshot, in its transaction] -> CNI ADD (lo up,
+    then the configured list; result cached by the CNI client) -> sysctls -> [pause task
     started] -> "ready"
 
-A crash before the record leaves files and namespaces no record names, which the next start
-reaps; from the record on, every step leaves a trace a restarted linerd can undo. With a
-pause, CNI ADD and the sysctls run beside the /dev/shm mount and the pause's start (the
+A crash before the record leaves files, namespaces and a /dev/shm no record names, which the
+next start reaps; from the record on, every step leaves a trace a restarted linerd can undo.
+With a pause, CNI ADD and the sysctls run beside the pause's create and start (the
 pause joins the pinned namespaces by path and needs nothing of their network), and the
 record says "ready" once both are done (the sandbox image's first pod after a start reads
 its users from a mount of the new snapshot, then saves the spec). A failure unwinds in
@@ -121,8 +121,8 @@ class Sandboxes:
 
     async def load(self) -> None:
         """Once, before the first call that changes pods: names from the records, the netns
-        files no record names reaped (a crash between their creation and the record's
-        update) and the leases of runs a crash interrupted."""
+        files and directories no record names reaped (a crash between their creation and
+        the record's) and the leases of runs a crash interrupted."""
         if not self._loaded:
             async with self._load_lock:
                 if not self._loaded:
@@ -147,7 +147,7 @@ class Sandboxes:
         ids = {r.id for r in sandboxes}
 
         def reap_dirs() -> None:
-            # A pod's /dev/shm mounted before a crash cut its run short of the record update.
+            # A pod's /dev/shm mounted before a crash cut its run short of the record.
             for base in (self.state_dir, self.files_dir):
                 for d in sorted(base.iterdir()) if base.is_dir() else []:
                     if d.name not in ids:
@@ -254,6 +254,8 @@ class Sandboxes:
             hostname = sandbox_files.write_files(files, config.hostname, dns)
             pinned = netns.create_pod(self.netns_dir, kinds, hostname) if kinds else {}
             paths.update(pinned)  # for the unwind, should what follows fail
+            if shm is not None:
+                sandbox_files.mount_shm(shm)
             if known is None or image is None:
                 return hostname, pinned, None
             try:  # a failure is raised once the namespaces are known (unwound then)
@@ -296,8 +298,6 @@ class Sandboxes:
                 if kinds:
                     faults.point("cri-sandbox-netns-created")
                     _set_network(m, await self._network(sandbox_id, config, paths))
-                if shm is not None:
-                    await asyncio.to_thread(sandbox_files.mount_shm, shm)
                 spec = specs.sandbox_spec(
                     sandbox_id=sandbox_id,
                     config=config,
@@ -328,8 +328,6 @@ class Sandboxes:
             if kinds:
                 faults.point("cri-sandbox-netns-created")
                 networking = asyncio.ensure_future(self._network(sandbox_id, config, paths))
-            if shm is not None:
-                await asyncio.to_thread(sandbox_files.mount_shm, shm)
             await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
             await local.tasks.start(meta.NAMESPACE, sandbox_id)
             faults.point("cri-sandbox-started")
@@ -420,6 +418,8 @@ class Sandboxes:
                 # here (no CNI ran: it starts after the record), and the pause's snapshot,
                 # should its transaction have committed before a cancellation.
                 def discard() -> None:
+                    if m.shm:
+                        sandbox_files.unmount_shm(Path(m.shm))
                     for path in (paths or {}).values():
                         netns.remove(path)
                     sandbox_files.remove_files(self.files_dir / sandbox_id)
