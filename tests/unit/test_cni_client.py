@@ -288,6 +288,36 @@ def test_a_cancelled_operation_kills_its_plugin_before_it_ends(fakes: Fakes) -> 
     pid = asyncio.run(body())
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
     assert cni._locks == {}
+    # What the ADD had started is deleted again before the operation ends: DEL in reverse.
+    assert _order(fakes.calls())[-2:] == [("portmap", "DEL", "eth0"), ("ipam-ish", "DEL", "eth0")]
+
+
+def test_a_cancelled_teardown_stops_at_its_running_plugin(fakes: Fakes) -> None:
+    cni = fakes.client()
+    asyncio.run(cni.setup(SANDBOX, fakes.netns, POD))
+    fakes.calls()
+    fakes.behave("portmap", sleep={"DEL": 60})
+    calls = fakes.state / "calls.jsonl"
+
+    def started() -> list[dict]:
+        return (
+            [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+        )
+
+    async def body() -> int:
+        task = asyncio.create_task(cni.teardown(SANDBOX, fakes.netns, POD))
+        while not started():  # portmap's DEL (the first, in reverse) has started
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return started()[0]["pid"]
+
+    pid = asyncio.run(body())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert _order(fakes.calls()) == [("portmap", "DEL", "eth0")]  # no plugin after it
+    assert (fakes.cache / "results" / f"pods-{SANDBOX}-eth0").exists()  # kept for a retry
+    assert cni._locks == {}
 
 
 def test_check_uses_the_cached_result(fakes: Fakes) -> None:
