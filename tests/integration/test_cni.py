@@ -1,4 +1,5 @@
-"""Pod networking with the real Debian CNI plugins (bridge + host-local + portmap + loopback).
+"""Pod networking with the real Debian CNI plugins (bridge + host-local + portmap; lo is set up
+in process, as the loopback plugin would).
 
 Each test gets its own conf dir, bridge `lnrt<hex>`, a free 10.88.<n>.0/24 subnet, host-local
 data dir and result cache, so nothing touches /etc/cni or /var/lib/cni, and afterwards nothing
@@ -29,7 +30,7 @@ from linerd.cri import netns
 from linerd.cri.cni import CNI, DEFAULT_BIN_DIRS, PodRef, PortMapping
 from linerd.errdefs import FailedPrecondition, NotFound
 
-PLUGINS = ("bridge", "host-local", "portmap", "loopback")
+PLUGINS = ("bridge", "host-local", "portmap")
 BUSYBOX = shutil.which("busybox")
 T = TypeVar("T")
 
@@ -321,6 +322,53 @@ def test_a_plugin_error_carries_the_plugin_message(net: Net) -> None:
         _run(net.client().setup(sandbox_id, ns, pod))
     netns.remove(ns)
     _assert_nothing_left(net, ns, sandbox_id)
+
+
+def test_loopback_up_sets_lo_up_in_the_pinned_namespace_alone(tmp_path: Path) -> None:
+    host = os.readlink("/proc/thread-self/ns/net")
+    ns = netns.create(tmp_path / "netns")
+    try:
+        lo = _links(ns)["lo"]
+        assert "UP" not in lo["flags"] and not lo.get("addr_info")  # a new namespace's lo
+        host_lo = _links_of_host()["lo"]["flags"]
+        netns.loopback_up(ns)
+        netns.loopback_up(ns)  # already up: nothing to do, no error
+        lo = _links(ns)["lo"]
+        assert "UP" in lo["flags"]
+        # The kernel addresses lo as it comes up, as after the loopback plugin's ADD.
+        assert {a["local"] for a in lo["addr_info"]} >= {"127.0.0.1"}
+        assert _links_of_host()["lo"]["flags"] == host_lo
+        # The thread that entered the namespace is gone; this one never left the host's.
+        assert os.readlink("/proc/thread-self/ns/net") == host
+    finally:
+        netns.remove(ns)
+    # A namespace that is gone, and a file that is none: the path is named.
+    with pytest.raises(NotFound, match=str(ns)):
+        netns.loopback_up(ns)
+    plain = tmp_path / "plain"
+    plain.touch()
+    with pytest.raises(NotFound, match="plain is not a network namespace"):
+        netns.loopback_up(plain)
+
+
+def test_loopback_up_failing_is_a_failed_precondition_naming_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(ifname: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(netns, "_set_up", refused)
+    ns = netns.create(tmp_path / "netns")
+    try:
+        with pytest.raises(FailedPrecondition, match=r"set lo up in network namespace .*: Operat"):
+            netns.loopback_up(ns)
+    finally:
+        netns.remove(ns)
+
+
+def _links_of_host() -> dict[str, dict]:
+    out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout
+    return {link["ifname"]: link for link in json.loads(out)}
 
 
 def test_netns_helpers_leave_the_daemons_threads_in_the_host_namespace(tmp_path: Path) -> None:

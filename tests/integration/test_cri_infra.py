@@ -34,7 +34,7 @@ from cri_pods_support import (
 from liner_api.runtime.v1 import api_pb2 as cri
 from linerd.cri import meta, netns
 from linerd.cri.stats import Stats
-from linerd.errdefs import InvalidArgument, NotFound
+from linerd.errdefs import InvalidArgument, NotFound, Unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(missing()), reason=missing())]
 
@@ -248,6 +248,42 @@ def test_orphan_namespaces_are_reaped_on_first_use(
         assert not any(path.exists() for path in orphans.values())
         m = meta.sandbox_meta(await p.core.local.containers.get(meta.NAMESPACE, pod))
         assert all(netns.is_pinned(path) for path in (m.netns, m.ipcns, m.utsns))
+        await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
+        assert leftovers(p, [pod]) == []
+
+    run(tmp_path, net, cri_images, body)
+
+
+@pytest.mark.parametrize("pid", [cri.POD, cri.CONTAINER])
+def test_a_record_that_cannot_be_saved_leaves_no_namespaces_or_files(
+    tmp_path: Path, net: Net, cri_images: Images, monkeypatch: pytest.MonkeyPatch, pid: int
+) -> None:
+    """The pod's files and namespaces come before its record (created naming them, with the
+    pause's snapshot): when the record's transaction fails, the run removes them itself (no
+    record names them for StopPodSandbox), and the name is free again."""
+
+    async def body(p: Pods) -> None:
+        config = p.sandbox_config("unsaved", pid=pid)
+        await p.sandboxes.load()  # the group's start-up reaping is done before the failure
+        containers = p.core.local.containers
+        failing = Unavailable("database is locked")
+
+        async def refuse(*args: object, **kwargs: object) -> None:
+            raise failing
+
+        with monkeypatch.context() as patched:
+            patched.setattr(containers, "create", refuse)
+            patched.setattr(containers, "create_with_snapshot", refuse)
+            with pytest.raises(Unavailable, match="database is locked"):
+                await p.run_pod(config)
+        assert await containers.list(meta.NAMESPACE) == []
+        assert leftovers(p, []) == []  # no namespace mount, no lease, no conmon
+        assert netns.list_pinned(p.sandboxes.netns_dir) == []
+        assert not p.sandboxes.files_dir.is_dir() or not list(p.sandboxes.files_dir.iterdir())
+        left = await p.core.local.snapshots.list(meta.NAMESPACE, "")
+        assert [s.name for s in left if s.kind.name != "COMMITTED"] == []
+        pod = await p.run_pod(config)  # the name is free again
+        assert (await p.sandbox_status(pod)).state == cri.SANDBOX_READY
         await p.sandboxes.remove_pod_sandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod))
         assert leftovers(p, [pod]) == []
 

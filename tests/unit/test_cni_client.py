@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from linerd.cri.cni import CNI, PodRef, PortMapping
+from linerd.cri.cni import CNI, LOOPBACK_CONFIG, PodRef, PortMapping
 from linerd.errdefs import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -70,6 +70,8 @@ class Fakes:
             self.plugin(name)
         self.netns = root / "netns-file"  # a plain file: not a pinned namespace
         self.netns.touch()
+        self.lo_up: list[Path] = []  # the namespaces whose lo the client set up
+        self.lo_error: Exception | None = None
 
     def plugin(self, name: str) -> None:
         path = self.bin / name
@@ -89,7 +91,14 @@ class Fakes:
             bin_dirs=[self.bin.parent / "nowhere", self.bin],
             cache_dir=self.cache,
             timeout=timeout,
+            loopback_up=self.loopback_up,
         )
+
+    def loopback_up(self, path: Path) -> None:
+        # The real one (netns.loopback_up) needs a namespace: tests/integration/test_cni.py.
+        if self.lo_error is not None:
+            raise self.lo_error
+        self.lo_up.append(path)
 
     def calls(self) -> list[dict]:
         path = self.state / "calls.jsonl"
@@ -112,19 +121,15 @@ def _order(calls: list[dict]) -> list[tuple[str, str, str]]:
     return [(c["plugin"], c["env"]["CNI_COMMAND"], c["env"]["CNI_IFNAME"]) for c in calls]
 
 
-def test_add_runs_loopback_then_the_list_in_order_with_chaining(fakes: Fakes) -> None:
+def test_add_sets_lo_up_then_runs_the_list_in_order_with_chaining(fakes: Fakes) -> None:
     net = asyncio.run(
         fakes.client().setup(SANDBOX, fakes.netns, POD, [PortMapping(8080, 80), PortMapping(0, 1)])
     )
     assert (net.ip, net.additional_ips) == ("10.1.0.9", ())
+    assert fakes.lo_up == [fakes.netns]  # in process: no loopback plugin runs
     calls = fakes.calls()
-    assert _order(calls) == [
-        ("loopback", "ADD", "lo"),
-        ("ipam-ish", "ADD", "eth0"),
-        ("portmap", "ADD", "eth0"),
-    ]
-    loopback, first, second = calls
-    assert loopback["conf"] == {"type": "loopback", "name": "cni-loopback", "cniVersion": "0.3.1"}
+    assert _order(calls) == [("ipam-ish", "ADD", "eth0"), ("portmap", "ADD", "eth0")]
+    first, second = calls
     assert "prevResult" not in first["conf"] and "runtimeConfig" not in first["conf"]
     assert second["conf"]["prevResult"] == RESULT
     assert second["conf"]["runtimeConfig"] == {
@@ -149,7 +154,7 @@ def test_the_cache_is_libcni_shaped_and_outlives_the_client(fakes: Fakes) -> Non
     assert json.loads(base64.b64decode(entry["config"]))["name"] == "pods"
     assert ["K8S_POD_NAME", "web"] in entry["cniArgs"]
     assert entry["capabilityArgs"]["portMappings"][0]["hostPort"] == 8080
-    assert (fakes.cache / "results" / f"cni-loopback-{SANDBOX}-lo").exists()
+    assert [p.name for p in (fakes.cache / "results").iterdir()] == [f"pods-{SANDBOX}-eth0"]
     later = fakes.client(conf=fakes.conf / "gone")
     cached = asyncio.run(later.pod_network(SANDBOX))
     assert cached is not None and cached.ip == "10.1.0.9"
@@ -162,13 +167,8 @@ def test_del_after_restart_uses_the_cache_in_reverse(fakes: Fakes) -> None:
     restarted = fakes.client()
     asyncio.run(restarted.teardown(SANDBOX, fakes.netns, POD))
     calls = fakes.calls()
-    assert _order(calls) == [
-        ("portmap", "DEL", "eth0"),
-        ("ipam-ish", "DEL", "eth0"),
-        ("loopback", "DEL", "lo"),
-    ]
-    assert all(c["conf"]["prevResult"] == RESULT for c in calls[:2])
-    assert "prevResult" not in calls[2]["conf"]  # the loopback list is 0.3.1: no prevResult on DEL
+    assert _order(calls) == [("portmap", "DEL", "eth0"), ("ipam-ish", "DEL", "eth0")]
+    assert all(c["conf"]["prevResult"] == RESULT for c in calls)
     assert calls[0]["conf"]["runtimeConfig"]["portMappings"][0]["hostPort"] == 8080
     assert calls[0]["env"]["CNI_NETNS"] == ""  # the file is no pinned namespace
     assert not list((fakes.cache / "results").iterdir())
@@ -178,17 +178,50 @@ def test_del_after_restart_uses_the_cache_in_reverse(fakes: Fakes) -> None:
 def test_del_without_cache_still_runs_with_the_current_config(fakes: Fakes) -> None:
     asyncio.run(fakes.client().teardown(SANDBOX, None, POD, [PortMapping(9090, 90)]))
     calls = fakes.calls()
+    assert _order(calls) == [("portmap", "DEL", "eth0"), ("ipam-ish", "DEL", "eth0")]
+    assert "prevResult" not in calls[0]["conf"]
+    assert calls[0]["conf"]["runtimeConfig"]["portMappings"][0]["hostPort"] == 9090
+    # No config either: nothing is left to undo (lo goes with the namespace), and that is
+    # no error.
+    (fakes.conf / "10-pods.conflist").unlink()
+    asyncio.run(fakes.client().teardown(SANDBOX, None, POD))
+    assert fakes.calls() == []
+
+
+def test_del_undoes_a_loopback_attachment_an_older_liner_cached(fakes: Fakes) -> None:
+    cni = fakes.client()
+    asyncio.run(cni.setup(SANDBOX, fakes.netns, POD))
+    fakes.calls()
+    legacy = {
+        "kind": "cniCacheV1",
+        "containerId": SANDBOX,
+        "config": base64.b64encode(LOOPBACK_CONFIG).decode(),
+        "ifName": "lo",
+        "networkName": "cni-loopback",
+        "cniArgs": [["K8S_POD_NAME", "web"]],
+        "capabilityArgs": {},
+        "result": {"cniVersion": "0.3.1", "interfaces": [{"name": "lo"}]},
+    }
+    cache = fakes.cache / "results" / f"cni-loopback-{SANDBOX}-lo"
+    cache.write_text(json.dumps(legacy))
+    asyncio.run(cni.teardown(SANDBOX, fakes.netns, POD))
+    calls = fakes.calls()
     assert _order(calls) == [
         ("portmap", "DEL", "eth0"),
         ("ipam-ish", "DEL", "eth0"),
         ("loopback", "DEL", "lo"),
     ]
-    assert "prevResult" not in calls[0]["conf"]
-    assert calls[0]["conf"]["runtimeConfig"]["portMappings"][0]["hostPort"] == 9090
-    # No config either: only loopback is left to undo, and that is no error.
-    (fakes.conf / "10-pods.conflist").unlink()
-    asyncio.run(fakes.client().teardown(SANDBOX, None, POD))
-    assert _order(fakes.calls()) == [("loopback", "DEL", "lo")]
+    assert "prevResult" not in calls[2]["conf"]  # the loopback list is 0.3.1: no prevResult on DEL
+    assert calls[2]["env"]["CNI_ARGS"] == "K8S_POD_NAME=web"  # the cached arguments
+    assert not list((fakes.cache / "results").iterdir())
+
+
+def test_lo_that_cannot_come_up_fails_the_add_before_any_plugin(fakes: Fakes) -> None:
+    fakes.lo_error = FailedPrecondition("set lo up in network namespace /x: Permission denied")
+    with pytest.raises(FailedPrecondition, match="set lo up in network namespace"):
+        asyncio.run(fakes.client().setup(SANDBOX, fakes.netns, POD))
+    assert fakes.calls() == []
+    assert not (fakes.cache / "results").exists()
 
 
 def test_a_failing_del_runs_the_others_and_keeps_the_cache(fakes: Fakes) -> None:
@@ -198,7 +231,7 @@ def test_a_failing_del_runs_the_others_and_keeps_the_cache(fakes: Fakes) -> None
     fakes.behave("portmap", fail={"DEL": {"code": 11, "msg": "iptables is locked"}})
     with pytest.raises(Unavailable, match="iptables is locked"):
         asyncio.run(cni.teardown(SANDBOX, fakes.netns, POD))
-    assert [c[0] for c in _order(fakes.calls())] == ["portmap", "ipam-ish", "loopback"]
+    assert [c[0] for c in _order(fakes.calls())] == ["portmap", "ipam-ish"]
     assert (fakes.cache / "results" / f"pods-{SANDBOX}-eth0").exists()
     fakes.behave("portmap")
     asyncio.run(cni.teardown(SANDBOX, fakes.netns, POD))
@@ -211,14 +244,13 @@ def test_a_failed_add_is_deleted_again_and_leaves_no_cache(fakes: Fakes) -> None
     with pytest.raises(Unavailable, match=r"plugin type='portmap' failed \(ADD\): busy: retry"):
         asyncio.run(fakes.client().setup(SANDBOX, fakes.netns, POD))
     assert _order(fakes.calls()) == [
-        ("loopback", "ADD", "lo"),
         ("ipam-ish", "ADD", "eth0"),
         ("portmap", "ADD", "eth0"),
         ("portmap", "DEL", "eth0"),
         ("ipam-ish", "DEL", "eth0"),
-        ("loopback", "DEL", "lo"),
     ]
-    assert not list((fakes.cache / "results").iterdir())
+    results = fakes.cache / "results"
+    assert not results.exists() or not list(results.iterdir())
 
 
 def test_a_missing_plugin_is_a_failed_precondition(fakes: Fakes) -> None:
@@ -255,6 +287,36 @@ def test_a_cancelled_operation_kills_its_plugin_before_it_ends(fakes: Fakes) -> 
 
     pid = asyncio.run(body())
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert cni._locks == {}
+    # What the ADD had started is deleted again before the operation ends: DEL in reverse.
+    assert _order(fakes.calls())[-2:] == [("portmap", "DEL", "eth0"), ("ipam-ish", "DEL", "eth0")]
+
+
+def test_a_cancelled_teardown_stops_at_its_running_plugin(fakes: Fakes) -> None:
+    cni = fakes.client()
+    asyncio.run(cni.setup(SANDBOX, fakes.netns, POD))
+    fakes.calls()
+    fakes.behave("portmap", sleep={"DEL": 60})
+    calls = fakes.state / "calls.jsonl"
+
+    def started() -> list[dict]:
+        return (
+            [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+        )
+
+    async def body() -> int:
+        task = asyncio.create_task(cni.teardown(SANDBOX, fakes.netns, POD))
+        while not started():  # portmap's DEL (the first, in reverse) has started
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return started()[0]["pid"]
+
+    pid = asyncio.run(body())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert _order(fakes.calls()) == [("portmap", "DEL", "eth0")]  # no plugin after it
+    assert (fakes.cache / "results" / f"pods-{SANDBOX}-eth0").exists()  # kept for a retry
     assert cni._locks == {}
 
 
@@ -302,9 +364,9 @@ def test_operations_on_one_sandbox_never_interleave(fakes: Fakes) -> None:
 
     asyncio.run(three())
     commands = [c[1] for c in _order(fakes.calls())]
-    # Each operation is 3 plugin runs (loopback + the 2-plugin list), in whichever order the
-    # operations got the lock, but one operation's runs are never mixed with another's.
-    runs = [commands[i : i + 3] for i in range(0, 9, 3)]
-    assert len(commands) == 9 and all(len(set(run)) == 1 for run in runs)
+    # Each operation is 2 plugin runs (the 2-plugin list), in whichever order the operations
+    # got the lock, but one operation's runs are never mixed with another's.
+    runs = [commands[i : i + 2] for i in range(0, 6, 2)]
+    assert len(commands) == 6 and all(len(set(run)) == 1 for run in runs)
     assert sorted(run[0] for run in runs) == ["ADD", "ADD", "DEL"]
     assert cni._locks == {}

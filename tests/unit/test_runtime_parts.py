@@ -146,3 +146,24 @@ def test_sync_pipe_reads_past_fd_setsize() -> None:
     finally:
         for fd in (r, w, high):
             os.close(fd)
+
+
+def test_sync_line_kept_rest_or_read_whole() -> None:
+    """A sync pipe kept open (an exec's: its exit code follows) is read byte-wise, so what
+    follows the line stays in the pipe; one closed after the line is read in one go."""
+    r, w = os.pipe()
+    try:
+        os.write(w, b'{"data": 42}\n{"data": 0, "exit": 1}\n')
+        deadline = time.monotonic() + 10
+        assert _read_line(r, deadline) == b'{"data": 42}\n'
+        assert _read_line(r, deadline, keep_rest=False) == b'{"data": 0, "exit": 1}\n'
+        os.write(w, b'{"data": 7')  # a line in two writes: read until its end
+        threading.Timer(0.05, os.write, (w, b"}\n")).start()
+        assert _read_line(r, deadline, keep_rest=False) == b'{"data": 7}\n'
+        os.close(w)
+        w = -1
+        assert _read_line(r, deadline, keep_rest=False) == b""  # EOF
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)

@@ -2,9 +2,12 @@
 
 - Config: the lexically first usable `*.conf|*.conflist|*.json` in the conf dir (a single
   plugin `.conf` is wrapped into a one-plugin list). No usable file = network not ready.
-- A pod gets two attachments: the built-in loopback list on `lo`, then the configured list on
-  `eth0`. ADD runs the list's plugins in order, each getting the previous one's result as
-  `prevResult`; DEL runs them all in reverse, even past a failing one.
+- A pod's `lo` is set up first, in process (`netns.loopback_up`: what the `loopback` plugin
+  containerd attaches does, without a Go binary's start per ADD and per DEL; the namespace's
+  removal undoes it). Then the configured list on `eth0`: ADD runs the list's plugins in
+  order, each getting the previous one's result as `prevResult`; DEL runs them all in
+  reverse, even past a failing one. A pod attached by an older liner has a cached loopback
+  attachment: its DEL still runs the plugin once, which removes that cache entry.
 - The final ADD result is cached per network, container and interface, in libcni's own format
   (`<cache>/results/<network>-<container>-<ifname>`, kind `cniCacheV1`, with the config used).
   DEL reads it (prevResult, the same config and arguments), so a DEL after a daemon restart or a
@@ -12,8 +15,10 @@
 - DEL is idempotent: a gone netns is passed as an empty CNI_NETNS and a missing cache still
   runs DEL with the current config (an ADD cut short by a crash leaves no cache but may have
   allocated an address).
-- Plugins run as asyncio subprocesses in the host namespace with a timeout; their error
-  objects `{code, msg, details}` become linerd.errdefs exceptions carrying the plugin's message.
+- Each operation (ADD, DEL, CHECK) runs whole in one of CNI's worker threads: the config and
+  caches read, every plugin started in the host namespace and waited for (with a timeout),
+  the cache written. Plugins' error objects `{code, msg, details}` become linerd.errdefs
+  exceptions carrying the plugin's message.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -47,7 +53,8 @@ from linerd.errdefs import (
 )
 
 log = structlog.get_logger("linerd.cri.cni")
-# Where plugins run (CNI._exec): threads made as needed, up to this many pods' operations
+T = TypeVar("T")
+# Where plugins run (CNI._operation): threads made as needed, up to this many pods' operations
 # at once; more wait their turn.
 _PLUGINS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="linerd-cni")
 
@@ -57,7 +64,8 @@ CONF_EXTENSIONS = (".conf", ".conflist", ".json")
 DEFAULT_IFNAME = "eth0"
 CACHE_KIND = "cniCacheV1"
 
-# What containerd attaches to every pod first (`lo` up); the plugin ignores CNI_IFNAME.
+# What containerd attaches to every pod first (`lo` up); the plugin ignores CNI_IFNAME. liner
+# sets lo up itself; the list remains for the DEL of pods an older liner attached with it.
 LOOPBACK_CONFIG = b'{"cniVersion":"0.3.1","name":"cni-loopback","plugins":[{"type":"loopback"}]}'
 
 # libcni's rule for network names and container ids; both become parts of cache file names.
@@ -394,13 +402,14 @@ class CNI:
         cache_dir: Path | str,
         ifname: str = DEFAULT_IFNAME,
         timeout: float = 60.0,
+        loopback_up: Callable[[Path], None] = netns.loopback_up,
     ) -> None:
         self.conf_dir = Path(conf_dir)
         self.bin_dirs = tuple(Path(d) for d in bin_dirs)
         self.cache_dir = Path(cache_dir)
         self.ifname = ifname
         self.timeout = timeout
-        self._loopback = parse_config_list(LOOPBACK_CONFIG, "built-in loopback")
+        self._loopback_up = loopback_up  # blocking; raises a LinerError
         self._locks: dict[str, _Gate] = {}
 
     # -- config and status
@@ -437,33 +446,16 @@ class CNI:
         port_mappings: Sequence[PortMapping] = (),
         extra_capability_args: Mapping[str, Any] | None = None,
     ) -> PodNetwork:
-        """Attach loopback and the configured network; returns the pod's addresses.
+        """Set lo up, then attach the configured network; returns the pod's addresses.
 
         On failure everything attempted is deleted again (best effort) before the error is
         raised; a caller keeping the sandbox should still call teardown, which is harmless.
         """
         _check_id(sandbox_id)
-        net = await asyncio.to_thread(self.load)
         args = cni_args(pod, sandbox_id)
         caps = capability_args(port_mappings, extra_capability_args)
-        attachments = [
-            _Attachment(self._loopback, sandbox_id, "lo", args, {}),
-            _Attachment(net, sandbox_id, self.ifname, args, caps),
-        ]
         async with self._lock(sandbox_id):
-            try:
-                result: Mapping[str, Any] = {}
-                for a in attachments:
-                    result = await self._add(a, str(netns_path))
-            except BaseException:
-                for a in reversed(attachments):
-                    try:
-                        await self._delete(a, str(netns_path), cached=None)
-                    except Exception as e:  # the caller's teardown retries it
-                        log.warning(
-                            "cni cleanup after failed add", sandbox=sandbox_id, error=str(e)
-                        )
-                raise
+            result = await self._operation(self._setup_sync, sandbox_id, netns_path, args, caps)
         return pod_network(result, self.ifname)
 
     async def teardown(
@@ -480,58 +472,16 @@ class CNI:
         config and the given arguments are used. A netns that is gone is passed as "".
         """
         _check_id(sandbox_id)
-        pinned = netns_path is not None and await asyncio.to_thread(netns.is_pinned, netns_path)
-        path = str(netns_path) if pinned else ""
         args = cni_args(pod, sandbox_id)
         caps = capability_args(port_mappings, extra_capability_args)
         async with self._lock(sandbox_id):
-            cached = await asyncio.to_thread(self._read_caches, sandbox_id, self.ifname)
-            if cached is not None:
-                main = cached
-            else:
-                try:
-                    net = await asyncio.to_thread(self.load)
-                except FailedPrecondition as e:
-                    # Nothing records an attachment and no config says how to undo one.
-                    log.warning(
-                        "cni teardown without cache or config", sandbox=sandbox_id, error=str(e)
-                    )
-                    net = None
-                main = (
-                    None
-                    if net is None
-                    else (_Attachment(net, sandbox_id, self.ifname, args, caps), None)
-                )
-            lo = await asyncio.to_thread(self._read_caches, sandbox_id, "lo")
-            if lo is None:
-                lo = (_Attachment(self._loopback, sandbox_id, "lo", args, {}), None)
-            first: LinerError | None = None
-            for attachment, result in [x for x in (main, lo) if x is not None]:
-                try:
-                    await self._delete(attachment, path, cached=result)
-                except LinerError as e:
-                    first = first or e
-            if first is not None:
-                raise first
+            await self._operation(self._teardown_sync, sandbox_id, netns_path, args, caps)
 
     async def check(self, sandbox_id: str, netns_path: Path, pod: PodRef) -> None:
         """CHECK the configured network against the cached ADD result (spec 0.4.0+)."""
         _check_id(sandbox_id)
         async with self._lock(sandbox_id):
-            cached = await asyncio.to_thread(self._read_caches, sandbox_id, self.ifname)
-            if cached is None:
-                raise NotFound(f"cannot check network of {sandbox_id}: no cached result")
-            a, result = cached
-            if _version_tuple(a.net.cni_version) < (0, 4, 0):
-                raise FailedPrecondition(
-                    f"configuration version {a.net.cni_version!r} does not support CHECK"
-                )
-            if a.net.disable_check:
-                return
-            env = self._env("CHECK", a, str(netns_path))
-            for plugin in a.net.plugins:
-                stdin = plugin_stdin(a.net, plugin, result, a.capability_args)
-                await self._exec(str(plugin["type"]), "CHECK", stdin, env)
+            await self._operation(self._check_sync, sandbox_id, netns_path)
 
     async def pod_network(self, sandbox_id: str) -> PodNetwork | None:
         """The addresses from the cached ADD result, e.g. after a daemon restart."""
@@ -556,21 +506,115 @@ class CNI:
             if gate.users == 0:
                 del self._locks[sandbox_id]
 
-    async def _add(self, a: _Attachment, netns_path: str) -> Mapping[str, Any]:
+    async def _operation(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a whole operation (config, caches, every plugin start to exit) in one hop to
+        CNI's own threads (_PLUGINS): asyncio's subprocess transport would fork each plugin
+        on the event loop and start a thread per child to wait for it, and a hop per plugin
+        and per file costs the loop more than the work. A plugin holds its thread for its
+        whole run, which must not take the default pool's few workers from the runtime's
+        task creates. A cancelled caller kills the running plugin and waits for the
+        operation to end (an ADD still deletes what it added), so no plugin outlives it:
+        the sandbox's lock is released next, and a DEL may follow."""
+        op = _Operation()
+        work = asyncio.get_running_loop().run_in_executor(_PLUGINS, fn, *args, op)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            op.cancel()
+            await asyncio.wait([work])
+            if not work.cancelled():
+                work.exception()  # retrieved: the cancellation is what the caller gets
+            raise
+
+    def _setup_sync(
+        self,
+        sandbox_id: str,
+        netns_path: Path,
+        args: tuple[tuple[str, str], ...],
+        caps: Mapping[str, Any],
+        op: _Operation,
+    ) -> Mapping[str, Any]:
+        net = self.load()  # network not ready: nothing touched
+        self._loopback_up(netns_path)
+        a = _Attachment(net, sandbox_id, self.ifname, args, caps)
+        try:
+            result = self._add(a, str(netns_path), op)
+            self._write_cache(a, result)
+        except BaseException:
+            op.cleaning = True  # a cancelled ADD is deleted again all the same
+            try:
+                self._delete(a, str(netns_path), None, op)
+            except Exception as e:  # the caller's teardown retries it
+                log.warning("cni cleanup after failed add", sandbox=sandbox_id, error=str(e))
+            raise
+        return result
+
+    def _teardown_sync(
+        self,
+        sandbox_id: str,
+        netns_path: Path | None,
+        args: tuple[tuple[str, str], ...],
+        caps: Mapping[str, Any],
+        op: _Operation,
+    ) -> None:
+        path = str(netns_path) if netns_path is not None and netns.is_pinned(netns_path) else ""
+        cached = self._read_caches(sandbox_id, self.ifname)
+        if cached is None:
+            try:
+                net = self.load()
+            except FailedPrecondition as e:
+                # Nothing records an attachment and no config says how to undo one.
+                log.warning(
+                    "cni teardown without cache or config", sandbox=sandbox_id, error=str(e)
+                )
+            else:
+                cached = (_Attachment(net, sandbox_id, self.ifname, args, caps), None)
+        # lo needs no DEL (it goes with the namespace) unless an older liner attached the
+        # loopback plugin: its cache entry is undone (and removed) as it was made.
+        lo = self._read_caches(sandbox_id, "lo")
+        first: LinerError | None = None
+        for attachment, result in [x for x in (cached, lo) if x is not None]:
+            try:
+                self._delete(attachment, path, result, op)
+            except LinerError as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    def _check_sync(self, sandbox_id: str, netns_path: Path, op: _Operation) -> None:
+        cached = self._read_caches(sandbox_id, self.ifname)
+        if cached is None:
+            raise NotFound(f"cannot check network of {sandbox_id}: no cached result")
+        a, result = cached
+        if _version_tuple(a.net.cni_version) < (0, 4, 0):
+            raise FailedPrecondition(
+                f"configuration version {a.net.cni_version!r} does not support CHECK"
+            )
+        if a.net.disable_check:
+            return
+        env = self._env("CHECK", a, str(netns_path))
+        for plugin in a.net.plugins:
+            stdin = plugin_stdin(a.net, plugin, result, a.capability_args)
+            self._exec(str(plugin["type"]), "CHECK", stdin, env, op)
+
+    def _add(self, a: _Attachment, netns_path: str, op: _Operation) -> Mapping[str, Any]:
         env = self._env("ADD", a, netns_path)
         prev: Mapping[str, Any] | None = None
         for plugin in a.net.plugins:
             stdin = plugin_stdin(a.net, plugin, prev, a.capability_args)
-            out = await self._exec(str(plugin["type"]), "ADD", stdin, env)
+            out = self._exec(str(plugin["type"]), "ADD", stdin, env, op)
             if out is None:
                 raise Internal(f"plugin type={plugin['type']!r} returned no result (ADD)")
             prev = out
         assert prev is not None  # a list has at least one plugin
-        await asyncio.to_thread(self._write_cache, a, prev)
         return prev
 
-    async def _delete(
-        self, a: _Attachment, netns_path: str, cached: Mapping[str, Any] | None
+    def _delete(
+        self,
+        a: _Attachment,
+        netns_path: str,
+        cached: Mapping[str, Any] | None,
+        op: _Operation,
     ) -> None:
         env = self._env("DEL", a, netns_path)
         # prevResult on DEL arrived with spec 0.4.0; older plugins must not see it.
@@ -582,12 +626,12 @@ class CNI:
         for plugin in reversed(a.net.plugins):
             stdin = plugin_stdin(a.net, plugin, prev, a.capability_args)
             try:
-                await self._exec(str(plugin["type"]), "DEL", stdin, env)
+                self._exec(str(plugin["type"]), "DEL", stdin, env, op)
             except LinerError as e:
                 first = first or e
         if first is not None:
             raise first
-        await asyncio.to_thread(self._remove_cache, a.net.name, a.container_id, a.ifname)
+        self._remove_cache(a.net.name, a.container_id, a.ifname)
 
     def _env(self, command: str, a: _Attachment, netns_path: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
@@ -604,28 +648,32 @@ class CNI:
             env["CNI_ARGS"] = ";".join(f"{k}={v}" for k, v in a.cni_args)
         return env
 
-    async def _exec(
-        self, kind: str, command: str, stdin: bytes, env: Mapping[str, str]
+    def _exec(
+        self, kind: str, command: str, stdin: bytes, env: Mapping[str, str], op: _Operation
     ) -> dict[str, Any] | None:
-        # The plugin runs from a worker thread, start to exit (one thread hop): asyncio's
-        # subprocess transport forks on the event loop and starts a thread per child to
-        # wait for it, ~2 ms of the daemon's CPU per plugin (three per ADD and per DEL).
-        # The threads are CNI's own (_PLUGINS): a plugin holds one for its whole run, which
-        # must not take the default pool's few workers from the runtime's task creates.
-        started: list[subprocess.Popen[bytes]] = []
-        work = asyncio.get_running_loop().run_in_executor(
-            _PLUGINS, self._exec_sync, kind, command, stdin, dict(env), started
-        )
-        try:
-            stdout = await asyncio.shield(work)
-        except asyncio.CancelledError:
-            # As a plugin must not outlive its operation (the sandbox's lock is released
-            # next, and a DEL may follow): killed, and waited for.
-            for proc in started:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            await asyncio.wait([work])
-            raise
+        """Run one plugin to its exit; its parsed stdout (None if empty). Blocks."""
+        path = self.find_plugin(kind)
+        op.check()
+        with subprocess.Popen(
+            [str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        ) as proc:
+            op.started(proc)
+            try:
+                stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise DeadlineExceeded(
+                    f"plugin type={kind!r} ({command}) timed out after {self.timeout:g}s"
+                ) from None
+            finally:
+                op.ended()
+        if proc.returncode != 0:
+            raise plugin_error(kind, command, proc.returncode or 0, stdout, stderr)
         if not stdout.strip():
             return None
         try:
@@ -635,36 +683,6 @@ class CNI:
         if not isinstance(out, dict):
             raise Internal(f"plugin type={kind!r} ({command}) printed no JSON object")
         return out
-
-    def _exec_sync(
-        self,
-        kind: str,
-        command: str,
-        stdin: bytes,
-        env: dict[str, str],
-        started: list[subprocess.Popen[bytes]],
-    ) -> bytes:
-        """Run one plugin to its exit; its stdout. Blocks."""
-        path = self.find_plugin(kind)
-        with subprocess.Popen(
-            [str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        ) as proc:
-            started.append(proc)
-            try:
-                stdout, stderr = proc.communicate(stdin, timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                raise DeadlineExceeded(
-                    f"plugin type={kind!r} ({command}) timed out after {self.timeout:g}s"
-                ) from None
-        if proc.returncode != 0:
-            raise plugin_error(kind, command, proc.returncode or 0, stdout, stderr)
-        return stdout
 
     # -- the result cache (libcni's file format, so its tools and ours read the same files)
 
@@ -730,6 +748,48 @@ class CNI:
 class _Gate:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+class _Cancelled(Exception):
+    """The operation's caller went away: no further plugin starts (not a LinerError, so a
+    DEL loop that goes on past a failing plugin stops here)."""
+
+
+class _Operation:
+    """One operation's plugin runs, seen from its worker thread and from the event loop that
+    may cancel it. Once cancelled, the running plugin is killed and no other starts, except
+    while `cleaning` (the DEL of an ADD cut short, which must run to its end)."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._cancelled = False
+        self.cleaning = False
+
+    def check(self) -> None:
+        if self._cancelled and not self.cleaning:
+            raise _Cancelled("the operation was cancelled")
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._mutex:
+            self._running = proc
+            if self._cancelled and not self.cleaning:
+                _kill(proc)
+
+    def ended(self) -> None:
+        with self._mutex:
+            self._running = None
+
+    def cancel(self) -> None:
+        with self._mutex:
+            self._cancelled = True
+            if self._running is not None and not self.cleaning:
+                _kill(self._running)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
 
 
 def _check_id(container_id: str) -> None:

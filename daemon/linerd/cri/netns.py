@@ -21,8 +21,10 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import socket
+import struct
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +61,13 @@ _IPC_SYSCTLS = frozenset(
 )
 
 T = TypeVar("T")
+
+# <linux/sockios.h>, <net/if.h>: an interface's flags by name (struct ifreq: the name in 16
+# bytes, then a union of which ifr_flags is the first short).
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+_IFREQ = struct.Struct("16sh22x")
 
 _nslib: ctypes.CDLL | None = None
 
@@ -276,6 +285,27 @@ def run_in(path: Path, fn: Callable[[], T]) -> T:
         return _on_fresh_thread(enter_and_call)
     finally:
         os.close(fd)
+
+
+def _set_up(ifname: str) -> None:
+    """Set `ifname` of the calling thread's network namespace up (if it is not already)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        name = ifname.encode()
+        _, flags = _IFREQ.unpack(fcntl.ioctl(s, SIOCGIFFLAGS, _IFREQ.pack(name, 0)))
+        if not flags & IFF_UP:
+            fcntl.ioctl(s, SIOCSIFFLAGS, _IFREQ.pack(name, flags | IFF_UP))
+
+
+def loopback_up(path: Path) -> None:
+    """Set `lo` up in the network namespace pinned at `path`: what the CNI `loopback` plugin
+    does on ADD (the kernel gives lo 127.0.0.1/8 and ::1 as it comes up), without a plugin
+    process. Raises FailedPrecondition naming the cause when it cannot. Blocking."""
+    try:
+        run_in(path, lambda: _set_up("lo"))
+    except OSError as e:
+        raise FailedPrecondition(
+            f"set lo up in network namespace {path}: {e.strerror or e}"
+        ) from None
 
 
 async def arun_in(path: Path, fn: Callable[[], T]) -> T:

@@ -5,22 +5,25 @@ pinned at files (CRI-O's pinns; `cri/netns.py`), and its containers join them by
 process (the record's task) runs only where the pod needs one: when its containers share a
 pid namespace (NamespaceMode POD: critest's default, Kubernetes' shareProcessNamespace), or
 everywhere with `[cri] drop_infra_ctr = false` (CRI-O's rule and setting; `podns.py`).
-RunPodSandbox, as containerd 1.7 with the record first so every later step leaves a trace a
-restarted linerd can undo:
+RunPodSandbox, as containerd 1.7 does, but with the pod's files and namespaces before the
+record, so the record is created naming them (one transaction, with the pause's snapshot):
 
-    reserve the name -> [sandbox image (pulled on demand) -> snapshot, in the record's
-    transaction] + record ("creating") -> hostname, hosts, resolv.conf -> net/IPC/UTS
-    namespaces pinned (paths saved) -> CNI ADD (result cached by the CNI client) -> sysctls
-    -> /dev/shm -> [pause spec -> pause task started] -> "ready"
+    reserve the name -> [sandbox image (pulled on demand)] -> hostname, hosts, resolv.conf
+    -> net/IPC/UTS namespaces pinned -> /dev/shm [+ the pause's spec] -> record
+    ("creating", the namespaces' paths) [+ snapshot, in its transaction] -> CNI ADD (lo up,
+    then the configured list; result cached by the CNI client) -> sysctls -> [pause task
+    started] -> "ready"
 
-With a pause, its spec is saved with the namespaces' paths (one transaction), then CNI ADD
-and the sysctls run beside the /dev/shm mount and the pause's start (the pause joins the
-pinned namespaces by path and needs nothing of their network), and the record says "ready"
-once both are done. A failure unwinds in reverse (after a CNI ADD in
-flight has finished). StopPodSandbox stops every container and the pause, then CNI
-DEL (while the netns still exists: bridge's ipMasq needs it) and the pinned namespaces,
-idempotently and from the saved state alone. Orphans of a crash (a namespace file no record
-names) are reaped the first time the group is used.
+A crash before the record leaves files, namespaces and a /dev/shm no record names, which the
+next start reaps; from the record on, every step leaves a trace a restarted linerd can undo.
+With a pause, CNI ADD and the sysctls run beside the pause's create and start (the
+pause joins the pinned namespaces by path and needs nothing of their network), and the
+record says "ready" once both are done (the sandbox image's first pod after a start reads
+its users from a mount of the new snapshot, then saves the spec). A failure unwinds in
+reverse (after a CNI ADD in flight has finished). StopPodSandbox stops every container and
+the pause, then CNI DEL (while the netns still exists: bridge's ipMasq needs it) and the
+pinned namespaces, idempotently and from the saved state alone. Orphans of a crash (a
+namespace file or a directory no record names) are reaped the first time the group is used.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import asyncio
 import contextlib
 import json
 import signal as signals
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,8 +121,8 @@ class Sandboxes:
 
     async def load(self) -> None:
         """Once, before the first call that changes pods: names from the records, the netns
-        files no record names reaped (a crash between their creation and the record's
-        update) and the leases of runs a crash interrupted."""
+        files and directories no record names reaped (a crash between their creation and
+        the record's) and the leases of runs a crash interrupted."""
         if not self._loaded:
             async with self._load_lock:
                 if not self._loaded:
@@ -144,7 +147,7 @@ class Sandboxes:
         ids = {r.id for r in sandboxes}
 
         def reap_dirs() -> None:
-            # A pod's /dev/shm mounted before a crash cut its run short of the record update.
+            # A pod's /dev/shm mounted before a crash cut its run short of the record.
             for base in (self.state_dir, self.files_dir):
                 for d in sorted(base.iterdir()) if base.is_dir() else []:
                     if d.name not in ids:
@@ -232,57 +235,48 @@ class Sandboxes:
             infra=infra,
         )
         record: Container | None = None
-        mounts: Any = None
         networking: asyncio.Future[PodNetwork | None] | None = None
-        try:
-            draft = Container(
-                id=sandbox_id,
-                runtime=meta.RUNTIME,
-                runtime_options=specs.runc_options(self.cgroup_driver),
-                spec=spec_encoded({}),
-                image=(image.first_tag or self.sandbox_image) if image is not None else "",
-                labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},
-                extensions=meta.sandbox_extension(m),
-            )
-            if image is None:
-                record = await local.containers.create(meta.NAMESPACE, draft)
-            else:  # the pause's snapshot and the record in one transaction (no lease)
-                draft.snapshotter, draft.snapshot_key = snapshotter, sandbox_id
-                record, mounts = await local.containers.create_with_snapshot(
-                    meta.NAMESPACE, draft, local.snapshots, image.chain_id
-                )
-            files = self.files_dir / sandbox_id
-            dns = None
-            if config.HasField("dns_config"):
-                d = config.dns_config
-                dns = sandbox_files.DNS(list(d.servers), list(d.searches), list(d.options))
-            m.files = str(files)
-            shm = self.state_dir / sandbox_id / "shm" if opts.ipc != specs.NODE else None
+        files = self.files_dir / sandbox_id
+        m.files = str(files)
+        shm = self.state_dir / sandbox_id / "shm" if opts.ipc != specs.NODE else None
+        if shm is not None:
+            m.shm = str(shm)
+        dns = None
+        if config.HasField("dns_config"):
+            d = config.dns_config
+            dns = sandbox_files.DNS(list(d.servers), list(d.searches), list(d.options))
+        # The sandbox image's users, when kept (every pod but the image's first): the pause's
+        # spec is then built with the files and namespaces, in one thread hop.
+        known = self.containers.image_users(image.chain_id) if image is not None else None
+        paths: dict[str, Path] = {}
+
+        def prepare() -> tuple[str, dict[str, Path], dict[str, Any] | BaseException | None]:
+            hostname = sandbox_files.write_files(files, config.hostname, dns)
+            pinned = netns.create_pod(self.netns_dir, kinds, hostname) if kinds else {}
+            paths.update(pinned)  # for the unwind, should what follows fail
             if shm is not None:
-                m.shm = str(shm)
-            # The sandbox image's users, when kept (every pod but the image's first): the
-            # pause's spec is then built with the files and namespaces, in one thread hop.
-            known = self.containers.image_users(image.chain_id) if image is not None else None
+                sandbox_files.mount_shm(shm)
+            if known is None or image is None:
+                return hostname, pinned, None
+            try:  # a failure is raised once the namespaces are known (unwound then)
+                namespaces = podns.PodNamespaces(
+                    net=str(pinned.get(netns.NET, "")),
+                    ipc=str(pinned.get(netns.IPC, "")),
+                    uts=str(pinned.get(netns.UTS, "")),
+                    pid="",
+                )
+                spec = self._pause_spec_with(
+                    sandbox_id, config, image, namespaces, hostname, str(shm or ""), known
+                )
+            except Exception as e:
+                return hostname, pinned, e
+            return hostname, pinned, spec
 
-            def prepare() -> tuple[str, dict[str, Path], dict[str, Any] | BaseException | None]:
-                hostname = sandbox_files.write_files(files, config.hostname, dns)
-                paths = netns.create_pod(self.netns_dir, kinds, hostname) if kinds else {}
-                if known is None or image is None:
-                    return hostname, paths, None
-                try:  # a failure is raised once the namespaces are recorded (unwound then)
-                    pinned = podns.PodNamespaces(
-                        net=str(paths.get(netns.NET, "")),
-                        ipc=str(paths.get(netns.IPC, "")),
-                        uts=str(paths.get(netns.UTS, "")),
-                        pid="",
-                    )
-                    spec = self._pause_spec_with(
-                        sandbox_id, config, image, pinned, hostname, str(shm or ""), known
-                    )
-                except Exception as e:
-                    return hostname, paths, e
-                return hostname, paths, spec
-
+        try:
+            # The pod's files, namespaces and (the users known) the pause's spec come first,
+            # so that the record is created naming them, in one transaction with the pause's
+            # snapshot (no update after it). A crash before the record leaves namespaces and
+            # directories no record names: `load` reaps them at the next start.
             m.hostname, paths, prepared = await asyncio.to_thread(prepare)
             if kinds:
                 m.netns = str(paths.get(netns.NET, ""))
@@ -290,13 +284,20 @@ class Sandboxes:
                 m.utsns = str(paths.get(netns.UTS, ""))
             if isinstance(prepared, BaseException):
                 raise prepared
+            draft = Container(
+                id=sandbox_id,
+                runtime=meta.RUNTIME,
+                runtime_options=specs.runc_options(self.cgroup_driver),
+                spec=spec_encoded(prepared or {}),
+                image=(image.first_tag or self.sandbox_image) if image is not None else "",
+                labels={**config.labels, meta.KIND_LABEL: meta.KIND_SANDBOX},
+                extensions=meta.sandbox_extension(m),
+            )
             if image is None:
+                record = await local.containers.create(meta.NAMESPACE, draft)
                 if kinds:
-                    record = await self.records.save_sandbox(record, m)
                     faults.point("cri-sandbox-netns-created")
                     _set_network(m, await self._network(sandbox_id, config, paths))
-                if shm is not None:
-                    await asyncio.to_thread(sandbox_files.mount_shm, shm)
                 spec = specs.sandbox_spec(
                     sandbox_id=sandbox_id,
                     config=config,
@@ -310,21 +311,23 @@ class Sandboxes:
                     meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
                 )
                 return
-            # With a pause: its spec is saved with the namespaces' paths (one transaction).
-            # It joins them by path and needs nothing of their network, so CNI ADD runs
-            # while the pause is created and started (kubelet waits for the two together),
-            # and RunPodSandbox answers once both are done.
-            spec = prepared or await self._pause_spec(sandbox_id, config, image, m, mounts)
-            record.spec = spec_encoded(spec)
-            record.extensions = {**record.extensions, **meta.sandbox_extension(m)}
-            record = await local.containers.update(
-                meta.NAMESPACE, record, ["spec", f"extensions.{meta.SANDBOX_EXTENSION}"]
+            # With a pause: its snapshot and the record in one transaction (no lease).
+            draft.snapshotter, draft.snapshot_key = snapshotter, sandbox_id
+            record, mounts = await local.containers.create_with_snapshot(
+                meta.NAMESPACE, draft, local.snapshots, image.chain_id
             )
+            if prepared is None:
+                # The sandbox image's first pod (since a start): its users are read from a
+                # mount of the new snapshot, then the spec is saved.
+                spec = await self._pause_spec(sandbox_id, config, image, m, mounts)
+                record.spec = spec_encoded(spec)
+                record = await local.containers.update(meta.NAMESPACE, record, ["spec"])
+            # The pause joins the namespaces by path and needs nothing of their network, so
+            # CNI ADD runs while the pause is created and started (kubelet waits for the two
+            # together), and RunPodSandbox answers once both are done.
             if kinds:
                 faults.point("cri-sandbox-netns-created")
                 networking = asyncio.ensure_future(self._network(sandbox_id, config, paths))
-            if shm is not None:
-                await asyncio.to_thread(sandbox_files.mount_shm, shm)
             await local.tasks.create(meta.NAMESPACE, sandbox_id, Stdio())
             await local.tasks.start(meta.NAMESPACE, sandbox_id)
             faults.point("cri-sandbox-started")
@@ -333,7 +336,7 @@ class Sandboxes:
             m.state = "ready"
             await self.records.save_sandbox(record, m)
         except BaseException:
-            await asyncio.shield(self._unwind(sandbox_id, record, m, networking))
+            await asyncio.shield(self._unwind(sandbox_id, record, m, networking, paths))
             raise
 
     def _pause_spec_with(
@@ -402,6 +405,7 @@ class Sandboxes:
         record: Container | None,
         m: meta.SandboxMeta,
         networking: asyncio.Future[PodNetwork | None] | None = None,
+        paths: Mapping[str, Path] | None = None,
     ) -> None:
         if networking is not None:
             # A CNI ADD still running is let finish: the teardown below undoes its result.
@@ -410,6 +414,18 @@ class Sandboxes:
                 networking.exception()  # retrieved: the first failure is what is raised
         try:
             if record is None:
+                # No record names what the run made before it: the namespaces and files go
+                # here (no CNI ran: it starts after the record), and the pause's snapshot,
+                # should its transaction have committed before a cancellation.
+                def discard() -> None:
+                    if m.shm:
+                        sandbox_files.unmount_shm(Path(m.shm))
+                    for path in (paths or {}).values():
+                        netns.remove(path)
+                    sandbox_files.remove_files(self.files_dir / sandbox_id)
+                    sandbox_files.remove_files(self.state_dir / sandbox_id)
+
+                await asyncio.to_thread(discard)
                 with contextlib.suppress(LinerError):
                     await self.core.local.snapshots.remove(
                         meta.NAMESPACE, self.core.default_snapshotter, sandbox_id

@@ -113,20 +113,22 @@ def readable(fd: int, timeout: float | None) -> bool:
     return bool(p.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
 
-def _read_line(fd: int, deadline: float) -> bytes:
-    """One line from the sync pipe, b"" on EOF. Reads byte-wise so nothing after it is lost."""
+def _read_line(fd: int, deadline: float, keep_rest: bool = True) -> bytes:
+    """One line from the sync pipe, b"" on EOF. With `keep_rest`, reads byte-wise so nothing
+    after the line is lost; without (the pipe is closed after the line), in one read as a
+    rule (the monitor writes its line in one write)."""
     buf = b""
-    while not buf.endswith(b"\n"):
+    while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0:
             raise DeadlineExceeded("timed out waiting for the monitor to report")
         if not readable(fd, left):
             continue
-        b = os.read(fd, 1)
+        b = os.read(fd, 1 if keep_rest else 4096)
         if not b:
             break
         buf += b
-    return buf
+    return buf.partition(b"\n")[0] + b"\n" if b"\n" in buf else buf
 
 
 def spawn(
@@ -192,7 +194,7 @@ def spawn(
             os.write(start_w, b"1")  # the second byte: conmon runs `<runtime> exec` now
         os.close(start_w)
         start_w = -1
-        line = _read_line(sync_r, deadline)
+        line = _read_line(sync_r, deadline, keep_rest=keep_sync)
         try:
             proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
