@@ -62,6 +62,22 @@ def sample(pid: int, under: str) -> dict[str, float]:
     return out
 
 
+# --hold: seconds to keep the daemon up after its sample, to look into it (or until the file
+# RELEASE exists; it is removed then).
+HOLD = 0.0
+RELEASE = Path("/tmp/liner-mem-ab-release")
+
+
+def hold(out: dict[str, float], pid: int) -> dict[str, float]:
+    if HOLD > 0:
+        print(f"daemon {pid} up for {HOLD:.0f} s or until {RELEASE} exists", flush=True)
+        deadline = time.monotonic() + HOLD
+        while time.monotonic() < deadline and not RELEASE.exists():
+            time.sleep(0.5)
+        RELEASE.unlink(missing_ok=True)
+    return out
+
+
 def cri_round(work: Path, tree: Path | None, refs: dict[str, Any], pods: int) -> dict[str, float]:
     with contextlib.ExitStack() as stack:
         d = tree_daemon(stack, work, tree, refs["pause"], refs["registry"])
@@ -74,7 +90,7 @@ def cri_round(work: Path, tree: Path | None, refs: dict[str, Any], pods: int) ->
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(drv.start, pod_list))
         time.sleep(SETTLE)
-        return sample(d.pid, str(work))
+        return hold(sample(d.pid, str(work)), d.pid)
 
 
 def ctr_round(work: Path, tree: Path | None, busybox: str, n: int) -> dict[str, float]:
@@ -96,7 +112,7 @@ def ctr_round(work: Path, tree: Path | None, busybox: str, n: int) -> dict[str, 
             d.ctr("run", "-d", busybox, cid, "/bin/sleep", "3600")
             ids.append(cid)
         time.sleep(SETTLE)
-        out = sample(d.pid, str(d.d.state))
+        out = hold(sample(d.pid, str(d.d.state)), d.pid)
         for cid in ids:
             d.ctr("tasks", "kill", "-s", "SIGKILL", cid)
         bench.wait_stopped(d, ids, timeout=120)
@@ -116,7 +132,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--pods", type=int, default=30)
     p.add_argument("--containers", type=int, default=20)
+    p.add_argument("--hold", type=float, default=0.0)
+    p.add_argument("--b-env", action="append", default=[], help="K=V in B's environment only")
     args = p.parse_args()
+    b_env = dict(kv.split("=", 1) for kv in args.b_env)
+    global HOLD
+    HOLD = args.hold
     work = Path(tempfile.mkdtemp(prefix="liner-memab-", dir="/dev/shm"))
     (work / "registry").mkdir()
     reg = Registry("open", workdir=work / "registry")
@@ -138,6 +159,11 @@ def main() -> None:
             for r in range(args.rounds):
                 for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
                     base = work / f"{name}{r}"
+                    for k, v in b_env.items():  # B's daemon alone gets them
+                        if name == "B":
+                            os.environ[k] = v
+                        else:
+                            os.environ.pop(k, None)
                     if args.shape == "cri":
                         res = cri_round(base, trees[name], refs, args.pods)
                     else:
