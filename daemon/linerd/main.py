@@ -21,9 +21,13 @@ _M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
 # glibc gives each thread that contends for malloc an arena of its own (up to 8 per core); the
 # threads a pull or unpack uses (the database's, the executor's, grpc's) each kept pages of
 # their own arena, partly in use: after two ctr pulls of the bench images RSS was ~10 MB
-# higher than with two arenas. Allocation-heavy work runs under the GIL or in the unpack
-# worker process, so two arenas cost no measurable speed.
-_ARENA_MAX = 2
+# higher than with two arenas. With two, which threads landed in the second arena varied
+# from start to start, and with it how much its free fragments kept: with the CRI at 30 pods
+# of 2, Pss_Anon was 37.3 or 38.3-38.8 MB by the start, with one arena 37.2-37.3 every time.
+# Allocation-heavy work runs under the GIL or in the unpack worker process, and small
+# allocations come from each thread's cache without the arena's lock: one arena costs no
+# measurable speed.
+_ARENA_MAX = 1
 _PYTHON_MESSAGE = "google.protobuf.internal.python_message"
 
 

@@ -1014,6 +1014,36 @@ def test_task_without_stdio_logs_in_the_cri_format(env: Env) -> None:
     run(body())
 
 
+def test_monitor_runs_without_locale_and_the_log_keeps_bytes(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conmon gets no locale and glib's malloc slices (monitor_env); the container's
+    environment is its spec's, and its output reaches the log byte for byte."""
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    text = "h\u00e9llo \u2713 \u65e5\u672c"
+    log_path = env.rt.log_path(env.ns, "lc")
+    spec = env.spec("lc", "sh", "-c", f"echo $LANG; echo '{text}'")
+    spec["process"]["env"] = [*spec["process"]["env"], "LANG=fr_FR.UTF-8"]
+
+    async def body() -> None:
+        await env.rt.create(env.ns, "lc", spec, env.mounts)
+        # conmon is up from create on.
+        conmon_pid = int((env.state / "tasks" / env.ns / "lc" / "conmon.pid").read_text())
+        environ = dict(
+            item.split("=", 1)
+            for item in Path(f"/proc/{conmon_pid}/environ").read_text().split("\0")
+            if "=" in item
+        )
+        assert "LANG" not in environ and environ["G_SLICE"] == "always-malloc"
+        await env.rt.start(env.ns, "lc")
+        assert (await env.rt.wait(env.ns, "lc")).exit_status == 0
+        await env.rt.delete(env.ns, "lc")  # conmon has ended: the log is complete
+        assert cri_lines(cri_records(log_path))["stdout"] == ["fr_FR.UTF-8", text]
+        await env.rt.remove_log(env.ns, "lc")
+
+    run(body())
+
+
 def test_task_with_stdio_writes_no_log(env: Env) -> None:
     f = Fifos(env.tmp / "io", "fl")
 

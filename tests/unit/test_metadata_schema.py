@@ -58,6 +58,8 @@ def test_migrate_is_idempotent_and_wal(tmp_path: Path) -> None:
     assert db.migrate() == first
     with db.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        # SQLite's page cache capped at 256 KiB (negative: KiB, not pages).
+        assert conn.execute(text("PRAGMA cache_size")).scalar() == -256
     db.close()
 
 

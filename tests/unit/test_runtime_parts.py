@@ -11,7 +11,7 @@ import pytest
 
 from linerd.errdefs import DeadlineExceeded, InvalidArgument, NotImplementedYet
 from linerd.mounts import escape_mountinfo, unescape_mountinfo
-from linerd.runtime.conmon import _read_line, clean_env, readable, runtime_message
+from linerd.runtime.conmon import _read_line, clean_env, monitor_env, readable, runtime_message
 from linerd.runtime.inotify import IN_CREATE, IN_MOVED_TO, Inotify
 from linerd.runtime.manager import _validate_id, _validate_spec
 from linerd.runtime.stdio import open_stdio
@@ -37,6 +37,19 @@ def test_clean_env_drops_systemd_variables(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("_OCI_SYNCPIPE", "9")
     env = clean_env()
     assert "NOTIFY_SOCKET" not in env and "_OCI_SYNCPIPE" not in env and "PATH" in env
+
+
+def test_monitor_env_without_locale_with_malloc_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("LANG", "C.UTF-8"), ("LC_ALL", "C.UTF-8"), ("LC_CTYPE", "de_DE")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LANGUAGE", "de")
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/x")
+    monkeypatch.setenv("HOME", "/root")
+    env = monitor_env()
+    assert not {"LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "NOTIFY_SOCKET"} & set(env)
+    assert env["G_SLICE"] == "always-malloc"
+    assert env["HOME"] == "/root" and "PATH" in env
+    assert clean_env()["LANG"] == "C.UTF-8"  # the runtime's CLI calls keep theirs
 
 
 def test_inotify_sees_rename_and_create(tmp_path: Path) -> None:

@@ -498,12 +498,12 @@ class Containers:
         wanted = f.state.state if f.HasField("state") else None
         out = []
         for entry in await self.records.entries(meta.KIND_CONTAINER):
-            record, m, config = entry.record, entry.meta, entry.config
+            record, m = entry.record, entry.meta
             if f.id and not record.id.startswith(f.id):
                 continue
             if f.pod_sandbox_id and not record.sandbox.startswith(f.pod_sandbox_id):
                 continue
-            if selector and not meta.matches_labels(config.labels, selector):
+            if selector and not meta.matches_labels(entry.labels, selector):
                 continue
             if m.state != "running":
                 state = self.state_of(record, m)  # created or exited: no task to ask
@@ -523,7 +523,7 @@ class Containers:
                 continue
             part = entry.views.get(state)  # this decoding's part in this state, built once
             if part is None:
-                part = entry.views[state] = _container_part(record, m, config, state)
+                part = entry.views[state] = _container_part(record, m, entry.config, state)
             out.append(part)
         return b"".join(out)
 
@@ -538,13 +538,13 @@ class Containers:
         record once `finalize` recorded it)."""
         record, m = await self.finalize(await self._find(req.container_id))
         entry = self.records.decode(record)
-        config = entry.config
         state = self.state_of(record, m)
         key = ("status", state)
         if not req.verbose and m is entry.meta:
             cached = entry.views.get(key)
             if cached is not None:
                 return cached
+        config = entry.config
         status = cri.ContainerStatus(
             id=record.id,
             metadata=config.metadata,

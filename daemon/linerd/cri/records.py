@@ -31,16 +31,27 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A record with its CRI metadata and request config decoded. Shared between calls:
-    read it, never change it (copy the metadata with `dataclasses.replace` to write)."""
+    """A record with its CRI metadata decoded. Shared between calls: read it, never change
+    it (copy the metadata with `dataclasses.replace` to write)."""
 
     record: Container
     meta: Any  # meta.SandboxMeta or meta.ContainerMeta
-    config: Any  # cri.PodSandboxConfig or cri.ContainerConfig
+    # The request config's labels, for the Lists' label selectors.
+    labels: dict[str, str]
     # What the read calls serialize of this decoding (per state), kept with it: shared by
     # every Entry of the same extension bytes. Nothing a client sees changes without the
     # bytes (the exit, the timestamps, the config) but the task's state, which is the key.
     views: dict[Any, bytes] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        """The request config (cri.PodSandboxConfig or cri.ContainerConfig), decoded at each
+        read from the metadata's bytes: read where a view is built (once per decoding and
+        state), not per List. Not kept decoded: a decoded config holds an arena of its own,
+        ~2.5 kB each, for what its metadata keeps in ~0.2-1 kB of bytes."""
+        if isinstance(self.meta, meta.SandboxMeta):
+            return cri.PodSandboxConfig.FromString(self.meta.config)
+        return cri.ContainerConfig.FromString(self.meta.config)
 
 
 def _extension_of(kind: str) -> str:
@@ -58,7 +69,7 @@ class Records:
         self._last: dict[str, tuple[Container, str, Entry | None]] = {}
 
     def decode(self, record: Container) -> Entry:
-        """`record` with its metadata and config decoded (kept while the bytes are equal).
+        """`record` with its metadata decoded (kept while the bytes are equal).
         Internal (corrupt metadata) or KeyError (no extension of its kind)."""
         kind = meta.kind(record)
         raw = record.extensions[_extension_of(kind)].value
@@ -66,14 +77,14 @@ class Records:
         if hit is not None and hit[0] == raw:
             if hit[1].record is record:
                 return hit[1]
-            return Entry(record, hit[1].meta, hit[1].config, hit[1].views)
+            return Entry(record, hit[1].meta, hit[1].labels, hit[1].views)
         if kind == meta.KIND_SANDBOX:
             m: Any = meta.sandbox_meta(record)
             config: Any = cri.PodSandboxConfig.FromString(m.config)
         else:
             m = meta.container_meta(record)
             config = cri.ContainerConfig.FromString(m.config)
-        entry = Entry(record, m, config)
+        entry = Entry(record, m, dict(config.labels))
         self._decoded[record.id] = (raw, entry)
         return entry
 

@@ -523,12 +523,13 @@ class Sandboxes:
         kept with the record's decoding per readiness (serialized messages concatenated are
         their merge: the call's timestamp is appended)."""
         entry = self.records.decode(await self.records.find(meta.KIND_SANDBOX, req.pod_sandbox_id))
-        record, m, config = entry.record, entry.meta, entry.config
+        record, m = entry.record, entry.meta
         ready = self.ready(record, m)
         key = ("status", ready)
         now = cri.PodSandboxStatusResponse(timestamp=meta.now_ns()).SerializeToString()
         if not req.verbose and (cached := entry.views.get(key)) is not None:
             return cached + now
+        config = entry.config
         status = cri.PodSandboxStatus(
             id=record.id,
             metadata=config.metadata,
@@ -573,16 +574,17 @@ class Sandboxes:
         wanted = f.state.state if f.HasField("state") else None
         out = []
         for entry in await self.records.entries(meta.KIND_SANDBOX):
-            record, m, config = entry.record, entry.meta, entry.config
+            record, m = entry.record, entry.meta
             if f.id and not record.id.startswith(f.id):
                 continue
-            if selector and not meta.matches_labels(config.labels, selector):
+            if selector and not meta.matches_labels(entry.labels, selector):
                 continue
             state = cri.SANDBOX_READY if self.ready(record, m) else cri.SANDBOX_NOTREADY
             if wanted is not None and wanted != state:
                 continue
             part = entry.views.get(state)  # built once per decoding and state
             if part is None:
+                config = entry.config
                 pod = cri.PodSandbox(
                     id=record.id,
                     metadata=config.metadata,

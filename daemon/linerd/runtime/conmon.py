@@ -29,6 +29,25 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def monitor_env() -> dict[str, str]:
+    """conmon's environment: the runtime's (`clean_env`), tuned for one conmon per container,
+    each of which keeps ~0.33 MB of private memory for as long as its container lives.
+
+    - No locale: conmon's setlocale(LC_ALL, "") loads the named locale (with glibc's alias
+      table) into its heap, ~9 kB per conmon, for nothing: conmon copies the container's
+      output as bytes, and runc, which it runs with this environment, reads no locale. The
+      container's own environment comes from its OCI spec, not from here.
+    - G_SLICE=always-malloc: glib's slice allocator (before glib 2.76, which made it malloc)
+      keeps its magazines and chunks on pages of their own, ~16 kB per conmon."""
+    env = {
+        k: v
+        for k, v in clean_env().items()
+        if k not in ("LANG", "LANGUAGE") and not k.startswith("LC_")
+    }
+    env["G_SLICE"] = "always-malloc"
+    return env
+
+
 class RuntimeCommandError(Exception):
     """A runtime CLI call failed; `message` is the runtime's own error text."""
 
@@ -156,7 +175,7 @@ def spawn(
     sync_r, sync_w = os.pipe()
     start_r, start_w = os.pipe()
     attach_r, attach_w = os.pipe() if attach is not None else (-1, -1)
-    env = clean_env()
+    env = monitor_env()
     env["_OCI_SYNCPIPE"] = str(sync_w)
     env["_OCI_STARTPIPE"] = str(start_r)
     if attach is not None:
