@@ -279,21 +279,43 @@ def _pump(source: BinaryIO, pipe: BinaryIO) -> None:
 
 
 def stage_blob(
-    raw: BinaryIO, staging: Path, media_type: str, name: str, *, umask_zero: bool = False
+    raw: BinaryIO,
+    staging: Path,
+    media_type: str,
+    name: str,
+    *,
+    umask_zero: bool = False,
+    hash_thread: bool = False,
 ) -> StagedLayer:
     """Stage the blob read from `raw` in this process: what the worker does, and what the
-    daemon does itself for small layers. `umask_zero`: this process's umask is 0."""
+    daemon does itself for small layers. `umask_zero`: this process's umask is 0.
+    `hash_thread`: the diff ID is hashed in a third thread (`HashingThread`; the worker's
+    way: in the daemon, small layers gain nothing from one more thread on its GIL)."""
     from linerd.diff.apply import stage_tar
-    from linerd.diff.compression import HashingReader, ReadAhead, open_layer
+    from linerd.diff.compression import (
+        HashingReader,
+        HashingThread,
+        ReadAhead,
+        hashed_ahead,
+        open_layer,
+    )
 
-    hashed = HashingReader(open_layer(raw, media_type, name=name))
-    with ReadAhead(hashed) as ahead:  # type: ignore[arg-type]
-        entries = stage_tar(ahead, staging, umask_zero=umask_zero)  # type: ignore[arg-type]
-        while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
+    with contextlib.ExitStack() as stack:
+        layer = open_layer(raw, media_type, name=name)
+        hasher: HashingReader | HashingThread
+        if hash_thread:  # three threads: inflate (reading ahead), hash, and extraction here
+            hasher = stack.enter_context(HashingThread())
+            ahead = hashed_ahead(layer, hasher)
+        else:
+            hasher = HashingReader(layer)
+            ahead = ReadAhead(hasher)  # type: ignore[arg-type]
+        with ahead:
+            entries = stage_tar(ahead, staging, umask_zero=umask_zero)  # type: ignore[arg-type]
+            while ahead.read(_CHUNK):  # padding after the tar end counts toward the diff ID
+                pass
+        while raw.read(_CHUNK):  # whatever follows the stream: a feeding pipe never blocks
             pass
-    while raw.read(_CHUNK):  # whatever follows the stream: a feeding pipe never blocks
-        pass
-    applied = Descriptor(UNCOMPRESSED_LAYER, hashed.digest, hashed.size)
+        applied = Descriptor(UNCOMPRESSED_LAYER, hasher.digest, hasher.size)
     return StagedLayer(entries, applied)
 
 
@@ -315,7 +337,10 @@ def main(argv: list[str]) -> int:
     out = os.fdopen(1, "wb")
     with os.fdopen(0, "rb", buffering=0) as stdin:
         staged = _guarded(
-            name, lambda: stage_blob(stdin, Path(staging), media_type, name, umask_zero=True)
+            name,
+            lambda: stage_blob(
+                stdin, Path(staging), media_type, name, umask_zero=True, hash_thread=True
+            ),
         )
     if not isinstance(staged, StagedLayer):
         _send(out, staged)
