@@ -38,7 +38,6 @@ from linerd.diff.worker import StagedLayer
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.gc import labels as gc_labels
 from linerd.layers import (
-    WORKER_MIN_SIZE,
     apply_staged_to,
     apply_to_mounts,
     stage_stream,
@@ -124,32 +123,23 @@ class Unpacker:
             if await finish_thread(move):
                 return staged.staged.applied
         started = time.monotonic()
-        area = self._content.prestager
-        staging: Path | None = None
-        if area is not None and desc.size >= WORKER_MIN_SIZE:
-            staging = await asyncio.to_thread(area.new_dir)
-        try:
-            raw = None if isinstance(source, Path) else await source()
-            if on_start is not None:
-                on_start()
+        raw = None if isinstance(source, Path) else await source()
+        if on_start is not None:
+            on_start()
 
-            def extract() -> Descriptor:
-                with open(source, "rb") if raw is None else raw as stream:  # type: ignore[arg-type]
-                    return apply_to_mounts(
-                        stream,
-                        desc.media_type,
-                        mounts,
-                        self._trusted,
-                        self._scratch,
-                        name=name,
-                        size=desc.size,
-                        staging=staging,
-                    )
+        def extract() -> Descriptor:
+            with open(source, "rb") if raw is None else raw as stream:  # type: ignore[arg-type]
+                return apply_to_mounts(
+                    stream,
+                    desc.media_type,
+                    mounts,
+                    self._trusted,
+                    self._scratch,
+                    name=name,
+                    size=desc.size,
+                )
 
-            applied = await finish_thread(extract)
-        finally:
-            if staging is not None:
-                await asyncio.to_thread(Prestager.remove_dir, staging)
+        applied = await finish_thread(extract)
         self._observe(started)
         return applied
 
