@@ -3,8 +3,8 @@
 Every layer goes onto its mounts by one sequence (`Unpacker._onto`): a layer already staged
 (decompressed, hashed and written to a scratch directory: by a pull while the parent layer
 unpacked, or by the prestager while a client wrote the blob) is moved into place; else the
-blob is extracted, a large one staged in a worker process on the snapshots' filesystem and
-moved, a small one extracted in a thread. Whoever staged a layer drops it afterwards.
+blob is extracted onto the snapshot, a large one in a worker process, a small one in a
+thread. Whoever staged a layer drops it afterwards.
 
 An image unpack (`unpack`) makes one committed snapshot per chain ID under the caller's
 lease, the layers in parallel: while a layer's parent is still unpacking, the layer is staged
