@@ -188,27 +188,30 @@ class Unpacker:
         read = reader or self._blob_reader
         chain = imagespec.chain_ids(config.diff_ids)
         try:
-            async with asyncio.TaskGroup() as tasks:
-                parent = ""
-                below: asyncio.Task[None] | None = None
-                for layer, diff_id, chain_id in zip(
-                    manifest.layers, config.diff_ids, chain, strict=True
-                ):
-                    work = functools.partial(
-                        self._unpack_layer,
-                        namespace,
-                        lease,
-                        store,
-                        _Layer(layer, diff_id, chain_id, parent),
-                        downloads[layer.digest],
-                        below,
-                        read,
-                        report,
-                    )
-                    below = tasks.create_task(
-                        self._unpacks.run((namespace, snapshotter, chain_id), work)
-                    )
-                    parent = chain_id
+            # Each committed layer's usage walk waits for the last commit: beside the layers
+            # above, it slowed their moves and commits, the pull's last steps.
+            with store.measuring_after():
+                async with asyncio.TaskGroup() as tasks:
+                    parent = ""
+                    below: asyncio.Task[None] | None = None
+                    for layer, diff_id, chain_id in zip(
+                        manifest.layers, config.diff_ids, chain, strict=True
+                    ):
+                        work = functools.partial(
+                            self._unpack_layer,
+                            namespace,
+                            lease,
+                            store,
+                            _Layer(layer, diff_id, chain_id, parent),
+                            downloads[layer.digest],
+                            below,
+                            read,
+                            report,
+                        )
+                        below = tasks.create_task(
+                            self._unpacks.run((namespace, snapshotter, chain_id), work)
+                        )
+                        parent = chain_id
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         await asyncio.gather(*downloads.values())
