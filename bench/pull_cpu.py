@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -218,6 +219,7 @@ def main() -> int:
                     break
                 except OSError:
                     time.sleep(0.1)
+        shutil.rmtree(work, ignore_errors=True)  # the stopped daemons' roots, on /dev/shm
     return 0
 
 
