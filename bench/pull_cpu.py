@@ -2,8 +2,8 @@
 session): steadier than the bench's wall times while other work shares the machine.
 
 `sudo .venv/bin/python bench/pull_cpu.py OPERATION [--runs N] [--containerd] [--spy OUT]
-[--cache DIR]` starts linerd (and with `--containerd` containerd) as bench.py does, against
-the bench's registry and images (built by a `bench.py --only a` or `--only h` run into
+[--cache DIR] [--before TREE]` starts linerd (and with `--containerd` containerd) as bench.py
+does, against the bench's registry and images (built by a `bench.py --only a` or `--only h` run into
 `--cache`, default bench/cache), moves each daemon with everything it forks (prestage and
 unpack workers, the zygote) into a cgroup-v1 `cpuacct` group of its own, and runs the
 operation N times per daemon, alternating, everything removed between rounds. Per round: the
@@ -13,7 +13,10 @@ Operations: `fetch-gzip`, `fetch-zstd` (`ctr content fetch` of deb-*), `ctrpull-
 `ctrpull-zstd` (`ctr images pull`), `lpull-gzip`, `lpull-zstd` (`liner images pull`, liner
 only), `multi-ctr` (10 `ctr images pull` of multi-0..9 at once), `multi-tr` (the same
 through liner's Transfer API, liner only). `--spy OUT`: py-spy linerd during each liner
-round only (raw collapsed stacks with thread names, OUT.<round>).
+round only (raw collapsed stacks with thread names, OUT.<round>). `--before TREE`: a second
+linerd running TREE's code (`git archive <commit> | tar -x -C TREE`), named "before", in the
+rotation too; the `liner` CLI of each liner daemon is then its own tree's (`python -m
+liner.cli` with that tree first on PYTHONPATH), so an A/B covers the client's start-up.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -75,6 +79,43 @@ def own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def pythonpath(tree: Path) -> str:
+    return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
+
+
+class TreeLiner(bench.LinerDaemon):
+    """A linerd (and `liner` CLI) running the code of `tree`."""
+
+    def __init__(self, base: Path, tree: Path, name: str) -> None:
+        self.name = name
+        self.tree_env = {**os.environ, "PYTHONPATH": pythonpath(tree.resolve())}
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = self.tree_env["PYTHONPATH"]
+        try:
+            super().__init__(base)
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+    def liner(self, *args: str) -> float:
+        argv = [sys.executable, "-m", "liner.cli", "--address", self.address, "--namespace",
+                bench.NS, *args]  # fmt: skip
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "--", *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=self.tree_env,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"liner {' '.join(args)} failed: {r.stderr.strip()}")
+        return time.perf_counter() - t0
+
+
 def operation(
     name: str, d: bench.Daemon, deb: dict[str, str], multi: list[str]
 ) -> Callable[[], object] | None:
@@ -105,6 +146,7 @@ def main() -> int:
     p.add_argument("--containerd", action="store_true")
     p.add_argument("--spy", help="py-spy linerd during its rounds into SPY.<round>")
     p.add_argument("--cache", type=Path, default=Path(__file__).resolve().parent / "cache")
+    p.add_argument("--before", type=Path, help="a source tree to run as a second linerd")
     args = p.parse_args()
     meta = json.loads((args.cache / "layout.json").read_text())
     work = Path(tempfile.mkdtemp(prefix="pull-cpu-", dir="/dev/shm"))
@@ -121,8 +163,13 @@ def main() -> int:
                 reg.push_layout(layout, f"bench/multi-{i}:latest", tag=f"multi-{i}")
                 for i in range(pulls.N_MULTI)
             ]
-        liner = bench.LinerDaemon(work / "liner")
-        daemons.append(liner)
+        if args.before:
+            here = Path(__file__).resolve().parent.parent
+            liner: bench.LinerDaemon = TreeLiner(work / "liner", here, "liner")
+            daemons += [liner, TreeLiner(work / "before", args.before, "before")]
+        else:
+            liner = bench.LinerDaemon(work / "liner")
+            daemons.append(liner)
         if args.containerd:
             daemons.append(bench.ContainerdDaemon(work / "containerd"))
         for d in daemons:
@@ -172,6 +219,7 @@ def main() -> int:
                     break
                 except OSError:
                     time.sleep(0.1)
+        shutil.rmtree(work, ignore_errors=True)  # the stopped daemons' roots, on /dev/shm
     return 0
 
 

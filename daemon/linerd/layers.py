@@ -24,7 +24,13 @@ from linerd import faults
 from linerd.core.types import Descriptor, Mount
 from linerd.diff.apply import apply_staged, apply_tar
 from linerd.diff.compression import SUPPORTED_MEDIA_TYPES, HashingReader, ReadAhead, open_layer
-from linerd.diff.worker import UNCOMPRESSED_LAYER, StagedLayer, stage_blob, stage_in_process
+from linerd.diff.worker import (
+    UNCOMPRESSED_LAYER,
+    StagedLayer,
+    apply_in_process,
+    stage_blob,
+    stage_in_process,
+)
 from linerd.errdefs import InvalidArgument
 from linerd.mounts import temp_mount
 
@@ -122,25 +128,22 @@ def apply_to_mounts(
     name: str,
     *,
     size: int = 0,
-    staging: Path | None = None,
 ) -> Descriptor:
     """Extract a (compressed) layer of `size` bytes onto `mounts`; returns the uncompressed
-    descriptor. Given `staging` (an empty directory on the snapshots' filesystem), a large
-    layer is staged in a worker process and moved into place. Blocking."""
+    descriptor. A large layer onto one of our own snapshot directories is extracted in a
+    worker process (`apply_in_process`), off the daemon's GIL. Blocking."""
     if not mounts:
         raise InvalidArgument("no mounts to apply the layer to")
     if media_type not in SUPPORTED_MEDIA_TYPES:
         raise InvalidArgument(f"{name}: unsupported media type {media_type!r}")
-    if staging is not None and size >= WORKER_MIN_SIZE:
-        into = staged_target(mounts, trusted, staging)
-        if into is not None:
-            staged = stage_in_process(raw, staging, media_type, name)
-            try:
-                apply_staged_to(staged, staging, into)
-            finally:
-                staged.close()
-            return staged.applied
     target = direct_target(mounts, trusted)
+    if target is not None and size >= WORKER_MIN_SIZE:
+        # Straight onto the snapshot's directory in a worker: nothing staged to move after.
+        applied = apply_in_process(
+            raw, target.path, media_type, name, overlay=target.overlay, parents=target.parents
+        )
+        faults.point("layer-apply")
+        return applied
     if target is not None:
         return apply_stream(raw, media_type, target, name)
     with temp_mount(mounts, scratch) as path:

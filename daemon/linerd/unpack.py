@@ -3,8 +3,8 @@
 Every layer goes onto its mounts by one sequence (`Unpacker._onto`): a layer already staged
 (decompressed, hashed and written to a scratch directory: by a pull while the parent layer
 unpacked, or by the prestager while a client wrote the blob) is moved into place; else the
-blob is extracted, a large one staged in a worker process on the snapshots' filesystem and
-moved, a small one extracted in a thread. Whoever staged a layer drops it afterwards.
+blob is extracted onto the snapshot, a large one in a worker process, a small one in a
+thread. Whoever staged a layer drops it afterwards.
 
 An image unpack (`unpack`) makes one committed snapshot per chain ID under the caller's
 lease, the layers in parallel: while a layer's parent is still unpacking, the layer is staged
@@ -38,7 +38,6 @@ from linerd.diff.worker import StagedLayer
 from linerd.errdefs import AlreadyExists, InvalidArgument, NotFound
 from linerd.gc import labels as gc_labels
 from linerd.layers import (
-    WORKER_MIN_SIZE,
     apply_staged_to,
     apply_to_mounts,
     stage_stream,
@@ -124,32 +123,23 @@ class Unpacker:
             if await finish_thread(move):
                 return staged.staged.applied
         started = time.monotonic()
-        area = self._content.prestager
-        staging: Path | None = None
-        if area is not None and desc.size >= WORKER_MIN_SIZE:
-            staging = await asyncio.to_thread(area.new_dir)
-        try:
-            raw = None if isinstance(source, Path) else await source()
-            if on_start is not None:
-                on_start()
+        raw = None if isinstance(source, Path) else await source()
+        if on_start is not None:
+            on_start()
 
-            def extract() -> Descriptor:
-                with open(source, "rb") if raw is None else raw as stream:  # type: ignore[arg-type]
-                    return apply_to_mounts(
-                        stream,
-                        desc.media_type,
-                        mounts,
-                        self._trusted,
-                        self._scratch,
-                        name=name,
-                        size=desc.size,
-                        staging=staging,
-                    )
+        def extract() -> Descriptor:
+            with open(source, "rb") if raw is None else raw as stream:  # type: ignore[arg-type]
+                return apply_to_mounts(
+                    stream,
+                    desc.media_type,
+                    mounts,
+                    self._trusted,
+                    self._scratch,
+                    name=name,
+                    size=desc.size,
+                )
 
-            applied = await finish_thread(extract)
-        finally:
-            if staging is not None:
-                await asyncio.to_thread(Prestager.remove_dir, staging)
+        applied = await finish_thread(extract)
         self._observe(started)
         return applied
 
@@ -198,27 +188,30 @@ class Unpacker:
         read = reader or self._blob_reader
         chain = imagespec.chain_ids(config.diff_ids)
         try:
-            async with asyncio.TaskGroup() as tasks:
-                parent = ""
-                below: asyncio.Task[None] | None = None
-                for layer, diff_id, chain_id in zip(
-                    manifest.layers, config.diff_ids, chain, strict=True
-                ):
-                    work = functools.partial(
-                        self._unpack_layer,
-                        namespace,
-                        lease,
-                        store,
-                        _Layer(layer, diff_id, chain_id, parent),
-                        downloads[layer.digest],
-                        below,
-                        read,
-                        report,
-                    )
-                    below = tasks.create_task(
-                        self._unpacks.run((namespace, snapshotter, chain_id), work)
-                    )
-                    parent = chain_id
+            # Each committed layer's usage walk waits for the last commit: beside the layers
+            # above, it slowed their moves and commits, the pull's last steps.
+            with store.measuring_after():
+                async with asyncio.TaskGroup() as tasks:
+                    parent = ""
+                    below: asyncio.Task[None] | None = None
+                    for layer, diff_id, chain_id in zip(
+                        manifest.layers, config.diff_ids, chain, strict=True
+                    ):
+                        work = functools.partial(
+                            self._unpack_layer,
+                            namespace,
+                            lease,
+                            store,
+                            _Layer(layer, diff_id, chain_id, parent),
+                            downloads[layer.digest],
+                            below,
+                            read,
+                            report,
+                        )
+                        below = tasks.create_task(
+                            self._unpacks.run((namespace, snapshotter, chain_id), work)
+                        )
+                        parent = chain_id
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         await asyncio.gather(*downloads.values())

@@ -17,7 +17,9 @@ import zstandard
 from linerd.diff.compression import (
     SUPPORTED_MEDIA_TYPES,
     HashingReader,
+    HashingThread,
     ReadAhead,
+    hashed_ahead,
     open_layer,
 )
 from linerd.errdefs import InvalidArgument
@@ -149,6 +151,28 @@ def test_read_ahead_passes_everything_through(kind: str) -> None:
     with ReadAhead(hashing, depth=2) as ahead:  # type: ignore[arg-type]
         assert read_all(ahead) == TAR * 30
     assert hashing.digest == "sha256:" + hashlib.sha256(TAR * 30).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_a_hashing_thread_beside_the_read_ahead_hashes_what_passed(kind: str) -> None:
+    with HashingThread(depth=2) as hasher:
+        stream = open_layer(io.BytesIO(compress(kind, TAR * 30)), f"{OCI}+{kind}")
+        with hashed_ahead(stream, hasher) as ahead:
+            assert read_all(ahead) == TAR * 30
+        assert hasher.digest == "sha256:" + hashlib.sha256(TAR * 30).hexdigest()
+        assert hasher.size == len(TAR) * 30
+
+
+def test_a_hashing_thread_ends_with_its_block_when_the_stream_fails() -> None:
+    blob = compress("gzip", TAR * 30)
+    before = threading.active_count()
+    with pytest.raises(InvalidArgument, match=r"^L: corrupt gzip"), HashingThread() as hasher:
+        stream = open_layer(io.BytesIO(blob[: len(blob) // 2]), f"{OCI}+gzip", name="L")
+        with hashed_ahead(stream, hasher) as ahead:
+            read_all(ahead)
+    assert not hasher._thread.is_alive()  # joined by the block's end, not left waiting
+    hasher.update(b"late")  # a producer's last chunk after the end is dropped, not queued
+    assert threading.active_count() <= before + 1  # the read-ahead's producer may still end
 
 
 def test_read_ahead_raises_the_stream_error_where_it_happened() -> None:

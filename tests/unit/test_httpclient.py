@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import ssl
 import subprocess
@@ -150,6 +151,66 @@ def test_chunked_body() -> None:
             assert await get(c, srv.url()) == (200, b"abcdefgh")
             assert await get(c, srv.url()) == (200, b"abcdefgh")
             assert srv.connections == 1
+
+    run(main())
+
+
+def _in_pieces(body: bytes, headers: str = "") -> Handler:
+    """A Content-Length answer whose head goes first and whose body follows in pieces."""
+
+    async def handler(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode())
+        await writer.drain()
+        for start in range(0, len(body), 100_000):
+            await asyncio.sleep(0)
+            writer.write(body[start : start + 100_000])
+            await writer.drain()
+        return "close" not in headers
+
+    return handler
+
+
+def test_a_content_length_body_read_past_h11_is_whole_and_keeps_the_connection() -> None:
+    body = os.urandom(1_300_000)  # > READ_SIZE: several reads after what came with the head
+
+    async def main() -> None:
+        async with Server(_in_pieces(body)) as srv, HTTPClient(trust_env=False) as c:
+            for _ in range(3):
+                resp = await c.send("GET", srv.url())
+                chunks = [chunk async for chunk in resp.aiter_bytes()]
+                assert b"".join(chunks) == body
+                assert all(len(chunk) <= http.READ_SIZE for chunk in chunks)
+                assert resp.is_closed  # released to the pool
+            assert srv.connections == 1 and c.connections_opened == 1
+
+    run(main())
+
+
+def test_a_body_left_unread_past_h11_drops_the_connection() -> None:
+    body = os.urandom(1_300_000)
+
+    async def main() -> None:
+        async with Server(_in_pieces(body)) as srv, HTTPClient(trust_env=False) as c:
+            resp = await c.send("GET", srv.url())
+            async with contextlib.aclosing(resp.aiter_bytes()) as chunks:
+                async for _ in chunks:
+                    break
+            await resp.aclose()
+            assert await get(c, srv.url()) == (200, body)
+            assert c.connections_opened == 2  # the half-read one was not reused
+
+    run(main())
+
+
+def test_a_content_length_body_with_connection_close_is_not_reused() -> None:
+    body = os.urandom(400_000)
+
+    async def main() -> None:
+        closing = _in_pieces(body, "Connection: close\r\n")
+        async with Server(closing) as srv, HTTPClient(trust_env=False) as c:
+            assert await get(c, srv.url()) == (200, body)
+            assert await get(c, srv.url()) == (200, body)
+            assert srv.connections == 2
 
     run(main())
 

@@ -75,6 +75,43 @@ def test_commit_returns_before_the_walk_which_then_records_the_usage(
     asyncio.run(body())
 
 
+def test_commits_inside_measuring_after_are_measured_when_the_last_block_ends(
+    tmp_path: Path, db: Database
+) -> None:
+    root = tmp_path / "snapshots"
+    store = SnapshotStore(db, OverlayBackend(), root)
+
+    async def body() -> None:
+        await prepare_with_file(store, root, "k")
+        with store.measuring_after():
+            with store.measuring_after():  # an unpack beside another
+                await store.commit("ns", "c", "k", {}, None)
+            await store.settle()
+            assert recorded(db, "c") == (UNMEASURED, UNMEASURED)  # held by the outer block
+        await store.settle()
+        size, inodes = recorded(db, "c")
+        assert size >= 10000 and inodes == 1
+        assert await store.usage("ns", "c") == Usage(size, inodes)
+
+    asyncio.run(body())
+
+
+def test_a_held_snapshot_is_measured_on_demand(tmp_path: Path, db: Database) -> None:
+    root = tmp_path / "snapshots"
+    store = SnapshotStore(db, OverlayBackend(), root)
+
+    async def body() -> None:
+        await prepare_with_file(store, root, "k")
+        with store.measuring_after():
+            await store.commit("ns", "c", "k", {}, None)
+            usage = await store.usage("ns", "c")
+            assert usage.size >= 10000 and usage.inodes == 1
+        await store.settle()  # the block's own measurement finds it measured: no change
+        assert recorded(db, "c") == (usage.size, usage.inodes)
+
+    asyncio.run(body())
+
+
 def test_usage_measures_a_snapshot_left_unmeasured(tmp_path: Path, db: Database) -> None:
     root = tmp_path / "snapshots"
     store = SnapshotStore(db, OverlayBackend(), root)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from linerd.diff.worker import YIELDING_NICE, stage_in_process
+from linerd.diff.worker import YIELDING_NICE, apply_in_process, stage_in_process
 from linerd.errdefs import Internal, InvalidArgument
-from linerd.layers import Target, apply_staged_to, stage_stream
+from linerd.layers import Target, apply_staged_to, apply_stream, stage_stream
 
 pytestmark = pytest.mark.unit
 
@@ -191,6 +191,41 @@ def test_errors_of_the_move_reach_the_caller(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="d/b"):
         apply_staged_to(got, tmp_path / "staging", Target(tmp_path / "target", overlay=False))
     assert got.worker is not None and got.worker._proc is None  # ended with the answer
+
+
+@pytest.mark.parametrize("overlay", [False, True], ids=["plain", "overlay"])
+@pytest.mark.parametrize("as_file", [True, False], ids=["file", "pipe"])
+def test_a_worker_applies_onto_a_directory_what_a_thread_does(
+    tmp_path: Path, as_file: bool, overlay: bool
+) -> None:
+    for d in ("by-thread", "by-worker"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "blob").write_bytes(BLOB)
+    with open(tmp_path / "blob", "rb") as f:
+        want = apply_stream(f, GZIP, Target(tmp_path / "by-thread", overlay=overlay), "L")
+    with open(tmp_path / "blob", "rb") as f:
+        source = f if as_file else Pipe(BLOB)
+        got = apply_in_process(source, tmp_path / "by-worker", GZIP, "L", overlay=overlay)  # type: ignore[arg-type]
+    assert got == want
+    assert tree(tmp_path / "by-worker") == tree(tmp_path / "by-thread")
+    assert sorted(tree(tmp_path / "by-worker")) == [
+        "a", "d", "d/b", "group", "none", "root", "sgid", "sticky", "suid",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("blob", "error", "match"),
+    [
+        (layer(("ok", b"x"), ("../escape", b"y")), InvalidArgument, "escapes the root"),
+        (BLOB[: len(BLOB) // 2], InvalidArgument, "L: corrupt gzip stream"),
+    ],
+    ids=["dot-dot", "truncated"],
+)
+def test_errors_of_a_worker_applying_reach_the_caller_as_they_are(
+    tmp_path: Path, blob: bytes, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        apply_in_process(Pipe(blob), tmp_path, GZIP, "L", overlay=False)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

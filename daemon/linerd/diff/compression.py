@@ -346,6 +346,77 @@ class HashingReader(io.RawIOBase):
         return "sha256:" + self._hash.hexdigest()
 
 
+class HashingThread:
+    """sha256 and size of the chunks handed to `update`, hashed in a thread of its own.
+
+    Staging a gzip layer is inflate, hash and tar extraction; with the hash on the inflating
+    thread (`HashingReader` under `ReadAhead`) that thread was the slower of the two, and a
+    180 MB layer staged alone took ~17 % longer than with the hash beside them (the same CPU,
+    on a third thread: sha256 releases the GIL). `update` blocks once `depth` chunks wait, so
+    a starved hasher holds back its producer rather than the whole layer in memory. Use as a
+    context manager (its exit ends the thread, also on an error); `digest` waits for the
+    last chunk.
+    """
+
+    def __init__(self, depth: int = 16) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ended = False
+
+    def _run(self) -> None:
+        update = self._hash.update
+        while (chunk := self._queue.get()) is not None:
+            update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if self._ended:  # a producer told to stop may read one more chunk: nobody hashes it
+            return
+        self.size += len(chunk)
+        self._queue.put(chunk)
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._queue.put(None)
+            self._thread.join()
+
+    @property
+    def digest(self) -> str:
+        self._end()
+        return "sha256:" + self._hash.hexdigest()
+
+    def __enter__(self) -> HashingThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+
+
+class _Tee(io.RawIOBase):
+    """Hands every chunk read from `stream` to `sink` too."""
+
+    def __init__(self, stream: BinaryIO, sink: HashingThread) -> None:
+        self._stream = stream
+        self._sink = sink
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read() if size is None or size < 0 else self._stream.read(size)
+        if data:
+            self._sink.update(data)
+        return data
+
+
+def hashed_ahead(stream: BinaryIO, hasher: HashingThread) -> ReadAhead:
+    """`stream` read ahead in a thread (`ReadAhead`), each chunk hashed by `hasher`."""
+    return ReadAhead(_Tee(stream, hasher))  # type: ignore[arg-type]
+
+
 class ReadAhead(io.RawIOBase):
     """Reads `stream` in a thread of its own, `depth` chunks ahead of the consumer.
 

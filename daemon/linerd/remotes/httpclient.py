@@ -327,6 +327,21 @@ class Proxies:
 # -- connections -------------------------------------------------------------------------
 
 
+def _direct_length(method: str, event: h11.Response) -> int | None:
+    """The Content-Length of a response body that may be read past h11 (`Response._direct`):
+    one framed by Content-Length alone, on a connection that stays open after it (HTTP/1.1,
+    no `Connection: close`); None otherwise (h11 reads it: chunked, until close, none)."""
+    if method == "HEAD" or event.status_code in (204, 304) or event.http_version != b"1.1":
+        return None
+    length = None
+    for name, value in event.headers:  # h11 lower-cases the names, and checked the length
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" or (name == b"connection" and b"close" in value.lower()):
+            return None
+    return length
+
+
 class _Connection:
     __slots__ = ("h11", "idle_since", "key", "reader", "received", "requests", "writer")
 
@@ -379,6 +394,7 @@ class Response:
         self._client = client
         self._conn: _Connection | None = conn
         self._consumed = False
+        self._length = _direct_length(method, event)
 
     @property
     def is_closed(self) -> bool:
@@ -392,20 +408,68 @@ class Response:
             raise ReadError("the response was closed before its body was read")
         self._consumed = True
         client = self._client
+        remaining = self._length
+        h = conn.h11
         while True:
             try:
-                event = await client._next_event(conn)
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    if remaining:
+                        # What h11 had buffered is out: the rest of a Content-Length body is
+                        # read past it (h11 copied each chunk three times more: into its
+                        # buffer, out as the Data event, to bytes), and h11 is reset after.
+                        async with contextlib.aclosing(self._direct(conn, remaining)) as rest:
+                            async for chunk in rest:
+                                yield chunk
+                        return
+                    event = await client._next_event(conn)
+            except h11.RemoteProtocolError as e:
+                self._drop()
+                raise RemoteProtocolError(str(e)) from e
             except BaseException:
                 self._drop()
                 raise
             if type(event) is h11.Data:
-                yield bytes(event.data)
+                data = bytes(event.data)
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
             elif type(event) is h11.EndOfMessage:
                 self._release()
                 return
             else:  # pragma: no cover - h11 sends only Data and EndOfMessage here
                 self._drop()
                 raise RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+
+    async def _direct(self, conn: _Connection, remaining: int) -> AsyncIterator[bytes]:
+        """The last `remaining` bytes of the body, read from the stream without h11."""
+        client = self._client
+        reader = conn.reader
+        try:
+            while remaining:
+                try:
+                    async with asyncio.timeout(client.timeout.read):
+                        data = await reader.read(min(remaining, READ_SIZE))
+                except TimeoutError as e:
+                    raise ReadTimeout("waiting for the server timed out") from e
+                except OSError as e:
+                    raise ReadError(f"reading the response: {e}") from e
+                if not data:
+                    raise RemoteProtocolError(
+                        f"peer closed connection without sending complete message body "
+                        f"({remaining} bytes missing)"
+                    )
+                conn.received += len(data)
+                remaining -= len(data)
+                yield data
+        except BaseException:
+            self._drop()
+            raise
+        # The exchange is complete: a new h11 state machine for the connection's next one
+        # (what h11's own start_next_cycle leaves: both sides idle, nothing buffered).
+        conn.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self._conn = None
+        self._client._release(conn, fresh=True)
 
     async def aread(self) -> bytes:
         return b"".join([chunk async for chunk in self.aiter_bytes()])
@@ -572,16 +636,22 @@ class HTTPClient:
             conn.close()
         return None
 
-    def _release(self, conn: _Connection) -> None:
+    def _release(self, conn: _Connection, *, fresh: bool = False) -> None:
+        """Keep `conn` for the next request if its exchange completed; `fresh`: its h11 is
+        new (a body read past it), so ready already."""
         h = conn.h11
-        if self._closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+        if self._closed:
             conn.close()
             return
-        try:
-            h.start_next_cycle()
-        except h11.LocalProtocolError:
-            conn.close()
-            return
+        if not fresh:
+            if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+                conn.close()
+                return
+            try:
+                h.start_next_cycle()
+            except h11.LocalProtocolError:
+                conn.close()
+                return
         if not conn.usable():
             conn.close()
             return

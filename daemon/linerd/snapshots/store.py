@@ -13,10 +13,11 @@ crash left unmeasured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import secrets
 import shutil
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -102,6 +103,9 @@ class SnapshotStore:
         self._db = db
         self._building: set[str] = set()
         self._background: set[asyncio.Future[None]] = set()
+        # Commits inside `measuring_after` blocks: measured once the last block ends.
+        self._measure_holds = 0
+        self._held: list[int] = []
         # Mounts of active and view snapshots, by (namespace, key): they never change while
         # the snapshot lives (its parents are committed). Filled and dropped only on the
         # database thread, inside the transactions that read or end the snapshot.
@@ -297,9 +301,30 @@ class SnapshotStore:
             return int(row["id"])
 
         snapshot_id = await self._db.run(commit)
-        self._in_background(self._measure(snapshot_id))
+        if self._measure_holds:
+            self._held.append(snapshot_id)
+        else:
+            self._in_background(self._measure(snapshot_id))
         # The work dir of an overlay upper is scratch space; a committed layer needs none.
         await asyncio.to_thread(shutil.rmtree, self.root / str(snapshot_id) / "work", True)
+
+    @contextlib.contextmanager
+    def measuring_after(self) -> Iterator[None]:
+        """Snapshots committed inside the block are measured when it ends (when the last of
+        several open ones ends). An image unpack's walk of a committed layer (thousands of
+        entries, much of it on the daemon's GIL) ran beside the moves and commits of the
+        layers above it, its pull's last steps. Until measured a snapshot is UNMEASURED as
+        after any commit: Usage measures it on demand, a start-up after a crash in the
+        background."""
+        self._measure_holds += 1
+        try:
+            yield
+        finally:
+            self._measure_holds -= 1
+            if not self._measure_holds:
+                held, self._held = self._held, []
+                for snapshot_id in held:
+                    self._in_background(self._measure(snapshot_id))
 
     async def _measure(self, snapshot_id: int) -> Usage:
         """Measure a committed snapshot's usage and record it."""
