@@ -369,10 +369,11 @@ class LinerDaemon(Daemon):
         self.d.start()
         assert self.d.proc is not None
         self.pid = self.d.proc.pid
-        self.liner_bin = str(Path(sys.executable).parent / "liner")
+        self.liner_cli = [str(Path(sys.executable).parent / "liner")]
+        self.liner_env: dict[str, str] | None = None  # this process's
 
     def liner(self, *args: str) -> float:
-        argv = [self.liner_bin, "--address", self.address, "--namespace", NS, *args]
+        argv = [*self.liner_cli, "--address", self.address, "--namespace", NS, *args]
         t0 = time.perf_counter()
         r = subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "--", *argv],
@@ -380,6 +381,7 @@ class LinerDaemon(Daemon):
             capture_output=True,
             text=True,
             timeout=300,
+            env=self.liner_env,
         )
         elapsed = time.perf_counter() - t0
         if r.returncode != 0:

@@ -86,10 +86,11 @@ class Recorder:
         self.cpu: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
         self._mutex = threading.Lock()
 
-    def timed(self, name: str, pid: int, call: str, fn: Callable[[], Any]) -> Any:
-        c0, t0 = cpu_seconds(pid), time.perf_counter()
+    def timed(self, name: str, pid: int, call: str, fn: Callable[[], Any], cpu: bool = True) -> Any:
+        """`fn()` timed; with `cpu`, the daemon's CPU too (not where other calls overlap)."""
+        c0, t0 = cpu_seconds(pid) if cpu else 0.0, time.perf_counter()
         result = fn()
-        self.add(name, call, time.perf_counter() - t0, cpu_seconds(pid) - c0)
+        self.add(name, call, time.perf_counter() - t0, cpu_seconds(pid) - c0 if cpu else None)
         return result
 
     def add(self, name: str, call: str, wall: float, cpu: float | None) -> None:
@@ -129,12 +130,7 @@ def start_pod(
     )
 
     def timed(call: str, fn: Callable[[], Any]) -> Any:
-        if not cpu:  # calls of other pods overlap: the wall alone
-            t0 = time.perf_counter()
-            result = fn()
-            rec.add(name, call, time.perf_counter() - t0, None)
-            return result
-        return rec.timed(name, d.pid, call, fn)
+        return rec.timed(name, d.pid, call, fn, cpu)  # cpu off: other pods' calls overlap
 
     c0, t0 = cpu_seconds(d.pid), time.perf_counter()
     sid = timed(
@@ -161,12 +157,7 @@ def stop_pod(rec: Recorder, name: str, d: Any, sid: str, cid: str, cpu: bool = T
     rt = d.runtime
 
     def timed(call: str, fn: Callable[[], Any]) -> Any:
-        if not cpu:
-            t0 = time.perf_counter()
-            result = fn()
-            rec.add(name, call, time.perf_counter() - t0, None)
-            return result
-        return rec.timed(name, d.pid, call, fn)
+        return rec.timed(name, d.pid, call, fn, cpu)  # cpu off: other pods' calls overlap
 
     c0, t0 = cpu_seconds(d.pid), time.perf_counter()
     timed(

@@ -88,9 +88,9 @@ class TreeLiner(bench.LinerDaemon):
 
     def __init__(self, base: Path, tree: Path, name: str) -> None:
         self.name = name
-        self.tree_env = {**os.environ, "PYTHONPATH": pythonpath(tree.resolve())}
+        env = {**os.environ, "PYTHONPATH": pythonpath(tree.resolve())}
         saved = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = self.tree_env["PYTHONPATH"]
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
         try:
             super().__init__(base)
         finally:
@@ -98,22 +98,9 @@ class TreeLiner(bench.LinerDaemon):
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = saved
-
-    def liner(self, *args: str) -> float:
-        argv = [sys.executable, "-m", "liner.cli", "--address", self.address, "--namespace",
-                bench.NS, *args]  # fmt: skip
-        t0 = time.perf_counter()
-        r = subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "--", *argv],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=self.tree_env,
-        )
-        if r.returncode != 0:
-            raise RuntimeError(f"liner {' '.join(args)} failed: {r.stderr.strip()}")
-        return time.perf_counter() - t0
+        # The tree's CLI: its start-up is part of an A/B of `liner images pull`.
+        self.liner_cli = [sys.executable, "-m", "liner.cli"]
+        self.liner_env = env
 
 
 def operation(
