@@ -110,8 +110,9 @@ def stage_in_process(
     """Stage the blob read from `source` (a file, given to the child as its stdin, or any
     readable, pumped through a pipe) into `staging`. The layer returned holds the worker,
     which moves the files (`StagedWorker.move`); the caller closes it. `yielding`: the
-    worker runs at a lower priority until `source` is all read (it stages bytes still being
-    written, whose writer's CPU comes first). Blocking: run it in a thread."""
+    worker runs at a lower priority until the bytes are all written (a live blob's
+    `when_written`) or `source` is all read (it stages bytes still being written, whose
+    writer's CPU comes first). Blocking: run it in a thread."""
     direct = _is_file(source)
     control_r, control_w = os.pipe()
     args = [str(staging), media_type, name]
