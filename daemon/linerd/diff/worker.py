@@ -147,10 +147,10 @@ def stage_in_process(
         if not isinstance(staged, StagedLayer):
             raise Internal(f"{name}: the unpack worker answered {type(staged).__name__}")
     except BaseException:
+        if niced is not None:
+            niced.forget()  # before it can end
         control.close()
         proc.kill()
-        if niced is not None:
-            niced.forget()
         _end(proc)
         raise
     if niced is not None:
