@@ -106,7 +106,7 @@ class Prestager:
             self._expire(digest)
         if self._running >= self._slots:
             return None
-        live = LiveBlob(data, offset)
+        live = LiveBlob(data, offset, total)
         self._running += 1
         self._stages[digest] = asyncio.create_task(self._stage(digest, live, total))
         return live

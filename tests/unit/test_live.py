@@ -67,3 +67,36 @@ def test_splice_reports_a_failed_write(tmp_path: Path) -> None:
     _, error = _splice_all(blob)
     writer.join()
     assert isinstance(error, Aborted)
+
+
+def test_the_last_byte_is_told_once_when_it_is_written(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"")
+    blob = LiveBlob(path, 0, total=100)
+    told: list[str] = []
+    blob.when_written(lambda: told.append("early"))
+    blob.grew(60)
+    assert told == []  # bytes still to come
+    blob.grew(100)
+    assert told == ["early"]  # the writer's last byte, before any commit
+    blob.grew(100)
+    blob.finish(digest="sha256:x")
+    assert told == ["early"]  # once
+    blob.when_written(lambda: told.append("late"))
+    assert told == ["early", "late"]  # asked after the fact: told at once
+
+
+@pytest.mark.parametrize("error", [None, Aborted("gone")], ids=["committed", "failed"])
+def test_a_writer_done_short_of_its_total_tells_it_too(
+    tmp_path: Path, error: BaseException | None
+) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"")
+    blob = LiveBlob(path, 0)  # no total known: only the writer's end says it
+    told: list[int] = []
+    with blob.open() as reader:
+        reader.when_written(lambda: told.append(1))  # type: ignore[attr-defined]
+    blob.grew(50)
+    assert told == []
+    blob.finish(error)
+    assert told == [1]

@@ -7,6 +7,7 @@ import gzip
 import io
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,42 @@ def test_a_yielding_worker_is_nice_while_its_bytes_come_and_stages_the_same(
     assert len(niced) == 1  # the worker, every thread of it; not the zygote
     (worker,) = niced
     assert after[worker] == {0}  # the bytes were all there: staging what is left comes first
+
+
+class WrittenEarly(Pipe):
+    """A live blob whose writer is done while its reader is only half-way through: the
+    worker's priority is looked at a quarter in, then at the half right after the writer's
+    last byte is told (`when_written`, as linerd.content.live's readers have it)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.told: list[Callable[[], None]] = []
+        self.before: dict[int, set[int]] | None = None
+        self.after: dict[int, set[int]] | None = None
+
+    def when_written(self, fn: Callable[[], None]) -> None:
+        self.told.append(fn)
+
+    def read(self, size: int = -1) -> bytes:
+        at, n = self._src.tell(), len(self._src.getbuffer())
+        if at >= n // 4 and self.before is None:
+            self.before = _descendants_nice()
+        if at >= n // 2 and self.after is None:
+            for fn in self.told:
+                fn()
+            self.after = _descendants_nice()
+        return super().read(min(size, 4096) if size > 0 else size)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority back needs CAP_SYS_NICE")
+def test_a_yielding_worker_is_raised_back_at_its_writers_last_byte(tmp_path: Path) -> None:
+    source = WrittenEarly(BLOB)
+    got = stage_in_process(source, tmp_path, GZIP, "L", yielding=True)  # type: ignore[arg-type]
+    got.close()
+    assert source.before is not None and source.after is not None
+    (worker,) = {p for p, nices in source.before.items() if nices == {YIELDING_NICE}}
+    # Half of its bytes still to read, but all written: what is left of it is what waits.
+    assert source.after[worker] == {0}
 
 
 def test_a_worker_let_go_moves_nothing_and_ends(tmp_path: Path) -> None:

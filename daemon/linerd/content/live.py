@@ -36,18 +36,23 @@ class LiveBlob:
     what it read checks the commit's (`committed`) before trusting the result. The file is
     only ever appended to while a LiveBlob follows it (a writer that starts over ends it)."""
 
-    def __init__(self, path: Path, size: int) -> None:
+    def __init__(self, path: Path, size: int, total: int = 0) -> None:
         self.path = path
         self._cond = threading.Condition()
         self._size = size
+        self._total = total  # the writer's announced size (0: unknown)
         self._done = False
         self._error: BaseException | None = None
         self._digest = ""
+        # Called once the writer has written `total` bytes or is done (`when_written`).
+        self._on_written: list[Callable[[], None]] | None = []
 
     def grew(self, size: int) -> None:
         with self._cond:
             self._size = size
             self._cond.notify_all()
+            ready = self._written_locked() if self._total and size >= self._total else None
+        _call(ready)
 
     def finish(self, error: BaseException | None = None, digest: str = "") -> None:
         """The writer is done: committed (no error; `digest`, the one the commit verified, if
@@ -56,6 +61,27 @@ class LiveBlob:
             if not self._done:
                 self._done, self._error, self._digest = True, error, digest
             self._cond.notify_all()
+            ready = self._written_locked()
+        _call(ready)
+
+    def when_written(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (in the writer's thread, or in this one if it is so already) once the
+        writer's last byte is in the file (its announced total) or it is done. A reader far
+        behind learns of it only when it catches up: a worker reading through a full pipe is
+        told here instead (linerd.diff.worker's yielding)."""
+        with self._cond:
+            if self._on_written is not None:
+                self._on_written.append(fn)
+                if not (self._done or (self._total and self._size >= self._total)):
+                    return
+                ready = self._written_locked()
+            else:
+                ready = [fn]
+        _call(ready)
+
+    def _written_locked(self) -> list[Callable[[], None]] | None:
+        ready, self._on_written = self._on_written, None
+        return ready
 
     def committed(self) -> str:
         """Wait for the writer to be done: the digest its commit verified of the bytes the
@@ -70,11 +96,17 @@ class LiveBlob:
         return LiveReader(self, open(self.path, "rb"))
 
 
+def _call(fns: list[Callable[[], None]] | None) -> None:
+    for fn in fns or ():
+        fn()
+
+
 class LiveReader(io.RawIOBase):
     def __init__(self, blob: LiveBlob, file: BinaryIO) -> None:
         self._blob = blob
         self._file = file
         self._pos = 0
+        self.when_written = blob.when_written
 
     def readable(self) -> bool:
         return True

@@ -37,6 +37,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,9 @@ def stage_in_process(
     """Stage the blob read from `source` (a file, given to the child as its stdin, or any
     readable, pumped through a pipe) into `staging`. The layer returned holds the worker,
     which moves the files (`StagedWorker.move`); the caller closes it. `yielding`: the
-    worker runs at a lower priority until `source` is all read (it stages bytes still being
-    written, whose writer's CPU comes first). Blocking: run it in a thread."""
+    worker runs at a lower priority until the bytes are all written (a live blob's
+    `when_written`) or `source` is all read (it stages bytes still being written, whose
+    writer's CPU comes first). Blocking: run it in a thread."""
     direct = _is_file(source)
     control_r, control_w = os.pipe()
     args = [str(staging), media_type, name]
@@ -125,24 +127,57 @@ def stage_in_process(
     finally:
         os.close(control_r)
     control = os.fdopen(control_w, "wb")
+    niced = _Niced(proc.pid) if len(args) > 3 else None
     try:
         if not direct:
             # The default 64 KiB pipe would hand the child its bytes in that many pieces.
             with contextlib.suppress(OSError):
                 fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
+            if niced is not None:
+                # The writer's last byte, not the pump's: a worker behind its writer keeps the
+                # pump blocked on the full pipe until it has read all but the pipe's last MiB
+                # (a ctr pull of deb: ~0.3 s after ctr's last byte, at nice 5 all the while).
+                when_written = getattr(source, "when_written", None)
+                if when_written is not None:
+                    when_written(niced.raise_back)
             _pump(source, proc.stdin)  # type: ignore[arg-type]
-            if len(args) > 3:
-                _renice(proc.pid, 0)  # the bytes are all there: staging them is what is left
+            if niced is not None:
+                niced.raise_back()  # the bytes are all there: staging them is what is left
         staged = _answer(proc, name)
         if not isinstance(staged, StagedLayer):
             raise Internal(f"{name}: the unpack worker answered {type(staged).__name__}")
     except BaseException:
+        if niced is not None:
+            niced.forget()  # before it can end
         control.close()
         proc.kill()
         _end(proc)
         raise
+    if niced is not None:
+        niced.forget()  # staged: nothing of it to raise any more
     staged.worker = StagedWorker(proc, control, name)
     return staged
+
+
+class _Niced:
+    """A yielding worker's priority, raised back to 0 once (from whichever thread learns
+    first that its bytes are all written), never after the caller stopped caring: by then
+    the process may have ended, and its pid be another's."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._lock = threading.Lock()
+        self._done = False
+
+    def raise_back(self) -> None:
+        with self._lock:
+            if not self._done:
+                self._done = True
+                _renice(self._pid, 0)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._done = True
 
 
 _APPLY = "--apply"
