@@ -53,6 +53,8 @@ log = structlog.get_logger("linerd.pull")
 # A pull's lease outlives a daemon killed mid-pull by this much, then the collector ends it.
 LEASE_LIFETIME = timedelta(hours=24)
 _CONCURRENT_DOWNLOADS = 4
+# How many references' last resolved roots a puller remembers (`Puller._roots`).
+_ROOTS_KEPT = 1024
 _WRITE_CHUNK = 1 << 20
 
 
@@ -193,6 +195,8 @@ class Puller:
         self._small_fetches = SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
         self._live: dict[tuple[str, str], LiveBlob] = {}
+        # Reference -> the root digest it resolved to last (`_resolve`), oldest first.
+        self._roots: dict[str, str] = {}
         # The signature policy (set by the local Transfer service); raising refuses the pull.
         self.admit: Admit | None = None
 
@@ -246,14 +250,36 @@ class Puller:
         hosts = request.hosts if request.hosts is not None else self._hosts()
         return hosts.for_request(ref.host, request.plain_http, request.username, request.secret)
 
+    async def _resolve(self, job: _Job) -> tuple[Descriptor, bytes | None]:
+        """The root's descriptor, and its bytes when they came with it.
+
+        A root this store is likely to have (the reference's digest, or what the tag resolved
+        to last, is present) is asked with a HEAD, as containerd's resolver does: nothing to
+        download when it is still that. Otherwise one GET both resolves and fetches it, where
+        a HEAD would be followed by a GET of the same manifest."""
+        key = str(job.ref)
+        likely = job.ref.digest or self._roots.get(key)
+        if likely is not None and self._content.local.size(likely) is not None:
+            _, root = await job.client.resolve(job.ref)
+            body = None
+        else:
+            root, body = await job.client.resolve_and_fetch(job.ref)
+        self._roots.pop(key, None)
+        self._roots[key] = root.digest
+        if len(self._roots) > _ROOTS_KEPT:
+            del self._roots[next(iter(self._roots))]
+        return root, body
+
     async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> Pulled:
-        _, root = await job.client.resolve(job.ref)
+        root, body = await self._resolve(job)
         await job.lease_made
         job.progress.add(root)
         if root.media_type in imagespec.INDEXES:
-            data = await self._fetch_small(job, root, "index")
+            data = await self._fetch_small(job, root, "index", fetched=body)
         else:
-            data = await self._fetch_small(job, root, "manifest", _manifest_labels(root))
+            data = await self._fetch_small(
+                job, root, "manifest", _manifest_labels(root), fetched=body
+            )
         if self.admit is not None:
             # Before layers are fetched or a record made: a refused image costs its root only,
             # which stays under this pull's lease for the collector.
@@ -355,9 +381,12 @@ class Puller:
         desc: Descriptor,
         kind: str,
         labels_of: Callable[[bytes], dict[str, str]] | None = None,
+        *,
+        fetched: bytes | None = None,
     ) -> bytes:
-        """A manifest, index or config: from the store if there, else fetched and stored;
-        labelled with `labels_of` its bytes (in the transaction that records it, if any)."""
+        """A manifest, index or config: from the store if there, else fetched (or `fetched`,
+        its verified bytes already here) and stored; labelled with `labels_of` its bytes (in
+        the transaction that records it, if any)."""
         documents.check_size(desc, kind)
         try:
             info = await self._content.info(job.namespace, desc.digest)  # no file: no query
@@ -379,7 +408,7 @@ class Puller:
 
         def fetch() -> Awaitable[bytes]:
             stored.append(True)
-            return self._fetch_and_store(job, desc, kind, labels_of)
+            return self._fetch_and_store(job, desc, kind, labels_of, fetched)
 
         data = await self._small_fetches.run((job.namespace, desc.digest), fetch)
         if not stored:
@@ -395,8 +424,11 @@ class Puller:
         desc: Descriptor,
         kind: str,
         labels_of: Callable[[bytes], dict[str, str]] | None,
+        fetched: bytes | None = None,
     ) -> bytes:
-        if kind == "config":
+        if fetched is not None:
+            data = fetched
+        elif kind == "config":
             chunks = [c async for c in job.client.fetch_blob(job.ref, desc)]
             data = b"".join(chunks)
         else:
