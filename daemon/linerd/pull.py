@@ -137,6 +137,8 @@ class _Job:
     source_label: tuple[str, str]  # the distribution source label: key, repository
     # The lease's creation, made while the reference resolves: awaited before any blob.
     lease_made: asyncio.Future[None]
+    # Config digest -> the snapshot label its record got as this pull stored it.
+    snapshot_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # Judges the image before anything but its root is fetched and before its record exists:
@@ -328,7 +330,10 @@ class Puller:
                 raise InvalidArgument(
                     f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
                 )
-        config_bytes = await self._fetch_small(job, manifest.config, "config")
+        stored_labels = self._snapshot_label(job, snapshotter) if unpack else None
+        config_bytes = await self._fetch_small(
+            job, manifest.config, "config", stored_labels=stored_labels
+        )
         config = imagespec.parse_config(config_bytes, manifest.config.digest)
         check_layers(desc, manifest, config)
         downloads = {
@@ -338,6 +343,25 @@ class Puller:
         if unpack:
             tasks.create_task(self._unpack(job, snapshotter, manifest, config, downloads))
         return PlatformImage(desc, manifest, config, config_bytes)
+
+    def _snapshot_label(
+        self, job: _Job, snapshotter: str
+    ) -> Callable[[Descriptor, bytes], dict[str, str]]:
+        """A config's label for its top snapshot, set as the config is stored when that
+        snapshot is known to exist already (its layers unpacked before: the unpack will find
+        them and make nothing), so `_unpack` need not label it in a transaction of its own."""
+        store = self._unpacker.snapshotter(snapshotter)
+
+        def labels_of(desc: Descriptor, data: bytes) -> dict[str, str]:
+            chain = imagespec.chain_ids(imagespec.parse_config(data, desc.digest).diff_ids)
+            if not chain or not store.known(job.namespace, chain[-1]):
+                return {}
+            labels = job.snapshot_labels[desc.digest] = gc_labels.snapshot_ref(
+                snapshotter, chain[-1]
+            )
+            return labels
+
+        return labels_of
 
     async def _children(
         self, job: _Job, root: Descriptor, data: bytes, request: PullRequest
@@ -383,10 +407,12 @@ class Puller:
         labels_of: Callable[[bytes], dict[str, str]] | None = None,
         *,
         fetched: bytes | None = None,
+        stored_labels: Callable[[Descriptor, bytes], dict[str, str]] | None = None,
     ) -> bytes:
         """A manifest, index or config: from the store if there, else fetched (or `fetched`,
         its verified bytes already here) and stored; labelled with `labels_of` its bytes (in
-        the transaction that records it, if any)."""
+        the transaction that records it, if any), and with `stored_labels` if this pull
+        stores it."""
         documents.check_size(desc, kind)
         try:
             info = await self._content.info(job.namespace, desc.digest)  # no file: no query
@@ -408,7 +434,7 @@ class Puller:
 
         def fetch() -> Awaitable[bytes]:
             stored.append(True)
-            return self._fetch_and_store(job, desc, kind, labels_of, fetched)
+            return self._fetch_and_store(job, desc, kind, labels_of, fetched, stored_labels)
 
         data = await self._small_fetches.run((job.namespace, desc.digest), fetch)
         if not stored:
@@ -425,6 +451,7 @@ class Puller:
         kind: str,
         labels_of: Callable[[bytes], dict[str, str]] | None,
         fetched: bytes | None = None,
+        stored_labels: Callable[[Descriptor, bytes], dict[str, str]] | None = None,
     ) -> bytes:
         if fetched is not None:
             data = fetched
@@ -435,6 +462,8 @@ class Puller:
             data = await job.client.fetch_manifest(job.ref, desc)
         job.progress.fetched += len(data)
         extra = labels_of(data) if labels_of is not None else {}
+        if stored_labels is not None:
+            extra.update(stored_labels(desc, data))
         await self._store(job, f"{kind}-{desc.digest}", desc, data, extra)
         return data
 
@@ -577,7 +606,8 @@ class Puller:
             functools.partial(self._layer_reader, job),
             lambda digest, state: job.progress.update(digest, state=state),
         )
-        if chain:
+        labelled = job.snapshot_labels.get(manifest.config.digest, {})
+        if chain and labelled != gc_labels.snapshot_ref(snapshotter, chain[-1]):
             await self._label(
                 job, manifest.config.digest, gc_labels.snapshot_ref(snapshotter, chain[-1])
             )
