@@ -1,13 +1,14 @@
 """A/B two linerd trees' CRI PullImage of a small image whose layer is present
 (docs/PERFORMANCE.md, ninth session's "PullImage, round two").
 
-`.venv/bin/python bench/cri_pull_ab.py A_TREE [B_TREE] [--rounds R] [--images N]`: A_TREE and
-B_TREE are source trees (`git archive <commit> | tar -x -C DIR`; B defaults to this checkout),
-each daemon started as `cri_write_ab.py` starts them (its tree first on PYTHONPATH). N small
-images (busybox's layer, each its own config) are pushed to a loopback registry; both daemons
-pull busybox first, so the layer is present. Then R rounds, the daemons' order alternating per
-round: RemoveImage of the N (untimed, then 0.5 s for what it scheduled), then PullImage of
-each, timed. Printed: per round and daemon the median wall and the daemon's CPU per call
+`.venv/bin/python bench/cri_pull_ab.py A_TREE [B_TREE] [--rounds R] [--images N]
+[--parallel P]`: A_TREE and B_TREE are source trees (`git archive <commit> | tar -x -C DIR`;
+B defaults to this checkout), each daemon started as `cri_write_ab.py` starts them (its tree
+first on PYTHONPATH). N small images (busybox's layer, each its own config) are pushed to a
+loopback registry; both daemons pull busybox first, so the layer is present. Then R rounds,
+the daemons' order alternating per round: RemoveImage of the N (untimed, then 0.5 s for what
+it scheduled), then PullImage of each, timed, P at a time (default 1; (f)'s two workers pull
+two at once). Printed: per round and daemon the median wall and the daemon's CPU per call
 (utime + stime of its threads: 10 ms clock ticks, so N >= 30), then the medians over rounds.
 """
 
@@ -20,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +40,7 @@ def main() -> None:
     p.add_argument("b", type=Path, nargs="?")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--images", type=int, default=40)
+    p.add_argument("--parallel", type=int, default=1, help="PullImages at a time")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="liner-cripab-", dir="/dev/shm"))
     (work / "registry").mkdir()
@@ -69,14 +72,17 @@ def main() -> None:
                     for ref in refs:
                         d.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=ref)))
                     time.sleep(0.5)
-                    times = []
-                    cpu0 = cpu_seconds(d.pid)
-                    for ref in refs:
+
+                    def timed(ref: str, d: object = d) -> float:
                         t0 = time.perf_counter()
-                        d.images.PullImage(
+                        d.images.PullImage(  # type: ignore[attr-defined]
                             pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300
                         )
-                        times.append(time.perf_counter() - t0)
+                        return time.perf_counter() - t0
+
+                    cpu0 = cpu_seconds(d.pid)
+                    with ThreadPoolExecutor(args.parallel) as pool:
+                        times = list(pool.map(timed, refs))
                     cpu = (cpu_seconds(d.pid) - cpu0) / len(refs) * 1000
                     wall = statistics.median(times) * 1000
                     walls[name].append(wall)

@@ -53,6 +53,8 @@ log = structlog.get_logger("linerd.pull")
 # A pull's lease outlives a daemon killed mid-pull by this much, then the collector ends it.
 LEASE_LIFETIME = timedelta(hours=24)
 _CONCURRENT_DOWNLOADS = 4
+# How many references' last resolved roots a puller remembers (`Puller._roots`).
+_ROOTS_KEPT = 1024
 _WRITE_CHUNK = 1 << 20
 
 
@@ -135,6 +137,8 @@ class _Job:
     source_label: tuple[str, str]  # the distribution source label: key, repository
     # The lease's creation, made while the reference resolves: awaited before any blob.
     lease_made: asyncio.Future[None]
+    # Config digest -> the snapshot label its record got as this pull stored it.
+    snapshot_labels: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # Judges the image before anything but its root is fetched and before its record exists:
@@ -193,6 +197,8 @@ class Puller:
         self._small_fetches = SingleFlight()
         self._download_slots = asyncio.Semaphore(_CONCURRENT_DOWNLOADS)
         self._live: dict[tuple[str, str], LiveBlob] = {}
+        # Reference -> the root digest it resolved to last (`_resolve`), oldest first.
+        self._roots: dict[str, str] = {}
         # The signature policy (set by the local Transfer service); raising refuses the pull.
         self.admit: Admit | None = None
 
@@ -246,14 +252,36 @@ class Puller:
         hosts = request.hosts if request.hosts is not None else self._hosts()
         return hosts.for_request(ref.host, request.plain_http, request.username, request.secret)
 
+    async def _resolve(self, job: _Job) -> tuple[Descriptor, bytes | None]:
+        """The root's descriptor, and its bytes when they came with it.
+
+        A root this store is likely to have (the reference's digest, or what the tag resolved
+        to last, is present) is asked with a HEAD, as containerd's resolver does: nothing to
+        download when it is still that. Otherwise one GET both resolves and fetches it, where
+        a HEAD would be followed by a GET of the same manifest."""
+        key = str(job.ref)
+        likely = job.ref.digest or self._roots.get(key)
+        if likely is not None and self._content.local.size(likely) is not None:
+            _, root = await job.client.resolve(job.ref)
+            body = None
+        else:
+            root, body = await job.client.resolve_and_fetch(job.ref)
+        self._roots.pop(key, None)
+        self._roots[key] = root.digest
+        if len(self._roots) > _ROOTS_KEPT:
+            del self._roots[next(iter(self._roots))]
+        return root, body
+
     async def _pull(self, job: _Job, request: PullRequest, snapshotter: str) -> Pulled:
-        _, root = await job.client.resolve(job.ref)
+        root, body = await self._resolve(job)
         await job.lease_made
         job.progress.add(root)
         if root.media_type in imagespec.INDEXES:
-            data = await self._fetch_small(job, root, "index")
+            data = await self._fetch_small(job, root, "index", fetched=body)
         else:
-            data = await self._fetch_small(job, root, "manifest", _manifest_labels(root))
+            data = await self._fetch_small(
+                job, root, "manifest", _manifest_labels(root), fetched=body
+            )
         if self.admit is not None:
             # Before layers are fetched or a record made: a refused image costs its root only,
             # which stays under this pull's lease for the collector.
@@ -302,7 +330,10 @@ class Puller:
                 raise InvalidArgument(
                     f"layer {layer.digest}: unsupported media type {layer.media_type!r}"
                 )
-        config_bytes = await self._fetch_small(job, manifest.config, "config")
+        stored_labels = self._snapshot_label(job, snapshotter) if unpack else None
+        config_bytes = await self._fetch_small(
+            job, manifest.config, "config", stored_labels=stored_labels
+        )
         config = imagespec.parse_config(config_bytes, manifest.config.digest)
         check_layers(desc, manifest, config)
         downloads = {
@@ -312,6 +343,25 @@ class Puller:
         if unpack:
             tasks.create_task(self._unpack(job, snapshotter, manifest, config, downloads))
         return PlatformImage(desc, manifest, config, config_bytes)
+
+    def _snapshot_label(
+        self, job: _Job, snapshotter: str
+    ) -> Callable[[Descriptor, bytes], dict[str, str]]:
+        """A config's label for its top snapshot, set as the config is stored when that
+        snapshot is known to exist already (its layers unpacked before: the unpack will find
+        them and make nothing), so `_unpack` need not label it in a transaction of its own."""
+        store = self._unpacker.snapshotter(snapshotter)
+
+        def labels_of(desc: Descriptor, data: bytes) -> dict[str, str]:
+            chain = imagespec.chain_ids(imagespec.parse_config(data, desc.digest).diff_ids)
+            if not chain or not store.known(job.namespace, chain[-1]):
+                return {}
+            labels = job.snapshot_labels[desc.digest] = gc_labels.snapshot_ref(
+                snapshotter, chain[-1]
+            )
+            return labels
+
+        return labels_of
 
     async def _children(
         self, job: _Job, root: Descriptor, data: bytes, request: PullRequest
@@ -355,9 +405,14 @@ class Puller:
         desc: Descriptor,
         kind: str,
         labels_of: Callable[[bytes], dict[str, str]] | None = None,
+        *,
+        fetched: bytes | None = None,
+        stored_labels: Callable[[Descriptor, bytes], dict[str, str]] | None = None,
     ) -> bytes:
-        """A manifest, index or config: from the store if there, else fetched and stored;
-        labelled with `labels_of` its bytes (in the transaction that records it, if any)."""
+        """A manifest, index or config: from the store if there, else fetched (or `fetched`,
+        its verified bytes already here) and stored; labelled with `labels_of` its bytes (in
+        the transaction that records it, if any), and with `stored_labels` if this pull
+        stores it."""
         documents.check_size(desc, kind)
         try:
             info = await self._content.info(job.namespace, desc.digest)  # no file: no query
@@ -379,7 +434,7 @@ class Puller:
 
         def fetch() -> Awaitable[bytes]:
             stored.append(True)
-            return self._fetch_and_store(job, desc, kind, labels_of)
+            return self._fetch_and_store(job, desc, kind, labels_of, fetched, stored_labels)
 
         data = await self._small_fetches.run((job.namespace, desc.digest), fetch)
         if not stored:
@@ -395,14 +450,20 @@ class Puller:
         desc: Descriptor,
         kind: str,
         labels_of: Callable[[bytes], dict[str, str]] | None,
+        fetched: bytes | None = None,
+        stored_labels: Callable[[Descriptor, bytes], dict[str, str]] | None = None,
     ) -> bytes:
-        if kind == "config":
+        if fetched is not None:
+            data = fetched
+        elif kind == "config":
             chunks = [c async for c in job.client.fetch_blob(job.ref, desc)]
             data = b"".join(chunks)
         else:
             data = await job.client.fetch_manifest(job.ref, desc)
         job.progress.fetched += len(data)
         extra = labels_of(data) if labels_of is not None else {}
+        if stored_labels is not None:
+            extra.update(stored_labels(desc, data))
         await self._store(job, f"{kind}-{desc.digest}", desc, data, extra)
         return data
 
@@ -545,7 +606,8 @@ class Puller:
             functools.partial(self._layer_reader, job),
             lambda digest, state: job.progress.update(digest, state=state),
         )
-        if chain:
+        labelled = job.snapshot_labels.get(manifest.config.digest, {})
+        if chain and labelled != gc_labels.snapshot_ref(snapshotter, chain[-1]):
             await self._label(
                 job, manifest.config.digest, gc_labels.snapshot_ref(snapshotter, chain[-1])
             )

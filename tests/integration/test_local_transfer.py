@@ -114,3 +114,48 @@ def test_pull_from_a_second_front_door(
     assert created.name == ref
     assert (_counted(metrics, "success"), _counted(metrics, "failure")) == (2.0, 1.0)
     assert len(scheduled) == 2  # and after the failed one: its lease ended
+
+
+def test_a_config_stored_over_present_layers_is_labelled_with_its_snapshot(
+    core: tuple[Core, Config], registry: Registry, busybox_layout: BusyboxLayout
+) -> None:
+    """A config fetched again (its record gone) while its layers' snapshots exist gets its
+    snapshot label in the transaction that records it; the label is the same as an unpack
+    gives it."""
+    c, config = core
+    ref = registry.ref("library/busybox:latest")
+    key = f"containerd.io/gc.ref.snapshot.{c.default_snapshotter}"
+    digest = busybox_layout.latest.config.digest
+
+    async def run() -> None:
+        transfer, _ = build(
+            c.content,
+            c.images,
+            c.leases,
+            c.snapshots,
+            c.default_snapshotter,
+            c.gc,
+            c.events,
+            Metrics(),
+            lambda: HostsConfig.from_dict({}),
+            Path(config.state) / "mnt",
+            Path(config.root) / "snapshots",
+        )
+        await transfer.pull(NAMESPACE, ref, plain_http=True)
+        top = (await c.content.info(NAMESPACE, digest)).labels[key]
+        await c.snapshots[c.default_snapshotter].stat(NAMESPACE, top)
+        await c.content.delete(NAMESPACE, digest)  # the record only: the snapshot stays
+        relabelled: list[str] = []
+        change_labels = c.content.change_labels
+
+        async def counted(namespace, digest_, change):  # type: ignore[no-untyped-def]
+            relabelled.append(digest_)
+            return await change_labels(namespace, digest_, change)
+
+        c.content.change_labels = counted  # type: ignore[method-assign]
+        again = await transfer.pull(NAMESPACE, ref, plain_http=True)
+        assert again.fetched == busybox_layout.latest.config.size  # the config, fetched again
+        assert (await c.content.info(NAMESPACE, digest)).labels[key] == top
+        assert digest not in relabelled  # no transaction of its own after the unpack
+
+    asyncio.run(run())

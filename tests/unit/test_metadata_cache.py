@@ -247,6 +247,34 @@ def test_image_cached_until_updated_or_deleted(db: CountingDatabase) -> None:
     run(body())
 
 
+def test_image_put_creates_updates_or_leaves_in_one_transaction(db: CountingDatabase) -> None:
+    store = ImageStore(db)
+    target = Descriptor("application/vnd.oci.image.manifest.v1+json", DIGEST, 10)
+    other = Descriptor(target.media_type, "sha256:" + "cd" * 32, 30)
+
+    async def body() -> None:
+        await store.create("ns", Image(name="old", target=target, labels={"keep": "1"}))
+        assert (await store.get("ns", "old")).target.size == 10  # now cached
+        before = db.transactions
+        put = await store.put(
+            "ns",
+            [
+                Image(name="new", target=target, labels={"a": "b"}),
+                Image(name="old", target=other, labels={"a": "b"}),
+            ],
+        )
+        assert db.transactions == before + 1
+        assert [(i.name, created) for i, created in put] == [("new", True), ("old", False)]
+        old = await store.get("ns", "old")  # the write dropped the cached record
+        assert (old.target.digest, old.labels) == (other.digest, {"keep": "1", "a": "b"})
+        generation = store.generation("ns")
+        again = await store.put("ns", [Image(name="new", target=target, labels={"a": "b"})])
+        assert [created for _, created in again] == [None]
+        assert store.generation("ns") == generation  # nothing written: the CRI's view stays
+
+    run(body())
+
+
 def test_namespace_labels_cached_until_changed(db: CountingDatabase) -> None:
     store = NamespaceStore(db)
 

@@ -45,7 +45,7 @@ from linerd import imagespec
 from linerd.content.documents import PlatformImage, read_image
 from linerd.core.types import Descriptor, Image
 from linerd.cri import NAMESPACE
-from linerd.errdefs import AlreadyExists, InvalidArgument, LinerError, NotFound
+from linerd.errdefs import InvalidArgument, LinerError, NotFound
 from linerd.remotes import reference
 from linerd.remotes.hosts import Credentials, HostsConfig
 
@@ -496,30 +496,12 @@ class CriImages:
         names = [resolved.config.digest]
         if not ref.digest:
             names.append(f"{ref.name}@{target.digest}")
-        # At once: the database thread takes them in turn, without a loop round trip between.
-        await asyncio.gather(*(self._record(record, target, labels) for record in names))
+        # One transaction (with the events `create` and `update` publish).
+        await self._images.put(
+            NAMESPACE, [Image(name=n, target=target, labels=dict(labels)) for n in names]
+        )
         log.info("pulled image", reference=str(ref), image_id=resolved.config.digest)
         return resolved.config.digest
-
-    async def _record(self, name: str, target: Descriptor, labels: dict[str, str]) -> None:
-        """Create the record `name` -> `target` with `labels`, or bring an existing one there."""
-        image = Image(name=name, target=target, labels=dict(labels))
-        try:
-            await self._images.create(NAMESPACE, image)
-            return
-        except AlreadyExists:
-            pass
-        try:
-            old = await self._images.get(NAMESPACE, name)
-        except NotFound:  # deleted meanwhile: create it again
-            await self._images.create(NAMESPACE, image)
-            return
-        if old.target.digest == target.digest and all(
-            old.labels.get(k) == v for k, v in labels.items()
-        ):
-            return
-        paths = ["target", *(f"labels.{k}" for k in labels)]
-        await self._images.update(NAMESPACE, image, paths)
 
     async def _resolve(self, target: Descriptor) -> Resolved | None:
         """What `target` is on this machine's platform; None if it is not an image here

@@ -120,6 +120,56 @@ class ImageStore:
 
         return await self._db.run(create)
 
+    async def put(self, namespace: str, wanted: list[Image]) -> list[tuple[Image, bool | None]]:
+        """Each of `wanted` created, or its record brought to its target with its labels set
+        (others kept), all in one transaction. Per image: its record and True (created),
+        False (updated) or None (it was so already: nothing written)."""
+        for image in wanted:
+            check(image)
+
+        def put_(conn: Connection) -> list[tuple[Image, bool | None]]:
+            ensure(conn, namespace)
+            now = datetime.now(UTC)
+            out: list[tuple[Image, bool | None]] = []
+            for image in wanted:
+                key = {"b_namespace": namespace, "b_name": image.name}
+                found = conn.execute(_GET, key).first()
+                if found is None:
+                    self._written(namespace, image.name)
+                    row: dict[str, Any] = {
+                        "namespace": namespace,
+                        "name": image.name,
+                        "labels": dict(image.labels),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    _set_target(row, image.target)
+                    conn.execute(insert(images), row)
+                    faults.point("image-create")
+                    out.append((_image(row), True))
+                    continue
+                row = dict(found._mapping)
+                labels = row["labels"]
+                if row["digest"] == image.target.digest and all(
+                    labels.get(k) == v for k, v in image.labels.items()
+                ):
+                    out.append((_image(row), None))
+                    continue
+                self._written(namespace, image.name)
+                _set_target(row, image.target)
+                row["labels"] = {**labels, **image.labels}
+                row["updated_at"] = now
+                conn.execute(
+                    update(images)
+                    .where(_KEY)
+                    .values({k: v for k, v in row.items() if k not in ("namespace", "name")}),
+                    key,
+                )
+                out.append((_image(row), False))
+            return out
+
+        return await self._db.run(put_)
+
     async def update(self, namespace: str, image: Image, paths: list[str]) -> Image:
         """No paths replaces labels and target; otherwise `labels[.<key>]`, `target`,
         `annotations[.<key>]` (the target's annotations)."""

@@ -250,6 +250,22 @@ class RegistryClient:
         assert last is not None
         raise last
 
+    async def resolve_and_fetch(self, ref: str | refs.Reference) -> tuple[Descriptor, bytes]:
+        """Resolve a tag or digest with one GET: the descriptor of the manifest or index and
+        its bytes, hashed here (a digest reference's digest and a Docker-Content-Digest are
+        checked against them). One request where `resolve` and `fetch_manifest` take two,
+        for a caller that will want the bytes (a pull of a manifest it does not have)."""
+        r = _ref(ref)
+        last: errdefs.LinerError | None = None
+        for ep in self._endpoints(r, "resolve"):
+            try:
+                return await self._get_manifest_at(ep, r)
+            except errdefs.LinerError as e:
+                log.debug("resolve failed at endpoint", host=ep.host, ref=str(r), error=str(e))
+                last = e
+        assert last is not None
+        raise last
+
     async def fetch_manifest(
         self,
         ref: str | refs.Reference,
@@ -402,6 +418,11 @@ class RegistryClient:
                     )
                 return Descriptor(media_type, digest, size)
         # HEAD said too little (or is not allowed): GET the manifest and hash it ourselves.
+        desc, _ = await self._get_manifest_at(ep, r)
+        return desc
+
+    async def _get_manifest_at(self, ep: Endpoint, r: refs.Reference) -> tuple[Descriptor, bytes]:
+        path = f"{r.repository}/manifests/{r.object}"
         resp = await self._request(ep, "GET", path, r, ACCEPT_MANIFESTS)
         try:
             cap = self.max_manifest_size
@@ -418,7 +439,7 @@ class RegistryClient:
         media_type = _media_type(resp.headers.get("Content-Type"))
         if media_type not in MANIFEST_MEDIA_TYPES:
             media_type = sniff_manifest_media_type(body)
-        return Descriptor(media_type, digest, len(body))
+        return Descriptor(media_type, digest, len(body)), body
 
     def _delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None:

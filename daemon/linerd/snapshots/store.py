@@ -427,6 +427,11 @@ class SnapshotStore:
                 directory.rename(doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
 
+    def known(self, namespace: str, key: str) -> bool:
+        """Whether `key` is in the stat cache: it existed at its last read or write (no
+        query; False says nothing)."""
+        return self._infos.get((namespace, key)) is not None
+
     async def stat(self, namespace: str, key: str) -> SnapshotInfo:
         cached = self._infos.get((namespace, key))
         if cached is not None:
