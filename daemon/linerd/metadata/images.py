@@ -65,6 +65,21 @@ def _copy(image: Image) -> Image:
     return dataclasses.replace(image, target=target, labels=dict(image.labels))
 
 
+def _insert(conn: Connection, namespace: str, image: Image, now: datetime) -> dict[str, Any]:
+    """A new image record (the caller checked there is none); its row."""
+    row: dict[str, Any] = {
+        "namespace": namespace,
+        "name": image.name,
+        "labels": dict(image.labels),
+        "created_at": now,
+        "updated_at": now,
+    }
+    _set_target(row, image.target)
+    conn.execute(insert(images), row)
+    faults.point("image-create")
+    return row
+
+
 class ImageStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -105,18 +120,7 @@ class ImageStore:
             ensure(conn, namespace)
             if conn.execute(_GET, {"b_namespace": namespace, "b_name": image.name}).first():
                 raise AlreadyExists(f"image {image.name!r} already exists")
-            now = datetime.now(UTC)
-            row: dict[str, Any] = {
-                "namespace": namespace,
-                "name": image.name,
-                "labels": dict(image.labels),
-                "created_at": now,
-                "updated_at": now,
-            }
-            _set_target(row, image.target)
-            conn.execute(insert(images), row)
-            faults.point("image-create")
-            return _image(row)
+            return _image(_insert(conn, namespace, image, datetime.now(UTC)))
 
         return await self._db.run(create)
 
@@ -136,17 +140,7 @@ class ImageStore:
                 found = conn.execute(_GET, key).first()
                 if found is None:
                     self._written(namespace, image.name)
-                    row: dict[str, Any] = {
-                        "namespace": namespace,
-                        "name": image.name,
-                        "labels": dict(image.labels),
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    _set_target(row, image.target)
-                    conn.execute(insert(images), row)
-                    faults.point("image-create")
-                    out.append((_image(row), True))
+                    out.append((_image(_insert(conn, namespace, image, now)), True))
                     continue
                 row = dict(found._mapping)
                 labels = row["labels"]
