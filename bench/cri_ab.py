@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, push_busybox_image, push_pause_image
-from cri_write_ab import tree_daemon
-from registry import Registry
+from cri_support import ip_forward_kept
+from trees import served_images, tree_daemon
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -106,19 +103,12 @@ def main() -> None:
     p.add_argument("--only", default="")
     args = p.parse_args()
     only = set(args.only.split(",")) if args.only else None
-    work = Path(tempfile.mkdtemp(prefix="liner-criab-", dir="/dev/shm"))
-    (work / "registry").mkdir()
-    reg = Registry("open", workdir=work / "registry")
-    reg.start()
-    try:
-        images = work / "images"
-        images.mkdir()
-        pause = push_pause_image(reg, images)
-        busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
+    with served_images("liner-criab-") as served:
+        work, pause, busybox = served.work, served.pause, served.busybox
         with ip_forward_kept(), contextlib.ExitStack() as stack:
             daemons, calls = [], []
             for name, tree in (("A", args.a), ("B", args.b)):
-                d = tree_daemon(stack, work / name, tree, pause, reg.host)
+                d = tree_daemon(stack, work / name, tree, pause, served.registry.host)
                 daemons.append(d)
                 calls.append(populate(d, busybox, pause, work / name, args.pods, args.per_pod))
             print(f"{args.pods} pods of {args.per_pod} in each of A={args.a} B={args.b}")
@@ -145,9 +135,6 @@ def main() -> None:
                     f"wall A {a_wall:.3f} B {b_wall:.3f} ms (B/A {b_wall / a_wall:.2f})",
                     flush=True,
                 )
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -35,10 +33,8 @@ from cri_support import (
     containerd_cri,
     ip_forward_kept,
     liner_cri,
-    push_busybox_image,
-    push_pause_image,
 )
-from registry import Registry
+from trees import served_images
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -104,20 +100,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     spy = "" if args.containerd else bench._py_spy()
-    work = Path(tempfile.mkdtemp(prefix="liner-criprof-", dir="/dev/shm"))
-    (work / "registry").mkdir()
-    reg = Registry("open", workdir=work / "registry")
-    reg.start()
-    try:
-        images = work / "images"
-        images.mkdir()
-        pause = push_pause_image(reg, images)
-        busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
-        extra = [push_busybox_image(reg, images, f"bench/cri-pull-{i}").ref() for i in range(40)]
+    with served_images("liner-criprof-", 40) as served:
+        work, pause, busybox = served.work, served.pause, served.busybox
+        extra = served.pulls
         daemon = (
-            containerd_cri(work / "containerd", pause, reg.host)
+            containerd_cri(work / "containerd", pause, served.registry.host)
             if args.containerd
-            else liner_cri(work / "liner", pause, reg.host, log_level="info")
+            else liner_cri(work / "liner", pause, served.registry.host, log_level="info")
         )
         with ip_forward_kept(), daemon as d:
             rt, im = d.runtime, d.images
@@ -215,9 +204,6 @@ def main() -> None:
                     spy,
                     unpull,
                 )
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,9 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, push_busybox_image, push_pause_image
-from cri_write_ab import tree_daemon
-from registry import Registry
+from cri_support import ip_forward_kept
+from trees import served_images, tree_daemon
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -42,21 +39,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--parallel", type=int, default=1, help="PullImages at a time")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="liner-cripab-", dir="/dev/shm"))
-    (work / "registry").mkdir()
-    reg = Registry("open", workdir=work / "registry")
-    reg.start()
-    try:
-        images = work / "images"
-        images.mkdir()
-        pause = push_pause_image(reg, images)
-        busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
-        refs = [
-            push_busybox_image(reg, images, f"bench/cri-pull-{i}").ref() for i in range(args.images)
-        ]
+    with served_images("liner-cripab-", args.images) as served:
+        work, pause, busybox = served.work, served.pause, served.busybox
+        refs = served.pulls
         with ip_forward_kept(), contextlib.ExitStack() as stack:
             daemons = {
-                name: tree_daemon(stack, work / name, tree, pause, reg.host)
+                name: tree_daemon(stack, work / name, tree, pause, served.registry.host)
                 for name, tree in (("A", args.a), ("B", args.b))
             }
             for d in daemons.values():
@@ -93,9 +81,6 @@ def main() -> None:
             print(f"medians over {args.rounds} rounds of {len(refs)} calls:")
             print(f"  wall A {wa:6.2f}  B {wb:6.2f}  B/A {wb / wa:5.2f}")
             print(f"  CPU  A {ca:6.2f}  B {cb:6.2f}  B/A {cb / ca:5.2f}")
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

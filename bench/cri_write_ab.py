@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -37,8 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: F401  (puts the tests' harnesses on sys.path)
 from cri import cpu_seconds
-from cri_support import ip_forward_kept, liner_cri, push_busybox_image, push_pause_image
-from registry import Registry
+from cri_support import ip_forward_kept
+from trees import served_images, tree_daemon
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -56,28 +53,6 @@ CALLS = (
 )
 # Exits at once on TERM: StopContainer measures a real stop.
 SCRIPT = "trap 'exit 0' TERM; sleep 3600 & wait"
-
-
-def pythonpath(tree: Path) -> str:
-    return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
-
-
-def tree_daemon(
-    stack: contextlib.ExitStack, base: Path, tree: Path | None, pause: str, registry: str
-) -> Any:
-    """A CRI linerd in `base` (made here) running `tree`'s code, this checkout's if None;
-    stopped when `stack` closes."""
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
-    try:
-        base.mkdir()
-        return stack.enter_context(liner_cri(base, pause, registry, log_level="info"))
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 class Recorder:
@@ -202,18 +177,11 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=40)
     p.add_argument("--parallel", type=int, default=1, help="pods at once per daemon (critest: 2)")
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="liner-criwab-", dir="/dev/shm"))
-    (work / "registry").mkdir()
-    reg = Registry("open", workdir=work / "registry")
-    reg.start()
-    try:
-        images = work / "images"
-        images.mkdir()
-        pause = push_pause_image(reg, images)
-        busybox = push_busybox_image(reg, images, "bench/cri-busybox").ref()
+    with served_images("liner-criwab-") as served:
+        work, pause, busybox = served.work, served.pause, served.busybox
         with ip_forward_kept(), contextlib.ExitStack() as stack:
             daemons = {
-                name: tree_daemon(stack, work / name, tree, pause, reg.host)
+                name: tree_daemon(stack, work / name, tree, pause, served.registry.host)
                 for name, tree in (("A", args.a), ("B", args.b))
             }
             for d in daemons.values():
@@ -246,9 +214,6 @@ def main() -> None:
                 ca, cb = (statistics.mean(rec.cpu[(n, call)]) * 1000 for n in "AB")
                 cpu_ratio = f"{cb / ca:5.2f}" if ca else "    -"
                 print(f"{call:17} {walls}   {ca:6.2f} {cb:6.2f} {cpu_ratio}")
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,10 +33,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # also puts the tests' harnesses on sys.path
 from cri import Driver, Outcome, Pod, Shape
-from cri_support import ip_forward_kept, push_busybox_image, push_pause_image
-from cri_write_ab import pythonpath, tree_daemon
+from cri_support import ip_forward_kept
 from procs import cmdlines, mem_kb
-from registry import Registry
+from trees import served_images, tree_code, tree_daemon
 
 from liner_api.runtime.v1 import api_pb2 as pb
 
@@ -94,16 +92,8 @@ def cri_round(work: Path, tree: Path | None, refs: dict[str, Any], pods: int) ->
 
 
 def ctr_round(work: Path, tree: Path | None, busybox: str, n: int) -> dict[str, float]:
-    saved = os.environ.get("PYTHONPATH")
-    if tree is not None:
-        os.environ["PYTHONPATH"] = pythonpath(tree.resolve())
-    try:
+    with tree_code(tree):
         d = bench.LinerDaemon(work)
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
     try:
         d.ctr("images", "pull", "--plain-http", busybox)
         ids = []
@@ -138,22 +128,15 @@ def main() -> None:
     b_env = dict(kv.split("=", 1) for kv in args.b_env)
     global HOLD
     HOLD = args.hold
-    work = Path(tempfile.mkdtemp(prefix="liner-memab-", dir="/dev/shm"))
-    (work / "registry").mkdir()
-    reg = Registry("open", workdir=work / "registry")
-    reg.start()
     trees = {"A": args.a, "B": args.b}
     results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
-    try:
-        images = work / "images"
-        images.mkdir()
+    with served_images("liner-memab-", 2) as served:
+        work = served.work
         refs = {
-            "registry": reg.host,
-            "pause": push_pause_image(reg, images),
-            "busybox": push_busybox_image(reg, images, "bench/cri-busybox").ref(),
-            "pulls": [
-                push_busybox_image(reg, images, f"bench/cri-pull-{i}").ref() for i in range(2)
-            ],
+            "registry": served.registry.host,
+            "pause": served.pause,
+            "busybox": served.busybox,
+            "pulls": served.pulls,
         }
         with ip_forward_kept():
             for r in range(args.rounds):
@@ -180,9 +163,6 @@ def main() -> None:
             a = statistics.mean(r[key] for r in results["A"])
             b = statistics.mean(r[key] for r in results["B"])
             print(f"{key}: A {a:.2f} B {b:.2f} (B-A {b - a:+.2f})")
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import bench
 import pulls
+import trees
 from registry import Registry
 
 CPUACCT = Path("/sys/fs/cgroup/cpuacct")
@@ -79,25 +80,14 @@ def own_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def pythonpath(tree: Path) -> str:
-    return ":".join(str(tree / d) for d in ("daemon", "api", "common", "client"))
-
-
 class TreeLiner(bench.LinerDaemon):
     """A linerd (and `liner` CLI) running the code of `tree`."""
 
     def __init__(self, base: Path, tree: Path, name: str) -> None:
         self.name = name
-        env = {**os.environ, "PYTHONPATH": pythonpath(tree.resolve())}
-        saved = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
-        try:
+        with trees.tree_code(tree):
             super().__init__(base)
-        finally:
-            if saved is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = saved
+            env = dict(os.environ)
         # The tree's CLI: its start-up is part of an A/B of `liner images pull`.
         self.liner_cli = [sys.executable, "-m", "liner.cli"]
         self.liner_env = env
