@@ -89,6 +89,10 @@ def populate(d: Any, busybox: str, pause: str, work: Path, pods: int, per_pod: i
         ),
         "ListImages": lambda: im.ListImages(pb.ListImagesRequest()),
         "Version": lambda: rt.Version(pb.VersionRequest()),
+        # A kubelet exec probe's call (the CPU column is the daemon's only, not runc's).
+        "ExecSync": lambda: rt.ExecSync(
+            pb.ExecSyncRequest(container_id=cids[0], cmd=["/bin/true"], timeout=10), timeout=30
+        ),
     }
 
 

@@ -1107,3 +1107,64 @@ def test_container_log_survives_a_daemon_restart(env: Env) -> None:
         run(second())
     finally:
         go.unlink(missing_ok=True)
+
+
+def _parent_exe(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    ppid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+    return os.path.basename(os.readlink(f"/proc/{ppid}/exe"))
+
+
+def test_direct_exec_runs_under_the_runtime_without_a_monitor(env: Env) -> None:
+    """A direct exec (ExecSync's): `runc exec` is the process's parent and reports its exit,
+    no conmon runs; output, exit codes, a kill, a failed start and a terminal refused. A
+    restart forgets it (its caller, waiting for it, went with the daemon)."""
+    exits: list[tuple[Any, ...]] = []
+    env.rt.on_exit(lambda *a: exits.append((a[2], a[4])))
+
+    async def body() -> None:
+        await env.create("x", "sleep", "30")
+        await env.rt.start(env.ns, "x")
+
+        f = Fifos(env.tmp / "io", "d1")
+        spec = env.spec("x", "sh", "-c", "echo out; echo err >&2; exit 5")["process"]
+        await env.rt.exec(env.ns, "x", "d1", spec, stdout=f.stdout, stderr=f.stderr,
+                          direct=True)  # fmt: skip
+        await env.rt.start_exec(env.ns, "x", "d1")
+        assert (await env.rt.wait(env.ns, "x", "d1")).exit_status == 5
+        assert f.output() == (b"out\n", b"err\n")
+        await env.rt.delete_exec(env.ns, "x", "d1")
+
+        await env.rt.exec(env.ns, "x", "d2", env.spec("x", "sleep", "30")["process"],
+                          direct=True)  # fmt: skip
+        pid = await env.rt.start_exec(env.ns, "x", "d2")
+        assert _parent_exe(pid) == "runc"
+        assert env.rt.state(env.ns, "x", "d2").status == TaskStatus.RUNNING
+        assert {p.pid for p in await env.rt.pids(env.ns, "x")} >= {pid}
+        await env.rt.kill_exec(env.ns, "x", "d2", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "x", "d2")).exit_status == 137
+        await env.rt.delete_exec(env.ns, "x", "d2")
+        assert [e for e in exits if e[0]] == [("d1", 5), ("d2", 137)]
+
+        await env.rt.exec(env.ns, "x", "d3", env.spec("x", "nosuch")["process"], direct=True)
+        with pytest.raises(FailedPrecondition, match="nosuch"):
+            await env.rt.start_exec(env.ns, "x", "d3")
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "x", "d3")
+        with pytest.raises(InvalidArgument):
+            await env.rt.exec(env.ns, "x", "d4", spec, terminal=True, direct=True)
+
+        await env.rt.exec(env.ns, "x", "d5", env.spec("x", "sleep", "30")["process"],
+                          direct=True)  # fmt: skip
+        pid = await env.rt.start_exec(env.ns, "x", "d5")
+        await env.rt.close()
+        env.rt = TaskRuntime(env.state)
+        await env.rt.recover_all()
+        with pytest.raises(NotFound):
+            env.rt.state(env.ns, "x", "d5")
+        os.kill(pid, signal.SIGKILL)
+        await env.rt.kill(env.ns, "x", signal.SIGKILL)
+        assert (await env.rt.wait(env.ns, "x")).exit_status == 137
+        await env.rt.delete(env.ns, "x")
+
+    run(body())

@@ -108,6 +108,7 @@ async def run(
             exec_id,
             json.dumps(process).encode(),
             Stdio(stdout=str(out), stderr=str(err)),
+            direct=True,
         )
         added = True
         await tasks.start(namespace, container_id, exec_id)

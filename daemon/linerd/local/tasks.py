@@ -264,9 +264,17 @@ class Tasks:
             await self.runtime.kill(namespace, container_id, signal, all)
 
     async def exec(
-        self, namespace: str, container_id: str, exec_id: str, spec: bytes, stdio: Stdio
+        self,
+        namespace: str,
+        container_id: str,
+        exec_id: str,
+        spec: bytes,
+        stdio: Stdio,
+        *,
+        direct: bool = False,
     ) -> None:
-        """Add exec `exec_id` (process spec as JSON); `start` runs it."""
+        """Add exec `exec_id` (process spec as JSON); `start` runs it. `direct`: the caller
+        waits for it (ExecSync), so it runs without a monitor (TaskRuntime.exec)."""
         if not exec_id:
             raise InvalidArgument("exec id must not be empty")
         process = _json(spec, "exec process spec")
@@ -279,6 +287,7 @@ class Tasks:
             stdio.stdout,
             stdio.stderr,
             stdio.terminal,
+            direct=direct,
         )
         self._publisher.publish(
             namespace,

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import termios
 import time
 import uuid as uuidlib
@@ -66,8 +67,11 @@ from linerd.runtime import cgroups, runcstate
 from linerd.runtime.conmon import (
     RuntimeCommandError,
     Spawned,
+    clean_env,
     is_monitor,
+    read_pidfile,
     run_runtime,
+    runtime_message,
     spawn,
     stop_monitor,
 )
@@ -156,7 +160,13 @@ class _Proc:
     stdio: OpenedStdio | None = None
     relay: TtyRelay | None = None
     sync_fd: int = -1
-    pidfd: int = -1  # conmon's
+    pidfd: int = -1  # conmon's (a direct exec's: its `runtime exec`'s)
+    # A direct exec (`exec(direct=True)`): `runtime exec` is linerd's own child and waits for
+    # the process itself; no conmon, no exit file.
+    direct: bool = False
+    runner: subprocess.Popen[bytes] | None = None
+    runner_code: int | None = None  # its exit code once reaped
+    pid_event: asyncio.Event | None = None  # while starting: the pid file or the runner's exit
     proc_pidfd: int = -1  # the exec'd process (race-free kill)
     winsize: tuple[int, int] | None = None  # (rows, cols): the last ResizePty (TTY only)
     ctl_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one ctl line at a time
@@ -349,6 +359,9 @@ class TaskRuntime:
         """Watch the exit dir (and the persist dir for OOM) and hold a pidfd on conmon. Then
         look at the exit file once: an exit before the watch existed is not lost."""
         loop = self._ensure_loop()
+        if p.direct:
+            self._track_direct(p)
+            return
         assert self._ino is not None
         watches = [(p.exit_file.parent, IN_MOVED_TO | IN_CLOSE_WRITE, "exit")]
         if persist is not None:
@@ -383,6 +396,35 @@ class TaskRuntime:
         if not self._check_exit(p) and p.monitor_done.is_set():
             self._set_exit(p, MONITOR_LOST_STATUS, _now(), lost=True)
 
+    def _track_direct(self, p: _Proc) -> None:
+        """A started direct exec: the runner reaps the process, so the process's pid is ours
+        while the runner has not exited; the runner's exit is the process's."""
+        if p.runner_code is not None:
+            self._set_direct_exit(p)
+            return
+        with contextlib.suppress(OSError):
+            p.proc_pidfd = os.pidfd_open(p.pid)
+
+    def _on_runner_exit(self, p: _Proc) -> None:
+        assert self._loop is not None and p.runner is not None
+        self._loop.remove_reader(p.pidfd)
+        os.close(p.pidfd)
+        p.pidfd = -1
+        p.runner_code = p.runner.wait()  # exited: no wait
+        p.runner = None
+        if p.started:
+            self._set_direct_exit(p)
+        elif p.pid_event is not None:
+            p.pid_event.set()  # the start decides: a pid file, or a failed start
+
+    def _set_direct_exit(self, p: _Proc) -> None:
+        code = p.runner_code
+        assert code is not None
+        p.monitor_done.set()
+        # The runtime exits with the process's status (128 + signal if it was killed); a
+        # negative code is the runtime itself killed by a signal.
+        self._set_exit(p, code if code >= 0 else 128 - code, _now())
+
     def _on_inotify(self) -> None:
         assert self._ino is not None
         for wd, mask, name in self._ino.read():
@@ -395,6 +437,8 @@ class TaskRuntime:
             p, kind = entry
             if kind == "exit" and name == p.task.id:
                 self._check_exit(p)
+            elif kind == "pid" and p.pid_event is not None:
+                p.pid_event.set()
             elif kind == "persist" and name == "oom":
                 task = p.task
                 log.info("task oom", namespace=task.namespace, id=task.id)
@@ -990,11 +1034,20 @@ class TaskRuntime:
         stdout: str = "",
         stderr: str = "",
         terminal: bool = False,
+        *,
+        direct: bool = False,
     ) -> None:
-        """Prepare an exec (stdio opened, process.json written); start_exec runs it."""
+        """Prepare an exec (stdio opened, process.json written); start_exec runs it.
+
+        `direct`: for a caller that waits for the exec (the CRI's ExecSync). The runtime's
+        `exec` then runs as linerd's child and waits for the process itself, without a conmon
+        (here ~6 ms and a fifth of the CPU less per exec). Such an exec does not outlive the
+        daemon: after a restart it is gone from the task (the process runs on to its end)."""
         _validate_id("exec id", exec_id)
         if not isinstance(process_spec, dict) or not _is_args(process_spec.get("args")):
             raise InvalidArgument("process spec must have non-empty string args")
+        if direct and (terminal or stdin):
+            raise InvalidArgument("a direct exec has no terminal and no stdin")
         task = self._get(namespace, id)
         async with task.lock:
             if exec_id in task.execs:
@@ -1002,7 +1055,7 @@ class TaskRuntime:
             if task.init.exit is not None:
                 raise FailedPrecondition(f"task {id}: process already finished")
             p = _Proc(task, exec_id, task.bundle / "x" / exec_id, uuidlib.uuid4().hex[:12],
-                      stdin, stdout, stderr, terminal)  # fmt: skip
+                      stdin, stdout, stderr, terminal, direct=direct)  # fmt: skip
             spec = {**process_spec, "terminal": terminal}
             await asyncio.to_thread(self._prepare_exec, p, spec)
             task.execs[exec_id] = p
@@ -1035,7 +1088,10 @@ class TaskRuntime:
                 raise FailedPrecondition(f"exec {exec_id}: already started")
             size = p.winsize
             try:
-                spawned = await asyncio.to_thread(self._start_exec_sync, task, p, size)
+                if p.direct:
+                    spawned = await self._start_direct(task, p)
+                else:
+                    spawned = await asyncio.to_thread(self._start_exec_sync, task, p, size)
             except BaseException:
                 task.execs.pop(exec_id, None)
                 self._release(p)
@@ -1051,7 +1107,8 @@ class TaskRuntime:
                 # written). From here on resize_pty writes the ctl FIFO itself.
                 with contextlib.suppress(FailedPrecondition):
                     await self._send_winsize(p, p.winsize)
-            await asyncio.to_thread(_write_json, p.dir / "meta.json", p.meta())
+            if not p.direct:  # a direct exec's meta stays "never started": a restart drops it
+                await asyncio.to_thread(_write_json, p.dir / "meta.json", p.meta())
         return p.pid
 
     def _start_exec_sync(self, task: _Task, p: _Proc, size: tuple[int, int] | None) -> Spawned:
@@ -1076,6 +1133,77 @@ class TaskRuntime:
             relay.connect(self.stdio_timeout)  # no-op: connected during the handshake
             relay.run()
         return spawned
+
+    async def _start_direct(self, task: _Task, p: _Proc) -> Spawned:
+        """Run `<runtime> exec` (not detached: it waits for the process and exits with its
+        status) and return once it wrote the process's pid file, or failed. The pid file is
+        awaited through the shared inotify: an inotify of its own would cost its close, which
+        waits for an RCU grace period (4-16 ms here)."""
+        loop = self._ensure_loop()
+        assert self._ino is not None
+        pidfile = p.dir / "pidfile"
+        p.pid_event = asyncio.Event()
+        wd = self._ino.add_watch(str(p.dir), IN_MOVED_TO | IN_CLOSE_WRITE)
+        self._wds[wd] = (p, "pid")
+        try:
+            p.runner = await asyncio.to_thread(self._spawn_direct_sync, task, p, pidfile)
+            p.pidfd = os.pidfd_open(p.runner.pid)
+            loop.add_reader(p.pidfd, self._on_runner_exit, p)
+            pid = 0
+            try:
+                async with asyncio.timeout(self.create_timeout):
+                    while pid <= 0 and p.runner_code is None:
+                        p.pid_event.clear()
+                        pid = read_pidfile(pidfile)
+                        if pid <= 0:
+                            await p.pid_event.wait()
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"runtime exec did not start the process in {self.create_timeout:g}s"
+                ) from None
+            pid = pid or read_pidfile(pidfile)  # written before the runner exited, or not
+            if pid <= 0:
+                logged = ""
+                with contextlib.suppress(OSError):
+                    logged = runtime_message((p.dir / "runtime.log").read_text(errors="replace"))
+                raise FailedPrecondition(logged or "runtime exec failed before the process ran")
+            return Spawned(pid=pid, conmon_pid=0, sync_fd=-1)
+        except BaseException:
+            if p.pidfd >= 0:
+                loop.remove_reader(p.pidfd)
+                os.close(p.pidfd)
+                p.pidfd = -1
+            runner, p.runner = p.runner, None
+            if runner is not None:  # timed out or cancelled: it goes
+                with contextlib.suppress(OSError):
+                    runner.kill()
+                await asyncio.to_thread(runner.wait)
+            raise
+        finally:
+            p.pid_event = None
+            self._wds.pop(wd, None)
+            self._ino.rm_watch(wd)
+
+    def _spawn_direct_sync(self, task: _Task, p: _Proc, pidfile: Path) -> subprocess.Popen[bytes]:
+        argv = [*task.cmd, "--log", str(p.dir / "runtime.log"), "--log-format", "json",
+                "exec", "--process", str(p.dir / "process.json"), "--pid-file", str(pidfile),
+                task.id]  # fmt: skip
+        stdio = p.stdio
+        assert stdio is not None
+        devnull = subprocess.DEVNULL
+        try:
+            runner = subprocess.Popen(
+                argv,
+                stdin=devnull,
+                stdout=devnull if stdio.stdout is None else stdio.stdout,
+                stderr=devnull if stdio.stderr is None else stdio.stderr,
+                env=clean_env(),
+                close_fds=True,
+            )
+        except OSError as e:
+            raise FailedPrecondition(f"runtime binary {argv[0]}: {e}") from e
+        stdio.close_child_fds()  # the runner and the process have their own
+        return runner
 
     def _remove_exec_sync(self, p: _Proc) -> None:
         with contextlib.suppress(FileNotFoundError):
