@@ -122,6 +122,9 @@ class Config:
     registry: dict[str, Any] = field(default_factory=dict)
     # The runtime that containerd's runc shim names (io.containerd.runc.v2) select.
     default_runtime: str = "runc"
+    # The nice value of the event loop's thread, which answers every call (-20 to 0; 0 = as
+    # started). Only that thread: what it starts, threads and processes, runs at nice 0.
+    loop_nice: int = -10
     # More runtimes: [runtimes.<name>] path = "...", args = [...]; runc and crun are built in.
     runtimes: dict[str, Any] = field(default_factory=dict)
     cri: CriConfig = field(default_factory=CriConfig)
@@ -201,6 +204,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"policy.{name} must be an absolute path")
     if config.gc.interval <= 0:
         raise ConfigError("gc.interval must be positive")
+    if not -20 <= config.loop_nice <= 0:
+        raise ConfigError("loop_nice must be -20 to 0")
     _validate_cri(config.cri)
     return config
 

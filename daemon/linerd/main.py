@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import structlog
 
-    from linerd import log
+    from linerd import log, priority
     from linerd.server import Daemon, StartupError
 
     try:
@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     # long. At 1 ms, with 200 running and 10 clients creating and removing (bench (g)), the
     # Lists' p99 fell ~1.5x and the clients completed ~1.5x as many cycles.
     sys.setswitchinterval(0.001)
+    why_not = priority.prioritize_loop(daemon.config.loop_nice)
+    if why_not:
+        structlog.get_logger("linerd").info("event loop at its start's priority", why=why_not)
     try:
         asyncio.run(daemon.run())
     except StartupError as e:

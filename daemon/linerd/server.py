@@ -37,7 +37,7 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.policy.v1 import policy_pb2, policy_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-from linerd import systemd
+from linerd import priority, systemd
 from linerd.assembly import Core, build_core
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.errdefs import LinerError
@@ -498,6 +498,8 @@ class Daemon:
             await server.start()
         finally:
             os.umask(old_umask)
+        if os.getpriority(os.PRIO_PROCESS, 0) == config.loop_nice != 0:
+            priority.prioritize_native_threads(config.loop_nice)  # grpc's, with the loop's
         if config.grpc.gid:
             os.chown(address, -1, config.grpc.gid)
         os.chmod(address, 0o660)

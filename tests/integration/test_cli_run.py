@@ -657,3 +657,37 @@ def test_event_payloads_decode() -> None:
         "labels": {"a": "b"},
     }
     assert decode("unknown.Type", b"") is None
+
+
+def _nice(pid: int, tid: int | None = None) -> int:
+    stat = Path(f"/proc/{pid}/task/{tid or pid}/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
+
+
+def test_only_the_serving_threads_run_at_the_loop_priority(daemon: Linerd, image: str) -> None:
+    """The event loop's thread and grpc's run at loop_nice (-10 by default); the daemon's
+    other threads, conmon, runc and the container, and an exec's process, at nice 0."""
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    assert _nice(pid) == -10  # the main thread: the event loop's
+    threads = {int(t): Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+               for t in os.listdir(f"/proc/{pid}/task")}  # fmt: skip
+    # Python's threads keep the process's name; grpc names its own (event_engine, ...).
+    python = [t for t, comm in threads.items() if comm == threads[pid] and t != pid]
+    grpc = [t for t, comm in threads.items() if comm != threads[pid]]
+    assert python and all(_nice(pid, t) == 0 for t in python)  # the database's, workers'
+    assert grpc and all(_nice(pid, t) == -10 for t in grpc)
+
+    done = run(daemon, "run", "-d", image, "nice1", "sleep", "60")
+    assert done.returncode == 0, done.stderr
+    task_pid = int(tasks(daemon)["nice1"][0])
+    assert _nice(task_pid) == 0
+    conmon = int(Path(f"/proc/{task_pid}/status").read_text().split("PPid:")[1].split()[0])
+    assert Path(f"/proc/{conmon}/comm").read_text().strip() == "conmon" and _nice(conmon) == 0
+    done = run(daemon, "tasks", "exec", "--exec-id", "n1", "nice1", "sh", "-c",
+               "cut -d' ' -f19 /proc/self/stat")  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "0\n")
+    ok(liner(daemon.address, "tasks", "kill", "-s", "KILL", "nice1"))
+    wait_for(lambda: tasks(daemon)["nice1"][1] == "STOPPED", 10, "the task to stop")
+    ok(liner(daemon.address, "tasks", "rm", "nice1"))
+    ok(liner(daemon.address, "containers", "rm", "nice1"))

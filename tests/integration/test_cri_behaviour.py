@@ -188,6 +188,9 @@ def test_dns_config_and_hostname(cri: CriDaemon, image: str, tmp_path: Path, pid
         assert "options ndots:8" in resolv, resolv
         assert pod.exec(cid, "hostname").stdout == b"test-hostname\n"
         assert pod.exec(cid, "cat", "/etc/hostname").stdout == b"test-hostname\n"
+        # The container and an exec run at nice 0 (liner's event loop runs at -10).
+        nice = pod.exec(cid, "sh", "-c", "cut -d' ' -f19 /proc/self/stat /proc/1/stat")
+        assert nice.stdout == b"0\n0\n"
 
 
 def _get(host: str, port: int) -> bytes:
