@@ -33,10 +33,12 @@ def prioritize_loop(nice: int) -> str:
     return ""
 
 
-def prioritize_native_threads(nice: int) -> None:
-    """Give `nice` to the threads Python did not start (grpc's: its I/O and timers), once the
-    server runs. The threads they start later inherit it; none of them starts a process."""
-    python = {t.native_id for t in threading.enumerate()}
+def prioritize_grpc_threads(nice: int) -> None:
+    """Give `nice` to grpc's threads once the server runs: those Python did not start (its
+    socket I/O and timers) and grpc.aio's poller (a Python thread running `_poll_wrapper`,
+    which hands each completion to the loop). The threads they start later inherit it; none
+    of them starts a process."""
+    python = {t.native_id for t in threading.enumerate() if not t.name.endswith("(_poll_wrapper)")}
     for name in os.listdir("/proc/self/task"):
         tid = int(name)
         if tid not in python:

@@ -499,7 +499,7 @@ class Daemon:
         finally:
             os.umask(old_umask)
         if os.getpriority(os.PRIO_PROCESS, 0) == config.loop_nice != 0:
-            priority.prioritize_native_threads(config.loop_nice)  # grpc's, with the loop's
+            priority.prioritize_grpc_threads(config.loop_nice)  # grpc's, with the loop's
         if config.grpc.gid:
             os.chown(address, -1, config.grpc.gid)
         os.chmod(address, 0o660)
