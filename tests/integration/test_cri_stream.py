@@ -835,6 +835,12 @@ def test_execs_a_previous_daemon_left_are_ended_at_start(tmp_path: Path) -> None
             assert core.local.tasks.state(namespace, cid, other).status == TaskStatus.RUNNING
         finally:
             await env.handler.close()
+            # The task's delete refuses while an exec runs: end ctr's exec first, or its
+            # exit may come after the delete and leave the task and its rootfs mounted.
+            with contextlib.suppress(LinerError):
+                await core.local.tasks.kill(namespace, cid, signal.SIGKILL, exec_id=other)
+                await core.local.tasks.wait(namespace, cid, other)
+                await core.local.tasks.delete_process(namespace, cid, other)
             await remove(env, cid)
             await core.runtime.close()
             core.db.close()

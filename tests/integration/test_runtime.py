@@ -1135,6 +1135,7 @@ def test_direct_exec_runs_under_the_runtime_without_a_monitor(env: Env) -> None:
         assert f.output() == (b"out\n", b"err\n")
         await env.rt.delete_exec(env.ns, "x", "d1")
 
+        fds = len(os.listdir("/proc/self/fd"))
         await env.rt.exec(env.ns, "x", "d2", env.spec("x", "sleep", "30")["process"],
                           direct=True)  # fmt: skip
         pid = await env.rt.start_exec(env.ns, "x", "d2")
@@ -1144,6 +1145,7 @@ def test_direct_exec_runs_under_the_runtime_without_a_monitor(env: Env) -> None:
         await env.rt.kill_exec(env.ns, "x", "d2", signal.SIGKILL)
         assert (await env.rt.wait(env.ns, "x", "d2")).exit_status == 137
         await env.rt.delete_exec(env.ns, "x", "d2")
+        assert len(os.listdir("/proc/self/fd")) == fds  # its pidfds closed
         assert [e for e in exits if e[0]] == [("d1", 5), ("d2", 137)]
 
         await env.rt.exec(env.ns, "x", "d3", env.spec("x", "nosuch")["process"], direct=True)

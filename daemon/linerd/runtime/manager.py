@@ -1099,8 +1099,9 @@ class TaskRuntime:
                 raise
             p.pid, p.conmon_pid, p.sync_fd = spawned.pid, spawned.conmon_pid, spawned.sync_fd
             p.started = True
-            with contextlib.suppress(OSError):
-                p.proc_pidfd = os.pidfd_open(p.pid)
+            if not p.direct:  # a direct exec's: in _track_direct, while its runner runs
+                with contextlib.suppress(OSError):
+                    p.proc_pidfd = os.pidfd_open(p.pid)
             self._track(p)
             if p.winsize is not None and p.winsize != size and p.exit is None:
                 # A resize that came while the exec was being spawned (after process.json was
