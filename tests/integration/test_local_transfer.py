@@ -19,7 +19,7 @@ from linerd.config import Config
 from linerd.content.documents import read_image
 from linerd.errdefs import NotFound
 from linerd.events import Exchange
-from linerd.local.transfer import build
+from linerd.local.transfer import LocalTransfer, build
 from linerd.metrics import Metrics
 from linerd.remotes.hosts import HostsConfig
 
@@ -51,6 +51,24 @@ def core(tmp_path: Path) -> Iterator[tuple[Core, Config]]:
     built.db.close()
 
 
+def _transfer(c: Core, config: Config, metrics: Metrics) -> LocalTransfer:
+    """The local Transfer service over `c`'s stores, as the daemon builds it."""
+    transfer, _ = build(
+        c.content,
+        c.images,
+        c.leases,
+        c.snapshots,
+        c.default_snapshotter,
+        c.gc,
+        c.events,
+        metrics,
+        lambda: HostsConfig.from_dict({}),
+        Path(config.state) / "mnt",
+        Path(config.root) / "snapshots",
+    )
+    return transfer
+
+
 def _counted(metrics: Metrics, outcome: str) -> float:
     line = f'liner_pulls_total{{outcome="{outcome}"}}'
     for text in metrics.render().decode().splitlines():
@@ -72,19 +90,7 @@ def test_pull_from_a_second_front_door(
     ref = registry.ref("library/busybox:latest")
 
     async def run() -> None:
-        transfer, _ = build(
-            c.content,
-            c.images,
-            c.leases,
-            c.snapshots,
-            c.default_snapshotter,
-            c.gc,
-            c.events,
-            metrics,
-            lambda: HostsConfig.from_dict({}),
-            Path(config.state) / "mnt",
-            Path(config.root) / "snapshots",
-        )
+        transfer = _transfer(c, config, metrics)
         first = await transfer.pull(NAMESPACE, ref, plain_http=True)
         assert first.created and first.image.name == ref and first.fetched > 0
         # A new record references all the pull's lease held: nothing to collect (nor does
@@ -128,19 +134,7 @@ def test_a_config_stored_over_present_layers_is_labelled_with_its_snapshot(
     digest = busybox_layout.latest.config.digest
 
     async def run() -> None:
-        transfer, _ = build(
-            c.content,
-            c.images,
-            c.leases,
-            c.snapshots,
-            c.default_snapshotter,
-            c.gc,
-            c.events,
-            Metrics(),
-            lambda: HostsConfig.from_dict({}),
-            Path(config.state) / "mnt",
-            Path(config.root) / "snapshots",
-        )
+        transfer = _transfer(c, config, Metrics())
         await transfer.pull(NAMESPACE, ref, plain_http=True)
         top = (await c.content.info(NAMESPACE, digest)).labels[key]
         await c.snapshots[c.default_snapshotter].stat(NAMESPACE, top)

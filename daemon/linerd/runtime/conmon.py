@@ -60,6 +60,14 @@ class RuntimeCommandError(Exception):
 _LOGFMT_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 
 
+def logged_error(log: Path) -> str:
+    """The last error message in a runtime's log file ("" if none or unreadable)."""
+    try:
+        return runtime_message(log.read_text(errors="replace"))
+    except OSError:
+        return ""
+
+
 def runtime_message(text: str) -> str:
     """The last error message in runtime output: JSON lines (--log-format json), logfmt
     (runc's stderr: `time=... level=error msg="..."`) or plain text."""
@@ -229,11 +237,8 @@ def spawn(
             except (ValueError, TypeError, AttributeError):
                 message = line.decode(errors="replace").strip()
         if data is None or data < 0:
-            logged = ""
-            with contextlib.suppress(OSError):
-                logged = runtime_message(runtime_log.read_text(errors="replace"))
             raise FailedPrecondition(
-                logged
+                logged_error(runtime_log)
                 or runtime_message(message)
                 or message
                 or f"monitor exited ({proc.returncode}) without reporting a pid"

@@ -69,9 +69,9 @@ from linerd.runtime.conmon import (
     Spawned,
     clean_env,
     is_monitor,
+    logged_error,
     read_pidfile,
     run_runtime,
-    runtime_message,
     spawn,
     stop_monitor,
 )
@@ -397,8 +397,8 @@ class TaskRuntime:
             self._set_exit(p, MONITOR_LOST_STATUS, _now(), lost=True)
 
     def _track_direct(self, p: _Proc) -> None:
-        """A started direct exec: the runner reaps the process, so the process's pid is ours
-        while the runner has not exited; the runner's exit is the process's."""
+        """A started direct exec: its runner reaps the process and then exits at once, so its
+        pid is taken while the runner's exit is not yet seen; that exit is the process's."""
         if p.runner_code is not None:
             self._set_direct_exit(p)
             return
@@ -1164,10 +1164,10 @@ class TaskRuntime:
                 ) from None
             pid = pid or read_pidfile(pidfile)  # written before the runner exited, or not
             if pid <= 0:
-                logged = ""
-                with contextlib.suppress(OSError):
-                    logged = runtime_message((p.dir / "runtime.log").read_text(errors="replace"))
-                raise FailedPrecondition(logged or "runtime exec failed before the process ran")
+                raise FailedPrecondition(
+                    logged_error(p.dir / "runtime.log")
+                    or "runtime exec failed before the process ran"
+                )
             return Spawned(pid=pid, conmon_pid=0, sync_fd=-1)
         except BaseException:
             if p.pidfd >= 0:
