@@ -37,7 +37,7 @@ from liner_api.containerd.services.tasks.v1 import tasks_pb2
 from liner_api.containerd.services.version.v1 import version_pb2, version_pb2_grpc
 from liner_api.liner.services.policy.v1 import policy_pb2, policy_pb2_grpc
 from liner_api.liner.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
-from linerd import priority, systemd
+from linerd import pageout, priority, systemd
 from linerd.assembly import Core, build_core
 from linerd.config import RELOADABLE, Config, ConfigError
 from linerd.errdefs import LinerError
@@ -184,6 +184,9 @@ class _HeapTrimmer:
     holds the GIL, so the event loop stops while it runs: under steady churn (kubelet's pods
     coming and going, a collection every second) it is at most once per COLLECT_EVERY
     seconds; the trim itself runs without the GIL (ctypes releases it).
+
+    With each collection the program pages only linerd maps go back to the kernel too
+    (`pageout`): start-up's first, then those a burst ran, at most once per COLLECT_EVERY.
     """
 
     BULK = (
@@ -244,6 +247,10 @@ class _HeapTrimmer:
             gc.collect()
             gc.freeze()
         trim(0)
+        if collect:
+            before = pageout.pss_file_kb()
+            if pageout.page_out():
+                log.debug("program pages paged out", pss_file_kb=before, now=pageout.pss_file_kb())
 
     def close(self) -> None:
         if self._timer is not None:

@@ -31,11 +31,14 @@ def test_collects_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> 
     assert runs == [True, False, True]
 
 
-def test_a_collection_freezes_what_survives() -> None:
+def test_a_collection_freezes_what_survives(monkeypatch: pytest.MonkeyPatch) -> None:
     """After its full collection the survivors are frozen (gc.freeze): the collections that
     allocation triggers walk only what came after; the next full collection walks all."""
     import gc
     import weakref
+
+    paged_out: list[bool] = []
+    monkeypatch.setattr(server.pageout, "page_out", lambda: paged_out.append(True) or True)
 
     class Cycle:
         def __init__(self) -> None:
@@ -54,5 +57,6 @@ def test_a_collection_freezes_what_survives() -> None:
         assert ref() is not None and trims == [0, 0]
         server._HeapTrimmer._collect_and_trim(trims.append, True)  # walks everything
         assert ref() is None and gc.get_freeze_count() > 0
+        assert paged_out == [True, True]  # with each collection, not with a trim alone
     finally:
         gc.unfreeze()
