@@ -185,8 +185,11 @@ class _HeapTrimmer:
     coming and going, a collection every second) it is at most once per COLLECT_EVERY
     seconds; the trim itself runs without the GIL (ctypes releases it).
 
-    With each collection the program pages only linerd maps go back to the kernel too
-    (`pageout`): start-up's first, then those a burst ran, at most once per COLLECT_EVERY.
+    After start-up, after a burst of bulk calls and with each full collection, the program
+    pages only linerd maps go back to the kernel too (`pageout`): the code start-up or the
+    burst ran once. A trim that only a garbage collection asked for (churn asks every second
+    or so) does not. The pages still in use come back by a fault: ~30 for the next `ctr
+    run`, a few ms.
     """
 
     BULK = (
@@ -206,6 +209,7 @@ class _HeapTrimmer:
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._collected = -self.COLLECT_EVERY  # monotonic time of the last gc.collect()
+        self._page_out = False
         self._trim: Callable[[int], int] | None = None
         try:
             import ctypes
@@ -218,10 +222,12 @@ class _HeapTrimmer:
         if full_method.startswith(self.BULK):
             self.schedule()
 
-    def schedule(self) -> None:
-        """Trim DELAY seconds from now (a trim already scheduled is pushed back)."""
+    def schedule(self, page_out: bool = True) -> None:
+        """Trim DELAY seconds from now (a trim already scheduled is pushed back), and page
+        out with it unless only `page_out=False` calls asked for it since the last."""
         if self._trim is None:
             return
+        self._page_out |= page_out
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(self.DELAY, self._run)
@@ -233,10 +239,11 @@ class _HeapTrimmer:
             collect = now - self._collected >= self.COLLECT_EVERY
             if collect:
                 self._collected = now
-            self._loop.run_in_executor(None, self._collect_and_trim, self._trim, collect)
+            page_out, self._page_out = self._page_out or collect, False
+            self._loop.run_in_executor(None, self._collect_and_trim, self._trim, collect, page_out)
 
     @staticmethod
-    def _collect_and_trim(trim: Callable[[int], int], collect: bool) -> None:
+    def _collect_and_trim(trim: Callable[[int], int], collect: bool, page_out: bool) -> None:
         if collect:
             # What survives a full collection is mostly for good (modules, the stores, the
             # tasks): frozen, the full collections that allocation triggers (a few a minute
@@ -247,7 +254,7 @@ class _HeapTrimmer:
             gc.collect()
             gc.freeze()
         trim(0)
-        if collect:
+        if page_out:
             before = pageout.pss_file_kb()
             if pageout.page_out():
                 log.debug("program pages paged out", pss_file_kb=before, now=pageout.pss_file_kb())
@@ -520,7 +527,7 @@ class Daemon:
         self._runtime = core.runtime
         core.gc.interval, core.gc.delay = config.gc.interval, config.gc.schedule_delay
         # A collection frees what deletes left: trim after it (DELAY from its start).
-        core.gc.observe(lambda what: trimmer.schedule() if what == "collect" else None)
+        core.gc.observe(lambda what: trimmer.schedule(False) if what == "collect" else None)
         gc_task = asyncio.create_task(core.gc.run())
         watchdog = asyncio.create_task(_watchdog())
         log.info("serving", address=str(address), root=config.root, state=config.state, uuid=uuid)

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 def test_collects_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     runs: list[bool] = []
     monkeypatch.setattr(
-        server._HeapTrimmer, "_collect_and_trim", staticmethod(lambda _t, c: runs.append(c))
+        server._HeapTrimmer, "_collect_and_trim", staticmethod(lambda _t, c, _p: runs.append(c))
     )
 
     async def body() -> None:
@@ -48,15 +48,49 @@ def test_a_collection_freezes_what_survives(monkeypatch: pytest.MonkeyPatch) -> 
     try:
         kept = Cycle()
         ref = weakref.ref(kept)
-        server._HeapTrimmer._collect_and_trim(trims.append, True)
+        server._HeapTrimmer._collect_and_trim(trims.append, True, True)
         assert gc.get_freeze_count() > 0 and trims == [0]
         del kept  # garbage now, in a cycle among the frozen
         gc.collect()  # what allocation triggers: frozen objects are left out
         assert ref() is not None
-        server._HeapTrimmer._collect_and_trim(trims.append, False)  # a trim alone
+        server._HeapTrimmer._collect_and_trim(trims.append, False, False)  # a trim alone
         assert ref() is not None and trims == [0, 0]
-        server._HeapTrimmer._collect_and_trim(trims.append, True)  # walks everything
+        server._HeapTrimmer._collect_and_trim(trims.append, True, True)  # walks everything
         assert ref() is None and gc.get_freeze_count() > 0
-        assert paged_out == [True, True]  # with each collection, not with a trim alone
+        assert paged_out == [True, True]  # where asked, not with the trim alone
     finally:
         gc.unfreeze()
+
+
+def test_pages_out_after_bulk_work_and_collections_not_after_gc_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[tuple[bool, bool]] = []  # (collect, page_out) of each trim
+    monkeypatch.setattr(
+        server._HeapTrimmer,
+        "_collect_and_trim",
+        staticmethod(lambda _t, c, p: runs.append((c, p))),
+    )
+
+    async def body() -> None:
+        trimmer = server._HeapTrimmer(asyncio.get_running_loop())
+        trimmer._trim = lambda _pad: 0
+
+        async def trim_after(*asks: bool) -> None:
+            for page_out in asks:
+                trimmer.schedule(page_out)
+            assert trimmer._timer is not None
+            trimmer._timer.cancel()
+            n = len(runs)
+            trimmer._run()
+            while len(runs) == n:  # the executor's call
+                await asyncio.sleep(0.01)
+
+        await trim_after(True)  # start-up's
+        await trim_after(False)  # a garbage collection's
+        await trim_after(False, True)  # a collection's, then a pull's before it ran
+        trimmer._collected -= server._HeapTrimmer.COLLECT_EVERY
+        await trim_after(False)  # a collection's, a minute later
+
+    asyncio.run(body())
+    assert runs == [(True, True), (False, False), (False, True), (True, True)]
