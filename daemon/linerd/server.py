@@ -185,11 +185,11 @@ class _HeapTrimmer:
     coming and going, a collection every second) it is at most once per COLLECT_EVERY
     seconds; the trim itself runs without the GIL (ctypes releases it).
 
-    After start-up, after a burst of bulk calls and with each full collection, the program
-    pages only linerd maps go back to the kernel too (`pageout`): the code start-up or the
-    burst ran once. A trim that only a garbage collection asked for (churn asks every second
-    or so) does not. The pages still in use come back by a fault: ~30 for the next `ctr
-    run`, a few ms.
+    After start-up and after a burst of bulk calls, the program pages only linerd maps go
+    back to the kernel too (`pageout`): the code start-up or the burst ran once. The pages
+    still in use come back by a fault (~30 for the next `ctr run`, a few ms; more where the
+    disk is slow), so a trim that only a garbage collection asked for (churn asks every
+    second or so, and its code is the hot code) does not page out, collection or not.
     """
 
     BULK = (
@@ -239,7 +239,7 @@ class _HeapTrimmer:
             collect = now - self._collected >= self.COLLECT_EVERY
             if collect:
                 self._collected = now
-            page_out, self._page_out = self._page_out or collect, False
+            page_out, self._page_out = self._page_out, False
             self._loop.run_in_executor(None, self._collect_and_trim, self._trim, collect, page_out)
 
     @staticmethod
