@@ -176,3 +176,42 @@ def test_update_runtime_config_keeps_the_pod_cidr() -> None:
     assert info.pod_cidr == "10.244.0.0/24"
     _run(info.update_runtime_config(api_pb2.UpdateRuntimeConfigRequest()))
     assert info.pod_cidr == "10.244.0.0/24"  # an empty CIDR changes nothing
+
+
+class _Sandboxes:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def run_pod_sandbox(
+        self, request: api_pb2.RunPodSandboxRequest
+    ) -> api_pb2.RunPodSandboxResponse:
+        self.calls.append("run")
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id="p1")
+
+    async def stop_pod_sandbox(
+        self, request: api_pb2.StopPodSandboxRequest
+    ) -> api_pb2.StopPodSandboxResponse:
+        self.calls.append("stop")
+        return api_pb2.StopPodSandboxResponse()
+
+    async def pod_sandbox_status_bytes(self, request: api_pb2.PodSandboxStatusRequest) -> bytes:
+        self.calls.append(f"status {request.pod_sandbox_id}")
+        raise RuntimeError("a failure is the later call's to report")
+
+
+def test_a_start_builds_the_status_kubelet_asks_next_after_answering() -> None:
+    sandboxes = _Sandboxes()
+    servicer = RuntimeService({"sandboxes": sandboxes})
+
+    async def body() -> None:
+        await servicer.RunPodSandbox(api_pb2.RunPodSandboxRequest(), None)
+        assert sandboxes.calls == ["run"]  # not before the answer
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert sandboxes.calls == ["run", "status p1"]
+        await servicer.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id="p1"), None)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert sandboxes.calls == ["run", "status p1", "stop"]  # only after the starts
+
+    _run(body())

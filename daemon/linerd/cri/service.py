@@ -16,6 +16,8 @@ registered with a serializer that passes bytes through (`add_to_server`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -74,6 +76,22 @@ SERIALIZED = frozenset(
     }
 )
 
+# A read kubelet makes right after a write, with its request from the write's: its answer is
+# built (and kept, as the reads keep theirs) while the write's answer travels back, so the
+# first status after a start answers kept bytes as every later one does. The client's next
+# request arrives ~0.5 ms after the answer leaves; building the first status took ~0.3 ms
+# of it on the event loop.
+FOLLOW_UPS: dict[str, tuple[str, Callable[[Any, Any], Any]]] = {
+    "RunPodSandbox": (
+        "PodSandboxStatus",
+        lambda _req, resp: api_pb2.PodSandboxStatusRequest(pod_sandbox_id=resp.pod_sandbox_id),
+    ),
+    "StartContainer": (
+        "ContainerStatus",
+        lambda req, _resp: api_pb2.ContainerStatusRequest(container_id=req.container_id),
+    ),
+}
+
 Groups = Mapping[str, object]
 
 
@@ -85,9 +103,16 @@ def _handler(groups: Groups, rpc: str, route: tuple[str, str] | None) -> Callabl
     return method
 
 
-def _unary(rpc: str, route: tuple[str, str] | None) -> Callable[..., Awaitable[Any]]:
+def _unary(
+    rpc: str,
+    route: tuple[str, str] | None,
+    follow_up: tuple[tuple[str, str], Callable[[Any, Any], Any]] | None = None,
+) -> Callable[..., Awaitable[Any]]:
     async def call(self: _Routed, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _handler(self.groups, rpc, route)(request)
+        response = await _handler(self.groups, rpc, route)(request)
+        if follow_up is not None:
+            self.prepare(follow_up[0], follow_up[1](request, response))
+        return response
 
     return call
 
@@ -119,6 +144,26 @@ class _Routed:
 
     def __init__(self, groups: Groups) -> None:
         self.groups = groups
+        self._preparing: set[asyncio.Task[None]] = set()
+
+    def prepare(self, route: tuple[str, str], request: Any) -> None:
+        """Build (and so keep) the serialized answer to `request` once the current call's
+        answer is on its way: soon after, in a task of its own; failures are the later
+        call's to report."""
+        raw = getattr(self.groups.get(route[0]), f"{route[1]}_bytes", None)
+        if raw is None:
+            return
+
+        async def build() -> None:
+            with contextlib.suppress(Exception):
+                await raw(request)
+
+        def start() -> None:
+            task = asyncio.ensure_future(build())
+            self._preparing.add(task)
+            task.add_done_callback(self._preparing.discard)
+
+        asyncio.get_running_loop().call_soon(start)
 
 
 def _routed(
@@ -133,7 +178,11 @@ def _routed(
         elif method.name in SERIALIZED:
             call = _serialized(f"{service}/{method.name}", routes.get(method.name))
         else:
-            call = _unary(f"{service}/{method.name}", routes.get(method.name))
+            follow = FOLLOW_UPS.get(method.name)
+            then = None
+            if follow is not None and (follow_route := routes.get(follow[0])) is not None:
+                then = (follow_route, follow[1])
+            call = _unary(f"{service}/{method.name}", routes.get(method.name), then)
         call.__name__ = call.__qualname__ = method.name
         methods[method.name] = call
     unknown = set(routes) - set(descriptor.methods_by_name)
