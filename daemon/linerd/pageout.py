@@ -12,21 +12,9 @@ from the file at their next use, once, by a page fault.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 
 _MADV_PAGEOUT = 21
-_libc: ctypes.CDLL | None = None
-
-
-def _lib() -> ctypes.CDLL:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        lib.madvise.restype = ctypes.c_int
-        _libc = lib
-    return _libc
 
 
 def program_ranges(maps: str) -> list[tuple[int, int]]:
@@ -44,26 +32,16 @@ def program_ranges(maps: str) -> list[tuple[int, int]]:
     return ranges
 
 
-def pss_file_kb() -> int:
-    """This process's file-backed PSS in kB (0 where the kernel does not say)."""
-    with contextlib.suppress(OSError), open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss_File:"):
-                return int(line.split()[1])
-    return 0
-
-
-def page_out() -> bool:
-    """Reclaim this process's program pages that only it maps. False where the kernel
-    refuses (before 5.4, or not Linux). madvise runs without the GIL (ctypes drops it)."""
+def page_out() -> int:
+    """Reclaim this process's program pages that only it maps. Returns how many mappings
+    the kernel took advice for: 0 where it refuses (before 5.4, or not Linux). Called after
+    bursts only, so libc is looked up each time; madvise runs without the GIL."""
     try:
         with open("/proc/self/maps") as f:
             ranges = program_ranges(f.read())
-        madvise = _lib().madvise
+        madvise = ctypes.CDLL(None).madvise
     except (OSError, AttributeError):
-        return False
-    done = False
-    for start, length in ranges:
-        # A mapping unmapped since the read fails alone (ENOMEM); EINVAL: no MADV_PAGEOUT.
-        done |= madvise(start, length, _MADV_PAGEOUT) == 0
-    return done
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    # A mapping unmapped since the read fails alone (ENOMEM); EINVAL: no MADV_PAGEOUT.
+    return sum(madvise(start, length, _MADV_PAGEOUT) == 0 for start, length in ranges)

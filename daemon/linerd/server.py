@@ -254,10 +254,8 @@ class _HeapTrimmer:
             gc.collect()
             gc.freeze()
         trim(0)
-        if page_out:
-            before = pageout.pss_file_kb()
-            if pageout.page_out():
-                log.debug("program pages paged out", pss_file_kb=before, now=pageout.pss_file_kb())
+        if page_out and (mappings := pageout.page_out()):
+            log.debug("program pages paged out", mappings=mappings)
 
     def close(self) -> None:
         if self._timer is not None:

@@ -147,9 +147,9 @@ class _Routed:
         self._preparing: set[asyncio.Task[None]] = set()
 
     def prepare(self, route: tuple[str, str], request: Any) -> None:
-        """Build (and so keep) the serialized answer to `request` once the current call's
-        answer is on its way: soon after, in a task of its own; failures are the later
-        call's to report."""
+        """Build (and so keep) the serialized answer to `request` in a task of its own. Its
+        first step runs after the current one, in which grpc.aio submits the current call's
+        answer; failures are the later call's to report."""
         raw = getattr(self.groups.get(route[0]), f"{route[1]}_bytes", None)
         if raw is None:
             return
@@ -158,12 +158,9 @@ class _Routed:
             with contextlib.suppress(Exception):
                 await raw(request)
 
-        def start() -> None:
-            task = asyncio.ensure_future(build())
-            self._preparing.add(task)
-            task.add_done_callback(self._preparing.discard)
-
-        asyncio.get_running_loop().call_soon(start)
+        task = asyncio.ensure_future(build())
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
 
 
 def _routed(
